@@ -1,0 +1,5 @@
+import sys
+
+from leaf.cli import main
+
+sys.exit(main())

@@ -1,0 +1,111 @@
+"""Append-only JSONL outputs that survive crashes and resume where they stopped.
+
+A long job writes its results with :class:`ResumableJsonl`:
+
+* a sidecar ``<out>.meta.json`` records the settings that shape the results;
+  resuming with different settings is refused (pass ``overwrite=True`` to start
+  over), so a file never mixes two configurations;
+* :attr:`done` holds the keys already written; the job skips them;
+* each :meth:`write_batch` appends whole lines and flushes them to disk, so a
+  crash loses at most the batch in flight; a half-written last line (the crash
+  happened mid-write) is cut off when the file is reopened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+
+class SettingsMismatch(ValueError):
+    """An existing output was written with other settings."""
+
+
+def meta_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".meta.json")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, default=_json_default)
+
+
+class ResumableJsonl:
+    """Append-only JSONL writer keyed by a record field (``id`` by default)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        settings: dict[str, Any],
+        *,
+        key: str = "id",
+        overwrite: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.key = key
+        self.settings = json.loads(dumps(settings))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        meta = meta_path(self.path)
+        if overwrite:
+            self.path.unlink(missing_ok=True)
+            meta.unlink(missing_ok=True)
+        if self.path.exists() and meta.exists():
+            old = json.loads(meta.read_text(encoding="utf-8"))
+            if old.get("settings") != self.settings:
+                diff = sorted(
+                    k
+                    for k in set(old.get("settings", {})) | set(self.settings)
+                    if old.get("settings", {}).get(k) != self.settings.get(k)
+                )
+                raise SettingsMismatch(
+                    f"{self.path} was written with other settings (differ in: {', '.join(diff)}); "
+                    "use another output path or --overwrite"
+                )
+        elif self.path.exists() and self.path.stat().st_size > 0:
+            raise SettingsMismatch(f"{self.path} exists but has no {meta.name}; use another output path or --overwrite")
+        meta.write_text(dumps({"settings": self.settings}) + "\n", encoding="utf-8")
+        self.done: set[str] = set()
+        if self.path.exists():
+            self._repair_and_scan()
+
+    def _repair_and_scan(self) -> None:
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1  # keep only complete lines
+        if end != len(data):
+            with self.path.open("r+b") as fh:
+                fh.truncate(end)
+            data = data[:end]
+        for line in data.decode("utf-8").splitlines():
+            if line.strip():
+                self.done.add(str(json.loads(line)[self.key]))
+
+    def write_batch(self, records: Iterable[dict[str, Any]]) -> int:
+        """Append records whose key is not yet written; return how many were written."""
+        lines = []
+        for rec in records:
+            k = str(rec[self.key])
+            if k in self.done:
+                continue
+            lines.append(dumps(rec) + "\n")
+            self.done.add(k)
+        if lines:
+            with self.path.open("a", encoding="utf-8") as fh:
+                fh.write("".join(lines))
+                fh.flush()
+                os.fsync(fh.fileno())
+        return len(lines)
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a JSONL file (for outputs this package wrote; inputs go through validation)."""
+    with Path(path).open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]

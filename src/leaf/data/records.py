@@ -1,0 +1,185 @@
+"""The sample format every stage reads: one JSON object per line.
+
+Fields (see docs/data-format.md):
+
+* ``id`` -- string or int, unique in the file;
+* ``instruction`` -- non-empty string (the user turn);
+* ``response`` -- non-empty string (the reference / teacher answer);
+* ``answer`` -- optional string (or number) used by answer checkers;
+* ``meta`` -- optional object, passed through untouched;
+* ``teacher_correct`` / ``student_correct`` -- optional booleans, filled by
+  ``leaf label`` and used by ``leaf detect --select student-wrong``.
+
+Any other field is kept in :attr:`Sample.extra` and written back unchanged,
+so later stages (counterfactual records, say) extend the format freely.
+
+Validation collects *every* problem of a file, each naming file, line and
+field, and raises one :class:`DataError` before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SampleId = str | int
+
+KNOWN_FIELDS = ("id", "instruction", "response", "answer", "meta", "teacher_correct", "student_correct")
+
+
+class DataError(ValueError):
+    """Input data is malformed; the message names file, line and field of each problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        shown = problems[:20]
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        super().__init__(f"{len(problems)} problem(s) in input data:\n  " + "\n  ".join(shown) + more)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One instruction/response pair."""
+
+    id: SampleId
+    instruction: str
+    response: str
+    answer: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    teacher_correct: bool | None = None
+    student_correct: bool | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "instruction": self.instruction, "response": self.response}
+        if self.answer is not None:
+            out["answer"] = self.answer
+        if self.meta:
+            out["meta"] = self.meta
+        if self.teacher_correct is not None:
+            out["teacher_correct"] = self.teacher_correct
+        if self.student_correct is not None:
+            out["student_correct"] = self.student_correct
+        out.update(self.extra)
+        return out
+
+
+def _check_record(obj: Any, where: str, problems: list[str]) -> Sample | None:
+    if not isinstance(obj, dict):
+        problems.append(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        return None
+    ok = True
+
+    def bad(field_name: str, msg: str) -> None:
+        nonlocal ok
+        ok = False
+        problems.append(f"{where}: field '{field_name}': {msg}")
+
+    for name in ("id", "instruction", "response"):
+        if name not in obj:
+            bad(name, "missing")
+    sid = obj.get("id")
+    if "id" in obj and (isinstance(sid, bool) or not isinstance(sid, (str, int))):
+        bad("id", f"must be a string or an integer, got {type(sid).__name__}")
+    elif isinstance(sid, str) and not sid.strip():
+        bad("id", "is empty")
+    for name in ("instruction", "response"):
+        if name in obj:
+            value = obj[name]
+            if not isinstance(value, str):
+                bad(name, f"must be a string, got {type(value).__name__}")
+            elif not value.strip():
+                bad(name, "is empty")
+    answer = obj.get("answer")
+    if answer is not None and (isinstance(answer, bool) or not isinstance(answer, (str, int, float))):
+        bad("answer", f"must be a string or a number, got {type(answer).__name__}")
+    if "meta" in obj and obj["meta"] is not None and not isinstance(obj["meta"], dict):
+        bad("meta", f"must be an object, got {type(obj['meta']).__name__}")
+    for name in ("teacher_correct", "student_correct"):
+        if obj.get(name) is not None and not isinstance(obj[name], bool):
+            bad(name, f"must be true, false or null, got {obj[name]!r}")
+    if not ok:
+        return None
+    return Sample(
+        id=sid,
+        instruction=obj["instruction"],
+        response=obj["response"],
+        answer=None if answer is None else str(answer),
+        meta=obj.get("meta") or {},
+        teacher_correct=obj.get("teacher_correct"),
+        student_correct=obj.get("student_correct"),
+        extra={k: v for k, v in obj.items() if k not in KNOWN_FIELDS},
+    )
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any, str | None]]:
+    """Yield ``(line_number, object, error)`` for each non-blank line of a JSONL file."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line), None
+            except json.JSONDecodeError as exc:
+                yield lineno, None, f"bad JSON: {exc.msg} (column {exc.colno})"
+
+
+def load_samples(path: str | Path) -> list[Sample]:
+    """Read and validate a samples file; raise :class:`DataError` listing every problem."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError([f"{path}: file not found"])
+    problems: list[str] = []
+    samples: list[Sample] = []
+    seen: dict[str, int] = {}
+    for lineno, obj, err in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        if err:
+            problems.append(f"{where}: {err}")
+            continue
+        sample = _check_record(obj, where, problems)
+        if sample is None:
+            continue
+        key = id_key(sample.id)
+        if key in seen:
+            problems.append(f"{where}: field 'id': duplicate id {sample.id!r} (first on line {seen[key]})")
+            continue
+        seen[key] = lineno
+        samples.append(sample)
+    if not samples and not problems:
+        problems.append(f"{path}: no samples (file is empty)")
+    if problems:
+        raise DataError(problems)
+    return samples
+
+
+def id_key(sample_id: SampleId) -> str:
+    """Ids compare as strings across stages (``7`` and ``"7"`` name the same sample)."""
+    return str(sample_id)
+
+
+def select_samples(samples: Iterable[Sample], select: str) -> list[Sample]:
+    """``all`` keeps everything; ``student-wrong`` keeps teacher-right, student-wrong samples.
+
+    ``student-wrong`` needs ``teacher_correct`` and ``student_correct`` on every
+    record (``leaf label`` fills them); a record without them is an error.
+    """
+    samples = list(samples)
+    if select == "all":
+        return samples
+    if select != "student-wrong":
+        raise ValueError(f"unknown selection {select!r}; use 'all' or 'student-wrong'")
+    unlabelled = [s.id for s in samples if s.teacher_correct is None or s.student_correct is None]
+    if unlabelled:
+        raise DataError(
+            [
+                f"sample {sid!r}: --select student-wrong needs fields 'teacher_correct' and "
+                "'student_correct' (run `leaf label` first)"
+                for sid in unlabelled
+            ]
+        )
+    return [s for s in samples if s.teacher_correct and not s.student_correct]
