@@ -156,7 +156,10 @@ def build(cls: type[T], values: dict[str, Any], source: str = "arguments") -> T:
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if callable(validate):
-        validate()
+        try:
+            validate()
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
     return obj
 
 

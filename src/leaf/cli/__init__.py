@@ -21,7 +21,12 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from leaf.config import ConfigError
+from leaf.data.jsonl import SettingsMismatch
 from leaf.data.records import DataError
+from leaf.data.render import TemplateError
+
+#: Errors that are the user's to fix: printed as one clear message, exit status 2.
+USER_ERRORS = (DataError, ConfigError, SettingsMismatch, TemplateError)
 
 
 def _commands() -> list[ModuleType]:
@@ -61,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
-    except (DataError, ConfigError) as exc:
+    except USER_ERRORS as exc:
         print(f"leaf {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,167 @@
+"""``leaf detect``: Stage 1 end to end, from a samples file to ``detections.jsonl``.
+
+Orchestration only: validation, rendering (:mod:`.prepare`), saliency
+(:mod:`.saliency`), projection (:mod:`.projection`) and the decision rule
+(:mod:`.decision`) live in their own modules. Output schema: docs/detect.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from leaf.config import build, option, to_dict
+from leaf.data.jsonl import ResumableJsonl, dumps, meta_path
+from leaf.data.records import id_key, load_samples, select_samples
+from leaf.detect.prepare import TRUNCATION_POLICIES, Prepared, Skipped, prepare
+from leaf.detect.projection import RULES
+from leaf.models import DTYPES
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TAU = 0.10
+
+
+@dataclass
+class DetectConfig:
+    """Options of ``leaf detect`` (CLI flags, YAML keys and API arguments alike)."""
+
+    teacher: str = option(help="teacher model: local directory or hub id")
+    student: str = option(help="student model: local directory or hub id")
+    data: Path = option(help="input samples (JSONL, see docs/data-format.md)")
+    out: Path = option(help="output detections JSONL; rerunning with the same path resumes")
+    tau: float | None = option(None, help=f"flag tokens with normalised score d <= tau (default {DEFAULT_TAU})")
+    percentile: float | None = option(
+        None, help="instead of tau: flag the lowest P %% of d per sample (threshold capped at 0.5)"
+    )
+    select: str = option("all", help="which samples: all, or student-wrong (teacher right, student wrong)",
+                         choices=("all", "student-wrong"))
+    batch_size: int = option(8, help="samples per forward/backward pass")
+    max_length: int = option(2048, help="maximum tokens of a rendered sample")
+    truncation: str = option("left", choices=TRUNCATION_POLICIES,
+                             help="over-long samples: cut the instruction from the left, or skip them")
+    dtype: str = option("float32", choices=DTYPES, help="model weights dtype")
+    device: str = option("cpu", help="torch device for both models (e.g. cuda, cuda:1)")
+    teacher_device: str | None = option(None, help="device for the teacher (default: --device)")
+    teacher_device_map: str | None = option(
+        None, help="place the teacher across devices with accelerate (e.g. auto); overrides --teacher-device"
+    )
+    projection: str = option("mean", choices=RULES,
+                             help="how teacher scores are carried onto student tokens when tokenizers differ")
+    overwrite: bool = option(False, help="start over instead of resuming an existing --out")
+    progress: bool = option(True, help="show a progress bar")
+
+    def validate(self) -> None:
+        if self.tau is not None and self.percentile is not None:
+            raise ValueError("give either --tau or --percentile, not both")
+        if self.percentile is not None and not 0 < self.percentile <= 100:
+            raise ValueError("--percentile must be in (0, 100]")
+        if self.batch_size < 1 or self.max_length < 8:
+            raise ValueError("--batch-size must be >= 1 and --max-length >= 8")
+
+    @property
+    def rule(self) -> dict[str, Any]:
+        if self.percentile is not None:
+            return {"percentile": self.percentile, "cap": 0.5}
+        return {"tau": DEFAULT_TAU if self.tau is None else self.tau}
+
+
+@dataclass
+class DetectSummary:
+    out: Path
+    samples: int = 0
+    written: int = 0
+    resumed: int = 0
+    skipped: list[tuple[Any, str]] = field(default_factory=list)
+    with_spans: int = 0
+    flagged_tokens: int = 0
+    scored_tokens: int = 0
+
+    def line(self) -> str:
+        share = self.flagged_tokens / self.scored_tokens if self.scored_tokens else 0.0
+        return (
+            f"{self.samples} samples: {self.written} written, {self.resumed} already done, "
+            f"{len(self.skipped)} skipped; {self.with_spans} with spans; "
+            f"{self.flagged_tokens}/{self.scored_tokens} tokens flagged ({share:.1%}) -> {self.out}"
+        )
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _settings(cfg: DetectConfig) -> dict[str, Any]:
+    """What shapes the numbers: a resumed run must match these exactly."""
+    keep = ("teacher", "student", "select", "batch_size", "max_length", "truncation", "dtype", "projection")
+    s = {k: to_dict(cfg)[k] for k in keep}
+    s.update(cfg.rule, level="instruction", method="gradient", data_sha256=_file_hash(Path(cfg.data)))
+    return s
+
+
+def detect(config: DetectConfig | None = None, **kwargs: Any) -> DetectSummary:
+    """Run confounding-token detection; see :class:`DetectConfig` for the options.
+
+    ``leaf.detect(teacher=..., student=..., data=..., out=...)`` and
+    ``leaf.detect(DetectConfig(...))`` are equivalent.
+    """
+    cfg = config if config is not None else build(DetectConfig, kwargs, "leaf.detect()")
+    if config is not None:
+        cfg.validate()
+    samples = select_samples(load_samples(cfg.data), cfg.select)  # fails before any model is loaded
+
+    from leaf.models import load_tokenizer
+
+    tokenizers = {"teacher": load_tokenizer(cfg.teacher), "student": load_tokenizer(cfg.student)}
+    prepared: list[Prepared] = []
+    summary = DetectSummary(out=Path(cfg.out), samples=len(samples))
+    for s in samples:
+        p = prepare(s, tokenizers, max_length=cfg.max_length, truncation=cfg.truncation)
+        if isinstance(p, Skipped):
+            log.warning("sample %r skipped: %s", s.id, p.reason)
+            summary.skipped.append((s.id, p.reason))
+        else:
+            prepared.append(p)
+
+    writer = ResumableJsonl(cfg.out, _settings(cfg), overwrite=cfg.overwrite)
+    # Fixed batch composition (sorted by length, then input order) so a resumed run
+    # recomputes a half-written batch with the same neighbours and the same numbers.
+    order = sorted(range(len(prepared)), key=lambda i: (len(prepared[i].views["student"].input_ids), i))
+    batches = [[prepared[i] for i in order[b : b + cfg.batch_size]] for b in range(0, len(order), cfg.batch_size)]
+    todo = [b for b in batches if any(id_key(p.sample.id) not in writer.done for p in b)]
+    summary.resumed = sum(1 for p in prepared if id_key(p.sample.id) in writer.done)
+    _write_skipped(cfg.out, summary.skipped)
+    if not todo:
+        return summary
+
+    from leaf.detect.scoring import DetectionScorer
+
+    scorer = DetectionScorer.load(cfg, tokenizers)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=sum(len(b) for b in todo), desc="detect", unit="sample", disable=not cfg.progress)
+    for batch in todo:
+        records = scorer.score_batch(batch)
+        for rec in records:
+            if id_key(rec["id"]) in writer.done:
+                continue
+            summary.scored_tokens += len(rec["tokens"])
+            summary.flagged_tokens += sum(t["flag"] for t in rec["tokens"])
+            summary.with_spans += bool(rec["spans"])
+        summary.written += writer.write_batch(records)
+        bar.update(len(batch))
+    bar.close()
+    return summary
+
+
+def _write_skipped(out: Path, skipped: list[tuple[Any, str]]) -> None:
+    path = Path(out).with_name(Path(out).name + ".skipped.jsonl")
+    if skipped:
+        path.write_text("".join(dumps({"id": i, "reason": r}) + "\n" for i, r in skipped), encoding="utf-8")
+    else:
+        path.unlink(missing_ok=True)
+
+
+__all__ = ["DetectConfig", "DetectSummary", "detect", "meta_path"]
