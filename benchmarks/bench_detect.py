@@ -1,0 +1,239 @@
+"""Detection speed and memory: leaf's saliency vs the reference code's naive way, in one process.
+
+Naive (what the authors' script does): one sample at a time, model in train
+mode with every parameter requiring grad, full-sequence logits and the HF
+label loss, ``loss.backward()`` -> the input-embedding gradient is read from a
+retained ``.grad`` while a full parameter gradient is allocated too.
+
+leaf: :func:`leaf.detect.saliency.embedding_saliency` -- eval mode, frozen
+parameters (input gradients only), logits only where they predict response
+tokens, batched with right padding.
+
+Both score the same token sequences (instruction + response, the response
+being the last tokens) with the same model. Throughput of both is timed in
+this process, under the normal allocator; peak memory of both is measured in
+one child process whose allocator returns freed buffers to the OS (see
+benchmarks/memory.py; that mode is too slow to time anything under). The
+script prints and writes (``--json``) samples/s and peak memory of both, their
+ratios, and leaf's achieved FLOP/s as a share of a large fp32 matrix product
+measured in the same run.
+
+    python benchmarks/bench_detect.py            # both configurations, as in docs/benchmarks.md
+    python benchmarks/bench_detect.py --quick    # a fast smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+sys.path.insert(0, str(Path(__file__).parent))
+from memory import EXACT_RSS_ENV, PeakMemory, exact_rss_active  # noqa: E402
+
+from leaf.detect.saliency import embedding_saliency  # noqa: E402
+
+CONFIGS = {
+    # ~36M parameters (tied embeddings, like LLaMA-3.2-1B), 256-token samples
+    "medium": dict(hidden=512, layers=6, heads=8, inter=1408, vocab=32000, seq=256, resp=64, samples=16,
+                   batch_sizes=(1, 2, 4, 8)),
+    # ~2M parameters, 64-token samples: per-call overhead dominates
+    "small": dict(hidden=192, layers=2, heads=4, inter=528, vocab=8000, seq=64, resp=16, samples=64,
+                  batch_sizes=(1, 8, 16, 32, 64)),
+}
+
+
+def build(cfg: dict) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=cfg["vocab"], hidden_size=cfg["hidden"], intermediate_size=cfg["inter"],
+        num_hidden_layers=cfg["layers"], num_attention_heads=cfg["heads"], num_key_value_heads=cfg["heads"],
+        max_position_embeddings=2 * cfg["seq"], tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM._from_config(config, attn_implementation="sdpa")
+
+
+def samples(cfg: dict) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    # lengths vary by up to 10 % so batching pays for some padding, as on real data
+    lengths = torch.randint(int(cfg["seq"] * 0.9), cfg["seq"] + 1, (cfg["samples"],), generator=g)
+    return [torch.randint(0, cfg["vocab"], (int(n),), generator=g) for n in lengths]
+
+
+def naive(model: LlamaForCausalLM, seqs: list[torch.Tensor], resp: int) -> list[torch.Tensor]:
+    model.train()
+    model.requires_grad_(True)
+    out = []
+    for ids in seqs:
+        ids = ids[None]
+        labels = ids.clone()
+        labels[:, : ids.shape[1] - resp] = -100
+        embeds = model.get_input_embeddings()(ids)
+        embeds.retain_grad()
+        loss = model(inputs_embeds=embeds, labels=labels).loss
+        loss.backward()
+        out.append(embeds.grad[0].norm(dim=-1).detach())
+        model.zero_grad(set_to_none=True)
+    return out
+
+
+def ours(model: LlamaForCausalLM, seqs: list[torch.Tensor], resp: int, batch_size: int) -> list[torch.Tensor]:
+    model.eval()
+    model.requires_grad_(False)
+    out = []
+    for b in range(0, len(seqs), batch_size):
+        chunk = seqs[b : b + batch_size]
+        width = max(len(s) for s in chunk)
+        ids = torch.zeros(len(chunk), width, dtype=torch.long)
+        att = torch.zeros(len(chunk), width, dtype=torch.long)
+        tgt = torch.zeros(len(chunk), width, dtype=torch.bool)
+        for i, s in enumerate(chunk):
+            ids[i, : len(s)] = s
+            att[i, : len(s)] = 1
+            tgt[i, len(s) - resp : len(s)] = True
+        sal, _ = embedding_saliency(model, ids, att, tgt)
+        out.extend(sal[i, : len(s)] for i, s in enumerate(chunk))
+    return out
+
+
+def timed(fn, *args) -> tuple[float, list]:
+    t0 = time.perf_counter()
+    result = fn(*args)
+    return time.perf_counter() - t0, result
+
+
+def peak_mib(fn, *args) -> float:
+    with PeakMemory() as mem:
+        fn(*args)
+    return mem.peak_mib
+
+
+def memory_run(cfg: dict) -> dict:
+    """Peak memory of naive and of leaf at each batch size (call under EXACT_RSS_ENV)."""
+    model = build(cfg)
+    seqs = samples(cfg)[: max(cfg["batch_sizes"])]
+    naive(model, seqs[:1], cfg["resp"])
+    ours(model, seqs[:1], cfg["resp"], 1)
+    return {"naive": peak_mib(naive, model, seqs, cfg["resp"]),
+            "leaf": {bs: peak_mib(ours, model, seqs, cfg["resp"], bs) for bs in cfg["batch_sizes"]}}
+
+
+def memory_in_child(name: str, cfg: dict) -> dict:
+    cmd = [sys.executable, __file__, "--memory-child", name, "--samples", str(cfg["samples"])]
+    out = subprocess.run(cmd, env={**os.environ, **EXACT_RSS_ENV}, check=True, capture_output=True, text=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"naive": got["naive"], "leaf": {int(k): v for k, v in got["leaf"].items()}}
+
+
+def detection_flops(cfg: dict, seqs: list[torch.Tensor], n_params_layers: int) -> float:
+    """Estimated FLOPs of leaf's pass: forward + an input-gradient backward of about the same cost."""
+    d, L, V = cfg["hidden"], cfg["layers"], cfg["vocab"]
+    total = 0.0
+    for s in seqs:
+        T = len(s)
+        forward = 2 * T * n_params_layers + 4 * L * T * T * d + 2 * cfg["resp"] * d * V
+        total += 2 * forward
+    return total
+
+
+def matmul_flops_per_s(n: int = 2048, reps: int = 5, trials: int = 3) -> float:
+    """Best of a few timings of a large fp32 matrix product: the machine's practical peak."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = 0.0
+    for _ in range(trials):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0))
+    return best
+
+
+def run_config(name: str, cfg: dict) -> dict:
+    model = build(cfg)
+    seqs = samples(cfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    n_layers_params = sum(p.numel() for n, p in model.named_parameters() if ".layers." in n)
+    # warm-up both paths (allocator, kernels)
+    naive(model, seqs[:2], cfg["resp"])
+    ours(model, seqs[:2], cfg["resp"], 2)
+
+    peak_before = matmul_flops_per_s()
+    t_naive, ref = timed(naive, model, seqs, cfg["resp"])
+    memory = memory_in_child(name, cfg)
+    m_naive = memory["naive"]
+    rows = []
+    for bs in cfg["batch_sizes"]:
+        t, got = timed(ours, model, seqs, cfg["resp"], bs)
+        m = memory["leaf"][bs]
+        err = max(float(((a - b).abs() / b.abs().clamp_min(1e-12)).max()) for a, b in zip(got, ref))
+        rows.append({"batch_size": bs, "seconds": t, "samples_per_s": len(seqs) / t, "peak_mib": m,
+                     "max_rel_diff_vs_naive": err})
+    peak = max(peak_before, matmul_flops_per_s())
+    best = max(rows, key=lambda r: r["samples_per_s"])
+    bs1 = next(r for r in rows if r["batch_size"] == 1)
+    achieved = detection_flops(cfg, seqs, n_layers_params) / best["seconds"]
+    return {
+        "config": name,
+        "params_millions": n_params / 1e6,
+        "tokens_per_sample": cfg["seq"],
+        "samples": len(seqs),
+        "naive": {"samples_per_s": len(seqs) / t_naive, "peak_mib": m_naive},
+        "leaf": rows,
+        "best_batch_size": best["batch_size"],
+        "throughput_ratio_best": best["samples_per_s"] / (len(seqs) / t_naive),
+        "memory_ratio_bs1": bs1["peak_mib"] / m_naive,
+        "matmul_gflops": peak / 1e9,
+        "leaf_gflops_best": achieved / 1e9,
+        "flops_share_of_matmul": achieved / peak,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", choices=[*CONFIGS, "all"], default="all")
+    ap.add_argument("--quick", action="store_true", help="fewer samples (smoke run)")
+    ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    ap.add_argument("--samples", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--memory-child", choices=list(CONFIGS), default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.memory_child:
+        assert exact_rss_active(), "the memory child must run under EXACT_RSS_ENV"
+        cfg = dict(CONFIGS[args.memory_child], samples=args.samples)
+        cfg["batch_sizes"] = tuple(b for b in cfg["batch_sizes"] if b <= cfg["samples"])
+        print(json.dumps(memory_run(cfg)))
+        return
+    names = list(CONFIGS) if args.config == "all" else [args.config]
+    results = []
+    for name in names:
+        cfg = dict(CONFIGS[name])
+        if args.quick:
+            cfg["samples"] = max(4, cfg["samples"] // 4)
+            cfg["batch_sizes"] = tuple(b for b in cfg["batch_sizes"] if b <= cfg["samples"])
+        r = run_config(name, cfg)
+        results.append(r)
+        print(f"\n== {name}: {r['params_millions']:.1f}M parameters, {cfg['seq']}-token samples, "
+              f"{r['samples']} samples, {r['threads']} threads")
+        print(f"naive (1 at a time, train mode, parameter grads): {r['naive']['samples_per_s']:.2f} samples/s, "
+              f"peak {r['naive']['peak_mib']:.0f} MiB")
+        for row in r["leaf"]:
+            print(f"leaf batch {row['batch_size']:>3}: {row['samples_per_s']:.2f} samples/s, "
+                  f"peak {row['peak_mib']:.0f} MiB, max rel diff vs naive {row['max_rel_diff_vs_naive']:.1e}")
+        print(f"throughput ratio (best batch {r['best_batch_size']}): {r['throughput_ratio_best']:.2f}x; "
+              f"memory ratio at batch 1: {r['memory_ratio_bs1']:.2f}x")
+        print(f"fp32 matmul {r['matmul_gflops']:.1f} GFLOP/s; leaf {r['leaf_gflops_best']:.1f} GFLOP/s "
+              f"= {r['flops_share_of_matmul']:.0%} of it")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
