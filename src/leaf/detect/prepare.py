@@ -1,8 +1,17 @@
 """Turn a sample into what each model scores: token ids, scored tokens, target tokens.
 
 Everything downstream speaks in characters of the sample's own fields, so a
-:class:`View` keeps, for each scored token, its ``[start, end)`` range in the
-instruction (clipped to it: template text never leaks into a token's span).
+:class:`View` keeps, for each scored token, the field it belongs to
+(``"instruction"``, or ``"response"`` for response-level detection) and its
+``[start, end)`` range in that field (clipped to it: template text never leaks
+into a token's span).
+
+Instruction level: the instruction is scored, the loss covers the response.
+Response level (:func:`prepare` with ``loss_start``/``loss_end``): the loss
+covers one later response segment ``[loss_start, loss_end)``, and the
+instruction plus the response before ``loss_start`` are scored; the response
+is rendered only up to ``loss_end`` (later text cannot affect a causal LM's
+loss on earlier tokens).
 
 Long samples follow an explicit policy (``truncation``):
 
@@ -34,8 +43,12 @@ class View:
 
     input_ids: list[int]
     scored: list[int]  #: token indices whose saliency is read
-    offsets: list[Span]  #: per scored token, its range in the (original) instruction
+    offsets: list[Span]  #: per scored token, its range in its (original) field
     targets: list[int]  #: token indices whose NLL forms the loss
+    fields: tuple[str, ...] = ()  #: per scored token, "instruction" or "response"
+
+    def field(self, i: int) -> str:
+        return self.fields[i] if self.fields else "instruction"
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,9 @@ class Prepared:
     sample: Sample
     cut: int  #: characters removed from the left of the instruction
     views: dict[str, View]
+    key: str = ""  #: unique output key (the sample id, or id@segment at response level)
+    loss_start: int = 0  #: response characters [loss_start, loss_end) form the loss
+    loss_end: int | None = None
 
 
 @dataclass(frozen=True)
@@ -52,25 +68,36 @@ class Skipped:
 
 
 def make_view(tokenizer: Any, instruction: str, response: str, *, cut: int = 0,
-              loss_start: int = 0) -> tuple[View, Rendered]:
-    """Render and tokenize; scored = instruction tokens, targets = response tokens from ``loss_start``.
+              loss_start: int = 0, loss_end: int | None = None) -> tuple[View, Rendered]:
+    """Render and tokenize one sample for one model.
 
     ``instruction`` is the (possibly cut) text the model sees; ``cut`` is added to
-    offsets so they index the original instruction. ``loss_start`` is a character
-    offset into ``response``.
+    offsets so they index the original instruction. Targets are the response
+    tokens of ``[loss_start, loss_end)`` (character offsets into ``response``);
+    scored are the instruction tokens plus, when ``loss_start > 0``, the response
+    tokens before the targets.
     """
-    rendered = render(tokenizer, instruction, response)
+    end = len(response) if loss_end is None else loss_end
+    rendered = render(tokenizer, instruction, response[:end])
     enc = encode(tokenizer, rendered.text)
-    i0, i1 = rendered.instruction_span
-    scored = enc.tokens_in([rendered.instruction_span])
-    offsets = []
-    for t in scored:
-        s, e = enc.offsets[t]
-        s, e = max(s, i0), min(e, i1)
-        base = cut + rendered.instruction_offset - i0
-        offsets.append((s + base, e + base))
-    targets = enc.tokens_in([rendered.response_to_text(loss_start, len(response))])
-    return View(enc.input_ids, scored, offsets, targets), rendered
+    targets = enc.tokens_in([rendered.response_to_text(loss_start, end)])
+    scored, offsets, fields = [], [], []
+    parts = [("instruction", rendered.instruction_span, cut + rendered.instruction_offset)]
+    if loss_start > 0:
+        parts.append(("response", rendered.response_to_text(0, loss_start), rendered.response_offset))
+    target_set = set(targets)
+    for name, (lo, hi), shift in parts:
+        base = shift - (rendered.instruction_span[0] if name == "instruction" else rendered.response_span[0])
+        for t in enc.tokens_in([(lo, hi)]):
+            if t in target_set:  # a token straddling the loss boundary is a target, not a context token
+                continue
+            s, e = enc.offsets[t]
+            bound = rendered.instruction_span if name == "instruction" else rendered.response_span
+            s, e = max(s, bound[0]), min(e, bound[1])
+            scored.append(t)
+            offsets.append((s + base, e + base))
+            fields.append(name)
+    return View(enc.input_ids, scored, offsets, targets, tuple(fields)), rendered
 
 
 def prepare(
@@ -79,14 +106,23 @@ def prepare(
     *,
     max_length: int | None,
     truncation: str = "left",
+    loss_start: int = 0,
+    loss_end: int | None = None,
+    key: str | None = None,
 ) -> Prepared | Skipped:
-    """Views of ``sample`` for every named tokenizer, fitted to ``max_length``."""
+    """Views of ``sample`` for every named tokenizer, fitted to ``max_length``.
+
+    Only the instruction is ever cut; response context is kept whole.
+    """
     if truncation not in TRUNCATION_POLICIES:
         raise ValueError(f"unknown truncation policy {truncation!r}; use one of {TRUNCATION_POLICIES}")
     cut = 0
     for _ in range(16):  # each round cuts at least one token; a few rounds suffice in practice
         instruction = sample.instruction[cut:]
-        views = {name: make_view(tok, instruction, sample.response, cut=cut)[0] for name, tok in tokenizers.items()}
+        views = {
+            name: make_view(tok, instruction, sample.response, cut=cut, loss_start=loss_start, loss_end=loss_end)[0]
+            for name, tok in tokenizers.items()
+        }
         for name, v in views.items():
             if not v.scored:
                 return Skipped(sample, f"{name}: no instruction token left")
@@ -94,19 +130,21 @@ def prepare(
                 return Skipped(sample, f"{name}: the response has no token")
         over = {name: len(v.input_ids) - max_length for name, v in views.items()} if max_length else {}
         if all(n <= 0 for n in over.values()):
-            return Prepared(sample, cut, views)
+            unit_key = key if key is not None else str(sample.id)
+            return Prepared(sample, cut, views, unit_key, loss_start, loss_end)
         worst = max(over, key=lambda k: over[k])
         if truncation == "skip":
             return Skipped(sample, f"{worst}: {len(views[worst].input_ids)} tokens > max_length {max_length}")
         new_cut = cut
         for name, n in over.items():
             v = views[name]
+            n_instruction = sum(1 for i in range(len(v.scored)) if v.field(i) == "instruction")
             if n <= 0:
                 continue
-            if n >= len(v.scored):
+            if n >= n_instruction:
                 return Skipped(
                     sample,
-                    f"{name}: the response alone needs {len(v.input_ids) - len(v.scored)} tokens "
+                    f"{name}: the response alone needs {len(v.input_ids) - n_instruction} tokens "
                     f"(max_length {max_length}); nothing to cut from the instruction",
                 )
             new_cut = max(new_cut, v.offsets[n][0])

@@ -16,8 +16,11 @@ from typing import Any
 from leaf.config import build, option, to_dict
 from leaf.data.jsonl import ResumableJsonl, dumps, meta_path
 from leaf.data.records import id_key, load_samples, select_samples
+from leaf.data.records import Sample
+from leaf.detect.methods import METHODS
 from leaf.detect.prepare import TRUNCATION_POLICIES, Prepared, Skipped, prepare
 from leaf.detect.projection import RULES
+from leaf.detect.segments import segment_response
 from leaf.models import DTYPES
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,13 @@ class DetectConfig:
     percentile: float | None = option(
         None, help="instead of tau: flag the lowest P %% of d per sample (threshold capped at 0.5)"
     )
+    level: str = option("instruction", choices=("instruction", "response"),
+                        help="instruction: score the instruction, loss on the response; response: score the "
+                             "instruction and earlier response segments, loss on each later segment")
+    segments: int = option(2, help="response level: split each response into this many segments (2 or 3)")
+    method: str = option("gradient", choices=tuple(METHODS),
+                         help="gradient (LeaF), or the ablation baselines random / ppl (same token count)")
+    seed: int = option(0, help="seed of the random method")
     select: str = option("all", help="which samples: all, or student-wrong (teacher right, student wrong)",
                          choices=("all", "student-wrong"))
     batch_size: int = option(8, help="samples per forward/backward pass")
@@ -61,6 +71,8 @@ class DetectConfig:
             raise ValueError("--percentile must be in (0, 100]")
         if self.batch_size < 1 or self.max_length < 8:
             raise ValueError("--batch-size must be >= 1 and --max-length >= 8")
+        if self.segments not in (2, 3):
+            raise ValueError("--segments must be 2 or 3")
 
     @property
     def rule(self) -> dict[str, Any]:
@@ -95,10 +107,29 @@ def _file_hash(path: Path) -> str:
 
 def _settings(cfg: DetectConfig) -> dict[str, Any]:
     """What shapes the numbers: a resumed run must match these exactly."""
-    keep = ("teacher", "student", "select", "batch_size", "max_length", "truncation", "dtype", "projection")
+    keep = ("teacher", "student", "select", "batch_size", "max_length", "truncation", "dtype", "projection",
+            "level", "method")
     s = {k: to_dict(cfg)[k] for k in keep}
-    s.update(cfg.rule, level="instruction", method="gradient", data_sha256=_file_hash(Path(cfg.data)))
+    if cfg.level == "response":
+        s["segments"] = cfg.segments
+    if cfg.method == "random":
+        s["seed"] = cfg.seed
+    s.update(cfg.rule, data_sha256=_file_hash(Path(cfg.data)))
     return s
+
+
+def units(sample: Sample, tokenizers: dict[str, Any], cfg: DetectConfig) -> list[Prepared | Skipped]:
+    """What is scored for one sample: itself, or one unit per later response segment."""
+    fit = {"max_length": cfg.max_length, "truncation": cfg.truncation}
+    if cfg.level == "instruction":
+        return [prepare(sample, tokenizers, **fit)]
+    segs = segment_response(sample.response, cfg.segments)
+    if len(segs) < 2:
+        return [Skipped(sample, "the response has no segment boundary")]
+    return [
+        prepare(sample, tokenizers, loss_start=start, loss_end=end, key=f"{sample.id}@{j}", **fit)
+        for j, (start, end) in enumerate(segs[1:], start=1)
+    ]
 
 
 def detect(config: DetectConfig | None = None, **kwargs: Any) -> DetectSummary:
@@ -118,20 +149,21 @@ def detect(config: DetectConfig | None = None, **kwargs: Any) -> DetectSummary:
     prepared: list[Prepared] = []
     summary = DetectSummary(out=Path(cfg.out), samples=len(samples))
     for s in samples:
-        p = prepare(s, tokenizers, max_length=cfg.max_length, truncation=cfg.truncation)
-        if isinstance(p, Skipped):
-            log.warning("sample %r skipped: %s", s.id, p.reason)
-            summary.skipped.append((s.id, p.reason))
-        else:
-            prepared.append(p)
+        for p in units(s, tokenizers, cfg):
+            if isinstance(p, Skipped):
+                log.warning("sample %r skipped: %s", s.id, p.reason)
+                summary.skipped.append((s.id, p.reason))
+            else:
+                prepared.append(p)
 
-    writer = ResumableJsonl(cfg.out, _settings(cfg), overwrite=cfg.overwrite)
+    key = "key" if cfg.level == "response" else "id"
+    writer = ResumableJsonl(cfg.out, _settings(cfg), key=key, overwrite=cfg.overwrite)
     # Fixed batch composition (sorted by length, then input order) so a resumed run
     # recomputes a half-written batch with the same neighbours and the same numbers.
     order = sorted(range(len(prepared)), key=lambda i: (len(prepared[i].views["student"].input_ids), i))
     batches = [[prepared[i] for i in order[b : b + cfg.batch_size]] for b in range(0, len(order), cfg.batch_size)]
-    todo = [b for b in batches if any(id_key(p.sample.id) not in writer.done for p in b)]
-    summary.resumed = sum(1 for p in prepared if id_key(p.sample.id) in writer.done)
+    todo = [b for b in batches if any(p.key not in writer.done for p in b)]
+    summary.resumed = sum(1 for p in prepared if p.key in writer.done)
     _write_skipped(cfg.out, summary.skipped)
     if not todo:
         return summary
@@ -145,11 +177,11 @@ def detect(config: DetectConfig | None = None, **kwargs: Any) -> DetectSummary:
     for batch in todo:
         records = scorer.score_batch(batch)
         for rec in records:
-            if id_key(rec["id"]) in writer.done:
+            if id_key(rec[key]) in writer.done:
                 continue
             summary.scored_tokens += len(rec["tokens"])
             summary.flagged_tokens += sum(t["flag"] for t in rec["tokens"])
-            summary.with_spans += bool(rec["spans"])
+            summary.with_spans += bool(rec["spans"] or rec.get("response_spans"))
         summary.written += writer.write_batch(records)
         bar.update(len(batch))
     bar.close()

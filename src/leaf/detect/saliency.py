@@ -112,3 +112,30 @@ def pad_batch(
         att[b, : len(seq)] = 1
         tgt[b, tg] = True
     return ids, att, tgt
+
+
+@torch.no_grad()
+def token_surprisal(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    positions: torch.Tensor) -> torch.Tensor:
+    """``-log p(x_t | x_<t)`` in nats at the ``[B, T]`` bool ``positions`` (0 elsewhere and at t = 0)."""
+    device = model.get_input_embeddings().weight.device
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    positions = positions.to(device).bool().clone()
+    positions[:, 0] = False
+    out = torch.zeros(input_ids.shape, dtype=torch.float32, device=device)
+    if not positions.any():
+        return out.cpu()
+    predicting = positions[:, 1:].any(0).nonzero().squeeze(1)
+    lo, hi = int(predicting.min()), int(predicting.max()) + 1
+    kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+    if _supports_logits_to_keep(model):
+        kwargs["logits_to_keep"] = torch.arange(lo, hi, device=device)
+        logits = model(**kwargs).logits
+    else:
+        logits = model(**kwargs).logits[:, lo:hi]
+    for s in range(0, hi - lo, LOSS_CHUNK):
+        chunk = logits[:, s : s + LOSS_CHUNK].float()
+        nll = F.cross_entropy(chunk.transpose(1, 2), input_ids[:, lo + 1 + s : lo + 1 + s + chunk.shape[1]],
+                              reduction="none")
+        out[:, lo + 1 + s : lo + 1 + s + chunk.shape[1]] = nll
+    return (out * positions).cpu()

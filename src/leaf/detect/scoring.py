@@ -8,9 +8,10 @@ from typing import Any
 import torch
 
 from leaf.detect.decision import confounder_scores, flag_percentile, flag_threshold, merge_spans, whitespace_mask
+from leaf.detect.methods import NEEDS_SURPRISAL, MethodContext, apply_method
 from leaf.detect.prepare import Prepared, View
 from leaf.detect.projection import project_scores
-from leaf.detect.saliency import embedding_saliency, pad_batch
+from leaf.detect.saliency import embedding_saliency, pad_batch, token_surprisal
 
 
 def _round(x: float | None) -> float | None:
@@ -25,34 +26,27 @@ def model_saliency(model: Any, views: list[View], pad_id: int) -> tuple[list[tor
     return [sal[b, v.scored] for b, v in enumerate(views)], loss.cpu().tolist()
 
 
-def decide(
-    g_teacher: torch.Tensor,
-    g_student: torch.Tensor,
-    offsets: list[tuple[int, int]],
-    instruction: str,
-    rule: dict[str, Any],
-) -> tuple[list[dict[str, Any]], list[tuple[int, int]]]:
-    """Token records and merged spans for one sample (student tokens, instruction characters)."""
-    texts = [instruction[s:e] for s, e in offsets]
-    eligible = ~whitespace_mask(texts)
-    d = confounder_scores(g_teacher, g_student)
+def model_surprisal(model: Any, views: list[View], pad_id: int) -> list[torch.Tensor]:
+    """Surprisal of each view's scored tokens (one no-grad pass for the batch)."""
+    ids, att, scored = pad_batch([v.input_ids for v in views], [v.scored for v in views], pad_id)
+    s = token_surprisal(model, ids, att, scored)
+    return [s[b, v.scored] for b, v in enumerate(views)]
+
+
+def gradient_flags(scores: torch.Tensor | None, eligible: torch.Tensor, rule: dict[str, Any]) -> torch.Tensor:
     if "percentile" in rule:
-        flags = flag_percentile(d, rule["percentile"], eligible, cap=rule.get("cap", 0.5))
-    else:
-        flags = flag_threshold(d, rule["tau"], eligible)
-    tokens = [
-        {
-            "text": texts[i],
-            "start": offsets[i][0],
-            "end": offsets[i][1],
-            "g_teacher": _round(float(g_teacher[i])),
-            "g_student": _round(float(g_student[i])),
-            "score": None if d is None else _round(float(d[i])),
-            "flag": bool(flags[i]),
-        }
-        for i in range(len(offsets))
-    ]
-    return tokens, merge_spans(offsets, flags.tolist(), instruction)
+        return flag_percentile(scores, rule["percentile"], eligible, cap=rule.get("cap", 0.5))
+    return flag_threshold(scores, rule["tau"], eligible)
+
+
+def field_spans(view: View, flags: torch.Tensor, texts: dict[str, str]) -> dict[str, list[list[int]]]:
+    """Merged spans per field (a run of flagged tokens never crosses from instruction to response)."""
+    out: dict[str, list[list[int]]] = {}
+    for name, text in texts.items():
+        idx = [i for i in range(len(view.offsets)) if view.field(i) == name]
+        spans = merge_spans([view.offsets[i] for i in idx], [bool(flags[i]) for i in idx], text)
+        out[name] = [list(sp) for sp in spans]
+    return out
 
 
 @dataclass
@@ -62,6 +56,8 @@ class DetectionScorer:
     pad_ids: dict[str, int]
     rule: dict[str, Any]
     projection: str = "mean"
+    method: str = "gradient"
+    seed: int = 0
 
     @classmethod
     def load(cls, cfg: Any, tokenizers: dict[str, Any]) -> DetectionScorer:
@@ -75,26 +71,69 @@ class DetectionScorer:
         )
         student = load_model(cfg.student, dtype=cfg.dtype, device=cfg.device)
         pads = {name: tok.pad_token_id or 0 for name, tok in tokenizers.items()}
-        return cls(teacher, student, pads, cfg.rule, cfg.projection)
+        return cls(teacher, student, pads, cfg.rule, cfg.projection, cfg.method, cfg.seed)
 
     def score_batch(self, batch: list[Prepared]) -> list[dict[str, Any]]:
         g_t, loss_t = model_saliency(self.teacher, [p.views["teacher"] for p in batch], self.pad_ids["teacher"])
         g_s, loss_s = model_saliency(self.student, [p.views["student"] for p in batch], self.pad_ids["student"])
-        records = []
-        for b, p in enumerate(batch):
-            vt, vs = p.views["teacher"], p.views["student"]
-            gt = project_scores(vt.offsets, g_t[b], vs.offsets, self.projection)
-            tokens, spans = decide(gt, g_s[b], vs.offsets, p.sample.instruction, self.rule)
-            records.append(
-                {
-                    "id": p.sample.id,
-                    "level": "instruction",
-                    "method": "gradient",
-                    "tokens": tokens,
-                    "spans": [list(sp) for sp in spans],
-                    "loss_teacher": _round(loss_t[b]),
-                    "loss_student": _round(loss_s[b]),
-                    "truncated": p.cut,
-                }
+        surprisal = None
+        if self.method in NEEDS_SURPRISAL:
+            surprisal = model_surprisal(self.student, [p.views["student"] for p in batch], self.pad_ids["student"])
+        return [
+            self._record(p, g_t[b], g_s[b], loss_t[b], loss_s[b], None if surprisal is None else surprisal[b])
+            for b, p in enumerate(batch)
+        ]
+
+    def _record(self, p: Prepared, g_t: torch.Tensor, g_s: torch.Tensor, loss_t: float, loss_s: float,
+                surprisal: torch.Tensor | None) -> dict[str, Any]:
+        vt, vs = p.views["teacher"], p.views["student"]
+        # Tokens of both fields share one character axis for the projection: response
+        # offsets are shifted past the instruction so the two never overlap.
+        shift = len(p.sample.instruction) + 1
+
+        def axis(v: View) -> list[tuple[int, int]]:
+            return [(s + shift, e + shift) if v.field(i) == "response" else (s, e) for i, (s, e) in enumerate(v.offsets)]
+
+        gt = project_scores(axis(vt), g_t, axis(vs), self.projection)
+        texts = {"instruction": p.sample.instruction, "response": p.sample.response}
+        token_texts = [texts[vs.field(i)][s:e] for i, (s, e) in enumerate(vs.offsets)]
+        eligible = ~whitespace_mask(token_texts)
+        d = confounder_scores(gt, g_s)
+        ctx = MethodContext(p.key, gradient_flags(d, eligible, self.rule), eligible, surprisal, self.seed)
+        flags = apply_method(self.method, ctx)
+        response_level = p.loss_start > 0
+        tokens = []
+        for i, (s, e) in enumerate(vs.offsets):
+            tok: dict[str, Any] = {
+                "text": token_texts[i],
+                "start": s,
+                "end": e,
+                "g_teacher": _round(float(gt[i])),
+                "g_student": _round(float(g_s[i])),
+                "score": None if d is None else _round(float(d[i])),
+                "flag": bool(flags[i]),
+            }
+            if response_level:
+                tok["field"] = vs.field(i)
+            if surprisal is not None:
+                tok["surprisal"] = _round(float(surprisal[i]))
+            tokens.append(tok)
+        spans = field_spans(vs, flags, texts if response_level else {"instruction": texts["instruction"]})
+        record: dict[str, Any] = {"id": p.sample.id}
+        if response_level:
+            record["key"] = p.key
+        record.update(
+            level="response" if response_level else "instruction",
+            method=self.method,
+            tokens=tokens,
+            spans=spans["instruction"],
+        )
+        if response_level:
+            record.update(
+                response_spans=spans["response"],
+                segment=int(p.key.rsplit("@", 1)[1]),
+                loss_start=p.loss_start,
+                loss_end=p.loss_end,
             )
-        return records
+        record.update(loss_teacher=_round(loss_t), loss_student=_round(loss_s), truncated=p.cut)
+        return record

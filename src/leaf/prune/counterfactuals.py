@@ -1,0 +1,134 @@
+"""Counterfactual records (X \\ A, y) from samples and their detections.
+
+* ``span`` strategy (the paper's): one record per flagged span;
+* ``collective``: one record with every flagged span removed.
+
+Instruction-level detections prune the instruction; the record's target is the
+whole response (``loss_start: null``). Response-level detections (one per
+later segment ``j``) may prune the instruction and the response *before*
+segment ``j``; the record's response is that pruned prefix followed by segment
+``j``, and ``loss_start`` marks where segment ``j`` begins in it, so the
+distiller computes its KL on segment ``j`` only.
+
+Record schema: docs/prune.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from leaf.data.records import Sample
+from leaf.prune.text import prune_text
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("span", "collective")
+
+FieldSpan = tuple[str, int, int]  # (field, start, end)
+
+
+@dataclass(frozen=True)
+class Dropped:
+    key: str
+    reason: str
+
+
+def detection_spans(det: dict[str, Any]) -> list[FieldSpan]:
+    out = [("instruction", s, e) for s, e in det.get("spans", [])]
+    out += [("response", s, e) for s, e in det.get("response_spans", [])]
+    return out
+
+
+def span_strength(det: dict[str, Any], span: FieldSpan) -> float:
+    """How confounding a span is by its detection method's own signal (lower = stronger)."""
+    field, s, e = span
+    inside = [
+        t for t in det["tokens"]
+        if t.get("field", "instruction") == field and t["flag"] and t["start"] < e and t["end"] > s
+    ]
+    method = det.get("method", "gradient")
+    if method == "ppl":
+        return -max((t.get("surprisal") or 0.0) for t in inside) if inside else 0.0
+    if method == "random":
+        return 0.0  # no signal: keep the order of appearance
+    return min((t["score"] if t["score"] is not None else 1.0) for t in inside) if inside else 1.0
+
+
+def choose_spans(det: dict[str, Any], max_spans: int | None) -> list[FieldSpan]:
+    spans = detection_spans(det)
+    if max_spans is not None and len(spans) > max_spans:
+        ranked = sorted(range(len(spans)), key=lambda i: (span_strength(det, spans[i]), i))[:max_spans]
+        spans = [spans[i] for i in sorted(ranked)]
+    return spans
+
+
+def build_records(
+    sample: Sample,
+    det: dict[str, Any],
+    *,
+    strategy: str = "span",
+    max_spans: int | None = None,
+) -> tuple[list[dict[str, Any]], list[Dropped]]:
+    """Counterfactual records of one detection (one sample, or one segment of it)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; use one of {STRATEGIES}")
+    spans = choose_spans(det, max_spans)
+    key = str(det.get("key", det["id"]))
+    groups = [[sp] for sp in spans] if strategy == "span" else ([spans] if spans else [])
+    records, dropped = [], []
+    for n, group in enumerate(groups):
+        rid = f"{key}#s{n}" if strategy == "span" else f"{key}#c"
+        rec = _record(sample, det, group, rid, strategy)
+        if isinstance(rec, Dropped):
+            log.info("%s: %s", rec.key, rec.reason)
+            dropped.append(rec)
+        else:
+            records.append(rec)
+    return records, dropped
+
+
+def _record(sample: Sample, det: dict[str, Any], group: list[FieldSpan], rid: str,
+            strategy: str) -> dict[str, Any] | Dropped:
+    level = det.get("level", "instruction")
+    instr_spans = [(s, e) for f, s, e in group if f == "instruction"]
+    instruction, instr_removed = prune_text(sample.instruction, instr_spans)
+    if not instruction.strip():
+        return Dropped(rid, "pruning would empty the instruction")
+    removed = [{"field": "instruction", "start": s, "end": e, "text": sample.instruction[s:e]}
+               for s, e in instr_removed]
+    if level == "response":
+        loss_start, loss_end = det["loss_start"], det["loss_end"]
+        prefix = sample.response[:loss_start]
+        resp_spans = [(s, e) for f, s, e in group if f == "response"]
+        new_prefix, resp_removed = prune_text(prefix, resp_spans)
+        if resp_spans and not new_prefix.strip():
+            return Dropped(rid, "pruning would empty the response context")
+        if prefix[-1:].isspace() and not new_prefix[-1:].isspace() and new_prefix:
+            new_prefix += prefix[len(prefix.rstrip()):]  # keep the break before the target segment
+        removed += [{"field": "response", "start": s, "end": e, "text": prefix[s:e]} for s, e in resp_removed]
+        response = new_prefix + sample.response[loss_start:loss_end]
+        new_loss_start: int | None = len(new_prefix)
+    else:
+        response, new_loss_start = sample.response, None
+    rec: dict[str, Any] = {
+        "id": rid,
+        "source_id": sample.id,
+        "instruction": instruction,
+        "response": response,
+    }
+    if sample.answer is not None:
+        rec["answer"] = sample.answer
+    if sample.meta:
+        rec["meta"] = sample.meta
+    rec.update(
+        removed=removed,
+        strategy=strategy,
+        level=level,
+        method=det.get("method", "gradient"),
+        intervention="delete",
+        loss_start=new_loss_start,
+        verified=None,
+    )
+    return rec

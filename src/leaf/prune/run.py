@@ -1,0 +1,170 @@
+"""``leaf prune``: counterfactual samples from samples + detections, with a summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from leaf.config import build, option
+from leaf.data.jsonl import dumps
+from leaf.data.records import DataError, id_key, iter_jsonl, load_samples
+from leaf.prune.counterfactuals import STRATEGIES, build_records, detection_spans
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PruneConfig:
+    """Options of ``leaf prune`` (CLI flags, YAML keys and API arguments alike)."""
+
+    data: Path = option(help="the original samples (JSONL)")
+    detections: Path = option(help="detections from `leaf detect` (instruction or response level)")
+    out: Path = option(help="output counterfactual records (JSONL); a summary goes to OUT.summary.json")
+    strategy: str = option("span", choices=STRATEGIES,
+                           help="span: one record per flagged span (the paper's); collective: all spans at once")
+    max_spans: int | None = option(None, help="use at most N spans per detection (the most confounding first)")
+    verify: bool = option(False, help="keep a record only if teacher and student both answer it correctly")
+    teacher: str | None = option(None, help="teacher model, for --verify")
+    student: str | None = option(None, help="student model, for --verify")
+    task: str = option("exact", help="answer checker for --verify: math, code, qa or exact")
+    max_new_tokens: int = option(256, help="generation length for --verify")
+    batch_size: int = option(8, help="generation batch size for --verify")
+    device: str = option("cpu", help="device for --verify generation")
+    dtype: str = option("float32", help="model dtype for --verify generation")
+
+    def validate(self) -> None:
+        if self.verify and not (self.teacher and self.student):
+            raise ValueError("--verify needs --teacher and --student")
+        if self.max_spans is not None and self.max_spans < 1:
+            raise ValueError("--max-spans must be >= 1")
+
+
+@dataclass
+class PruneSummary:
+    samples: int = 0
+    detections: int = 0
+    samples_with_spans: int = 0
+    spans: int = 0
+    spans_per_sample: float = 0.0
+    spans_per_sample_with_spans: float = 0.0
+    instruction_tokens: int = 0
+    removed_tokens: int = 0
+    removed_token_share: float = 0.0
+    records_written: int = 0
+    dropped_empty: int = 0
+    no_detection: int = 0
+    verified_kept: int | None = None
+    verified_dropped: int | None = None
+    top_pruned: list[tuple[str, int]] = field(default_factory=list)
+
+    def line(self) -> str:
+        verified = ""
+        if self.verified_kept is not None:
+            verified = f"; verified: {self.verified_kept} kept, {self.verified_dropped} dropped"
+        return (
+            f"{self.detections} detections of {self.samples} samples: {self.samples_with_spans} with spans "
+            f"({self.spans_per_sample:.2f} spans per sample), {self.removed_token_share:.1%} of instruction tokens "
+            f"flagged; {self.records_written} records written, {self.dropped_empty} dropped (empty), "
+            f"{self.no_detection} samples without detection{verified}"
+        )
+
+
+def load_detections(path: Path, known: set[str]) -> list[dict[str, Any]]:
+    """Read detections, naming file:line for records that are malformed or name unknown samples."""
+    problems, out = [], []
+    for lineno, obj, err in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        if err:
+            problems.append(f"{where}: {err}")
+            continue
+        for name in ("id", "tokens", "spans"):
+            if not isinstance(obj, dict) or name not in obj:
+                problems.append(f"{where}: field '{name}': missing")
+                break
+        else:
+            if id_key(obj["id"]) not in known:
+                problems.append(f"{where}: field 'id': {obj['id']!r} is not in the samples file")
+            elif obj.get("level") == "response" and not {"loss_start", "loss_end"} <= set(obj):
+                problems.append(f"{where}: field 'loss_start': response-level detection without loss range")
+            else:
+                out.append(obj)
+    if problems:
+        raise DataError(problems)
+    return out
+
+
+def prune(config: PruneConfig | None = None, **kwargs: Any) -> PruneSummary:
+    """Write counterfactual records; see :class:`PruneConfig`."""
+    cfg = config if config is not None else build(PruneConfig, kwargs, "leaf.prune()")
+    if config is not None:
+        cfg.validate()
+    samples = {id_key(s.id): s for s in load_samples(cfg.data)}
+    detections = load_detections(Path(cfg.detections), set(samples))
+    summary = PruneSummary(samples=len(samples), detections=len(detections))
+    records: list[dict[str, Any]] = []
+    pruned_strings: Counter[str] = Counter()
+    with_spans: set[str] = set()
+    for det in detections:
+        sample = samples[id_key(det["id"])]
+        spans = detection_spans(det)
+        summary.spans += len(spans)
+        if spans:
+            with_spans.add(id_key(det["id"]))
+        tokens = [t for t in det["tokens"] if t.get("field", "instruction") == "instruction"]
+        summary.instruction_tokens += len(tokens)
+        summary.removed_tokens += sum(1 for t in tokens if t["flag"])
+        for f, s, e in spans:
+            text = (sample.instruction if f == "instruction" else sample.response)[s:e]
+            pruned_strings[text] += 1
+        recs, dropped = build_records(sample, det, strategy=cfg.strategy, max_spans=cfg.max_spans)
+        records.extend(recs)
+        summary.dropped_empty += len(dropped)
+    detected = {id_key(d["id"]) for d in detections}
+    summary.no_detection = len(set(samples) - detected)
+    summary.samples_with_spans = len(with_spans)
+    summary.spans_per_sample = summary.spans / max(len(detections), 1)
+    summary.spans_per_sample_with_spans = summary.spans / max(
+        sum(1 for d in detections if detection_spans(d)), 1)
+    summary.removed_token_share = summary.removed_tokens / max(summary.instruction_tokens, 1)
+    summary.top_pruned = pruned_strings.most_common(20)
+
+    if cfg.verify:
+        from leaf.prune.verify import verify_records
+
+        answer, check = _live_verifier(cfg)
+        records, dropped_records = verify_records(records, answer, check)
+        summary.verified_kept = sum(1 for r in records if r["verified"] is True)
+        summary.verified_dropped = len(dropped_records)
+
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("".join(dumps(r) + "\n" for r in records), encoding="utf-8")
+    tmp.replace(out)
+    summary.records_written = len(records)
+    summary_path = out.with_name(out.name + ".summary.json")
+    summary_path.write_text(json.dumps(summary.__dict__, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return summary
+
+
+def _live_verifier(cfg: PruneConfig) -> tuple[Any, Any]:
+    """Generation with the real models and the task's checker."""
+    from leaf.evaluate.checkers import get_checker
+    from leaf.evaluate.generation import generate
+    from leaf.models import load_model, load_tokenizer
+
+    checker = get_checker(cfg.task)
+    loaded: dict[str, tuple[Any, Any]] = {}
+
+    def answer(role: str, instructions: list[str]) -> list[str]:
+        path = cfg.teacher if role == "teacher" else cfg.student
+        if role not in loaded:
+            loaded[role] = (load_model(path, dtype=cfg.dtype, device=cfg.device), load_tokenizer(path))
+        model, tok = loaded[role]
+        return generate(model, tok, instructions, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+
+    return answer, checker.check

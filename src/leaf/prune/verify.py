@@ -1,0 +1,52 @@
+"""Keep a pruning only when teacher and student both still answer correctly.
+
+The paper validates each counterfactual by answering the pruned instruction
+with both models. :func:`verify_records` takes the two pieces it needs as
+plain callables, so the rule is testable on its own and the CLI plugs in real
+generation (:func:`leaf.evaluate.generation.generate`) and a task checker
+(:func:`leaf.evaluate.checkers.get_checker`).
+
+Records whose instruction is unchanged (a response-level pruning that cut only
+earlier response text) cannot be checked by answering the instruction; they
+keep ``verified: null`` and are kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from leaf.data.records import Sample
+
+#: ``answer(role, instructions) -> predictions`` for role "teacher" / "student".
+AnswerFn = Callable[[str, Sequence[str]], Sequence[str]]
+#: ``check(prediction, sample) -> correct``.
+CheckFn = Callable[[str, Sample], bool]
+
+
+def _as_sample(rec: dict[str, Any]) -> Sample:
+    return Sample(id=rec["id"], instruction=rec["instruction"], response=rec["response"],
+                  answer=rec.get("answer"), meta=rec.get("meta") or {})
+
+
+def verify_records(
+    records: list[dict[str, Any]],
+    answer: AnswerFn,
+    check: CheckFn,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Set ``verified`` on every record; return ``(kept, dropped)``.
+
+    ``verified`` is true when both models answer the pruned instruction
+    correctly, false otherwise; records with an unchanged instruction stay null.
+    """
+    checkable = [r for r in records if any(x.get("field", "instruction") == "instruction" for x in r["removed"])]
+    if checkable:
+        prompts = [r["instruction"] for r in checkable]
+        teacher = answer("teacher", prompts)
+        student = answer("student", prompts)
+        for rec, t, s in zip(checkable, teacher, student, strict=True):
+            sample = _as_sample(rec)
+            rec["verified"] = bool(check(t, sample) and check(s, sample))
+    kept = [r for r in records if r["verified"] is not False]
+    dropped = [r for r in records if r["verified"] is False]
+    return kept, dropped

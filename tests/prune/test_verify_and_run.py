@@ -1,0 +1,109 @@
+"""Verification keeps/drops the right records; `leaf prune` end to end with its summary."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from leaf.cli import main
+from leaf.data.jsonl import read_jsonl
+from leaf.prune.verify import verify_records
+
+
+def _rec(rid, instruction, answer, field="instruction"):
+    return {"id": rid, "instruction": instruction, "response": "r", "answer": answer,
+            "removed": [{"field": field, "start": 0, "end": 1, "text": "x"}], "verified": None}
+
+
+def answer_by_reading(role, instructions):
+    """A real answering rule: the teacher reads the last number; the student the first one."""
+    out = []
+    for text in instructions:
+        nums = re.findall(r"\d+", text)
+        pick = nums[-1] if role == "teacher" else nums[0]
+        out.append(f"The answer is {pick}." if nums else "I do not know.")
+    return out
+
+
+def check_final_number(prediction, sample):
+    m = re.search(r"The answer is (\d+)", prediction)
+    return bool(m) and m.group(1) == sample.answer
+
+
+def test_verification_keeps_only_records_both_models_answer():
+    records = [
+        _rec("both-right", "the value is 8", "8"),  # one number: both read 8
+        _rec("student-wrong", "ignore 3, the value is 8", "8"),  # student reads 3
+        _rec("both-wrong", "the value is 2", "8"),
+        _rec("response-only", "ignore 3, the value is 8", "8", field="response"),  # not checkable
+    ]
+    kept, dropped = verify_records(records, answer_by_reading, check_final_number)
+    assert [r["id"] for r in kept] == ["both-right", "response-only"]
+    assert [r["id"] for r in dropped] == ["student-wrong", "both-wrong"]
+    assert {r["id"]: r["verified"] for r in records} == {
+        "both-right": True, "student-wrong": False, "both-wrong": False, "response-only": None}
+
+
+SAMPLES = [
+    {"id": "a", "instruction": "Tom, who is 12, has 3 apples.", "response": "The answer is 3.", "answer": "3"},
+    {"id": "b", "instruction": "Key 7 maps to 31. Hint: 31.", "response": "The answer is 31.", "answer": "31"},
+    {"id": "c", "instruction": "No confounder here.", "response": "The answer is 1.", "answer": "1"},
+]
+
+
+def _tok(text, start, flag):
+    return {"text": text, "start": start, "end": start + len(text), "g_teacher": 1.0, "g_student": 1.0,
+            "score": 0.0 if flag else 1.0, "flag": flag}
+
+
+DETS = [
+    {"id": "a", "level": "instruction", "method": "gradient", "spans": [[12, 14], [20, 21]],
+     "tokens": [_tok("Tom,", 0, False), _tok(" 12", 11, True), _tok(" 3", 19, True), _tok(" apples.", 21, False)]},
+    {"id": "b", "level": "instruction", "method": "gradient", "spans": [[24, 26]],
+     "tokens": [_tok("Key", 0, False), _tok(" 31", 23, True)]},
+]
+
+
+@pytest.fixture()
+def files(tmp_path):
+    data, dets = tmp_path / "d.jsonl", tmp_path / "det.jsonl"
+    data.write_text("".join(json.dumps(s) + "\n" for s in SAMPLES))
+    dets.write_text("".join(json.dumps(d) + "\n" for d in DETS))
+    return data, dets
+
+
+def test_cli_writes_records_and_summary(files, tmp_path, capsys):
+    data, dets = files
+    out = tmp_path / "cf.jsonl"
+    assert main(["prune", "--data", str(data), "--detections", str(dets), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "2 detections of 3 samples: 2 with spans" in printed and "3 records written" in printed
+    recs = read_jsonl(out)
+    assert [r["instruction"] for r in recs] == [
+        "Tom, who is, has 3 apples.", "Tom, who is 12, has apples.", "Key 7 maps to 31. Hint:."]
+    assert len({r["id"] for r in recs}) == 3
+    summary = json.loads((tmp_path / "cf.jsonl.summary.json").read_text())
+    assert summary["samples"] == 3 and summary["no_detection"] == 1 and summary["spans"] == 3
+    assert summary["spans_per_sample"] == 1.5 and summary["removed_tokens"] == 3
+    assert summary["removed_token_share"] == pytest.approx(3 / 6)
+    assert dict((t, n) for t, n in summary["top_pruned"]) == {"12": 1, "3": 1, "31": 1}
+    assert summary["verified_kept"] is None
+
+
+def test_detection_for_an_unknown_sample_is_named(files, tmp_path, capsys):
+    data, dets = files
+    with dets.open("a") as fh:
+        fh.write(json.dumps({**DETS[1], "id": "zzz"}) + "\n" + '{"id": "a"}\n')
+    assert main(["prune", "--data", str(data), "--detections", str(dets), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{dets}:3: field 'id': 'zzz' is not in the samples file" in err
+    assert f"{dets}:4: field 'tokens': missing" in err
+
+
+def test_verify_needs_models(files, tmp_path, capsys):
+    data, dets = files
+    assert main(["prune", "--data", str(data), "--detections", str(dets), "--out", str(tmp_path / "o"),
+                 "--verify"]) == 2
+    assert "--verify needs --teacher and --student" in capsys.readouterr().err
