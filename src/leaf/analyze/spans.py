@@ -18,6 +18,7 @@ Only instruction-level spans are analysed; response-level records are skipped.
 from __future__ import annotations
 
 from collections.abc import Sequence
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from typing import Any
 from leaf.data.records import DataError, Sample, id_key, iter_jsonl, load_samples
 
 Span = tuple[int, int]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -191,4 +194,7 @@ def load_span_samples(data: str | Path, samples: str | Path | None = None) -> tu
                     out.append(SpanSample(sid, instruction, response, checked))
     if problems:
         raise DataError(problems)
+    other_level = sum(1 for _, r in records if r.get("level", "instruction") != "instruction")
+    if other_level:
+        log.warning("%s: skipped %d record(s) that are not instruction-level", data, other_level)
     return kind, out

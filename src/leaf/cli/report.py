@@ -19,14 +19,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from leaf.config import resolve
-    from leaf.report import ReportConfig, build_report
-    from leaf.report.load import load_run
+    from leaf.report import ReportConfig, write_report
 
     config = resolve(ReportConfig, args)
     if not config.run.is_dir():
         print(f"leaf report: error: {config.run}: run folder not found", file=sys.stderr)
         return 2
-    out = build_report(config)
-    missing = load_run(config.run).missing
-    print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB)" + (f"; not in this run: {', '.join(missing)}" if missing else ""))
+    out, shown = write_report(config)
+    line = f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB)"
+    if shown.missing:
+        line += f"; not in this run: {', '.join(shown.missing)}"
+    if shown.errors:
+        line += f"; {len(shown.errors)} problem(s) reading the run, listed on the page"
+    print(line)
     return 0

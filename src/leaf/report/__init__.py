@@ -25,6 +25,11 @@ class ReportConfig:
 
 def build_report(config: ReportConfig | None = None, **kwargs: Any) -> Path:
     """Write the page; return its path."""
+    return write_report(config, **kwargs)[0]
+
+
+def write_report(config: ReportConfig | None = None, **kwargs: Any) -> tuple[Path, Any]:
+    """Write the page; return its path and the :class:`~leaf.report.load.RunData` shown."""
     from leaf.config import build
     from leaf.report.html import build_page
     from leaf.report.load import load_run
@@ -37,4 +42,4 @@ def build_report(config: ReportConfig | None = None, **kwargs: Any) -> Path:
     out = Path(config.out) if config.out else Path(config.run) / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(build_page(run, title=config.title, shown=config.shown, top=config.top), encoding="utf-8")
-    return out
+    return out, run

@@ -313,10 +313,16 @@ def evaluation_section(run: RunData) -> str:
             cells.append(f'<td class="{cls}" title="{_e(tip)}">{100 * acc:.2f}</td>')
         avg = r["average"]
         cls = "num best" if avg is not None and avg == best_avg and len(rows) > 1 else "num"
-        cells.append(f'<td class="{cls}">{"–" if avg is None else f"{100 * avg:.2f}"}</td>')
+        cells.append(
+            f'<td class="{cls}" title="mean over {len(r["cells"])} benchmark(s)">'
+            f'{"–" if avg is None else f"{100 * avg:.2f}"}</td>'
+        )
         body.append(cells)
     table = _table(["model"] + [_e(c) for c in columns] + ["average"], body, "eval-table")
-    return head + '<p class="muted">Accuracy (%) per benchmark (pass@1 for code); best of each column in bold; hover a cell for counts.</p>' + table + "</section>"
+    note = "Accuracy (%) per benchmark (pass@1 for code); best of each column in bold; hover a cell for counts."
+    if len({frozenset(r["cells"]) for r in rows}) > 1:
+        note += " Rows cover different benchmarks, so their averages are not comparable."
+    return f'{head}<p class="muted">{note}</p>{table}</section>'
 
 
 def attention_section(run: RunData) -> str:
