@@ -94,3 +94,25 @@ def test_analyze_refuses_bad_labels(run_dir, capsys):
     argv = ["analyze", "--model", str(run_dir / "student"), "--label", "a", "b", "--data", "x", "--out", "y"]
     assert main(argv) == 2
     assert "--label: got 2 label(s) for 1 model(s)" in capsys.readouterr().err
+
+
+def test_analyze_api_on_detections_with_samples(run_dir, tmp_path):
+    from leaf.analyze.run import analyze
+
+    samples = tmp_path / "samples.jsonl"
+    det = tmp_path / "detections.jsonl"
+    with samples.open("w") as fs, det.open("w") as fd:
+        for k, (instr, resp, flag) in enumerate(zip(INSTR, RESP, FLAGGED)):
+            fs.write(json.dumps({"id": f"s{k}", "instruction": instr, "response": resp}) + "\n")
+            start = instr.index(flag)
+            fd.write(json.dumps({"id": f"s{k}", "level": "instruction", "method": "gradient", "tokens": [],
+                                 "spans": [[start, start + len(flag)]], "truncated": 0}) + "\n")
+    result = analyze(model=[str(run_dir / "student")], data=det, samples=samples, out=tmp_path / "out",
+                     max_samples=2, max_length=24, plots=False)
+    (m,) = result["models"]
+    assert result["data_kind"] == "detections" and result["figures"] == {}
+    assert [r["id"] for r in m["samples"]] == ["s0", "s1"]
+    # every sample is longer than 24 tokens: all skipped, and said so
+    assert m["summary"]["samples"] == 0 and m["summary"]["skipped"] == {"longer than --max-length": 2}
+    assert m["summary"]["share_on_span"] is None
+    assert json.loads((tmp_path / "out" / "attention.json").read_text())["models"][0]["label"] == "student"

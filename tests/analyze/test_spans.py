@@ -52,7 +52,8 @@ def test_detections_need_samples_and_match_by_id(tmp_path):
     samples = _write(tmp_path / "s.jsonl", [{"id": "a", "instruction": INSTR, "response": RESP}])
     det = _write(
         tmp_path / "d.jsonl",
-        [{"id": "a", "level": "instruction", "method": "gradient", "tokens": [], "spans": [_span("42"), _span("hint")]}],
+        [{"id": "a", "level": "instruction", "method": "gradient", "tokens": [],
+          "spans": [_span("42"), _span("hint")]}],
     )
     with pytest.raises(DataError, match="--samples"):
         load_span_samples(det)

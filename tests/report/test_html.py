@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import shutil
 from html.parser import HTMLParser
 
 import pytest
@@ -15,7 +14,7 @@ from leaf.report import build_report
 from leaf.report.stats import detection_stats, evaluation_table, minmax, span_text
 from leaf.report.svg import line_chart, nice_ticks
 
-from .conftest import FLAGGED, SAMPLES, detection, png, write_run
+from .conftest import FLAGGED, SAMPLES, detection, write_run
 
 
 class Page(HTMLParser):
@@ -150,7 +149,8 @@ def test_statistics_and_tables(run_folder):
 
     evals = _rows(page, page.find("table", class_="eval-table")[0])
     assert evals[0] == ["model", "gsm8k", "math500", "humaneval", "average"]
-    assert evals[1] == ["student-leaf", "58.00", "35.00", f"{100 * 64 / 164:.2f}", f"{100 * (0.58 + 0.35 + 64 / 164) / 3:.2f}"]
+    avg = 100 * (0.58 + 0.35 + 64 / 164) / 3
+    assert evals[1] == ["student-leaf", "58.00", "35.00", f"{100 * 64 / 164:.2f}", f"{avg:.2f}"]
     assert evals[2] == ["student-pre", "45.00", "24.00", "–", f"{100 * (0.45 + 0.24) / 2:.2f}"]
     bold = [e["text"] for e in page.elements if e["tag"] == "td" and "best" in e["attrs"].get("class", "").split()]
     assert "58.00" in bold and "45.00" not in bold
@@ -163,8 +163,8 @@ def test_statistics_and_tables(run_folder):
     assert [r["attrs"]["data-run"] for r in runs] == ["train", "train-kd"]
     lines = page.find("polyline")
     assert len(lines) == 2 * 4
-    assert [l["attrs"]["data-series"] for l in lines[:4]] == ["loss", "kd_loss", "cd_loss", "lr"]
-    assert all(len(l["attrs"]["points"].split()) == 20 for l in lines)
+    assert [ln["attrs"]["data-series"] for ln in lines[:4]] == ["loss", "kd_loss", "cd_loss", "lr"]
+    assert all(len(ln["attrs"]["points"].split()) == 20 for ln in lines)
     last = _rows(page, page.find("table", class_="last-values")[0])
     assert last[1][0] == "20" and float(last[1][2]) == pytest.approx(0.5 * (2 + 1.5) / 20 ** 0.5, rel=1e-4)
 

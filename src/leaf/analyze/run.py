@@ -12,7 +12,6 @@ Schemas: docs/analysis.md.
 from __future__ import annotations
 
 import json
-import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +19,6 @@ from typing import Any
 
 from leaf.config import ConfigError, option, to_dict
 from leaf.models import DTYPES
-
-log = logging.getLogger(__name__)
 
 SAMPLES_FILE = "attention_samples.jsonl"
 RESULT_FILE = "attention.json"
@@ -44,6 +41,9 @@ class AnalyzeConfig:
     heatmaps: int = option(4, help="draw a heatmap (and keep per-token attention) for the first N samples")
     dtype: str = option("float32", help="model dtype", choices=DTYPES)
     device: str = option("cpu", help="torch device, e.g. cuda:0")
+    device_map: str | None = option(
+        None, help="e.g. 'auto' to spread a large model over several GPUs (then --device is ignored)"
+    )
     overwrite: bool = option(False, help="start over instead of resuming an existing OUT/attention_samples.jsonl")
     plots: bool = option(True, help="draw PNG figures (needs matplotlib: pip install 'leaf[analysis]')")
 
@@ -197,7 +197,13 @@ def analyze(config: AnalyzeConfig | None = None, **kwargs: Any) -> dict[str, Any
         model = None
         if todo:
             tokenizer = load_tokenizer(name)
-            model = load_model(name, dtype=config.dtype, device=config.device, attn_implementation="eager")
+            model = load_model(
+                name,
+                dtype=config.dtype,
+                device=config.device,
+                device_map=config.device_map,
+                attn_implementation="eager",
+            )
             model_config = model.config
         else:
             from transformers import AutoConfig

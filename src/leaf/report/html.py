@@ -222,7 +222,12 @@ def detections_section(run: RunData, shown: int, top: int) -> str:
         '<p class="muted">Colour intensity: min-max normalised gradient saliency of the teacher and of the student, '
         "and 1 − d (d = normalised ĝ<sup>T</sup> − ĝ<sup>S</sup>; dark red = the student is far more sensitive than "
         "the teacher). Flagged tokens are outlined; flagged spans are underlined in red. Hover a token for its values."
-        + ("" if run.instructions else " (The original instructions were not found; spaces between tokens are shown as one space.)")
+        + (
+            " Where a sample's original instruction was not found (see docs/report.md), its tokens are joined "
+            "with single spaces."
+            if any(str(r.get("id")) not in run.instructions for r in chosen)
+            else ""
+        )
         + "</p>"
     )
     parts.append('<div id="samples">')
@@ -234,7 +239,11 @@ def detections_section(run: RunData, shown: int, top: int) -> str:
 
 def counterfactuals_section(run: RunData) -> str:
     if run.counterfactuals is None:
-        return '<section id="counterfactuals"><h2>Counterfactual samples</h2>' + _missing("counterfactuals.jsonl") + "</section>"
+        return (
+            '<section id="counterfactuals"><h2>Counterfactual samples</h2>'
+            + _missing("counterfactuals.jsonl")
+            + "</section>"
+        )
     st = counterfactual_stats(run.counterfactuals)
     fmt = lambda d: ", ".join(f"{k}: {v}" for k, v in d.items())  # noqa: E731
     pairs = [
@@ -278,7 +287,7 @@ def training_section(run: RunData) -> str:
         keys = [k for k in ("step", "epoch", "loss", "kd_loss", "cd_loss", "lr", "tokens_per_s") if k in last]
         parts.append("<p class='muted'>last logged values</p>")
         cells = [
-            f'<td class="num">{last[k]:.5g}</td>' if isinstance(last[k], float) else f'<td class="num">{_num(last[k])}</td>'
+            f'<td class="num">{f"{last[k]:.5g}" if isinstance(last[k], float) else _num(last[k])}</td>'
             for k in keys
         ]
         parts.append(_table([_e(k) for k in keys], [cells], "last-values"))

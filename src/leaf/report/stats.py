@@ -101,7 +101,6 @@ def evaluation_table(results: list[tuple[str, dict[str, Any]]]) -> tuple[list[st
                 if bench not in columns:
                     columns.append(bench)
         accs = [float(c["accuracy"]) for c in cells.values()]
-        rows.append(
-            {"name": str(obj.get("model") or stem), "file": stem, "cells": cells, "average": statistics.fmean(accs) if accs else None}
-        )
+        average = statistics.fmean(accs) if accs else None
+        rows.append({"name": str(obj.get("model") or stem), "file": stem, "cells": cells, "average": average})
     return columns, rows
