@@ -181,3 +181,26 @@ def test_skips_long_and_spanless_samples(tokenizers):
     assert "longer than" in analyze_sample(model, tok, SAMPLE, max_length=5, profile=False)["skipped"]
     empty = SpanSample("e", SAMPLE.instruction, SAMPLE.response, [(3, 3)])
     assert analyze_sample(model, tok, empty, max_length=4096, profile=False)["skipped"].startswith("no token")
+
+
+@pytest.mark.parametrize("style,arch", [("llama3", "llama"), ("chatml", "qwen2")])
+def test_hooks_give_the_same_numbers_as_output_attentions(tokenizers, style, arch):
+    tok = tokenizers[style]
+    model = _eager(tok, arch, seed=7)
+    a = analyze_sample(model, tok, SAMPLE, max_length=4096, profile=True, collect="output_attentions")
+    before = sum(len(m._forward_hooks) for m in model.modules())  # transformers adds its own on first use
+    b = analyze_sample(model, tok, SAMPLE, max_length=4096, profile=True, collect="hooks")
+    for key in ("share_on_span", "share_on_rest", "share_on_template", "raw_share_on_response"):
+        assert b["per_layer"][key] == pytest.approx(a["per_layer"][key], abs=1e-6)
+    assert [t["attention"] for t in b["tokens"]] == [pytest.approx(t["attention"], abs=1e-6) for t in a["tokens"]]
+    # our hooks are removed afterwards (transformers keeps hooks of its own)
+    assert sum(len(m._forward_hooks) for m in model.modules()) == before
+
+
+def test_hooks_refuse_a_model_without_attention_weights(tokenizers):
+    tok = tokenizers["llama3"]
+    model = build_model(tok, hidden_size=32, num_layers=1, attn_implementation="sdpa")
+    before = sum(len(m._forward_hooks) for m in model.modules())
+    with pytest.raises(RuntimeError, match="eager"):
+        analyze_sample(model, tok, SAMPLE, max_length=4096, profile=False, collect="hooks")
+    assert sum(len(m._forward_hooks) for m in model.modules()) == before

@@ -154,19 +154,30 @@ class LayerShares:
     profile: list[list[float]]  # [layer][instruction token] (see instruction_profile)
 
 
+def one_layer(
+    attn: torch.Tensor, groups: TokenGroups, *, profile: bool = False
+) -> tuple[float, float, float, float, list[float] | None]:
+    """(span, rest, template, raw_response, profile or None) of one layer's ``[1, H, T, T]`` weights."""
+    masses = group_masses(attn, groups)  # [H, Q, 4]
+    shares = prompt_shares(masses).mean(dim=(0, 1))
+    prof = instruction_profile(attn, groups).tolist() if profile else None
+    return float(shares[0]), float(shares[1]), float(shares[2]), float(masses[..., 3].mean()), prof
+
+
+def combine_layers(results: Sequence[tuple[float, float, float, float, list[float] | None]]) -> LayerShares:
+    """:class:`LayerShares` from :func:`one_layer` results in layer order."""
+    return LayerShares(
+        span=[r[0] for r in results],
+        rest=[r[1] for r in results],
+        template=[r[2] for r in results],
+        raw_response=[r[3] for r in results],
+        profile=[r[4] for r in results if r[4] is not None],
+    )
+
+
 def layer_shares(attentions: Sequence[torch.Tensor], groups: TokenGroups, *, profile: bool = False) -> LayerShares:
     """Shares per layer, averaged over heads and response queries.
 
     ``attentions``: one ``[1, H, T, T]`` tensor per layer (``output_attentions``).
     """
-    span, rest, template, raw_response, prof = [], [], [], [], []
-    for attn in attentions:
-        masses = group_masses(attn, groups)  # [H, Q, 4]
-        shares = prompt_shares(masses).mean(dim=(0, 1))
-        span.append(float(shares[0]))
-        rest.append(float(shares[1]))
-        template.append(float(shares[2]))
-        raw_response.append(float(masses[..., 3].mean()))
-        if profile:
-            prof.append(instruction_profile(attn, groups).tolist())
-    return LayerShares(span, rest, template, raw_response, prof)
+    return combine_layers([one_layer(attn, groups, profile=profile) for attn in attentions])

@@ -37,7 +37,13 @@ class AnalyzeConfig:
     )
     label: list[str] | None = option(None, help="one display name per --model (default: the folder name)")
     max_samples: int | None = option(None, help="analyse at most this many samples (in file order)")
-    max_length: int = option(2048, help="skip samples longer than this many tokens (attention is L*H*T*T floats)")
+    max_length: int = option(2048, help="skip samples longer than this many tokens")
+    collect: str = option(
+        "output_attentions",
+        help="how attention weights are read: output_attentions (all layers at once, L*H*T*T numbers) or hooks "
+        "(each layer reduced as it is computed: one layer's weights in memory)",
+        choices=("output_attentions", "hooks"),
+    )
     heatmaps: int = option(4, help="draw a heatmap (and keep per-token attention) for the first N samples")
     dtype: str = option("float32", help="model dtype", choices=DTYPES)
     device: str = option("cpu", help="torch device, e.g. cuda:0")
@@ -77,8 +83,20 @@ def _stderr(values: list[float]) -> float | None:
     return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1) / len(values))
 
 
-def analyze_sample(model: Any, tokenizer: Any, sample: Any, *, max_length: int, profile: bool) -> dict[str, Any]:
-    """Attention shares of one :class:`~leaf.analyze.spans.SpanSample` (one forward pass)."""
+def analyze_sample(
+    model: Any,
+    tokenizer: Any,
+    sample: Any,
+    *,
+    max_length: int,
+    profile: bool,
+    collect: str = "output_attentions",
+) -> dict[str, Any]:
+    """Attention shares of one :class:`~leaf.analyze.spans.SpanSample` (one forward pass).
+
+    ``collect``: ``output_attentions`` (all layers' weights returned by the model) or
+    ``hooks`` (each layer reduced as it is computed; see :mod:`leaf.analyze.capture`).
+    """
     import torch
 
     from leaf.analyze.attention import density_ratio, layer_shares, token_groups
@@ -101,12 +119,27 @@ def analyze_sample(model: Any, tokenizer: Any, sample: Any, *, max_length: int, 
     if not groups.span:
         return {**base, **counts, "skipped": "no token overlaps the flagged spans"}
     ids = torch.tensor([enc.input_ids], device=input_device(model))
-    with torch.no_grad():
-        out = model(input_ids=ids, output_attentions=True, use_cache=False)
-    if not out.attentions or out.attentions[0] is None:
-        raise RuntimeError("the model returned no attention weights; it must support attn_implementation='eager'")
-    shares = layer_shares(out.attentions, groups, profile=profile)
-    del out
+    if collect == "hooks":
+        from leaf.analyze.attention import combine_layers, one_layer
+        from leaf.analyze.capture import attention_hooks
+
+        results: dict[int, Any] = {}
+
+        def reduce(layer: int, weights: torch.Tensor) -> None:
+            results[layer] = one_layer(weights, groups, profile=profile)
+
+        with torch.no_grad(), attention_hooks(model, reduce) as n_layers:
+            model(input_ids=ids, use_cache=False)
+        if sorted(results) != list(range(n_layers)):
+            raise RuntimeError(f"attention hooks saw layers {sorted(results)}, expected 0..{n_layers - 1}")
+        shares = combine_layers([results[i] for i in range(n_layers)])
+    else:
+        with torch.no_grad():
+            out = model(input_ids=ids, output_attentions=True, use_cache=False)
+        if not out.attentions or out.attentions[0] is None:
+            raise RuntimeError("the model returned no attention weights; it must support attn_implementation='eager'")
+        shares = layer_shares(out.attentions, groups, profile=profile)
+        del out
     span, rest, template = _mean(shares.span), _mean(shares.rest), _mean(shares.template)
     rec: dict[str, Any] = {
         **base,
@@ -211,7 +244,12 @@ def analyze(config: AnalyzeConfig | None = None, **kwargs: Any) -> dict[str, Any
             model_config = AutoConfig.from_pretrained(name)
         for sample in tqdm(todo, desc=f"attention {label}", unit="sample", disable=None):
             rec = analyze_sample(
-                model, tokenizer, sample, max_length=config.max_length, profile=id_key(sample.id) in heat_ids
+                model,
+                tokenizer,
+                sample,
+                max_length=config.max_length,
+                profile=id_key(sample.id) in heat_ids,
+                collect=config.collect,
             )
             writer.write_batch([{"key": _key(label, sample.id), "model": label, **rec}])
         del model
