@@ -249,3 +249,11 @@ def test_line_chart_maps_points_into_the_plot_area():
     # plot area: x from 60 to 300-130=170, y from 28 to 200-40=160 (y grows downwards)
     assert pts == [(60.0, 160.0), (170.0, 28.0)]
     assert len(page.find("polyline")[1]["attrs"]["points"].split()) == 1
+
+
+def test_a_malformed_part_does_not_hide_the_others(tmp_path):
+    root = write_run(tmp_path / "run", parts=("detections", "eval"))
+    (root / "detections.jsonl").write_text(json.dumps({"id": 1, "spans": [[1, 2, 3]], "tokens": "oops"}) + "\n")
+    page = _render(root)
+    assert "This part could not be shown" in page.by_id("detections")["text"]
+    assert page.find("table", class_="eval-table")

@@ -380,6 +380,17 @@ def attention_section(run: RunData) -> str:
     return "".join(parts)
 
 
+def _guarded(ident: str, title: str, make: Any) -> str:
+    """A section, or its heading and the error when its records are not shaped as expected."""
+    try:
+        return make()
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        return (
+            f'<section id="{ident}"><h2>{_e(title)}</h2><p class="errors">This part could not be shown: '
+            f"{_e(type(exc).__name__)}: {_e(exc)} (are the files in the format of docs/report.md?)</p></section>"
+        )
+
+
 def build_page(run: RunData, *, title: str | None = None, shown: int = 5, top: int = 20) -> str:
     """The whole page as a string."""
     from leaf import __version__
@@ -387,11 +398,11 @@ def build_page(run: RunData, *, title: str | None = None, shown: int = 5, top: i
     title = title or f"LeaF run: {run.root.name}"
     when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sections = [
-        detections_section(run, shown, top),
-        counterfactuals_section(run),
-        training_section(run),
-        evaluation_section(run),
-        attention_section(run),
+        _guarded("detections", "Detections", lambda: detections_section(run, shown, top)),
+        _guarded("counterfactuals", "Counterfactual samples", lambda: counterfactuals_section(run)),
+        _guarded("training", "Training", lambda: training_section(run)),
+        _guarded("evaluation", "Evaluation", lambda: evaluation_section(run)),
+        _guarded("attention", "Attention on flagged spans", lambda: attention_section(run)),
     ]
     notes = ""
     if run.missing:
