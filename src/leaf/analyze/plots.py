@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     try:
         import matplotlib
-    except ImportError as exc:  # pragma: no cover - exercised only without matplotlib
+    except ImportError as exc:  # pragma: no cover - only without matplotlib
         raise ImportError("figures need matplotlib: pip install 'leaf[analysis]' (or pass --plots false)") from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -35,7 +35,7 @@ def _token_label(text: str) -> str:
 
 
 def draw_layers(result: dict[str, Any], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     import numpy as np
 
     models = [m for m in result["models"] if m["summary"]["samples"]]
@@ -69,7 +69,7 @@ def draw_layers(result: dict[str, Any], path: Path) -> None:
 
 def draw_heatmap(sample_id: Any, panels: list[tuple[str, dict[str, Any]]], path: Path) -> None:
     """``panels``: (model label, per-sample record with ``tokens``) pairs."""
-    plt = _pyplot()
+    plt = pyplot()
     import numpy as np
 
     widest = max(len(rec["tokens"]) for _, rec in panels)

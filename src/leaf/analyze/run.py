@@ -22,7 +22,6 @@ from leaf.models import DTYPES
 
 SAMPLES_FILE = "attention_samples.jsonl"
 RESULT_FILE = "attention.json"
-LAYERS_FIGURE = "attention_layers.png"
 
 
 @dataclass
@@ -211,6 +210,10 @@ def analyze(config: AnalyzeConfig | None = None, **kwargs: Any) -> dict[str, Any
         config = build(AnalyzeConfig, kwargs, "analyze()")
     elif kwargs:
         raise TypeError("pass either a config or keyword arguments, not both")
+    if config.plots:
+        from leaf.analyze.plots import pyplot
+
+        pyplot()  # fail before any model is loaded when matplotlib is missing
     kind, samples = load_span_samples(config.data, config.samples)
     if config.max_samples is not None:
         samples = samples[: config.max_samples]
