@@ -99,7 +99,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs["type"] = Path
         elif origin in (list, tuple):
             (item,) = typing.get_args(tp)[:1] or (str,)
-            kwargs.update(nargs="+", type=item if item in (int, float, str) else str)
+            # extend: a repeated flag (--model A --model B) accumulates instead of overwriting.
+            kwargs.update(nargs="+", action="extend", type=item if item in (int, float, str) else str)
         elif isinstance(tp, list):  # e.g. str | int
             kwargs["type"] = _parse_json_like
         else:

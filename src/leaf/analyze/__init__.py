@@ -1,0 +1,1 @@
+"""Attention analysis: how much response tokens attend to flagged (confounder) spans."""

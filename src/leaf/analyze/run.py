@@ -1,0 +1,293 @@
+"""``analyze``: measure how much response tokens attend to flagged spans, for several models.
+
+For each model (e.g. the student before and after distillation, and the
+teacher) and each sample with known spans, the original sample is rendered
+with :func:`leaf.data.render.render`, run once with eager attention, and
+reduced with :mod:`leaf.analyze.attention`. Per-sample results are appended to
+``OUT/attention_samples.jsonl`` as they finish (a rerun resumes); at the end
+they are gathered into ``OUT/attention.json`` and drawn (``OUT/*.png``).
+Schemas: docs/analysis.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from leaf.config import ConfigError, option, to_dict
+from leaf.models import DTYPES
+
+SAMPLES_FILE = "attention_samples.jsonl"
+RESULT_FILE = "attention.json"
+
+
+@dataclass
+class AnalyzeConfig:
+    """Options of ``leaf analyze``."""
+
+    model: list[str] = option(help="model directory or hub id; repeat the flag (or list several) to compare models")
+    data: Path = option(help="detections.jsonl, counterfactuals.jsonl, or samples with meta.confounder_spans")
+    out: Path = option(help="output folder (attention.json, attention_samples.jsonl, PNGs)")
+    samples: Path | None = option(
+        None, help="the original samples (needed for a detections file; optional for counterfactuals)"
+    )
+    label: list[str] | None = option(None, help="one display name per --model (default: the folder name)")
+    max_samples: int | None = option(None, help="analyse at most this many samples (in file order)")
+    max_length: int = option(2048, help="skip samples longer than this many tokens")
+    collect: str = option(
+        "output_attentions",
+        help="how attention weights are read: output_attentions (all layers at once, L*H*T*T numbers) or hooks "
+        "(each layer reduced as it is computed: one layer's weights in memory)",
+        choices=("output_attentions", "hooks"),
+    )
+    heatmaps: int = option(4, help="draw a heatmap (and keep per-token attention) for the first N samples")
+    dtype: str = option("float32", help="model dtype", choices=DTYPES)
+    device: str = option("cpu", help="torch device, e.g. cuda:0")
+    device_map: str | None = option(
+        None, help="e.g. 'auto' to spread a large model over several GPUs (then --device is ignored)"
+    )
+    overwrite: bool = option(False, help="start over instead of resuming an existing OUT/attention_samples.jsonl")
+    plots: bool = option(True, help="draw PNG figures (needs matplotlib: pip install 'leaf[analysis]')")
+
+    def validate(self) -> None:
+        if not self.model:
+            raise ConfigError("give at least one --model")
+        if self.label is not None and len(self.label) != len(self.model):
+            raise ConfigError(f"--label: got {len(self.label)} label(s) for {len(self.model)} model(s)")
+        labels = self.labels()
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"model labels must be unique, got {labels}; pass --label")
+        if self.max_length < 2:
+            raise ConfigError("--max-length must be at least 2")
+
+    def labels(self) -> list[str]:
+        if self.label:
+            return list(self.label)
+        return [Path(m.rstrip("/")).name or m for m in self.model]
+
+
+def _mean(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(values) / len(values) if values else None
+
+
+def _stderr(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    if len(values) < 2:
+        return None
+    m = sum(values) / len(values)
+    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1) / len(values))
+
+
+def analyze_sample(
+    model: Any,
+    tokenizer: Any,
+    sample: Any,
+    *,
+    max_length: int,
+    profile: bool,
+    collect: str = "output_attentions",
+) -> dict[str, Any]:
+    """Attention shares of one :class:`~leaf.analyze.spans.SpanSample` (one forward pass).
+
+    ``collect``: ``output_attentions`` (all layers' weights returned by the model) or
+    ``hooks`` (each layer reduced as it is computed; see :mod:`leaf.analyze.capture`).
+    """
+    import torch
+
+    from leaf.analyze.attention import density_ratio, layer_shares, token_groups
+    from leaf.data.render import encode, render
+    from leaf.models import input_device
+
+    rendered = render(tokenizer, sample.instruction, sample.response)
+    enc = encode(tokenizer, rendered.text)
+    base = {"id": sample.id, "spans": [list(s) for s in sample.spans], "n_tokens": len(enc)}
+    if len(enc) > max_length:
+        return {**base, "skipped": f"longer than --max-length ({len(enc)} > {max_length} tokens)"}
+    flagged = [rendered.instruction_to_text(s, e) for s, e in sample.spans]
+    groups = token_groups(enc.offsets, rendered.instruction_span, rendered.response_span, flagged)
+    counts = {
+        "n_span_tokens": len(groups.span),
+        "n_rest_tokens": len(groups.rest),
+        "n_template_tokens": len(groups.template),
+        "n_response_tokens": len(groups.response),
+    }
+    if not groups.span:
+        return {**base, **counts, "skipped": "no token overlaps the flagged spans"}
+    ids = torch.tensor([enc.input_ids], device=input_device(model))
+    if collect == "hooks":
+        from leaf.analyze.attention import combine_layers, one_layer
+        from leaf.analyze.capture import attention_hooks
+
+        results: dict[int, Any] = {}
+
+        def reduce(layer: int, weights: torch.Tensor) -> None:
+            results[layer] = one_layer(weights, groups, profile=profile)
+
+        with torch.no_grad(), attention_hooks(model, reduce) as n_layers:
+            model(input_ids=ids, use_cache=False)
+        if sorted(results) != list(range(n_layers)):
+            raise RuntimeError(f"attention hooks saw layers {sorted(results)}, expected 0..{n_layers - 1}")
+        shares = combine_layers([results[i] for i in range(n_layers)])
+    else:
+        with torch.no_grad():
+            out = model(input_ids=ids, output_attentions=True, use_cache=False)
+        if not out.attentions or out.attentions[0] is None:
+            raise RuntimeError("the model returned no attention weights; it must support attn_implementation='eager'")
+        shares = layer_shares(out.attentions, groups, profile=profile)
+        del out
+    span, rest, template = _mean(shares.span), _mean(shares.rest), _mean(shares.template)
+    rec: dict[str, Any] = {
+        **base,
+        **counts,
+        "share_on_span": span,
+        "share_on_rest": rest,
+        "share_on_template": template,
+        "raw_share_on_response": _mean(shares.raw_response),
+        "span_density_ratio": density_ratio(span, rest, len(groups.span), len(groups.rest)),
+        "per_layer": {
+            "share_on_span": shares.span,
+            "share_on_rest": shares.rest,
+            "share_on_template": shares.template,
+            "raw_share_on_response": shares.raw_response,
+        },
+    }
+    if profile:
+        span_set = set(groups.span)
+        rec["tokens"] = [
+            {
+                "text": rendered.text[enc.offsets[i][0] : enc.offsets[i][1]],
+                "span": i in span_set,
+                "attention": [layer[k] for layer in shares.profile],
+            }
+            for k, i in enumerate(groups.instruction)
+        ]
+    return rec
+
+
+def summarise(records: list[dict[str, Any]], num_layers: int) -> dict[str, Any]:
+    """Means over analysed samples (per layer and overall) plus skip counts."""
+    done = [r for r in records if "skipped" not in r]
+    skipped: dict[str, int] = {}
+    for r in records:
+        if "skipped" in r:
+            reason = r["skipped"].split(" (")[0]
+            skipped[reason] = skipped.get(reason, 0) + 1
+    per_layer: dict[str, list[float | None]] = {}
+    per_layer_se: dict[str, list[float | None]] = {}
+    for key in ("share_on_span", "share_on_rest", "share_on_template", "raw_share_on_response"):
+        per_layer[key] = [_mean([r["per_layer"][key][i] for r in done]) for i in range(num_layers)]
+        per_layer_se[key] = [_stderr([r["per_layer"][key][i] for r in done]) for i in range(num_layers)]
+    return {
+        "samples": len(done),
+        "skipped": skipped,
+        "share_on_span": _mean([r["share_on_span"] for r in done]),
+        "share_on_span_stderr": _stderr([r["share_on_span"] for r in done]),
+        "share_on_rest": _mean([r["share_on_rest"] for r in done]),
+        "share_on_template": _mean([r["share_on_template"] for r in done]),
+        "raw_share_on_response": _mean([r["raw_share_on_response"] for r in done]),
+        "span_density_ratio": _mean([r["span_density_ratio"] for r in done if r["span_density_ratio"] is not None]),
+        "span_token_fraction": _mean([r["n_span_tokens"] / (r["n_span_tokens"] + r["n_rest_tokens"]) for r in done]),
+        "per_layer": per_layer,
+        "per_layer_stderr": per_layer_se,
+    }
+
+
+def analyze(config: AnalyzeConfig | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Run the analysis; return the content written to ``OUT/attention.json``."""
+    from tqdm.auto import tqdm
+
+    from leaf.analyze.spans import load_span_samples
+    from leaf.config import build
+    from leaf.data.jsonl import ResumableJsonl, read_jsonl
+    from leaf.data.records import id_key
+    from leaf.models import load_model, load_tokenizer
+
+    if config is None:
+        config = build(AnalyzeConfig, kwargs, "analyze()")
+    elif kwargs:
+        raise TypeError("pass either a config or keyword arguments, not both")
+    if config.plots:
+        from leaf.analyze.plots import pyplot
+
+        pyplot()  # fail before any model is loaded when matplotlib is missing
+    kind, samples = load_span_samples(config.data, config.samples)
+    if config.max_samples is not None:
+        samples = samples[: config.max_samples]
+    if not samples:
+        raise ValueError(f"{config.data}: no instruction-level sample with spans to analyse")
+    out_dir = Path(config.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = {
+        k: v for k, v in to_dict(config).items() if k in ("model", "data", "samples", "label", "max_length", "dtype")
+    }
+    settings["label"] = config.labels()
+    writer = ResumableJsonl(out_dir / SAMPLES_FILE, settings, key="key", overwrite=config.overwrite)
+    heat_ids = {id_key(s.id) for s in samples[: config.heatmaps]}
+    models: list[dict[str, Any]] = []
+    for name, label in zip(config.model, config.labels()):
+        todo = [s for s in samples if _key(label, s.id) not in writer.done]
+        model = None
+        if todo:
+            tokenizer = load_tokenizer(name)
+            model = load_model(
+                name,
+                dtype=config.dtype,
+                device=config.device,
+                device_map=config.device_map,
+                attn_implementation="eager",
+            )
+            model_config = model.config
+        else:
+            from transformers import AutoConfig
+
+            model_config = AutoConfig.from_pretrained(name)
+        for sample in tqdm(todo, desc=f"attention {label}", unit="sample", disable=None):
+            rec = analyze_sample(
+                model,
+                tokenizer,
+                sample,
+                max_length=config.max_length,
+                profile=id_key(sample.id) in heat_ids,
+                collect=config.collect,
+            )
+            writer.write_batch([{"key": _key(label, sample.id), "model": label, **rec}])
+        del model
+        text_config = getattr(model_config, "get_text_config", lambda: model_config)()
+        models.append(
+            {
+                "label": label,
+                "model": name,
+                "num_layers": int(text_config.num_hidden_layers),
+                "num_heads": int(text_config.num_attention_heads),
+            }
+        )
+
+    stored: dict[str, dict[str, Any]] = {}
+    for rec in read_jsonl(out_dir / SAMPLES_FILE):
+        stored[rec["key"]] = {k: v for k, v in rec.items() if k not in ("key", "model")}
+    for entry in models:
+        records = [stored[_key(entry["label"], s.id)] for s in samples]
+        entry["summary"] = summarise(records, entry["num_layers"])
+        entry["samples"] = records
+    result: dict[str, Any] = {
+        "version": 1,
+        "data": str(config.data),
+        "data_kind": kind,
+        "settings": to_dict(config),
+        "models": models,
+        "figures": {},
+    }
+    if config.plots:
+        from leaf.analyze.plots import draw_all
+
+        result["figures"] = draw_all(result, out_dir)
+    (out_dir / RESULT_FILE).write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return result
+
+
+def _key(label: str, sample_id: Any) -> str:
+    return json.dumps([label, str(sample_id)], ensure_ascii=False)

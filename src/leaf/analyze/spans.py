@@ -1,0 +1,200 @@
+"""Which instruction characters are flagged, from any of the files that know it.
+
+Three inputs name flagged spans of an *original* sample's instruction
+(``[start, end)`` character offsets into its ``instruction`` field):
+
+* a detections file (``leaf detect``): each record's ``"spans"``; the text
+  comes from ``--samples`` (matched by ``id``);
+* a counterfactuals file (``leaf prune``): each record's ``"removed"``; all
+  records of one ``source_id`` are merged. The original comes from
+  ``--samples`` (matched by ``source_id``) or, without it, is rebuilt by
+  putting the removed text back into the pruned instruction;
+* a samples file whose records carry ``meta.confounder_spans``
+  (``[[start, end], ...]``), e.g. synthetic data with known distractors.
+
+Only instruction-level spans are analysed; response-level records are skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from leaf.data.records import DataError, Sample, id_key, iter_jsonl, load_samples
+
+Span = tuple[int, int]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SpanSample:
+    """An original sample and its flagged instruction spans (sorted, merged)."""
+
+    id: str | int
+    instruction: str
+    response: str
+    spans: list[Span]
+
+
+def merge_spans(spans: Sequence[Sequence[int]]) -> list[Span]:
+    """Sort ``[start, end)`` ranges and merge overlapping or touching ones; drop empty ones."""
+    out: list[list[int]] = []
+    for s, e in sorted((int(s), int(e)) for s, e in spans):
+        if e <= s:
+            continue
+        if out and s <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return [(s, e) for s, e in out]
+
+
+def restore_original(pruned: str, removed: Sequence[dict[str, Any]]) -> str:
+    """Put ``removed`` pieces (offsets into the original) back into ``pruned``."""
+    text = pruned
+    for piece in sorted(removed, key=lambda r: int(r["start"])):
+        start = int(piece["start"])
+        text = text[:start] + piece["text"] + text[start:]
+    return text
+
+
+def kind_of(record: dict[str, Any]) -> str:
+    """``counterfactuals``, ``detections`` or ``samples`` for one JSON record."""
+    if "removed" in record:
+        return "counterfactuals"
+    if "spans" in record and "instruction" not in record:
+        return "detections"
+    if isinstance(record.get("meta"), dict) and "confounder_spans" in record["meta"]:
+        return "samples"
+    return "unknown"
+
+
+def _check_spans(spans: Any, where: str, field: str, length: int, problems: list[str]) -> list[Span] | None:
+    ok = isinstance(spans, list) and all(
+        isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in p)
+        for p in spans
+    )
+    if not ok:
+        problems.append(f"{where}: field '{field}': expected a list of [start, end] integer pairs")
+        return None
+    bad = [p for p in spans if not 0 <= p[0] <= p[1] <= length]
+    if bad:
+        problems.append(f"{where}: field '{field}': span {list(bad[0])} outside the instruction (length {length})")
+        return None
+    return merge_spans(spans)
+
+
+def load_span_samples(data: str | Path, samples: str | Path | None = None) -> tuple[str, list[SpanSample]]:
+    """Read ``data`` (detections, counterfactuals or samples); return its kind and the span samples.
+
+    Raises :class:`DataError` naming file, line and field for every problem.
+    """
+    data = Path(data)
+    if not data.exists():
+        raise DataError([f"{data}: file not found"])
+    records: list[tuple[int, dict[str, Any]]] = []
+    problems: list[str] = []
+    for lineno, obj, err in iter_jsonl(data):
+        if err:
+            problems.append(f"{data}:{lineno}: {err}")
+        elif not isinstance(obj, dict):
+            problems.append(f"{data}:{lineno}: expected a JSON object")
+        else:
+            records.append((lineno, obj))
+    if problems:
+        raise DataError(problems)
+    if not records:
+        raise DataError([f"{data}: no records (file is empty)"])
+    kinds = {kind_of(r) for _, r in records}
+    if len(kinds) != 1 or "unknown" in kinds:
+        lineno = next((n for n, r in records if kind_of(r) == "unknown"), records[0][0])
+        raise DataError(
+            [
+                f"{data}:{lineno}: cannot tell the kind of record: expected a detection ('spans'), "
+                "a counterfactual ('removed') or a sample with 'meta.confounder_spans', all of one kind"
+            ]
+        )
+    kind = kinds.pop()
+    originals: dict[str, Sample] | None = None
+    if kind == "samples":
+        originals = {id_key(s.id): s for s in load_samples(data)}
+    elif samples is not None:
+        originals = {id_key(s.id): s for s in load_samples(samples)}
+    elif kind == "detections":
+        raise DataError([f"{data}: a detections file has no text; pass the samples it was made from with --samples"])
+
+    out: list[SpanSample] = []
+    if kind in ("samples", "detections"):
+        assert originals is not None
+        for lineno, rec in records:
+            where = f"{data}:{lineno}"
+            sample = originals.get(id_key(rec.get("id")))
+            if sample is None:
+                problems.append(f"{where}: field 'id': {rec.get('id')!r} not found in {samples}")
+                continue
+            if kind == "samples":
+                spans, field = rec["meta"]["confounder_spans"], "meta.confounder_spans"
+            else:
+                if rec.get("level", "instruction") != "instruction":
+                    continue
+                spans, field = rec["spans"], "spans"
+            checked = _check_spans(spans, where, field, len(sample.instruction), problems)
+            if checked is not None:
+                out.append(SpanSample(sample.id, sample.instruction, sample.response, checked))
+    else:
+        groups: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        for lineno, rec in records:
+            if rec.get("level", "instruction") != "instruction":
+                continue
+            groups.setdefault(id_key(rec.get("source_id", rec.get("id"))), []).append((lineno, rec))
+        for key, recs in groups.items():
+            lineno, first = recs[0]
+            where = f"{data}:{lineno}"
+            pieces = []
+            for ln, rec in recs:
+                removed = rec["removed"]
+                if not isinstance(removed, list) or not all(
+                    isinstance(p, dict) and isinstance(p.get("start"), int) and isinstance(p.get("end"), int)
+                    and isinstance(p.get("text"), str)
+                    for p in removed
+                ):
+                    problems.append(f"{data}:{ln}: field 'removed': expected a list of {{start, end, text}}")
+                    break
+                pieces.append((ln, rec, removed))
+            else:
+                if originals is not None:
+                    sample = originals.get(key)
+                    if sample is None:
+                        problems.append(f"{where}: field 'source_id': {key!r} not found in {samples}")
+                        continue
+                    instruction, response, sid = sample.instruction, sample.response, sample.id
+                else:
+                    # One record's pruned text plus its own removed pieces gives the original back.
+                    ln, rec, removed = pieces[0]
+                    if not isinstance(rec.get("instruction"), str) or not isinstance(rec.get("response"), str):
+                        problems.append(f"{data}:{ln}: fields 'instruction'/'response' missing")
+                        continue
+                    instruction = restore_original(rec["instruction"], removed)
+                    response, sid = rec["response"], rec.get("source_id", rec.get("id"))
+                spans = []
+                for ln, _, removed in pieces:
+                    for p in removed:
+                        if instruction[p["start"] : p["end"]] != p["text"]:
+                            problems.append(
+                                f"{data}:{ln}: field 'removed': text {p['text']!r} is not at "
+                                f"[{p['start']}, {p['end']}) of the original instruction"
+                            )
+                        spans.append((p["start"], p["end"]))
+                checked = _check_spans([list(s) for s in spans], where, "removed", len(instruction), problems)
+                if checked is not None:
+                    out.append(SpanSample(sid, instruction, response, checked))
+    if problems:
+        raise DataError(problems)
+    other_level = sum(1 for _, r in records if r.get("level", "instruction") != "instruction")
+    if other_level:
+        log.warning("%s: skipped %d record(s) that are not instruction-level", data, other_level)
+    return kind, out
