@@ -10,17 +10,26 @@ segment ``j``; the record's response is that pruned prefix followed by segment
 ``j``, and ``loss_start`` marks where segment ``j`` begins in it, so the
 distiller computes its KL on segment ``j`` only.
 
+With ``intervention="mask"`` or ``"resample"`` (:mod:`leaf.prune.interventions`)
+the flagged tokens are replaced instead of cut; records then also list each
+change with its replacement and its offsets in the new text.
+
 Record schema: docs/prune.md.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from leaf.data.records import Sample
+from leaf.prune.interventions import INTERVENTIONS, Replacement, flagged_tokens, replace_ranges
 from leaf.prune.text import prune_text
+
+#: ``replacer(record_id, sample, detection, flagged_tokens) -> replacements`` (mask / resample).
+Replacer = Callable[[str, Sample, dict[str, Any], Sequence[dict[str, Any]]], list[Replacement]]
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +79,32 @@ def build_records(
     *,
     strategy: str = "span",
     max_spans: int | None = None,
+    intervention: str = "delete",
+    replacer: Replacer | None = None,
 ) -> tuple[list[dict[str, Any]], list[Dropped]]:
-    """Counterfactual records of one detection (one sample, or one segment of it)."""
+    """Counterfactual records of one detection (one sample, or one segment of it).
+
+    ``replacer`` supplies the replacements of the mask / resample interventions.
+    """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; use one of {STRATEGIES}")
+    if intervention not in INTERVENTIONS:
+        raise ValueError(f"unknown intervention {intervention!r}; use one of {INTERVENTIONS}")
+    if intervention != "delete" and replacer is None:
+        raise ValueError(f"the {intervention} intervention needs a replacer")
     spans = choose_spans(det, max_spans)
     key = str(det.get("key", det["id"]))
     groups = [[sp] for sp in spans] if strategy == "span" else ([spans] if spans else [])
     records, dropped = [], []
     for n, group in enumerate(groups):
         rid = f"{key}#s{n}" if strategy == "span" else f"{key}#c"
-        rec = _record(sample, det, group, rid, strategy)
+        if intervention == "delete":
+            rec = _record(sample, det, group, rid, strategy)
+        else:
+            assert replacer is not None
+            reps = replacer(rid, sample, det, flagged_tokens(det, group))
+            rec = _replaced_record(sample, det, reps, rid, strategy, intervention) if reps else Dropped(
+                rid, "no replaceable token (only punctuation or white space flagged)")
         if isinstance(rec, Dropped):
             log.info("%s: %s", rec.key, rec.reason)
             dropped.append(rec)
@@ -112,23 +136,50 @@ def _record(sample: Sample, det: dict[str, Any], group: list[FieldSpan], rid: st
         new_loss_start: int | None = len(new_prefix)
     else:
         response, new_loss_start = sample.response, None
-    rec: dict[str, Any] = {
-        "id": rid,
-        "source_id": sample.id,
-        "instruction": instruction,
-        "response": response,
-    }
+    return _assemble(sample, det, rid, instruction, response, new_loss_start, removed, strategy, "delete")
+
+
+def _assemble(sample: Sample, det: dict[str, Any], rid: str, instruction: str, response: str,
+              loss_start: int | None, removed: list[dict[str, Any]], strategy: str, intervention: str,
+              changes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    rec: dict[str, Any] = {"id": rid, "source_id": sample.id, "instruction": instruction, "response": response}
     if sample.answer is not None:
         rec["answer"] = sample.answer
     if sample.meta:
         rec["meta"] = sample.meta
+    rec.update(removed=removed)
+    if changes is not None:
+        rec["changes"] = changes
     rec.update(
-        removed=removed,
         strategy=strategy,
-        level=level,
+        level=det.get("level", "instruction"),
         method=det.get("method", "gradient"),
-        intervention="delete",
-        loss_start=new_loss_start,
+        intervention=intervention,
+        loss_start=loss_start,
         verified=None,
     )
     return rec
+
+
+def _replaced_record(sample: Sample, det: dict[str, Any], reps: list[Replacement], rid: str, strategy: str,
+                     intervention: str) -> dict[str, Any]:
+    """A record whose flagged tokens are replaced (mask / resample) rather than cut."""
+    def edits(field: str) -> list[tuple[int, int, str]]:
+        return [(r.start, r.end, r.text) for r in reps if r.field == field]
+
+    instruction, changes = replace_ranges(sample.instruction, edits("instruction"))
+    for c in changes:
+        c["field"] = "instruction"
+    if det.get("level") == "response":
+        loss_start, loss_end = det["loss_start"], det["loss_end"]
+        prefix, resp_changes = replace_ranges(sample.response[:loss_start], edits("response"))
+        for c in resp_changes:
+            c["field"] = "response"
+        changes += resp_changes
+        response, new_loss_start = prefix + sample.response[loss_start:loss_end], len(prefix)
+    else:
+        response, new_loss_start = sample.response, None
+    changes = [{"field": c.pop("field"), **c} for c in changes]
+    removed = [{"field": c["field"], "start": c["start"], "end": c["end"], "text": c["text"]} for c in changes]
+    return _assemble(sample, det, rid, instruction, response, new_loss_start, removed, strategy, intervention,
+                     changes)

@@ -12,7 +12,8 @@ from typing import Any
 from leaf.config import build, option
 from leaf.data.jsonl import dumps
 from leaf.data.records import DataError, id_key, iter_jsonl, load_samples
-from leaf.prune.counterfactuals import STRATEGIES, build_records, detection_spans
+from leaf.prune.counterfactuals import STRATEGIES, Replacer, build_records, detection_spans
+from leaf.prune.interventions import INTERVENTIONS
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,14 @@ class PruneConfig:
     strategy: str = option("span", choices=STRATEGIES,
                            help="span: one record per flagged span (the paper's); collective: all spans at once")
     max_spans: int | None = option(None, help="use at most N spans per detection (the most confounding first)")
+    intervention: str = option("delete", choices=INTERVENTIONS,
+                               help="delete the flagged tokens (the paper's), mask them with a placeholder, or "
+                                    "resample them from a model's next-token distribution (same kind)")
+    mask_token: str | None = option(None, help="mask placeholder (default: the student tokenizer's mask/unk "
+                                               "token, else [MASK])")
+    resample_from: str = option("student", choices=("student", "teacher"),
+                                help="whose next-token distribution resample draws from")
+    seed: int = option(0, help="seed of the resample draws")
     verify: bool = option(False, help="keep a record only if teacher and student both answer it correctly")
     teacher: str | None = option(None, help="teacher model, for --verify")
     student: str | None = option(None, help="student model, for --verify")
@@ -41,6 +50,8 @@ class PruneConfig:
             raise ValueError("--verify needs --teacher and --student")
         if self.max_spans is not None and self.max_spans < 1:
             raise ValueError("--max-spans must be >= 1")
+        if self.intervention == "resample" and not getattr(self, self.resample_from):
+            raise ValueError(f"--intervention resample needs --{self.resample_from} (--resample-from)")
 
 
 @dataclass
@@ -105,6 +116,7 @@ def prune(config: PruneConfig | None = None, **kwargs: Any) -> PruneSummary:
     samples = {id_key(s.id): s for s in load_samples(cfg.data)}
     detections = load_detections(Path(cfg.detections), set(samples))
     summary = PruneSummary(samples=len(samples), detections=len(detections))
+    replacer = _replacer(cfg)
     records: list[dict[str, Any]] = []
     pruned_strings: Counter[str] = Counter()
     with_spans: set[str] = set()
@@ -120,7 +132,8 @@ def prune(config: PruneConfig | None = None, **kwargs: Any) -> PruneSummary:
         for f, s, e in spans:
             text = (sample.instruction if f == "instruction" else sample.response)[s:e]
             pruned_strings[text] += 1
-        recs, dropped = build_records(sample, det, strategy=cfg.strategy, max_spans=cfg.max_spans)
+        recs, dropped = build_records(sample, det, strategy=cfg.strategy, max_spans=cfg.max_spans,
+                                      intervention=cfg.intervention, replacer=replacer)
         records.extend(recs)
         summary.dropped_empty += len(dropped)
     detected = {id_key(d["id"]) for d in detections}
@@ -149,6 +162,32 @@ def prune(config: PruneConfig | None = None, **kwargs: Any) -> PruneSummary:
     summary_path = out.with_name(out.name + ".summary.json")
     summary_path.write_text(json.dumps(summary.__dict__, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return summary
+
+
+def _replacer(cfg: PruneConfig) -> Replacer | None:
+    """The mask / resample replacement function, or None for deletion."""
+    from leaf.prune.interventions import Resampler, default_placeholder, mask_replacements
+
+    if cfg.intervention == "mask":
+        placeholder = cfg.mask_token
+        if placeholder is None:
+            from leaf.models import load_tokenizer
+
+            placeholder = default_placeholder(load_tokenizer(cfg.student) if cfg.student else None)
+
+        def mask(rid: str, sample: Any, det: dict[str, Any], tokens: Any) -> Any:
+            return mask_replacements({"instruction": sample.instruction, "response": sample.response}, tokens,
+                                     placeholder)
+
+        return mask
+    if cfg.intervention == "resample":
+        from leaf.models import load_model, load_tokenizer
+
+        path = cfg.student if cfg.resample_from == "student" else cfg.teacher
+        assert path is not None
+        resampler = Resampler(load_model(path, dtype=cfg.dtype, device=cfg.device), load_tokenizer(path), cfg.seed)
+        return resampler.replacements
+    return None
 
 
 def _live_verifier(cfg: PruneConfig) -> tuple[Any, Any]:

@@ -1,0 +1,192 @@
+"""Interventions beyond deletion: keep the confounder's place, cut its link to the answer.
+
+LeaF deletes confounders, ``do(A = nothing)``. Two more interventions keep a
+token in the confounder's place; the teacher, which sees the same intervened
+input in the counterfactual loss, supplies the right targets:
+
+* ``mask`` -- each flagged token becomes a neutral placeholder (the
+  tokenizer's mask or unk token, or a configured string);
+* ``resample`` -- each flagged token becomes another plausible token, drawn
+  from a model's next-token distribution at that position given the
+  (original) prefix, restricted to tokens of the same kind and renormalised.
+
+Kinds (:func:`token_kind`, on a token's text without surrounding white space):
+``digits`` (all digits), ``word`` (all letters), ``mixed`` (letters/digits with
+other characters), ``punct`` (no letter or digit) and ``space``. Only digits,
+word and mixed tokens are replaced; punctuation and white space are kept.
+A replacement has the same kind, the same leading white space (a word stays a
+separate word) and is never the original token, a special token, or a piece
+of a multi-byte character. All flagged tokens of one record are drawn from a
+single forward pass over the original text; draws are seeded by
+``(seed, record id)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+INTERVENTIONS = ("delete", "mask", "resample")
+REPLACEABLE = ("digits", "word", "mixed")
+
+
+def token_kind(text: str) -> str:
+    s = text.strip()
+    if not s:
+        return "space"
+    if s.isdigit():
+        return "digits"
+    if s.isalpha():
+        return "word"
+    if not any(c.isalnum() for c in s):
+        return "punct"
+    return "mixed"
+
+
+@dataclass(frozen=True)
+class Replacement:
+    field: str
+    start: int  #: range in the original field that is replaced
+    end: int
+    text: str  #: the new text for that range
+
+
+def replace_ranges(text: str, replacements: Sequence[tuple[int, int, str]]) -> tuple[str, list[dict[str, Any]]]:
+    """Apply non-overlapping ``(start, end, new)`` edits; report old and new offsets of each."""
+    out, changes, pos, shift = [], [], 0, 0
+    for start, end, new in sorted(replacements):
+        if start < pos:
+            raise ValueError(f"overlapping replacements at {start}")
+        out.append(text[pos:start])
+        new_start = start + shift
+        out.append(new)
+        changes.append({"start": start, "end": end, "text": text[start:end], "replacement": new,
+                        "new_start": new_start, "new_end": new_start + len(new)})
+        shift += len(new) - (end - start)
+        pos = end
+    out.append(text[pos:])
+    return "".join(out), changes
+
+
+def flagged_tokens(det: dict[str, Any], spans: Iterable[tuple[str, int, int]]) -> list[dict[str, Any]]:
+    """Distinct flagged tokens of ``det`` inside the given (field, start, end) spans, in order."""
+    chosen, seen = [], set()
+    spans = list(spans)
+    for t in det["tokens"]:
+        field = t.get("field", "instruction")
+        key = (field, t["start"], t["end"])
+        if not t["flag"] or key in seen:
+            continue
+        if any(f == field and t["start"] < e and t["end"] > s for f, s, e in spans):
+            seen.add(key)
+            chosen.append(t)
+    return chosen
+
+
+def core_range(text: str, start: int, end: int) -> tuple[int, int]:
+    """The token's range without its surrounding white space (a mask keeps the space before a word)."""
+    piece = text[start:end]
+    lead = len(piece) - len(piece.lstrip())
+    trail = len(piece) - len(piece.rstrip())
+    return start + lead, end - trail
+
+
+def mask_replacements(texts: dict[str, str], tokens: Sequence[dict[str, Any]], placeholder: str) -> list[Replacement]:
+    out = []
+    for t in tokens:
+        field = t.get("field", "instruction")
+        if token_kind(t["text"]) not in REPLACEABLE:
+            continue
+        s, e = core_range(texts[field], t["start"], t["end"])
+        out.append(Replacement(field, s, e, placeholder))
+    return out
+
+
+def default_placeholder(tokenizer: Any | None) -> str:
+    """The tokenizer's mask token, else its unk token, else ``"[MASK]"``."""
+    if tokenizer is not None:
+        for name in ("mask_token", "unk_token"):
+            tok = getattr(tokenizer, name, None)
+            if tok:
+                return str(tok)
+    return "[MASK]"
+
+
+class VocabularyKinds:
+    """Kind, leading white space and usability of every token of a tokenizer (computed once)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        n = len(tokenizer)
+        self.texts = [tokenizer.decode([i]) for i in range(n)]
+        self.kinds = [token_kind(t) for t in self.texts]
+        self.leading = torch.tensor([t[:1].isspace() for t in self.texts])
+        usable = torch.tensor([i not in special and "\ufffd" not in t for i, t in enumerate(self.texts)])
+        self.usable = usable
+        self._by_kind = {k: torch.tensor([kk == k for kk in self.kinds]) for k in REPLACEABLE}
+
+    def candidates(self, token_id: int) -> torch.Tensor:
+        """Bool mask over the vocabulary of valid replacements for ``token_id``."""
+        kind = self.kinds[token_id]
+        mask = self._by_kind[kind] & self.usable & (self.leading == bool(self.leading[token_id]))
+        mask[token_id] = False
+        return mask
+
+
+class Resampler:
+    """Draw same-kind replacements from ``model``'s next-token distribution."""
+
+    def __init__(self, model: Any, tokenizer: Any, seed: int = 0) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.seed = seed
+        self.vocab = VocabularyKinds(tokenizer)
+
+    @torch.no_grad()
+    def replacements(self, record_id: str, sample: Any, det: dict[str, Any],
+                     tokens: Sequence[dict[str, Any]]) -> list[Replacement]:
+        from leaf.detect.prepare import make_view
+
+        level_kwargs = {}
+        if det.get("level") == "response":
+            level_kwargs = {"loss_start": det["loss_start"], "loss_end": det["loss_end"]}
+        cut = int(det.get("truncated", 0))
+        view, _ = make_view(self.tokenizer, sample.instruction[cut:], sample.response, cut=cut, **level_kwargs)
+        index = {(view.field(i), *view.offsets[i]): view.scored[i] for i in range(len(view.scored))}
+        device = self.model.get_input_embeddings().weight.device
+        logits = self.model(torch.tensor([view.input_ids], device=device)).logits[0].float().cpu()
+        gen = torch.Generator().manual_seed(_seed_of(self.seed, record_id))
+        texts = {"instruction": sample.instruction, "response": sample.response}
+        out = []
+        for t in tokens:
+            field = t.get("field", "instruction")
+            pos = index.get((field, t["start"], t["end"]))
+            if pos is None:
+                raise ValueError(
+                    f"record {record_id}: token {t['text']!r} at {t['start']}-{t['end']} is not a token of the "
+                    "resampling model's tokenizer; resample with the tokenizer the detection used"
+                )
+            original = view.input_ids[pos]
+            if token_kind(self.vocab.texts[original]) not in REPLACEABLE or pos == 0:
+                continue
+            probs = torch.softmax(logits[pos - 1], dim=-1) * self.vocab.candidates(original)
+            if probs.sum() <= 0:
+                continue
+            new_id = int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
+            # The token covers the field range exactly when it does not reach into template text.
+            s, e = t["start"], t["end"]
+            new_text = self.vocab.texts[new_id]
+            if texts[field][s:e] != self.vocab.texts[original]:
+                s, e = core_range(texts[field], s, e)
+                new_text = new_text.strip()
+            out.append(Replacement(field, s, e, new_text))
+        return out
+
+
+def _seed_of(seed: int, record_id: str) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{seed}:{record_id}".encode()).digest()[:8], "little")
