@@ -144,3 +144,7 @@ def test_pathological_expression_times_out_instead_of_hanging():
     t0 = time.monotonic()
     assert not MathChecker(timeout=1).check("\\boxed{9^{9^{9^{9^{9}}}}}", _sample("1"))
     assert time.monotonic() - t0 < 20
+
+
+def test_last_answer_statement_wins():
+    assert extract_answer("The answer is 3. Checking again, the answer is 4.") == "4"

@@ -10,12 +10,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-_ANSWER_IS = re.compile(r"the answer is\s*:?\s*(.*)", re.IGNORECASE)
+_ANSWER_IS = re.compile(r"the answer is\s*:?", re.IGNORECASE)
 
 
 def normalize(text: str) -> str:
-    found = _ANSWER_IS.findall(text)
-    s = found[-1] if found else text
+    marks = list(_ANSWER_IS.finditer(text))
+    s = text[marks[-1].end() :].split("\n")[0] if marks else text
     s = s.strip()
     for _ in range(2):
         s = s.strip().strip("*").strip("\"'`").rstrip(".").strip()

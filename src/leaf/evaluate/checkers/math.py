@@ -28,9 +28,7 @@ log = logging.getLogger(__name__)
 
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*(\{)?")
 _HASH = re.compile(r"####\s*(.+)")
-_ANSWER_IS = re.compile(
-    r"(?:final answer|the answer|answer)\s*(?:is|:)\s*(?:[:=]\s*)?(.+)", re.IGNORECASE
-)
+_ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*(?:[:=]\s*)?", re.IGNORECASE)
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _NUMBER_UNIT = re.compile(r"^(-?\d+(?:\.\d+)?)\s+[A-Za-z][A-Za-z ]*$")
 
@@ -89,9 +87,9 @@ def extract_answer(text: str) -> str | None:
     hashes = _HASH.findall(text)
     if hashes:
         return clean_answer(hashes[-1])
-    found = _ANSWER_IS.findall(text)
-    if found:
-        return clean_answer(found[-1])
+    marks = list(_ANSWER_IS.finditer(text))
+    if marks:
+        return clean_answer(text[marks[-1].end() :].split("\n")[0])
     return None
 
 

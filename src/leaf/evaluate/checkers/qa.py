@@ -19,7 +19,7 @@ from typing import Any
 
 _PUNCT = set(string.punctuation)
 _SPECIAL = ("yes", "no", "noanswer")
-_ANSWER = re.compile(r"(?:answer is|answer:)\s*(.+)", re.IGNORECASE)
+_ANSWER = re.compile(r"answer is\s*:?|answer:", re.IGNORECASE)
 
 
 def normalize_answer(s: str) -> str:
@@ -48,9 +48,9 @@ def f1_score(prediction: str, gold: str) -> float:
 
 def extract_answer(text: str) -> str:
     """The stated answer of a free-form generation (see the module doc)."""
-    found = _ANSWER.findall(text)
-    if found:
-        ans = found[-1].strip()
+    marks = list(_ANSWER.finditer(text))
+    if marks:
+        ans = text[marks[-1].end() :].split("\n")[0]
     else:
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         ans = lines[0] if lines else ""
