@@ -57,12 +57,27 @@ def test_hotpotqa(tmp_path):
 
 def test_field_mapping(tmp_path, capsys):
     out = tmp_path / "c.jsonl"
-    rc = main(["data", "convert", "--dataset", str(FIX / "custom.jsonl"), "--to", str(out),
-               "--field", "instruction=q,response=a_long,answer=short,id=uid"])
+    rc = main(
+        [
+            "data",
+            "convert",
+            "--dataset",
+            str(FIX / "custom.jsonl"),
+            "--to",
+            str(out),
+            "--field",
+            "instruction=q,response=a_long,answer=short,id=uid",
+        ]
+    )
     assert rc == 0 and "wrote 2 samples" in capsys.readouterr().out
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert rows == [
-        {"id": "x1", "instruction": "Capital of France?", "response": "Paris is the capital. The answer is Paris.", "answer": "Paris"},
+        {
+            "id": "x1",
+            "instruction": "Capital of France?",
+            "response": "Paris is the capital. The answer is Paris.",
+            "answer": "Paris",
+        },
         {"id": "x2", "instruction": "2+2?", "response": "The answer is 4.", "answer": 4},
     ]
     assert load_samples(out)[1].answer == "4"

@@ -62,7 +62,9 @@ def test_livecodebench_stdin_and_functional():
     assert "standard input" in stdin_s.instruction
     checker = get_checker("code", timeout=10)
     assert checker.check("```python\na, b = map(int, input().split())\nprint(a + b)\n```", stdin_s)
-    assert not checker.check("```python\na, b = map(int, input().split())\nprint(a + b + 0 * (a < 0) - (a < 0))\n```", stdin_s)
+    assert not checker.check(
+        "```python\na, b = map(int, input().split())\nprint(a + b + 0 * (a < 0) - (a < 0))\n```", stdin_s
+    )
     good = (
         "```python\nclass Solution:\n    def maxGap(self, nums: List[int]) -> int:\n        s = sorted(nums)\n"
         "        return max((b - a for a, b in zip(s, s[1:])), default=0)\n```"
@@ -106,7 +108,10 @@ def test_hotpot_layouts_give_the_same_prompts():
     _, _, b = load_benchmark(f"hotpotqa={FIX / 'hotpotqa_hub_validation.jsonl'}")
     assert [s.instruction for s in a] == [s.instruction for s in b]
     assert [str(s.id) for s in a] == [str(s.id) for s in b]
-    assert "Scott Derrickson (born July 16, 1966) is an American director, screenwriter and producer. He lives" in a[0].instruction
+    assert (
+        "Scott Derrickson (born July 16, 1966) is an American director, screenwriter and producer. He lives"
+        in a[0].instruction
+    )
 
 
 def test_musique_aliases_count():
@@ -124,7 +129,12 @@ def test_parquet_and_save_to_disk(tmp_path):
     datasets.DatasetDict({"test": ds}).save_to_disk(str(tmp_path / "saved"))
     _, _, b = load_benchmark(f"math500={tmp_path / 'saved'}")
     _, _, c = load_benchmark(f"math500={tmp_path}")  # a folder holding a test-* file
-    assert [s.answer for s in a] == [s.answer for s in b] == [s.answer for s in c] == ["\\left( 3, \\frac{\\pi}{2} \\right)", "\\frac{5}{6}"]
+    assert (
+        [s.answer for s in a]
+        == [s.answer for s in b]
+        == [s.answer for s in c]
+        == ["\\left( 3, \\frac{\\pi}{2} \\right)", "\\frac{5}{6}"]
+    )
 
 
 def test_humaneval_comes_offline_from_the_package():
@@ -159,7 +169,17 @@ def test_errors_name_the_record_and_field(tmp_path):
 
 
 def test_registry_is_complete():
-    want = {"gsm8k", "math500", "olympiadbench", "humaneval", "humaneval-plus", "leetcode", "livecodebench",
-            "hotpotqa", "2wikimultihopqa", "musique"}
+    want = {
+        "gsm8k",
+        "math500",
+        "olympiadbench",
+        "humaneval",
+        "humaneval-plus",
+        "leetcode",
+        "livecodebench",
+        "hotpotqa",
+        "2wikimultihopqa",
+        "musique",
+    }
     assert set(BENCHMARKS) == want
     assert isinstance(load_benchmark(f"gsm8k={FIX / 'gsm8k_test.jsonl'}", limit=1)[2][0], Sample)

@@ -36,13 +36,34 @@ def test_label_marks_teacher_and_student(tmp_path, pair):
     # gold = the teacher's own answer for samples 0-1, the student's for 2, neither for 3
     answers = [t_gen[0], t_gen[1], s_gen[2], "no model says this"]
     data = tmp_path / "in.jsonl"
-    data.write_text("".join(
-        json.dumps({"id": i, "instruction": ins, "response": "r", "answer": a, "meta": {"k": i}}) + "\n"
-        for i, (ins, a) in enumerate(zip(instructions, answers))
-    ))
+    data.write_text(
+        "".join(
+            json.dumps({"id": i, "instruction": ins, "response": "r", "answer": a, "meta": {"k": i}}) + "\n"
+            for i, (ins, a) in enumerate(zip(instructions, answers))
+        )
+    )
     out = tmp_path / "labelled.jsonl"
-    rc = main(["label", "--teacher", str(teacher), "--student", str(student), "--data", str(data), "--task", "exact",
-               "--out", str(out), "--max-new-tokens", "6", "--dtype", "float32", "--device", "cpu"])
+    rc = main(
+        [
+            "label",
+            "--teacher",
+            str(teacher),
+            "--student",
+            str(student),
+            "--data",
+            str(data),
+            "--task",
+            "exact",
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "6",
+            "--dtype",
+            "float32",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["teacher_generation"] for r in rows] == t_gen
@@ -60,8 +81,16 @@ def test_label_marks_teacher_and_student(tmp_path, pair):
     assert [s.id for s in picked] == [r["id"] for r in rows if r["teacher_correct"] and not r["student_correct"]]
     # resuming does nothing new
     before = out.read_text()
-    again = label(teacher=str(teacher), student=str(student), data=data, task="exact", out=out,
-                  max_new_tokens=6, dtype="float32", device="cpu")
+    again = label(
+        teacher=str(teacher),
+        student=str(student),
+        data=data,
+        task="exact",
+        out=out,
+        max_new_tokens=6,
+        dtype="float32",
+        device="cpu",
+    )
     assert out.read_text() == before and len(again) == 4
 
 

