@@ -156,6 +156,7 @@ def test_environment_secrets_are_not_inherited(monkeypatch):
         "    return 4 if b'hunter2' in open(f'/proc/{os.getppid()}/environ', 'rb').read() else 0\n"
     )
     assert not checker.check(sneaky, _tiny(ASSERT_F))
+    assert "reading another process is not allowed" in checker.last.stderr
     # control: the same candidate without the secret test passes
     assert checker.check("def f(x):\n    return 4\n", _tiny(ASSERT_F))
 
