@@ -223,3 +223,18 @@ def test_all_164_canonical_solutions_pass_through_the_sandbox():
     summary, records = score(samples, preds, task, benchmark="humaneval", workers=2)
     assert [r["id"] for r in records if not r["correct"]] == []
     assert summary["total"] == 164 and summary["accuracy"] == 1.0
+
+
+def test_runs_as_nobody_when_root_and_possible(tmp_path):
+    """As root, with an interpreter ``nobody`` can run, the program loses root (kernel-enforced protection)."""
+    import os
+    import shutil
+
+    from leaf.evaluate.checkers.sandbox import NOBODY, _nobody_can_run
+
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if os.geteuid() != 0 or python is None or not _nobody_can_run(python):
+        pytest.skip("needs root and a system python3 that user nobody can run")
+    res = run_python("import os\nprint(os.getuid(), os.getgid())\nopen('ok.txt', 'w').write('x')", python=python)
+    assert res.passed, res.stderr
+    assert res.stdout.split() == [str(NOBODY), str(NOBODY)]
