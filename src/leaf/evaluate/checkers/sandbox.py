@@ -31,6 +31,7 @@ a container or VM.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import shutil
 import signal
@@ -42,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 NOBODY = 65534
+log = logging.getLogger(__name__)
 
 RUNNER = r"""
 import os, sys, resource
@@ -169,6 +171,15 @@ def _nobody_can_run(python: str) -> bool:
     return res.returncode == 0
 
 
+@functools.lru_cache(maxsize=4)
+def _warn_root(python: str) -> None:
+    log.warning(
+        "checking code as root: user 'nobody' cannot run %s, so only the audit hook and resource limits "
+        "fence the programs in; run as an ordinary user or inside a container for more",
+        python,
+    )
+
+
 def _tail(path: Path, limit: int = 20000) -> str:
     try:
         with path.open("rb") as fh:
@@ -193,6 +204,8 @@ def run_python(
     """Run ``program`` (Python source) fenced in; ``passed`` means exit status 0 in time."""
     python = python or sys.executable
     as_nobody = drop_privileges and _nobody_can_run(python)
+    if os.geteuid() == 0 and not as_nobody:
+        _warn_root(python)
     workdir = Path(tempfile.mkdtemp(prefix="leaf-sandbox-"))
     try:
         box = workdir / "box"  # the program's own folder; output files live beside it
