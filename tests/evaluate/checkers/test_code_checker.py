@@ -135,6 +135,21 @@ def test_deleting_or_writing_files_outside_is_refused(tmp_path):
     assert (folder / "inner.txt").read_text() == "me too"
 
 
+@pytest.mark.parametrize("exit_call", ["import sys\nsys.exit(0)", "import os\nos._exit(0)", "raise SystemExit"])
+def test_exiting_before_the_tests_is_a_failure(exit_call):
+    """A program that leaves with status 0 before its tests ran must not pass."""
+    checker = get_checker("code", timeout=5)
+    assert not checker.check(f"def f(x):\n    return 5\n{exit_call}\n", _tiny(ASSERT_F))
+    assert checker.check("def f(x):\n    return 4\n", _tiny(ASSERT_F))  # control
+
+
+def test_stdin_program_may_exit_cleanly():
+    s = Sample(id="io", instruction="echo", response="x", meta={"tests": [{"input": "5\n", "output": "5"}]})
+    checker = get_checker("code", timeout=5)
+    assert checker.check("```python\nimport sys\nprint(input())\nsys.exit(0)\n```", s)
+    assert not checker.check("```python\nimport sys\nprint(input())\nsys.exit(3)\n```", s)
+
+
 def test_files_inside_the_temp_dir_are_fine():
     checker = get_checker("code", timeout=5)
     code = (

@@ -141,7 +141,9 @@ class CodeChecker:
         for case in cases:
             if case.get("testtype") == "functional":
                 continue
-            res = run_python(prompt + code, stdin=str(case["input"]), timeout=self.timeout, memory_mb=self.memory_mb)
+            res = run_python(
+                prompt + code, stdin=str(case["input"]), timeout=self.timeout, memory_mb=self.memory_mb, script=True
+            )
             if not res.passed:
                 return res
             if not outputs_match(res.stdout, str(case["output"])):

@@ -43,6 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 NOBODY = 65534
+#: Exit status the runner reports when the program ran to its end; a program that exits by itself
+#: (``sys.exit(0)`` or ``os._exit(0)`` before its tests ran) cannot pass by accident.
+DONE = 86
 log = logging.getLogger(__name__)
 
 RUNNER = r"""
@@ -115,7 +118,7 @@ def _install(root, pid):
     sys.addaudithook(hook)
 
 def main():
-    root, program, mem_mb, cpu_s, fsize_mb = sys.argv[1:6]
+    root, program, mem_mb, cpu_s, fsize_mb, mode, done = sys.argv[1:8]
     _limits(int(mem_mb) * 2**20, int(cpu_s), int(fsize_mb) * 2**20)
     with open(program, encoding="utf-8") as fh:
         source = fh.read()
@@ -124,7 +127,21 @@ def main():
     _install(os.path.realpath(root), os.getpid())
     g = {"__name__": "__main__", "__file__": program, "__builtins__": __builtins__}
     del fh
-    exec(code, g)
+    try:
+        exec(code, g)
+    except SystemExit as exc:
+        if mode == "tests":
+            sys.stderr.write("sandbox: the program exited (%r) before its tests finished\n" % (exc.code,))
+            sys.stderr.flush()
+            os._exit(1)
+        if exc.code not in (None, 0):
+            raise
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(int(done))  # only a program that ran to its end reports this status
 
 main()
 """
@@ -200,8 +217,14 @@ def run_python(
     file_size_mb: int = 16,
     python: str | None = None,
     drop_privileges: bool = True,
+    script: bool = False,
 ) -> RunResult:
-    """Run ``program`` (Python source) fenced in; ``passed`` means exit status 0 in time."""
+    """Run ``program`` (Python source) fenced in; ``passed`` means it ran to its end in time.
+
+    With ``script=False`` (tests appended to the program) leaving early through
+    ``sys.exit``/``os._exit`` is a failure; with ``script=True`` (a stdin/stdout
+    program) ``sys.exit(0)`` is a normal end.
+    """
     python = python or sys.executable
     as_nobody = drop_privileges and _nobody_can_run(python)
     if os.geteuid() == 0 and not as_nobody:
@@ -230,6 +253,8 @@ def run_python(
             str(memory_mb),
             str(int(timeout) + 1),
             str(file_size_mb),
+            "script" if script else "tests",
+            str(DONE),
         ]
         start = time.monotonic()
         with (
@@ -250,7 +275,7 @@ def run_python(
             )
             try:
                 rc: int | None = proc.wait(timeout=timeout)
-                status = "passed" if rc == 0 else "failed"
+                status = "passed" if rc == DONE else "failed"
             except subprocess.TimeoutExpired:
                 rc, status = None, "timeout"
             finally:
