@@ -172,3 +172,10 @@ def test_yaml_config(tmp_path):
     assert main(["evaluate", "--config", str(cfg)]) == 0
     res = json.loads(out.read_text())
     assert res["model"] == "from-yaml" and res["benchmarks"]["p"]["correct"] == 1
+
+
+def test_predictions_without_gold_fail_clearly(tmp_path, capsys):
+    preds = tmp_path / "p.jsonl"
+    preds.write_text(json.dumps({"id": 3, "prediction": "def f(): pass"}) + "\n")
+    assert main(["evaluate", "--predictions", str(preds), "--task", "code", "--out", str(tmp_path / "o.json")]) == 2
+    assert "sample 3" in capsys.readouterr().err

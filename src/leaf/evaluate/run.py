@@ -105,13 +105,16 @@ def score(
             rec["correct"] = False
             rec["missing"] = True
             return rec
-        if task == "code":
-            res = checker.run(pred, s)
-            rec["correct"], rec["status"] = res.passed, res.status
-        else:
-            rec["correct"] = bool(checker.check(pred, s))
-            if task == "qa":
-                rec["f1"] = checker.f1(pred, s)
+        try:
+            if task == "code":
+                res = checker.run(pred, s)
+                rec["correct"], rec["status"] = res.passed, res.status
+            else:
+                rec["correct"] = bool(checker.check(pred, s))
+                if task == "qa":
+                    rec["f1"] = checker.f1(pred, s)
+        except ValueError as exc:  # the sample lacks what its checker needs (gold answer, tests)
+            raise DataError([f"{benchmark}: {exc}"]) from None
         return rec
 
     if task == "code" and workers > 1:
