@@ -102,3 +102,44 @@ def test_generate_to_jsonl_resumes(tmp_path, model_and_tok):
     assert allgen == {str(i): t for i, t in enumerate(generate(model, tok, INSTRUCTIONS, max_new_tokens=6))}
     with pytest.raises(ValueError, match="other settings"):
         generate_to_jsonl(model, tok, records, out, settings={"model": "other"}, max_new_tokens=6)
+
+
+def test_vllm_backend_request(monkeypatch, llama_tok):
+    """The vLLM path (no GPU here): a stand-in ``vllm`` module records what leaf asks of it."""
+    import sys
+    import types
+    from dataclasses import dataclass
+    from types import SimpleNamespace
+
+    fake = types.ModuleType("vllm")
+
+    @dataclass
+    class SamplingParams:
+        max_tokens: int
+        temperature: float
+        top_p: float
+        stop: list | None
+        seed: int
+        skip_special_tokens: bool
+
+    class LLM:
+        def generate(self, prompts, params):
+            self.seen = (prompts, params)
+            return [
+                SimpleNamespace(outputs=[SimpleNamespace(text=f"answer {k} STOP tail")]) for k in range(len(prompts))
+            ]
+
+    LLM.__module__ = "vllm"
+    fake.LLM, fake.SamplingParams = LLM, SamplingParams
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    llm = LLM()
+    out = generate(llm, llama_tok, INSTRUCTIONS[:3], max_new_tokens=7, stop=["STOP"], seed=4)
+    assert out == ["answer 0 ", "answer 1 ", "answer 2 "]
+    prompts, params = llm.seen
+    # token ids of the chat-templated prompt, BOS from the template only (not added twice)
+    want = [llama_tok(render_prompt(llama_tok, ins), add_special_tokens=False)["input_ids"] for ins in INSTRUCTIONS[:3]]
+    assert [p["prompt_token_ids"] for p in prompts] == want
+    assert [ids.count(llama_tok.bos_token_id) for ids in want] == [1, 1, 1]
+    assert (params.max_tokens, params.temperature, params.top_p, params.stop, params.seed) == (7, 0.0, 1.0, ["STOP"], 4)
+    generate(llm, llama_tok, INSTRUCTIONS[:1], do_sample=True, temperature=0.7, top_p=0.9)
+    assert (llm.seen[1].temperature, llm.seen[1].top_p) == (0.7, 0.9)

@@ -152,10 +152,7 @@ def test_stdin_program_may_exit_cleanly():
 
 def test_files_inside_the_temp_dir_are_fine():
     checker = get_checker("code", timeout=5)
-    code = (
-        "import os\ndef f(x):\n    open('scratch.txt', 'w').write('4')\n"
-        "    os.remove('scratch.txt')\n    return 4\n"
-    )
+    code = "import os\ndef f(x):\n    open('scratch.txt', 'w').write('4')\n    os.remove('scratch.txt')\n    return 4\n"
     assert checker.check(code, _tiny(ASSERT_F)), checker.last
 
 
