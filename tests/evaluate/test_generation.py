@@ -143,3 +143,33 @@ def test_vllm_backend_request(monkeypatch, llama_tok):
     assert (params.max_tokens, params.temperature, params.top_p, params.stop, params.seed) == (7, 0.0, 1.0, ["STOP"], 4)
     generate(llm, llama_tok, INSTRUCTIONS[:1], do_sample=True, temperature=0.7, top_p=0.9)
     assert (llm.seen[1].temperature, llm.seen[1].top_p) == (0.7, 0.9)
+
+
+def test_vllm_backend_chunks_and_reports_progress(monkeypatch, llama_tok):
+    import sys
+    import types
+    from types import SimpleNamespace
+
+    import leaf.evaluate.generation as g
+
+    fake = types.ModuleType("vllm")
+
+    class LLM:
+        calls = 0
+
+        def generate(self, prompts, params):
+            LLM.calls += 1
+            return [SimpleNamespace(outputs=[SimpleNamespace(text=str(len(p["prompt_token_ids"])))]) for p in prompts]
+
+    LLM.__module__ = "vllm"
+    fake.LLM, fake.SamplingParams = LLM, lambda **kw: kw
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setattr(g, "VLLM_CHUNK", 2)
+    seen = []
+    out = generate(LLM(), llama_tok, INSTRUCTIONS, on_batch=lambda idx, texts: seen.append((idx, texts)))
+    lengths = [
+        str(len(llama_tok(render_prompt(llama_tok, i), add_special_tokens=False)["input_ids"])) for i in INSTRUCTIONS
+    ]
+    assert out == lengths and LLM.calls == 3
+    assert [i for idx, _ in seen for i in idx] == [0, 1, 2, 3, 4]
+    assert [t for _, texts in seen for t in texts] == lengths

@@ -30,6 +30,7 @@ from leaf.data.render import render_prompt
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "hf", "vllm")
+VLLM_CHUNK = 512  # prompts per vLLM call
 
 
 def truncate_at_stop(text: str, stop: Sequence[str] | None) -> str:
@@ -223,11 +224,14 @@ def _generate_vllm(
         skip_special_tokens=True,
     )
     # Token ids, not text: vLLM would add a second BOS to a templated prompt.
-    prompts = [{"prompt_token_ids": p} for p in ids]
-    results = llm.generate(prompts, params)
-    texts = [truncate_at_stop(r.outputs[0].text, stop) for r in results]
-    if on_batch is not None:
-        on_batch(list(range(len(texts))), texts)
+    # vLLM schedules its own batches; chunks only bound how much a crash loses (see generate_to_jsonl).
+    texts: list[str] = []
+    for start in range(0, len(ids), VLLM_CHUNK):
+        chunk = [{"prompt_token_ids": p} for p in ids[start : start + VLLM_CHUNK]]
+        done = [truncate_at_stop(r.outputs[0].text, stop) for r in llm.generate(chunk, params)]
+        texts += done
+        if on_batch is not None:
+            on_batch(list(range(start, start + len(done))), done)
     return texts
 
 
