@@ -195,7 +195,7 @@ def convert(
                     rec = corpus.adapt(raw) if corpus is not None else {}
                 except KeyError as exc:
                     raise DataError(
-                        [f"{here}: field {exc.args[0]!r}: missing (is this really {corpus.name}?)"]
+                        [f"{here}: field {exc.args[0]!r}: missing (is this really {getattr(corpus, 'name', dataset)}?)"]
                     ) from None
                 rec.update(_mapped(raw, fields, here))
                 rec = _clean(rec, i)

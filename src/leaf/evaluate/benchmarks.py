@@ -80,7 +80,7 @@ def _gsm8k(r: dict[str, Any], i: int) -> Sample:
 
 
 def _math500(r: dict[str, Any], i: int) -> Sample:
-    meta = {k: r[k] for k in ("subject", "level") if k in r}
+    meta: dict[str, Any] = {k: r[k] for k in ("subject", "level") if k in r}
     return Sample(
         id=r.get("unique_id", i),
         instruction=MATH_PROMPT.format(problem=r["problem"]),
@@ -190,7 +190,9 @@ def _livecodebench(r: dict[str, Any], i: int) -> Sample:
 def _passages_hotpot(context: Any) -> list[tuple[str, str]]:
     """HotpotQA / 2Wiki context: [[title, [sentences]]...] or {"title": [...], "sentences": [[...]]}."""
     if isinstance(context, dict):
-        return [(t, "".join(s)) for t, s in zip(context["title"], context.get("sentences") or context.get("content"))]
+        return [
+            (t, "".join(s)) for t, s in zip(context["title"], context.get("sentences") or context.get("content") or [])
+        ]
     return [(str(t), "".join(s) if isinstance(s, list) else str(s)) for t, s in context]
 
 
@@ -200,7 +202,7 @@ def _format_passages(passages: list[tuple[str, str]]) -> str:
 
 def _hotpot(r: dict[str, Any], i: int) -> Sample:
     passages = _passages_hotpot(r["context"])
-    meta = {k: r[k] for k in ("type", "level") if k in r}
+    meta: dict[str, Any] = {k: r[k] for k in ("type", "level") if k in r}
     return Sample(
         id=r.get("_id") or r.get("id") or i,
         instruction=QA_PROMPT.format(passages=_format_passages(passages), question=r["question"]),

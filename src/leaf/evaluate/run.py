@@ -95,7 +95,7 @@ def score(
     """``(summary, records)`` for the samples that have a prediction (others count as wrong)."""
     from leaf.evaluate.checkers import get_checker
 
-    checker = get_checker(task, timeout=code_timeout) if task == "code" else get_checker(task)
+    checker: Any = get_checker(task, timeout=code_timeout) if task == "code" else get_checker(task)
     preds = [predictions.get(id_key(s.id)) for s in samples]
 
     def one(k: int) -> dict[str, Any]:
@@ -300,7 +300,7 @@ def compare_table(paths: Sequence[str | Path]) -> str:
     """A Markdown table: rows = results files (models), columns = benchmarks (paper order), averages in %."""
     from leaf.evaluate.benchmarks import DISPLAY, PAPER_ORDER
 
-    runs = []
+    runs: list[tuple[str, Path, dict[str, Any]]] = []
     for p in paths:
         p = Path(p)
         try:

@@ -128,27 +128,28 @@ class CodeChecker:
         code = extract_code(prediction, meta.get("entry_point") or meta.get("func_name"))
         prompt = meta.get("prompt") or ""
         functional = [c for c in cases if c.get("testtype") == "functional"]
+        last: RunResult | None = None
         if functional:
             func = meta.get("func_name") or _entry_name(meta.get("entry_point"))
             if not func:
                 raise ValueError(f"sample {sample.id!r}: functional tests need meta.func_name")
-            res = run_python(
+            last = run_python(
                 _functional_program(code, prompt, functional, func), timeout=self.timeout, memory_mb=self.memory_mb
             )
-            if not res.passed:
-                return res
-        res = None
+            if not last.passed:
+                return last
         for case in cases:
             if case.get("testtype") == "functional":
                 continue
-            res = run_python(
+            last = run_python(
                 prompt + code, stdin=str(case["input"]), timeout=self.timeout, memory_mb=self.memory_mb, script=True
             )
-            if not res.passed:
-                return res
-            if not outputs_match(res.stdout, str(case["output"])):
-                return RunResult("failed", res.returncode, res.stdout, "wrong output", res.seconds)
-        return res if res is not None else RunResult("passed", 0, "", "", 0.0)
+            if not last.passed:
+                return last
+            if not outputs_match(last.stdout, str(case["output"])):
+                return RunResult("failed", last.returncode, last.stdout, "wrong output", last.seconds)
+        assert last is not None  # cases is non-empty
+        return last
 
     def check(self, prediction: str, sample: Any) -> bool:
         self.last = self.run(prediction, sample)

@@ -41,6 +41,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 NOBODY = 65534
 #: Exit status the runner reports when the program ran to its end; a program that exits by itself
@@ -237,7 +238,7 @@ def run_python(
         (box / "program.py").write_text(program, encoding="utf-8")
         if stdin is not None:
             (workdir / "stdin.txt").write_text(stdin, encoding="utf-8")
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
         if as_nobody:
             os.chmod(workdir, 0o755)
             os.chown(box, NOBODY, NOBODY)
