@@ -99,3 +99,21 @@ def test_label_refuses_samples_without_gold(tmp_path, pair):
     data.write_text(json.dumps({"id": 7, "instruction": "i", "response": "r"}) + "\n")
     with pytest.raises(DataError, match="sample 7: field 'answer'"):
         label(teacher=str(pair[0]), student=str(pair[1]), data=data, task="qa", out=tmp_path / "o.jsonl")
+
+
+def test_label_can_skip_ungradable_samples(tmp_path, pair):
+    data = tmp_path / "in.jsonl"
+    data.write_text(
+        json.dumps({"id": 1, "instruction": "Prove it.", "response": "A proof without a boxed answer."})
+        + "\n"
+        + json.dumps({"id": 2, "instruction": "1+1?", "response": "So \\boxed{2}."})
+        + "\n"
+    )
+    out = tmp_path / "o.jsonl"
+    kw = dict(teacher=str(pair[0]), student=str(pair[1]), data=data, task="math", out=out, max_new_tokens=4)
+    with pytest.raises(DataError, match="--skip-ungradable"):
+        label(**kw, dtype="float32", device="cpu")
+    rows = label(**kw, dtype="float32", device="cpu", skip_ungradable=True)
+    assert [r["id"] for r in rows] == [2]
+    assert isinstance(rows[0]["teacher_correct"], bool) and isinstance(rows[0]["student_correct"], bool)
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == [2]

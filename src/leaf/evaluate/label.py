@@ -49,26 +49,31 @@ class LabelConfig:
     top_p: float = option(1.0, help="nucleus sampling mass (with --do-sample)")
     seed: int = option(0, help="random seed for sampling")
     code_timeout: float = option(10.0, help="seconds per program run (code task)")
+    skip_ungradable: bool = option(
+        False, help="leave out samples the checker cannot judge (no gold answer / tests) instead of stopping"
+    )
     overwrite: bool = option(False, help="start over even if outputs of other settings exist")
 
 
-def _check_gold(samples: list[Sample], task: str, where: Path) -> None:
-    problems = []
+def _ungradable(samples: list[Sample], task: str, where: Path) -> dict[str, str]:
+    """``{id: problem}`` for the samples the task's checker cannot judge (no gold answer / tests)."""
+    from leaf.evaluate.checkers.math import MathChecker
+
+    problems = {}
     for s in samples:
         if task == "code":
             if not (s.meta or {}).get("tests"):
-                problems.append(f"{where}: sample {s.id!r}: field 'meta.tests': missing (needed by the code checker)")
+                problems[id_key(s.id)] = (
+                    f"{where}: sample {s.id!r}: field 'meta.tests': missing (the code checker needs it)"
+                )
         elif task == "math":
-            from leaf.evaluate.checkers.math import MathChecker
-
             if MathChecker().gold(s) is None:
-                problems.append(
+                problems[id_key(s.id)] = (
                     f"{where}: sample {s.id!r}: field 'answer': missing (and no marked answer in 'response')"
                 )
         elif s.answer is None:
-            problems.append(f"{where}: sample {s.id!r}: field 'answer': missing")
-    if problems:
-        raise DataError(problems)
+            problems[id_key(s.id)] = f"{where}: sample {s.id!r}: field 'answer': missing"
+    return problems
 
 
 def label(config: LabelConfig | None = None, **kwargs: Any) -> list[dict[str, Any]]:
@@ -80,7 +85,14 @@ def label(config: LabelConfig | None = None, **kwargs: Any) -> list[dict[str, An
 
     cfg = config if config is not None else build(LabelConfig, kwargs, "label()")
     samples = load_samples(cfg.data)
-    _check_gold(samples, cfg.task, cfg.data)
+    problems = _ungradable(samples, cfg.task, cfg.data)
+    if problems and not cfg.skip_ungradable:
+        raise DataError([*problems.values(), "(pass --skip-ungradable to leave such samples out)"])
+    if problems:
+        samples = [s for s in samples if id_key(s.id) not in problems]
+        log.warning("%s: left out %d sample(s) without a gold answer", cfg.data, len(problems))
+        if not samples:
+            raise DataError([f"{cfg.data}: no sample has a gold answer for the {cfg.task} checker"])
     decoding = {
         k: v for k, v in to_dict(cfg).items() if k in ("max_new_tokens", "do_sample", "temperature", "top_p", "seed")
     }
