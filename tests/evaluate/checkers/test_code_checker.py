@@ -150,6 +150,15 @@ def test_stdin_program_may_exit_cleanly():
     assert not checker.check("```python\nimport sys\nprint(input())\nsys.exit(3)\n```", s)
 
 
+def test_main_guard_runs_only_for_scripts():
+    checker = get_checker("code", timeout=5)
+    demo = "def f(x):\n    return 4\n\nif __name__ == '__main__':\n    print(f(int(input())))\n"
+    assert checker.check(demo, _tiny(ASSERT_F)), checker.last  # the demo would fail on empty stdin
+    s = Sample(id="io", instruction="double", response="x", meta={"tests": [{"input": "3\n", "output": "6"}]})
+    script = "def main():\n    print(2 * int(input()))\n\nif __name__ == '__main__':\n    main()\n"
+    assert checker.check(script, s), checker.last
+
+
 def test_files_inside_the_temp_dir_are_fine():
     checker = get_checker("code", timeout=5)
     code = "import os\ndef f(x):\n    open('scratch.txt', 'w').write('4')\n    os.remove('scratch.txt')\n    return 4\n"

@@ -126,7 +126,9 @@ def main():
     code = compile(source, program, "exec")
     sys.argv = [program]
     _install(os.path.realpath(root), os.getpid())
-    g = {"__name__": "__main__", "__file__": program, "__builtins__": __builtins__}
+    # A solution's own "if __name__ == '__main__':" demo must not run before the tests; a script's must.
+    g = {"__name__": "__main__" if mode == "script" else "solution", "__file__": program,
+         "__builtins__": __builtins__}
     del fh
     try:
         exec(code, g)
