@@ -179,3 +179,13 @@ def test_predictions_without_gold_fail_clearly(tmp_path, capsys):
     preds.write_text(json.dumps({"id": 3, "prediction": "def f(): pass"}) + "\n")
     assert main(["evaluate", "--predictions", str(preds), "--task", "code", "--out", str(tmp_path / "o.json")]) == 2
     assert "sample 3" in capsys.readouterr().err
+
+
+def test_other_settings_on_the_same_output_are_refused(tmp_path, tiny_dir, samples_file, capsys):
+    out = tmp_path / "res.json"
+    base = ["evaluate", "--model", str(tiny_dir), "--benchmark", str(samples_file), "--task", "exact"]
+    base += ["--out", str(out), "--dtype", "float32", "--device", "cpu"]
+    assert main([*base, "--max-new-tokens", "4"]) == 0
+    assert main([*base, "--max-new-tokens", "5"]) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert main([*base, "--max-new-tokens", "5", "--overwrite"]) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 COMMAND = "label"
 HELP = "generate with teacher and student, check the answers, and write teacher_correct/student_correct"
@@ -17,10 +18,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from leaf.config import resolve
+    from leaf.data.jsonl import SettingsMismatch
     from leaf.evaluate.label import LabelConfig, label
 
     cfg = resolve(LabelConfig, args)
-    rows = label(cfg)
+    try:
+        rows = label(cfg)
+    except SettingsMismatch as exc:
+        print(f"leaf {COMMAND}: error: {exc}", file=sys.stderr)
+        return 2
     n = len(rows)
     t = sum(r["teacher_correct"] for r in rows)
     s = sum(r["student_correct"] for r in rows)
