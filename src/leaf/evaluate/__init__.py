@@ -1,0 +1,1 @@
+"""Generation, answer checking and benchmark evaluation (``leaf evaluate``, ``leaf label``)."""

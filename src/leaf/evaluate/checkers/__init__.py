@@ -1,0 +1,45 @@
+"""Answer checkers behind one interface, keyed by task.
+
+``get_checker(task)`` returns an object with ``.name`` and
+``.check(prediction: str, sample: leaf.data.records.Sample) -> bool``:
+
+* ``math`` -- final answer (``\\boxed{}``, ``####``, "the answer is") judged by math-verify;
+* ``code`` -- the program passes the sample's tests in a sandboxed process
+  (tests in ``sample.meta["tests"]``, entry point in ``sample.meta["entry_point"]``);
+* ``qa`` -- HotpotQA-normalised exact match (``.f1`` gives token F1);
+* ``exact`` -- normalised exact match (synthetic tasks).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class Checker(Protocol):
+    name: str
+
+    def check(self, prediction: str, sample: Any) -> bool: ...
+
+
+TASKS = ("math", "code", "qa", "exact")
+
+
+def get_checker(task: str, **options: Any) -> Checker:
+    """The checker for ``task`` (one of :data:`TASKS`); ``options`` go to its constructor."""
+    if task == "math":
+        from leaf.evaluate.checkers.math import MathChecker
+
+        return MathChecker(**options)
+    if task == "code":
+        from leaf.evaluate.checkers.code import CodeChecker
+
+        return CodeChecker(**options)
+    if task == "qa":
+        from leaf.evaluate.checkers.qa import QAChecker
+
+        return QAChecker(**options)
+    if task == "exact":
+        from leaf.evaluate.checkers.exact import ExactChecker
+
+        return ExactChecker(**options)
+    raise ValueError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")

@@ -1,0 +1,270 @@
+"""Generate answers to instructions, batched, on the model's chat template.
+
+:func:`generate` is the one entry point every stage uses (evaluation,
+labelling). Prompts are rendered with :func:`leaf.data.render.render_prompt`
+and tokenised without extra special tokens (the template carries BOS), padded
+on the left so every row's prompt ends where generation starts; transformers
+derives position ids from the attention mask, so a padded row generates
+exactly what it would alone. Prompts are sorted by length before batching
+(less padding); results come back in input order.
+
+Backends: a transformers model (always), or a ``vllm.LLM`` (the ``vllm`` extra;
+:func:`load_generator` picks it when vLLM is importable *and* a CUDA GPU is
+present). Both return the same thing: the decoded continuation, special
+tokens removed, cut at the first stop string (the stop string excluded).
+
+:func:`generate_to_jsonl` writes generations as they finish to a resumable
+JSONL file (``leaf.data.jsonl.ResumableJsonl``), so a killed job resumes
+where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from leaf.data.render import render_prompt
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "hf", "vllm")
+VLLM_CHUNK = 512  # prompts per vLLM call
+
+
+def truncate_at_stop(text: str, stop: Sequence[str] | None) -> str:
+    """``text`` up to (not including) the earliest occurrence of any stop string."""
+    if not stop:
+        return text
+    cut = len(text)
+    for s in stop:
+        if s:
+            i = text.find(s)
+            if 0 <= i < cut:
+                cut = i
+    return text[:cut]
+
+
+def is_vllm_model(model: Any) -> bool:
+    return type(model).__module__.split(".")[0] == "vllm"
+
+
+def vllm_usable() -> bool:
+    """vLLM is installed and a CUDA GPU is present."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def load_generator(
+    name_or_path: str,
+    *,
+    backend: str = "auto",
+    dtype: str = "bfloat16",
+    device: str = "cpu",
+    max_model_len: int | None = None,
+) -> tuple[Any, Any]:
+    """(model, tokenizer) for :func:`generate`: a ``vllm.LLM`` or a transformers model.
+
+    ``backend="auto"`` takes vLLM when :func:`vllm_usable`, else transformers.
+    """
+    from leaf.models import load_model, load_tokenizer
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    tok = load_tokenizer(name_or_path)
+    use_vllm = backend == "vllm" or (backend == "auto" and vllm_usable())
+    if use_vllm:
+        if not vllm_usable():
+            raise RuntimeError("backend 'vllm' needs the vllm package (pip install 'leaf[vllm]') and a CUDA GPU")
+        from vllm import LLM
+
+        kwargs: dict[str, Any] = {"model": name_or_path, "dtype": "auto" if dtype == "auto" else dtype}
+        if max_model_len:
+            kwargs["max_model_len"] = max_model_len
+        return LLM(**kwargs), tok
+    return load_model(name_or_path, dtype=dtype, device=device), tok
+
+
+def _encode_prompts(tokenizer: Any, instructions: Sequence[str]) -> list[list[int]]:
+    prompts = [render_prompt(tokenizer, ins) for ins in instructions]
+    return [list(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    instructions: list[str],
+    *,
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    stop: list[str] | None = None,
+    seed: int = 0,
+    on_batch: Callable[[list[int], list[str]], None] | None = None,
+    progress: bool = False,
+) -> list[str]:
+    """The model's answer to each instruction (greedy unless ``do_sample``).
+
+    ``on_batch(indices, texts)`` is called as each batch finishes (indices into
+    ``instructions``), which is how :func:`generate_to_jsonl` writes as it goes.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    if not instructions:
+        return []
+    ids = _encode_prompts(tokenizer, instructions)
+    if is_vllm_model(model):
+        return _generate_vllm(model, ids, max_new_tokens, do_sample, temperature, top_p, stop, seed, on_batch)
+    return _generate_hf(
+        model, tokenizer, ids, max_new_tokens, batch_size, do_sample, temperature, top_p, stop, seed, on_batch, progress
+    )
+
+
+def _generate_hf(
+    model: Any,
+    tokenizer: Any,
+    ids: list[list[int]],
+    max_new_tokens: int,
+    batch_size: int,
+    do_sample: bool,
+    temperature: float,
+    top_p: float,
+    stop: list[str] | None,
+    seed: int,
+    on_batch: Callable[[list[int], list[str]], None] | None,
+    progress: bool,
+) -> list[str]:
+    import torch
+    from tqdm.auto import tqdm
+
+    from leaf.models import input_device
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise ValueError("the tokenizer has neither a pad nor an EOS token; cannot pad a batch")
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    device = input_device(model)
+    gen_kwargs: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": do_sample,
+        "pad_token_id": pad_id,
+        "eos_token_id": eos,
+    }
+    if do_sample:
+        gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+    else:
+        # The model's own generation_config may ask for sampling; greedy means greedy.
+        gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+    if stop:
+        gen_kwargs.update(stop_strings=list(stop), tokenizer=tokenizer)
+
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    out: list[str | None] = [None] * len(ids)
+    torch.manual_seed(seed)
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress):
+        width = max(len(ids[i]) for i in batch)
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            n = len(ids[i])
+            input_ids[row, width - n :] = torch.tensor(ids[i], dtype=torch.long)
+            mask[row, width - n :] = 1
+        with torch.no_grad():
+            seqs = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **gen_kwargs)
+        texts = []
+        for row, i in enumerate(batch):
+            new = seqs[row, width:].tolist()
+            text = tokenizer.decode(_until_eos(new, eos), skip_special_tokens=True)
+            out[i] = truncate_at_stop(text, stop)
+            texts.append(out[i])
+        if on_batch is not None:
+            on_batch(list(batch), texts)
+    return [t if t is not None else "" for t in out]
+
+
+def _until_eos(tokens: list[int], eos: int | list[int] | None) -> list[int]:
+    """Tokens before the first EOS (rows that finished early are padded after it)."""
+    stops = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+    for k, t in enumerate(tokens):
+        if t in stops:
+            return tokens[:k]
+    return tokens
+
+
+def _generate_vllm(
+    llm: Any,
+    ids: list[list[int]],
+    max_new_tokens: int,
+    do_sample: bool,
+    temperature: float,
+    top_p: float,
+    stop: list[str] | None,
+    seed: int,
+    on_batch: Callable[[list[int], list[str]], None] | None,
+) -> list[str]:
+    from vllm import SamplingParams
+
+    params = SamplingParams(
+        max_tokens=max_new_tokens,
+        temperature=temperature if do_sample else 0.0,
+        top_p=top_p if do_sample else 1.0,
+        stop=list(stop) if stop else None,
+        seed=seed,
+        skip_special_tokens=True,
+    )
+    # Token ids, not text: vLLM would add a second BOS to a templated prompt.
+    # vLLM schedules its own batches; chunks only bound how much a crash loses (see generate_to_jsonl).
+    texts: list[str] = []
+    for start in range(0, len(ids), VLLM_CHUNK):
+        chunk = [{"prompt_token_ids": p} for p in ids[start : start + VLLM_CHUNK]]
+        done = [truncate_at_stop(r.outputs[0].text, stop) for r in llm.generate(chunk, params)]
+        texts += done
+        if on_batch is not None:
+            on_batch(list(range(start, start + len(done))), done)
+    return texts
+
+
+def generate_to_jsonl(
+    model: Any,
+    tokenizer: Any,
+    records: Sequence[dict[str, Any]],
+    out: str | Path,
+    *,
+    settings: dict[str, Any],
+    field: str = "generation",
+    instruction_field: str = "instruction",
+    overwrite: bool = False,
+    **generate_kwargs: Any,
+) -> dict[str, str]:
+    """Generate for every record not yet in ``out``; append each as its batch finishes.
+
+    Each output line is the input record plus ``field`` (the generation).
+    ``settings`` (model, decoding options...) go to ``out.meta.json``; resuming
+    with other settings is refused. Returns ``{id: generation}`` for all
+    records, old and new.
+    """
+    from leaf.data.jsonl import ResumableJsonl, read_jsonl
+
+    writer = ResumableJsonl(out, settings, overwrite=overwrite)
+    todo = [r for r in records if str(r["id"]) not in writer.done]
+    if len(todo) < len(records):
+        log.info("%s: %d of %d already generated, resuming", out, len(records) - len(todo), len(records))
+
+    def write(indices: list[int], texts: list[str]) -> None:
+        writer.write_batch({**todo[i], field: t} for i, t in zip(indices, texts))
+
+    if todo:
+        generate(model, tokenizer, [r[instruction_field] for r in todo], on_batch=write, **generate_kwargs)
+    wanted = {str(r["id"]) for r in records}
+    return {str(r["id"]): r[field] for r in read_jsonl(out) if str(r["id"]) in wanted}

@@ -1,0 +1,144 @@
+"""``leaf label``: mark which samples the teacher and the student get right.
+
+For every sample, the teacher and the student each answer the instruction
+(:func:`leaf.evaluate.generation.generate`, greedy by default) and the task's
+checker judges the answer. The output is the input records with four fields
+added (or replaced):
+
+* ``teacher_generation``, ``student_generation`` -- the answers;
+* ``teacher_correct``, ``student_correct`` -- the checker's verdicts,
+
+so that ``leaf detect --select student-wrong`` can pick the samples the paper
+analyses (teacher right, student wrong).
+
+One model is in memory at a time: the teacher's answers go to
+``<out>.generations/teacher.jsonl``, then the student's to ``.../student.jsonl``,
+each resumable; the labelled file is written last (also resumable, keyed by id).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from leaf.config import build, option, to_dict
+from leaf.data.records import DataError, Sample, id_key, load_samples
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LabelConfig:
+    """Options of ``leaf label``."""
+
+    teacher: str = option(help="teacher model (local directory or hub id)")
+    student: str = option(help="student model (local directory or hub id)")
+    data: Path = option(help="samples JSONL (leaf's sample format)")
+    task: str = option(help="answer checker", choices=["math", "code", "qa", "exact"])
+    out: Path = option(help="labelled JSONL (input records + teacher/student generations and verdicts)")
+    max_new_tokens: int = option(1024, help="generation budget per answer")
+    batch_size: int = option(8, help="prompts per generation batch")
+    backend: str = option("auto", help="generation backend", choices=["auto", "hf", "vllm"])
+    dtype: str = option("auto", help="model dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    device: str = option("auto", help="torch device for the transformers backend (auto: cuda if present)")
+    do_sample: bool = option(False, help="sample instead of greedy decoding")
+    temperature: float = option(1.0, help="sampling temperature (with --do-sample)")
+    top_p: float = option(1.0, help="nucleus sampling mass (with --do-sample)")
+    seed: int = option(0, help="random seed for sampling")
+    code_timeout: float = option(10.0, help="seconds per program run (code task)")
+    skip_ungradable: bool = option(
+        False, help="leave out samples the checker cannot judge (no gold answer / tests) instead of stopping"
+    )
+    overwrite: bool = option(False, help="start over even if outputs of other settings exist")
+
+
+def _ungradable(samples: list[Sample], task: str, where: Path) -> dict[str, str]:
+    """``{id: problem}`` for the samples the task's checker cannot judge (no gold answer / tests)."""
+    from leaf.evaluate.checkers.math import MathChecker
+
+    problems = {}
+    for s in samples:
+        if task == "code":
+            if not (s.meta or {}).get("tests"):
+                problems[id_key(s.id)] = (
+                    f"{where}: sample {s.id!r}: field 'meta.tests': missing (the code checker needs it)"
+                )
+        elif task == "math":
+            if MathChecker().gold(s) is None:
+                problems[id_key(s.id)] = (
+                    f"{where}: sample {s.id!r}: field 'answer': missing (and no marked answer in 'response')"
+                )
+        elif s.answer is None:
+            problems[id_key(s.id)] = f"{where}: sample {s.id!r}: field 'answer': missing"
+    return problems
+
+
+def label(config: LabelConfig | None = None, **kwargs: Any) -> list[dict[str, Any]]:
+    """Label every sample of ``config.data``; return the labelled records (also written to ``config.out``)."""
+    from leaf.data.jsonl import ResumableJsonl, read_jsonl
+    from leaf.evaluate.checkers import get_checker
+    from leaf.evaluate.generation import generate_to_jsonl, load_generator
+    from leaf.evaluate.run import _device
+
+    cfg = config if config is not None else build(LabelConfig, kwargs, "label()")
+    samples = load_samples(cfg.data)
+    problems = _ungradable(samples, cfg.task, cfg.data)
+    if problems and not cfg.skip_ungradable:
+        raise DataError([*problems.values(), "(pass --skip-ungradable to leave such samples out)"])
+    if problems:
+        samples = [s for s in samples if id_key(s.id) not in problems]
+        log.warning("%s: left out %d sample(s) without a gold answer", cfg.data, len(problems))
+        if not samples:
+            raise DataError([f"{cfg.data}: no sample has a gold answer for the {cfg.task} checker"])
+    decoding = {
+        k: v for k, v in to_dict(cfg).items() if k in ("max_new_tokens", "do_sample", "temperature", "top_p", "seed")
+    }
+    writer = ResumableJsonl(
+        cfg.out,
+        {**decoding, "teacher": cfg.teacher, "student": cfg.student, "task": cfg.task, "data": str(cfg.data)},
+        overwrite=cfg.overwrite,
+    )
+    todo = [s for s in samples if id_key(s.id) not in writer.done]
+    gens: dict[str, dict[str, str]] = {}
+    folder = cfg.out.parent / f"{cfg.out.name}.generations"
+    for role in ("teacher", "student"):
+        if not todo:
+            break
+        name = getattr(cfg, role)
+        model, tok = load_generator(name, backend=cfg.backend, dtype=cfg.dtype, device=_device(cfg.device))
+        gens[role] = generate_to_jsonl(
+            model,
+            tok,
+            [{"id": s.id, "instruction": s.instruction} for s in todo],
+            folder / f"{role}.jsonl",
+            settings={**decoding, "model": name},
+            overwrite=cfg.overwrite,
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.batch_size,
+            do_sample=cfg.do_sample,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            seed=cfg.seed,
+            progress=True,
+        )
+        del model
+        gc.collect()
+    checker = get_checker(cfg.task, timeout=cfg.code_timeout) if cfg.task == "code" else get_checker(cfg.task)
+    for s in todo:
+        rec = s.to_json()
+        for role in ("teacher", "student"):
+            text = gens[role][id_key(s.id)]
+            rec[f"{role}_generation"] = text
+            rec[f"{role}_correct"] = bool(checker.check(text, s))
+        writer.write_batch([rec])
+    by_id = {id_key(r["id"]): r for r in read_jsonl(cfg.out)}
+    labelled = [by_id[id_key(s.id)] for s in samples]
+    n = len(labelled)
+    t = sum(r["teacher_correct"] for r in labelled)
+    st = sum(r["student_correct"] for r in labelled)
+    sw = sum(r["teacher_correct"] and not r["student_correct"] for r in labelled)
+    log.info("teacher right %d/%d, student right %d/%d, teacher-right & student-wrong %d", t, n, st, n, sw)
+    return labelled

@@ -1,0 +1,354 @@
+"""``leaf evaluate`` as a Python API: generate, score, write results, compare runs.
+
+Three ways in:
+
+* :func:`evaluate` with ``model`` + ``benchmark`` -- generate answers (resumable,
+  one JSONL of generations per benchmark beside the results), score them with
+  the benchmark's checker, write ``results.json``;
+* :func:`evaluate` with ``predictions`` + ``task`` -- score generations made
+  elsewhere (one JSON object per line: ``id`` and ``prediction``, plus the
+  gold ``answer``/``meta`` on the line or from ``benchmark``);
+* :func:`compare_table` -- a table of several results files laid out like the
+  paper's (rows = models, columns = benchmarks, averages).
+
+Results schema (docs/evaluation.md)::
+
+    {"model": str,
+     "benchmarks": {NAME: {"accuracy": float, "correct": int, "total": int, "task": str, ...}},
+     "records": [{"benchmark", "id", "correct", "prediction", "answer", ...}]}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from leaf.config import ConfigError, build, option, to_dict
+from leaf.data.records import DataError, Sample, id_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvaluateConfig:
+    """Options of ``leaf evaluate`` (flags, YAML keys and keyword arguments alike)."""
+
+    model: str | None = option(None, help="model to evaluate (local directory or hub id)")
+    benchmark: list[str] = option(
+        default_factory=list,
+        help="benchmarks: NAME (gsm8k, math500, olympiadbench, humaneval, humaneval-plus, leetcode, livecodebench, "
+        "hotpotqa, 2wikimultihopqa, musique), NAME=PATH (a local copy) or a sample JSONL file (with --task)",
+    )
+    out: Path | None = option(None, help="results JSON (generations go to <out stem>.generations/<benchmark>.jsonl)")
+    task: str | None = option(
+        None, help="answer checker for sample files / predictions", choices=["math", "code", "qa", "exact"]
+    )
+    predictions: Path | None = option(
+        None, help="score these generations (JSONL with id + prediction) instead of generating"
+    )
+    compare: list[Path] = option(default_factory=list, help="print a table comparing these results files and exit")
+    name: str | None = option(None, help="row label of this model in tables (default: --model)")
+    max_new_tokens: int | None = option(None, help="generation budget (default: per benchmark, 512-2048)")
+    batch_size: int = option(8, help="prompts per generation batch")
+    backend: str = option(
+        "auto", help="generation backend: vllm when installed and a GPU is present", choices=["auto", "hf", "vllm"]
+    )
+    dtype: str = option("auto", help="model dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    device: str = option("auto", help="torch device for the transformers backend (auto: cuda if present)")
+    limit: int | None = option(None, help="evaluate only the first N samples of each benchmark")
+    do_sample: bool = option(False, help="sample instead of greedy decoding")
+    temperature: float = option(1.0, help="sampling temperature (with --do-sample)")
+    top_p: float = option(1.0, help="nucleus sampling mass (with --do-sample)")
+    seed: int = option(0, help="random seed for sampling")
+    workers: int = option(4, help="code checks run in parallel in this many sandboxes")
+    code_timeout: float = option(10.0, help="seconds per program run for code benchmarks")
+    overwrite: bool = option(False, help="discard earlier generations written with other settings")
+
+    def validate(self) -> None:
+        if self.compare:
+            return
+        if self.predictions is None and (not self.model or not self.benchmark):
+            raise ConfigError("give --model and --benchmark (or --predictions with --task, or --compare)")
+        if self.predictions is not None and not self.task and not self.benchmark:
+            raise ConfigError("--predictions needs --task (or a --benchmark that names the task)")
+        if self.out is None:
+            raise ConfigError("give --out results.json")
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def score(
+    samples: Sequence[Sample],
+    predictions: dict[str, str],
+    task: str,
+    *,
+    benchmark: str,
+    workers: int = 4,
+    code_timeout: float = 10.0,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``(summary, records)`` for the samples that have a prediction (others count as wrong)."""
+    from leaf.evaluate.checkers import get_checker
+
+    checker: Any = get_checker(task, timeout=code_timeout) if task == "code" else get_checker(task)
+    preds = [predictions.get(id_key(s.id)) for s in samples]
+
+    def one(k: int) -> dict[str, Any]:
+        s, pred = samples[k], preds[k]
+        rec: dict[str, Any] = {"benchmark": benchmark, "id": s.id, "prediction": pred, "answer": s.answer}
+        if pred is None:
+            rec["correct"] = False
+            rec["missing"] = True
+            return rec
+        try:
+            if task == "code":
+                res = checker.run(pred, s)
+                rec["correct"], rec["status"] = res.passed, res.status
+            else:
+                rec["correct"] = bool(checker.check(pred, s))
+                if task == "qa":
+                    rec["f1"] = checker.f1(pred, s)
+        except ValueError as exc:  # the sample lacks what its checker needs (gold answer, tests)
+            raise DataError([f"{benchmark}: {exc}"]) from None
+        return rec
+
+    if task == "code" and workers > 1:
+        # Each check is its own process; threads only wait on them.
+        with ThreadPoolExecutor(workers) as pool:
+            records = list(pool.map(one, range(len(samples))))
+    else:
+        # math-verify's timeouts need the main thread: score serially here.
+        records = [one(k) for k in range(len(samples))]
+    correct = sum(r["correct"] for r in records)
+    summary: dict[str, Any] = {
+        "accuracy": correct / len(records) if records else 0.0,
+        "correct": correct,
+        "total": len(records),
+        "task": task,
+    }
+    if task == "qa":
+        summary["f1"] = sum(r.get("f1", 0.0) for r in records) / len(records) if records else 0.0
+    missing = sum(1 for r in records if r.get("missing"))
+    if missing:
+        summary["missing"] = missing
+        log.warning("%s: %d of %d samples have no prediction; scored wrong", benchmark, missing, len(records))
+    return summary, records
+
+
+def read_predictions(path: str | Path) -> list[dict[str, Any]]:
+    """Prediction lines: ``id`` and ``prediction`` (or ``generation``), each checked."""
+    from leaf.data.records import iter_jsonl
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError([f"{path}: file not found"])
+    rows, problems = [], []
+    for lineno, obj, err in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        if err:
+            problems.append(f"{where}: {err}")
+            continue
+        if not isinstance(obj, dict):
+            problems.append(f"{where}: expected a JSON object")
+            continue
+        if "id" not in obj:
+            problems.append(f"{where}: field 'id': missing")
+        text = obj.get("prediction", obj.get("generation"))
+        if not isinstance(text, str):
+            problems.append(f"{where}: field 'prediction': missing or not a string")
+        else:
+            obj["prediction"] = text
+        rows.append(obj)
+    if problems:
+        raise DataError(problems)
+    return rows
+
+
+def _samples_from_predictions(rows: list[dict[str, Any]]) -> list[Sample]:
+    return [
+        Sample(
+            id=r["id"],
+            instruction=str(r.get("instruction") or "(not given)"),
+            response=str(r.get("response") or "(not given)"),
+            answer=None if r.get("answer") is None else str(r["answer"]),
+            meta=r.get("meta") or {},
+        )
+        for r in rows
+    ]
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def generations_path(out: Path, benchmark: str) -> Path:
+    return out.parent / f"{out.stem}.generations" / f"{benchmark}.jsonl"
+
+
+def evaluate(config: EvaluateConfig | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Run an evaluation (see the module doc); write and return the results dict."""
+    cfg = config if config is not None else build(EvaluateConfig, kwargs, "evaluate()")
+    if config is not None:
+        cfg.validate()
+    assert cfg.out is not None
+    results = _load_existing(cfg.out, cfg.name or cfg.model or str(cfg.predictions))
+    if cfg.predictions is not None:
+        name, task, summary, records = _score_predictions(cfg)
+        results["benchmarks"][name] = summary
+        results["records"] = [r for r in results["records"] if r.get("benchmark") != name] + records
+    else:
+        _generate_and_score(cfg, results)
+    cfg.out.parent.mkdir(parents=True, exist_ok=True)
+    results["config"] = to_dict(cfg)
+    cfg.out.write_text(json.dumps(results, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    return results
+
+
+def _load_existing(out: Path, model: str) -> dict[str, Any]:
+    """Earlier results of the same model in ``out`` are kept; benchmarks run again are replaced."""
+    if out.exists():
+        try:
+            old = json.loads(out.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            old = None
+        if isinstance(old, dict) and old.get("model") == model and isinstance(old.get("benchmarks"), dict):
+            old.setdefault("records", [])
+            return old
+    return {"model": model, "benchmarks": {}, "records": []}
+
+
+def _score_predictions(cfg: EvaluateConfig) -> tuple[str, str, dict[str, Any], list[dict[str, Any]]]:
+    from leaf.evaluate.benchmarks import load_benchmark
+
+    assert cfg.predictions is not None
+    rows = read_predictions(cfg.predictions)
+    preds = {id_key(r["id"]): r["prediction"] for r in rows}
+    if cfg.benchmark:
+        if len(cfg.benchmark) != 1:
+            raise DataError(["--predictions scores one --benchmark at a time"])
+        name, task, samples = load_benchmark(cfg.benchmark[0], task=cfg.task, limit=cfg.limit)
+        unknown = sorted(set(preds) - {id_key(s.id) for s in samples})
+        if unknown:
+            raise DataError([f"{cfg.predictions}: id {u!r} is not in {name}" for u in unknown[:20]])
+    else:
+        assert cfg.task is not None
+        task = cfg.task
+        name = cfg.predictions.name.removesuffix(".jsonl")
+        samples = _samples_from_predictions(rows)
+    summary, records = score(samples, preds, task, benchmark=name, workers=cfg.workers, code_timeout=cfg.code_timeout)
+    return name, task, summary, records
+
+
+def _generate_and_score(cfg: EvaluateConfig, results: dict[str, Any]) -> None:
+    from leaf.evaluate.benchmarks import BENCHMARKS, load_benchmark
+    from leaf.evaluate.generation import generate_to_jsonl, load_generator
+
+    assert cfg.model is not None and cfg.out is not None
+    loaded = [
+        load_benchmark(spec, task=cfg.task, limit=cfg.limit) for spec in cfg.benchmark
+    ]  # fail before loading a model
+    model, tok = load_generator(cfg.model, backend=cfg.backend, dtype=cfg.dtype, device=_device(cfg.device))
+    for name, task, samples in loaded:
+        budget = cfg.max_new_tokens or (BENCHMARKS[name].max_new_tokens if name in BENCHMARKS else 1024)
+        settings = {
+            "model": cfg.model,
+            "benchmark": name,
+            "max_new_tokens": budget,
+            "do_sample": cfg.do_sample,
+            "temperature": cfg.temperature,
+            "top_p": cfg.top_p,
+            "seed": cfg.seed,
+        }
+        records = [{"id": s.id, "instruction": s.instruction} for s in samples]
+        gens = generate_to_jsonl(
+            model,
+            tok,
+            records,
+            generations_path(cfg.out, name),
+            settings=settings,
+            overwrite=cfg.overwrite,
+            max_new_tokens=budget,
+            batch_size=cfg.batch_size,
+            do_sample=cfg.do_sample,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            seed=cfg.seed,
+            progress=True,
+        )
+        summary, recs = score(samples, gens, task, benchmark=name, workers=cfg.workers, code_timeout=cfg.code_timeout)
+        results["benchmarks"][name] = summary
+        results["records"] = [r for r in results["records"] if r.get("benchmark") != name] + recs
+        log.info("%s: %.2f%% (%d/%d)", name, 100 * summary["accuracy"], summary["correct"], summary["total"])
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def compare_table(paths: Sequence[str | Path]) -> str:
+    """A Markdown table: rows = results files (models), columns = benchmarks (paper order), averages in %."""
+    from leaf.evaluate.benchmarks import DISPLAY, PAPER_ORDER
+
+    runs: list[tuple[str, Path, dict[str, Any]]] = []
+    for p in paths:
+        p = Path(p)
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+            benches = data["benchmarks"]
+        except FileNotFoundError:
+            raise DataError([f"{p}: file not found"]) from None
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise DataError([f"{p}: not a results file (no 'benchmarks')"]) from None
+        runs.append((str(data.get("model") or p.stem), p, benches))
+    labels = [m for m, _, _ in runs]
+    labels = [f"{m} ({p.stem})" if labels.count(m) > 1 else m for m, p, _ in runs]
+    names = {n for _, _, b in runs for n in b}
+    columns = [n for n in PAPER_ORDER if n in names] + sorted(names - set(PAPER_ORDER))
+    task_of = {n: b[n].get("task", "?") for _, _, b in runs for n in b}
+    tasks = list(dict.fromkeys(task_of[n] for n in columns))
+    header = ["Model"] + [DISPLAY.get(n, n) for n in columns]
+    if len(tasks) > 1:
+        header += [f"Avg {t}" for t in tasks]
+    header.append("Avg")
+    rows = []
+    for label, (_, _, benches) in zip(labels, runs):
+        cells = [label]
+        accs = {n: 100 * float(benches[n]["accuracy"]) for n in columns if n in benches}
+        cells += [f"{accs[n]:.2f}" if n in accs else "-" for n in columns]
+        if len(tasks) > 1:
+            for t in tasks:
+                vals = [accs[n] for n in columns if task_of[n] == t and n in accs]
+                cells.append(f"{sum(vals) / len(vals):.2f}" if vals else "-")
+        cells.append(f"{sum(accs.values()) / len(accs):.2f}" if accs else "-")
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return (
+            "| "
+            + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+            + " |"
+        )
+
+    sep = "|" + "|".join(("-" * (w + 2)) if i == 0 else ("-" * (w + 1) + ":") for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(header), sep, *(line(r) for r in rows)])
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    """One line per benchmark of a results dict (what the CLI prints after a run)."""
+    lines = []
+    for name, b in results["benchmarks"].items():
+        extra = f"  F1 {100 * b['f1']:.2f}" if "f1" in b else ""
+        lines.append(f"{name:<16} {b['task']:<5} {100 * b['accuracy']:6.2f}%  ({b['correct']}/{b['total']}){extra}")
+    return "\n".join(lines)
