@@ -107,3 +107,22 @@ def test_verify_needs_models(files, tmp_path, capsys):
     assert main(["prune", "--data", str(data), "--detections", str(dets), "--out", str(tmp_path / "o"),
                  "--verify"]) == 2
     assert "--verify needs --teacher and --student" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_verify_with_real_models_and_checker(files, tmp_path, capsys):
+    """Wiring of --verify: real generation and the exact checker (random tiny models answer wrongly)."""
+    from leaf.tiny import build_model, build_tokenizer
+
+    data, dets = files
+    tok = build_tokenizer([s["instruction"] + " " + s["response"] for s in SAMPLES], style="chatml", vocab_size=300)
+    for name, seed in (("teacher", 0), ("student", 1)):
+        build_model(tok, seed=seed).save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    out = tmp_path / "cf.jsonl"
+    assert main(["prune", "--data", str(data), "--detections", str(dets), "--out", str(out), "--verify",
+                 "--teacher", str(tmp_path / "teacher"), "--student", str(tmp_path / "student"),
+                 "--task", "exact", "--max-new-tokens", "4"]) == 0
+    summary = json.loads((tmp_path / "cf.jsonl.summary.json").read_text())
+    assert summary["verified_dropped"] == 3 and summary["verified_kept"] == 0
+    assert read_jsonl(out) == []
