@@ -1,0 +1,135 @@
+"""End-to-end distillation runs on tiny models: loss value, accumulation, resume, outputs, CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from leaf.cli import main
+from leaf.config import ConfigError
+from leaf.distill import distill
+from leaf.distill.data import load_examples
+from leaf.distill.losses import forward_kl
+from leaf.distill.trainer import DistillConfig
+from leaf.models import load_model, load_tokenizer
+
+
+def _metrics(out):
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _run(setup, out, **kw):
+    base = dict(
+        student=str(setup / "student"), teacher=str(setup / "teacher"), data=setup / "d.jsonl",
+        counterfactuals=setup / "cf.jsonl", output_dir=out, save_steps=1000,
+    )
+    base.update(kw)
+    return distill(**base)
+
+
+def _independent_first_step_loss(setup, lam, temperature):
+    """lam * mean KL over original loss tokens + (1 - lam) * mean over counterfactual ones, one example at a time."""
+    tok = load_tokenizer(str(setup / "student"))
+    teacher = load_model(str(setup / "teacher"))
+    student = load_model(str(setup / "student"))
+    sums = {False: [0.0, 0], True: [0.0, 0]}
+    for ex in load_examples(tok, setup / "d.jsonl", setup / "cf.jsonl"):
+        ids = torch.tensor([ex.input_ids])
+        with torch.no_grad():
+            kl = forward_kl(teacher(ids).logits[0, :-1], student(ids).logits[0, :-1], temperature)
+        mask = torch.tensor(ex.labels[1:]) != -100
+        sums[ex.counterfactual][0] += kl[mask].sum().item()
+        sums[ex.counterfactual][1] += int(mask.sum())
+    kd = sums[False][0] / sums[False][1]
+    cd = sums[True][0] / sums[True][1]
+    return lam * kd + (1 - lam) * cd, kd, cd
+
+
+def test_first_step_loss_matches_independent_computation_and_outputs(distill_setup, tmp_path):
+    out = _run(distill_setup, tmp_path / "run", lam=0.3, temperature=2.0, per_device_batch_size=12, grad_accum=1, max_steps=1, kl_chunk_size=7)
+    expected, kd, cd = _independent_first_step_loss(distill_setup, 0.3, 2.0)
+    (row,) = _metrics(out)
+    assert row["loss"] == pytest.approx(expected, rel=1e-4)
+    assert row["kd_loss"] == pytest.approx(kd, rel=1e-4)
+    assert row["cd_loss"] == pytest.approx(cd, rel=1e-4)
+    assert set(row) >= {"step", "epoch", "loss", "kd_loss", "cd_loss", "lr", "tokens_per_s"}
+    assert row["step"] == 1 and row["tokens_per_s"] > 0
+    assert (out / "metrics.csv").read_text().splitlines()[0].startswith("step,epoch,loss,kd_loss,cd_loss")
+    cfg = json.loads((out / "leaf_config.json").read_text())
+    assert cfg["lam"] == 0.3 and cfg["_run"]["examples"] == 12 and cfg["_run"]["counterfactual_examples"] == 4
+    # the final student loads with from_pretrained, with its tokenizer
+    assert (out / "model.safetensors").exists()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    AutoModelForCausalLM.from_pretrained(out)
+    assert AutoTokenizer.from_pretrained(out).get_vocab() == load_tokenizer(str(distill_setup / "student")).get_vocab()
+
+
+def test_plain_kd_without_counterfactuals(distill_setup, tmp_path):
+    out = _run(distill_setup, tmp_path / "kd", counterfactuals=None, lam=1.0, per_device_batch_size=8, max_steps=1, grad_accum=1)
+    (row,) = _metrics(out)
+    assert row["cd_loss"] == 0.0
+    assert row["loss"] == pytest.approx(row["kd_loss"], rel=1e-6)
+
+
+def _weights(out):
+    return load_file(str(out / "model.safetensors"))
+
+
+def test_gradient_accumulation_1x4_equals_4x1(distill_setup, tmp_path):
+    common = dict(max_steps=1, optim="sgd", learning_rate=0.5, lr_scheduler="constant", warmup_steps=0, max_grad_norm=0.0, alpha=0.5)
+    a = _weights(_run(distill_setup, tmp_path / "a", per_device_batch_size=4, grad_accum=1, **common))
+    b = _weights(_run(distill_setup, tmp_path / "b", per_device_batch_size=1, grad_accum=4, **common))
+    start = load_file(str(distill_setup / "student" / "model.safetensors"))
+    moved = max((a[k] - start[k]).abs().max().item() for k in a)
+    assert moved > 1e-4  # the step did change the weights
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+def test_resumed_run_reaches_same_weights(distill_setup, tmp_path):
+    common = dict(max_steps=4, save_steps=2, per_device_batch_size=2, grad_accum=1, learning_rate=1e-2, warmup_steps=1)
+    full = _run(distill_setup, tmp_path / "full", **common)
+    part = tmp_path / "part"
+    part.mkdir()
+    shutil.copytree(full / "checkpoint-2", part / "checkpoint-2")  # as if the run died after step 2
+    with pytest.raises(ConfigError, match="--resume"):
+        _run(distill_setup, part, **common)
+    resumed = _run(distill_setup, part, resume=True, **common)
+    a, b = _weights(full), _weights(resumed)
+    start = load_file(str(distill_setup / "student" / "model.safetensors"))
+    assert max((a[k] - start[k]).abs().max().item() for k in a) > 1e-3
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    assert [r["step"] for r in _metrics(resumed)] == [3, 4]
+    assert [r["loss"] for r in _metrics(resumed)] == pytest.approx([r["loss"] for r in _metrics(full)][2:], rel=1e-5)
+
+
+def test_cli_yaml_with_flag_override(distill_setup, tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        f"student: {distill_setup / 'student'}\nteacher: {distill_setup / 'teacher'}\n"
+        f"data: {distill_setup / 'd.jsonl'}\noutput_dir: {tmp_path / 'cli'}\nlam: 0.2\nmax_steps: 1\n"
+        "per_device_batch_size: 8\ngrad_accum: 1\n"
+    )
+    assert main(["distill", "--config", str(cfg), "--lambda", "1.0", "--temperature", "3"]) == 0
+    saved = json.loads((tmp_path / "cli" / "leaf_config.json").read_text())
+    assert saved["lam"] == 1.0 and saved["temperature"] == 3.0 and saved["max_steps"] == 1
+    assert main(["distill", "--config", str(cfg), "--lambda", "1.5"]) == 2  # validated, clear error
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="teacher"):
+        DistillConfig(student="s", output_dir="o", data="d").validate()
+
+
+def test_lora_run_saves_merged_model(distill_setup, tmp_path):
+    out = _run(distill_setup, tmp_path / "lora", lora_r=4, max_steps=1, per_device_batch_size=4, grad_accum=1, learning_rate=1e-2)
+    w = _weights(out)
+    assert not any("lora" in k for k in w)
+    start = load_file(str(distill_setup / "student" / "model.safetensors"))
+    assert set(w) == set(start)
