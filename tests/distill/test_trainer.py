@@ -133,3 +133,43 @@ def test_lora_run_saves_merged_model(distill_setup, tmp_path):
     assert not any("lora" in k for k in w)
     start = load_file(str(distill_setup / "student" / "model.safetensors"))
     assert set(w) == set(start)
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_cpu_run_matches_one_process(distill_setup, tmp_path):
+    """``accelerate launch`` with 2 CPU processes (torchrun launcher, gloo): same first-step loss as 1 process x 2 batch."""
+    import os
+    import subprocess
+    import sys
+
+    args = [
+        "-m", "leaf", "distill", "--student", str(distill_setup / "student"), "--teacher", str(distill_setup / "teacher"),
+        "--data", str(distill_setup / "d.jsonl"), "--counterfactuals", str(distill_setup / "cf.jsonl"),
+        "--grad-accum", "1", "--max-steps", "2", "--save-steps", "1000",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    launch = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+    ]
+    ddp = tmp_path / "ddp"
+    proc = subprocess.run([*launch, *args, "--output-dir", str(ddp), "--per-device-batch-size", "2"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((ddp / "leaf_config.json").read_text())["_run"]["processes"] == 2
+    one = _run(distill_setup, tmp_path / "one", per_device_batch_size=4, grad_accum=1, max_steps=2)
+    m2, m1 = _metrics(ddp), _metrics(one)
+    assert len(m2) == 2
+    for key in ("loss", "kd_loss", "cd_loss", "grad_norm"):
+        assert m2[0][key] == pytest.approx(m1[0][key], rel=1e-5)
+    # the whole 2-step update agrees too
+    a, b = _weights(ddp), _weights(one)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
