@@ -367,11 +367,6 @@ def distill(config: DistillConfig | None = None, **kwargs: Any) -> Path:
 
     Takes a :class:`DistillConfig` or its fields as keyword arguments.
     """
-    import torch
-
-    from leaf.distill.data import DistillCollator, ExampleDataset, check_tokenizers, load_examples, shared_vocab_size
-    from leaf.models import load_model, load_tokenizer
-
     if config is None:
         config = build(DistillConfig, kwargs, "distill()")
     elif kwargs:
@@ -379,6 +374,21 @@ def distill(config: DistillConfig | None = None, **kwargs: Any) -> Path:
     out = Path(config.output_dir)
     if _checkpoints(out) and not config.resume:
         raise ConfigError(f"{out} already holds checkpoints; pass --resume to continue or use another --output-dir")
+    trainer = build_trainer(config)
+    resume = bool(config.resume and _checkpoints(out))
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    _save_final(trainer, trainer.processing_class, out, lora=config.lora_r > 0)
+    return out
+
+
+def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> Any:
+    """Load data, models (or the cache) and return a ready :class:`DistillTrainer`; writes leaf_config.json."""
+    import torch
+
+    from leaf.distill.data import DistillCollator, ExampleDataset, check_tokenizers, load_examples, shared_vocab_size
+    from leaf.models import load_model, load_tokenizer
+
+    out = Path(config.output_dir)
     args = training_arguments(config)
     tokenizer = load_tokenizer(config.student)
     examples = load_examples(tokenizer, config.data, config.counterfactuals, include_eos=config.include_eos, max_length=config.max_length)
@@ -395,6 +405,7 @@ def distill(config: DistillConfig | None = None, **kwargs: Any) -> Path:
         collator = CachedCollator(collator, cache, dataset)
         teacher_vocab = cache.manifest["vocab_size"]
     else:
+        assert config.teacher is not None
         check_tokenizers(tokenizer, load_tokenizer(config.teacher))
         teacher_dtype = config.teacher_dtype
         if teacher_dtype == "auto":
@@ -418,7 +429,7 @@ def distill(config: DistillConfig | None = None, **kwargs: Any) -> Path:
         train_dataset=dataset,
         data_collator=collator,
         processing_class=tokenizer,
-        callbacks=[_metrics_callback(out)],
+        callbacks=[_metrics_callback(out), *(callbacks or [])],
         teacher=teacher,
         lam=config.lam,
         temperature=config.temperature,
@@ -440,10 +451,7 @@ def distill(config: DistillConfig | None = None, **kwargs: Any) -> Path:
             "torch": torch.__version__,
         }
         (out / "leaf_config.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-    resume = bool(config.resume and _checkpoints(out))
-    trainer.train(resume_from_checkpoint=True if resume else None)
-    _save_final(trainer, tokenizer, out, lora=config.lora_r > 0)
-    return out
+    return trainer
 
 
 def _save_final(trainer: Any, tokenizer: Any, out: Path, *, lora: bool) -> None:
