@@ -173,3 +173,20 @@ def test_two_process_cpu_run_matches_one_process(distill_setup, tmp_path):
     a, b = _weights(ddp), _weights(one)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
+
+
+def test_selected_rows_path_equals_full_logits_path(distill_setup, tmp_path):
+    """logits_to_keep (only loss positions through the LM head) gives the same loss as full logits."""
+    from leaf.distill.trainer import build_trainer
+
+    cfg = DistillConfig(
+        student=str(distill_setup / "student"), teacher=str(distill_setup / "teacher"), data=distill_setup / "d.jsonl",
+        counterfactuals=distill_setup / "cf.jsonl", output_dir=tmp_path / "x", lam=0.4, alpha=0.3, temperature=1.5,
+    )
+    trainer = build_trainer(cfg)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(12)])
+    selected = trainer.compute_loss(trainer.model, dict(batch)).item()
+    assert trainer._keep_ok is True
+    trainer._keep_ok = False
+    full = trainer.compute_loss(trainer.model, dict(batch)).item()
+    assert selected == pytest.approx(full, rel=1e-5)

@@ -158,8 +158,8 @@ class DenseTeacher:
     rows: Tensor
 
     def log_probs(self, chunk: slice, vocab: int, temperature: float, device: torch.device, student_lp: Tensor) -> Tensor:
-        z = self.logits[self.rows[chunk].to(self.logits.device), :vocab].to(device).float()
-        return torch.log_softmax(z / temperature, dim=-1)
+        z = self.logits[self.rows[chunk].to(self.logits.device), :vocab].to(device).float()  # a fresh copy
+        return torch.log_softmax(z.div_(temperature) if temperature != 1.0 else z, dim=-1)
 
 
 @dataclass
@@ -232,27 +232,40 @@ class _ChunkedDistill(torch.autograd.Function):
         for start in range(0, n, step):
             sl = slice(start, min(start + step, n))
             r = rows[sl]
-            z = flat[r, :vocab].float()
-            lq = torch.log_softmax(z / temperature, dim=-1)
-            lp = teacher.log_probs(sl, vocab, temperature, device, lq.detach())
+            z = flat[r, :vocab].float()  # the only fp32 copy of student logits: one chunk
+            y = labels[sl].long().unsqueeze(-1) if want_ce else None
+            if want_ce and temperature != 1.0:
+                lq1 = torch.log_softmax(z, dim=-1)  # cross-entropy is at T = 1
+                ce = -lq1.gather(-1, y).squeeze(-1)
+                g_ce = lq1.exp_()
+                del lq1
+            lq = torch.log_softmax(z.div_(temperature) if temperature != 1.0 else z, dim=-1)
+            del z
+            if want_ce and temperature == 1.0:
+                ce = -lq.gather(-1, y).squeeze(-1)
+            lp = teacher.log_probs(sl, vocab, temperature, device, lq)
             p = lp.exp()
-            kl = temperature**2 * (p * (lp - lq)).where(p > 0, torch.zeros_like(p)).sum(-1)
+            # p * (log p - log q), in place; 0 * (-inf) (no teacher mass) -> 0
+            kl = lp.sub_(lq).mul_(p).nan_to_num_(nan=0.0).sum(-1).mul_(temperature**2)
+            del lp
             kl_out[sl] = kl
             wk = w_kl[sl].float()
             total = total + (wk * kl).sum()
-            g = (temperature * wk).unsqueeze(-1) * (lq.exp() - p)
+            g = lq.exp_().sub_(p).mul_((temperature * wk).unsqueeze(-1))  # T * w * (q - p), reusing lq's storage
+            del p
             if want_ce:
                 wc = w_ce[sl].float()
-                lq1 = lq if temperature == 1.0 else torch.log_softmax(z, dim=-1)
-                y = labels[sl].long().unsqueeze(-1)
-                ce = -lq1.gather(-1, y).squeeze(-1)
                 ce_out[sl] = ce
                 total = total + (wc * ce).sum()
-                g = g + wc.unsqueeze(-1) * lq1.exp()
+                if temperature == 1.0:
+                    g.add_(torch.softmax(flat[r, :vocab].float(), dim=-1).mul_(wc.unsqueeze(-1)))
+                else:
+                    g.add_(g_ce.mul_(wc.unsqueeze(-1)))
+                    del g_ce
                 g.scatter_add_(-1, y, -wc.unsqueeze(-1))
             if grad is not None:
                 grad[r, :vocab] = g.to(grad.dtype)
-            del z, lq, lp, p, g
+            del g
         ctx.save_for_backward(grad if grad is not None else torch.empty(0))
         ctx.shape = student_logits.shape
         ctx.mark_non_differentiable(kl_out, ce_out)
@@ -261,7 +274,8 @@ class _ChunkedDistill(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total, _gkl, _gce):  # type: ignore[override]
         (grad,) = ctx.saved_tensors
-        out = (grad * grad_total.to(grad.dtype)).view(ctx.shape)
+        # the saved buffer is used once: scale it in place instead of allocating another logits-sized tensor
+        out = (grad if bool(grad_total == 1) else grad.mul_(grad_total.to(grad.dtype))).view(ctx.shape)
         return out, None, None, None, None, None, None, None, None
 
 

@@ -126,6 +126,7 @@ def _make_trainer_class() -> type:
             self.lam, self.temperature, self.alpha = lam, temperature, alpha
             self.kl_chunk_size, self.vocab_size = kl_chunk_size, vocab_size
             self.teacher = self._place_teacher(teacher, teacher_device) if teacher is not None else None
+            self._keep_ok: bool | None = None  # does the student accept a boolean logits_to_keep?
             self._sums = torch.zeros(4, dtype=torch.float64)  # kd, cd, ce (step-normalised), tokens
             self._last_log = (0, time.perf_counter())
 
@@ -164,20 +165,28 @@ def _make_trainer_class() -> type:
                 scale = float(self.accelerator.num_processes)  # DDP / ZeRO average gradients over processes
             n_kd, n_cd = num_items_in_batch.float().to(labels.device)
 
-            out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
-            logits = out.logits
             B, L = labels.shape
             rows, targets = loss_rows(labels)
             is_cf = is_cf_row[rows // L]
+            # Project only the loss positions through the LM head (logits_to_keep = boolean mask; transformers >= 5):
+            # logits are (N, V) in the row-major order of `rows`. Models without it give (B, L, V) logits.
+            keep = torch.zeros_like(labels, dtype=torch.bool)
+            keep[:, :-1] = labels[:, 1:] != -100
+            out = self._forward(model, inputs, keep)
+            logits = out.logits
+            selected = logits.dim() == 2
+            student_rows = torch.arange(rows.numel(), device=rows.device) if selected else rows
             w_kl, w_ce = hybrid_token_weights(is_cf, self.lam, n_kd, n_cd, self.alpha, n_ce=n_kd + n_cd)
             if topk_lp is not None:
                 target = TopKTeacher(topk_lp, topk_ids)
             else:
                 if self.teacher is None:
                     raise RuntimeError("no teacher and no cached teacher targets in the batch")
-                target = DenseTeacher(self._teacher_logits(inputs).view(B * L, -1), rows)
+                t_logits = self._teacher_logits(inputs, keep)
+                t_rows = student_rows if t_logits.dim() == 2 else rows
+                target = DenseTeacher(t_logits.reshape(-1, t_logits.shape[-1]), t_rows)
             parts = distill_loss(
-                logits, rows, target, w_kl * scale,
+                logits, student_rows, target, w_kl * scale,
                 labels=targets if self.alpha else None, w_ce=w_ce * scale if self.alpha else None,
                 temperature=self.temperature, chunk_size=self.kl_chunk_size, vocab_size=self.vocab_size,
             )
@@ -191,15 +200,34 @@ def _make_trainer_class() -> type:
             loss = parts.loss
             return (loss, out) if return_outputs else loss
 
-        def _teacher_logits(self, inputs: dict[str, Any]) -> Any:
+        def _forward(self, model: Any, inputs: dict[str, Any], keep: Any) -> Any:
+            """Student forward; with ``logits_to_keep=keep`` when the model supports a boolean mask."""
+            kwargs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "use_cache": False}
+            if self._keep_ok is not False:
+                try:
+                    out = model(**kwargs, logits_to_keep=keep)
+                    if out.logits.dim() == 2 and out.logits.shape[0] == int(keep.sum()):
+                        self._keep_ok = True
+                        return out
+                except (TypeError, IndexError, RuntimeError) as exc:
+                    if self._keep_ok:
+                        raise
+                    log.info("logits_to_keep mask unsupported (%s); computing full logits", exc)
+                self._keep_ok = False
+            return model(**kwargs)
+
+        def _teacher_logits(self, inputs: dict[str, Any], keep: Any) -> Any:
             from leaf.models import input_device
 
             teacher = self.teacher
             dev = input_device(teacher) if not self.is_deepspeed_enabled else self.args.device
+            kwargs = {"input_ids": inputs["input_ids"].to(dev), "attention_mask": inputs["attention_mask"].to(dev), "use_cache": False}
             with torch.no_grad():
-                return teacher(
-                    input_ids=inputs["input_ids"].to(dev), attention_mask=inputs["attention_mask"].to(dev), use_cache=False
-                ).logits
+                if self._keep_ok:
+                    out = teacher(**kwargs, logits_to_keep=keep.to(dev)).logits
+                    if out.dim() == 2:
+                        return out
+                return teacher(**kwargs).logits
 
         # -- metrics -------------------------------------------------------------------------
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
