@@ -80,6 +80,7 @@ def test_topk_cache_error_within_documented_bound(distill_setup, sharp_teacher, 
     gap = live["loss"] - cached["loss"]
     assert -1e-6 <= gap <= bound.item() + 1e-6
     assert gap > 0  # k < V does lose something
+    assert store.manifest["mean_tail_mass"] == pytest.approx(torch.cat(tail).mean().item(), rel=1e-4)
     # what the docs quote: relative error and tail mass of this peaked teacher
     print(f"k={k}: exact {live['loss']:.5f} cached {cached['loss']:.5f} rel.err {gap / live['loss']:.4f} "
           f"bound {bound.item():.5f} mean tail mass {torch.cat(tail).mean():.4f}")

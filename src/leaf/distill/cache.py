@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 FORMAT = "leaf-teacher-cache/1"
 MANIFEST_FIELDS = (
     "format", "teacher", "tokenizer_hash", "data_hash", "examples_hash", "k", "temperature",
-    "vocab_size", "include_eos", "max_length", "store_dtype", "examples", "tokens",
+    "vocab_size", "include_eos", "max_length", "store_dtype", "examples", "tokens", "mean_tail_mass",
 )
 
 
@@ -178,13 +178,27 @@ def build_cache(config: CacheConfig) -> Path:
         }
         final = out / f"shard-{next_shard:05d}.safetensors"
         tmp = final.with_suffix(".tmp")
-        save_file(tensors, str(tmp), metadata={"keys": json.dumps(keys)})
+        tail = float((1 - tensors["logprobs"].float().exp().sum(-1)).clamp(min=0).sum())
+        save_file(tensors, str(tmp), metadata={"keys": json.dumps(keys), "tail_mass_sum": repr(tail)})
         tmp.rename(final)
         next_shard += 1
     bar.close()
+    manifest["mean_tail_mass"] = _mean_tail_mass(out)
     manifest["complete"] = True
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return out
+
+
+def _mean_tail_mass(out: Path) -> float:
+    """Mean teacher probability outside the top k over all cached tokens (from the shards' metadata)."""
+    from safetensors import safe_open
+
+    total, rows = 0.0, 0
+    for p in _shards(out):
+        with safe_open(str(p), framework="pt") as fh:
+            total += float(fh.metadata().get("tail_mass_sum", "nan"))
+            rows += fh.get_slice("ids").get_shape()[0]
+    return total / max(rows, 1)
 
 
 def _shard_keys(path: Path) -> list[str]:
