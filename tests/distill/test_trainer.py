@@ -190,3 +190,18 @@ def test_selected_rows_path_equals_full_logits_path(distill_setup, tmp_path):
     trainer._keep_ok = False
     full = trainer.compute_loss(trainer.model, dict(batch)).item()
     assert selected == pytest.approx(full, rel=1e-5)
+
+
+def test_cli_refuses_teacher_with_other_tokenizer(distill_setup, tmp_path, capsys):
+    from leaf.tiny import build_model, build_tokenizer
+
+    tok = build_tokenizer(style="chatml")
+    build_model(tok, hidden_size=16, num_layers=1).save_pretrained(tmp_path / "other")
+    tok.save_pretrained(tmp_path / "other")
+    rc = main([
+        "distill", "--student", str(distill_setup / "student"), "--teacher", str(tmp_path / "other"),
+        "--data", str(distill_setup / "d.jsonl"), "--output-dir", str(tmp_path / "out"),
+    ])
+    assert rc == 2
+    assert "tokenizers differ" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "model.safetensors").exists()

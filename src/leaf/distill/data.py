@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from leaf.config import ConfigError
 from leaf.data.records import DataError, Sample, id_key, iter_jsonl, load_samples
 from leaf.data.render import encode, render
 
@@ -206,7 +207,7 @@ class DistillCollator:
 # ----------------------------------------------------------------------------
 
 
-class TokenizerMismatch(ValueError):
+class TokenizerMismatch(ConfigError):
     """Teacher and student tokenize differently: token-level KL would compare unrelated ids."""
 
 
