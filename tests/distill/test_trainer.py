@@ -70,10 +70,14 @@ def test_first_step_loss_matches_independent_computation_and_outputs(distill_set
 
 
 def test_plain_kd_without_counterfactuals(distill_setup, tmp_path):
-    out = _run(distill_setup, tmp_path / "kd", counterfactuals=None, lam=1.0, per_device_batch_size=8, max_steps=1, grad_accum=1)
+    out = _run(distill_setup, tmp_path / "kd", counterfactuals=None, per_device_batch_size=8, max_steps=1, grad_accum=1)
     (row,) = _metrics(out)
     assert row["cd_loss"] == 0.0
+    # default lambda 0.5, but with no counterfactuals the KD term gets all the weight
     assert row["loss"] == pytest.approx(row["kd_loss"], rel=1e-6)
+    assert json.loads((out / "leaf_config.json").read_text())["_run"]["lambda_used"] == 1.0
+    lam1 = _run(distill_setup, tmp_path / "kd1", counterfactuals=None, lam=1.0, per_device_batch_size=8, max_steps=1, grad_accum=1)
+    assert _metrics(lam1)[0]["loss"] == pytest.approx(row["loss"], rel=1e-6)
 
 
 def _weights(out):

@@ -440,6 +440,12 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
             teacher_dtype = "bfloat16" if args.bf16 else "float32"
         teacher = load_model(config.teacher, dtype=teacher_dtype, device="cpu", device_map=config.teacher_device_map)
 
+    # One kind of example only: its term gets all the weight (no counterfactuals = plain KD, whatever lambda says).
+    n_cf = sum(e.counterfactual for e in examples)
+    lam = config.lam if 0 < n_cf < len(examples) else (1.0 if n_cf == 0 else 0.0)
+    if lam != config.lam:
+        log.warning("only %s examples: using lambda = %s instead of %s", "original" if n_cf == 0 else "counterfactual", lam, config.lam)
+
     student = load_model(config.student, dtype=config.student_dtype, trainable=True)
     student.train()
     vocab = shared_vocab_size(student, teacher, tokenizer, teacher_vocab)
@@ -459,7 +465,7 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
         processing_class=tokenizer,
         callbacks=[_metrics_callback(out), *(callbacks or [])],
         teacher=teacher,
-        lam=config.lam,
+        lam=lam,
         temperature=config.temperature,
         alpha=config.alpha,
         kl_chunk_size=config.kl_chunk_size or None,
@@ -471,7 +477,8 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
         record = to_dict(config)
         record["_run"] = {
             "examples": len(examples),
-            "counterfactual_examples": sum(e.counterfactual for e in examples),
+            "counterfactual_examples": n_cf,
+            "lambda_used": lam,
             "shared_vocab_size": vocab,
             "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
             "processes": args.world_size,
