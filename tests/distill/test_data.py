@@ -121,3 +121,20 @@ def test_shared_vocab_slices_padded_rows(llama_tok):
     assert shared_vocab_size(big, None, llama_tok) == len(llama_tok) + 64
     with pytest.raises(TokenizerMismatch):
         shared_vocab_size(small, None, llama_tok, teacher_vocab=len(llama_tok) - 1)
+
+
+def test_interleaved_sampler_spreads_counterfactuals_evenly():
+    from leaf.distill.data import InterleavedSampler
+
+    flags = [False] * 30 + [True] * 10  # a quarter are counterfactual
+    s = InterleavedSampler(flags, seed=3)
+    order = list(s)
+    assert sorted(order) == list(range(40))
+    for w in (4, 8):
+        for start in range(0, 40, w):
+            n_cf = sum(flags[i] for i in order[start : start + w])
+            assert abs(n_cf - w / 4) <= 1
+    assert list(s) == order  # same epoch, same order (resume)
+    s.set_epoch(1)
+    assert list(s) != order
+    assert list(InterleavedSampler([False] * 5, seed=0)) != [] and len(InterleavedSampler(flags)) == 40

@@ -209,3 +209,18 @@ def test_cli_refuses_teacher_with_other_tokenizer(distill_setup, tmp_path, capsy
     assert rc == 2
     assert "tokenizers differ" in capsys.readouterr().err
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_every_step_mixes_originals_and_counterfactuals(distill_setup, tmp_path):
+    # 8 originals + 4 counterfactuals, steps of 3 examples: the interleaved order gives each step one counterfactual
+    out = _run(distill_setup, tmp_path / "mix", per_device_batch_size=3, grad_accum=1, epochs=2)
+    rows = _metrics(out)
+    assert len(rows) == 8
+    assert all(r["kd_loss"] > 0 and r["cd_loss"] > 0 for r in rows)
+    from leaf.distill.data import InterleavedSampler
+    from leaf.distill.trainer import build_trainer
+
+    cfg = dict(student=str(distill_setup / "student"), teacher=str(distill_setup / "teacher"), data=distill_setup / "d.jsonl",
+               counterfactuals=distill_setup / "cf.jsonl")
+    assert isinstance(build_trainer(DistillConfig(**cfg, output_dir=tmp_path / "a"))._get_train_sampler(), InterleavedSampler)
+    assert not isinstance(build_trainer(DistillConfig(**cfg, output_dir=tmp_path / "b", mix="shuffle"))._get_train_sampler(), InterleavedSampler)

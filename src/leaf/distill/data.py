@@ -257,3 +257,44 @@ def shared_vocab_size(student: Any, teacher: Any | None, tokenizer: Any, teacher
             "the models do not match the tokenizer"
         )
     return shared
+
+
+# ----------------------------------------------------------------------------
+# Batch composition.
+# ----------------------------------------------------------------------------
+
+
+class InterleavedSampler:
+    """Shuffle originals and counterfactuals separately, then interleave them evenly.
+
+    Any run of ``w`` consecutive indices holds ``w * n_cf / n`` counterfactuals
+    (rounded, off by at most one), so every optimiser step -- consecutive
+    micro-batches, split over processes by accelerate -- sees both kinds in the
+    data's proportion and both terms of the hybrid loss are averaged over
+    tokens of that step. The order depends only on ``seed`` and the epoch
+    (``set_epoch``, called by the Trainer), so a resumed run sees the same order.
+    """
+
+    def __init__(self, is_counterfactual: Sequence[bool], seed: int = 0):
+        self.flags = [bool(x) for x in is_counterfactual]
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.flags)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        import torch
+
+        g = torch.Generator().manual_seed(self.seed + 1_000_003 * self.epoch)
+        keyed = []
+        for kind in (False, True):
+            idx = [i for i, f in enumerate(self.flags) if f == kind]
+            perm = torch.randperm(len(idx), generator=g).tolist()
+            # position j of this kind sits at fraction (j + 0.5) / n of the epoch
+            keyed += [((j + 0.5) / len(idx), kind, idx[p]) for j, p in enumerate(perm)]
+        keyed.sort(key=lambda t: (t[0], t[1]))
+        return iter([i for _, _, i in keyed])

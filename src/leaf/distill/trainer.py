@@ -78,6 +78,7 @@ class DistillConfig:
     seed: int = option(42, help="random seed (data order, init of LoRA)")
     dataloader_num_workers: int = option(0, help="data-loader worker processes")
     pad_to_multiple_of: int | None = option(None, help="pad batch length to a multiple of this (e.g. 8 on tensor cores)")
+    mix: str = option("interleave", help="batch order: interleave = originals and counterfactuals evenly spread over every step; shuffle = one random pool", choices=["interleave", "shuffle"])
 
     def validate(self) -> None:
         if not 0.0 <= self.lam <= 1.0:
@@ -120,8 +121,10 @@ def _make_trainer_class() -> type:
             kl_chunk_size: int | None = 1024,
             vocab_size: int | None = None,
             teacher_device: str | None = None,
+            mix: str = "interleave",
             **kwargs: Any,
         ) -> None:
+            self.mix = mix
             super().__init__(*args, **kwargs)
             self.lam, self.temperature, self.alpha = lam, temperature, alpha
             self.kl_chunk_size, self.vocab_size = kl_chunk_size, vocab_size
@@ -140,6 +143,14 @@ def _make_trainer_class() -> type:
             if getattr(teacher, "hf_device_map", None):
                 return teacher  # placed by device_map
             return teacher.to(device or self.args.device)
+
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            from leaf.distill.data import InterleavedSampler
+
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if self.mix == "interleave" and hasattr(dataset, "examples"):
+                return InterleavedSampler([e.counterfactual for e in dataset.examples], seed=self.args.seed)
+            return super()._get_train_sampler(train_dataset)
 
         # -- token counts over the whole optimiser step ---------------------------------
         def _get_num_items_in_batch(self, batch_samples: list, device: Any) -> Any:
@@ -471,6 +482,7 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
         kl_chunk_size=config.kl_chunk_size or None,
         vocab_size=vocab,
         teacher_device=config.teacher_device,
+        mix=config.mix,
     )
     if trainer.is_world_process_zero():
         out.mkdir(parents=True, exist_ok=True)
