@@ -167,7 +167,8 @@ def test_two_process_cpu_run_matches_one_process(distill_setup, tmp_path):
     ddp = tmp_path / "ddp"
     proc = subprocess.run([*launch, *args, "--output-dir", str(ddp), "--per-device-batch-size", "2"], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((ddp / "leaf_config.json").read_text())["_run"]["processes"] == 2
+    run_info = json.loads((ddp / "leaf_config.json").read_text())["_run"]
+    assert run_info["processes"] == 2 and run_info["backend"] == "gloo" and run_info["distributed_type"] == "MULTI_CPU"
     one = _run(distill_setup, tmp_path / "one", per_device_batch_size=4, grad_accum=1, max_steps=2)
     m2, m1 = _metrics(ddp), _metrics(one)
     assert len(m2) == 2

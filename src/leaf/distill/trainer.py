@@ -494,6 +494,8 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
             "shared_vocab_size": vocab,
             "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
             "processes": args.world_size,
+            "distributed_type": str(trainer.accelerator.distributed_type).split(".")[-1],
+            "backend": trainer.accelerator.state.backend,
             "effective_batch": config.per_device_batch_size * config.grad_accum * args.world_size,
             "torch": torch.__version__,
         }
