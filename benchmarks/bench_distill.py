@@ -1,0 +1,271 @@
+"""Throughput and peak memory of leaf's distiller vs TRL's GKDTrainer (forward KL), on tiny models.
+
+Usage::
+
+    python benchmarks/bench_distill.py [--steps 6] [--batch 4] [--threads 1] [--out bench.json]
+
+One process trains at a time (no data parallelism). Each measurement runs in
+a fresh child process so that its peak memory (``ru_maxrss``: peak resident
+set size, exact) is its own. Models: LLaMA-architecture teacher (hidden 256,
+4 layers) and student (hidden 128, 2 layers), both with a 32,768-row output
+layer (a small trained tokenizer plus padded embedding rows), so the
+full-vocabulary loss weighs as it does for real models.
+
+Arms (same data, batch size, steps, fp32, CPU):
+
+* ``leaf-live``   -- ``DistillTrainer`` with the live teacher;
+* ``leaf-cache``  -- ``DistillTrainer`` from a top-64 teacher cache (built first, not timed);
+* ``trl-gkd``     -- ``trl.experimental.gkd.GKDTrainer`` with ``beta=0`` (forward
+  KL(teacher || student)), ``lmbda=0`` (no student generations), ``seq_kd=False``, T = 1;
+* ``loss-chunked`` / ``loss-unchunked`` / ``loss-autograd`` -- the loss alone,
+  forward + backward, on ``(4, 1024, 32768)`` fp32 logits (chunk 1024 / one chunk / plain
+  autograd ``log_softmax`` KL as most hand-written loops do).
+
+Throughput: tokens (non-padding, student input) per second over the timed
+steps (the first step is warm-up and not timed). Memory: peak RSS of the
+child, and the increase over its RSS just before training started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+VOCAB = 32768
+WORDS = (
+    "the a of to and in is that for on with as by at from it this be are was an or which not have has "
+    "number apples sum result answer step first then add multiply total each value key hint ignore "
+    "compute check read question function return input output list string integer because therefore"
+).split()
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _current_rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def setup(root: Path, n: int, seed: int = 0) -> None:
+    """Tokenizer, teacher, student (vocab padded to 32k) and n samples with ~250-token responses."""
+    import torch
+
+    from leaf.tiny import DEFAULT_CORPUS, build_model, build_tokenizer
+
+    rng = random.Random(seed)
+    text = lambda k: " ".join(rng.choice(WORDS) for _ in range(k))  # noqa: E731
+    samples = [{"id": i, "instruction": text(60) + "?", "response": text(220) + "."} for i in range(n)]
+    tok = build_tokenizer(DEFAULT_CORPUS + [s["response"] for s in samples[:50]], style="llama3", vocab_size=2000)
+    for name, hidden, layers, s in (("teacher", 256, 4, 0), ("student", 128, 2, 1)):
+        model = build_model(tok, hidden_size=hidden, num_layers=layers, seed=s)
+        model.resize_token_embeddings(VOCAB, mean_resizing=False)
+        with torch.no_grad():  # a peaked teacher, like a trained LM (so top-k captures most mass)
+            if name == "teacher":
+                model.lm_head.weight.mul_(30.0)
+        model.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+    with (root / "data.jsonl").open("w") as fh:
+        fh.writelines(json.dumps(s) + "\n" for s in samples)
+
+
+class _Timer:
+    """TrainerCallback-like: time and tokens of steps 2..N."""
+
+    def __init__(self) -> None:
+        self.t: list[float] = []
+        self.tokens: list[int] = []
+
+
+def _timer_callback(timer: _Timer):
+    from transformers import TrainerCallback
+
+    class TimeSteps(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            timer.t.append(time.perf_counter())
+
+    return TimeSteps()
+
+
+def run_leaf(root: Path, steps: int, batch: int, cache: bool) -> dict:
+    from leaf.distill.trainer import DistillConfig, build_trainer
+
+    out = Path(tempfile.mkdtemp())
+    cfg = DistillConfig(
+        student=str(root / "student"), teacher=None if cache else str(root / "teacher"),
+        teacher_cache=(root / "cache") if cache else None, data=root / "data.jsonl", output_dir=out,
+        per_device_batch_size=batch, grad_accum=1, max_steps=steps, save_steps=10**6, warmup_steps=0,
+        precision="fp32", logging_steps=10**6, kl_chunk_size=1024,
+    )
+    timer = _Timer()
+    trainer = build_trainer(cfg, callbacks=[_timer_callback(timer)])
+    return _train(trainer, timer, steps, batch)
+
+
+def _tokens_per_sample(trainer, n: int) -> float:
+    ds = trainer.train_dataset
+    lens = [len(ds[i]["input_ids"]) for i in range(min(len(ds), n))]
+    return sum(lens) / len(lens)
+
+
+def _train(trainer, timer: _Timer, steps: int, batch: int) -> dict:
+    import torch
+
+    base = _current_rss_mb()
+    trainer.train()
+    dt = timer.t[-1] - timer.t[0]
+    tps = _tokens_per_sample(trainer, 10**6)
+    samples = (steps - 1) * batch
+    return {
+        "samples_per_s": samples / dt,
+        "tokens_per_s": samples * tps / dt,
+        "mean_tokens_per_sample": tps,
+        "peak_rss_mb": _rss_mb(),
+        "rss_before_train_mb": base,
+        "train_peak_increase_mb": _rss_mb() - base,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def run_trl(root: Path, steps: int, batch: int) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    tok = AutoTokenizer.from_pretrained(root / "student")
+    rows = [json.loads(x) for x in (root / "data.jsonl").read_text().splitlines()]
+    ds = Dataset.from_list([{"messages": [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["response"]}]} for r in rows])
+    args = GKDConfig(
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, gradient_accumulation_steps=1, max_steps=steps,
+        learning_rate=1e-5, lr_scheduler_type="cosine", warmup_steps=0, lmbda=0.0, beta=0.0, temperature=1.0, seq_kd=False,
+        max_length=4096, report_to="none", save_strategy="no", logging_steps=10**6, use_cpu=True, bf16=False,
+        seed=42, optim="adamw_torch", max_grad_norm=1.0,
+    )
+    student = AutoModelForCausalLM.from_pretrained(root / "student", dtype=torch.float32)
+    teacher = AutoModelForCausalLM.from_pretrained(root / "teacher", dtype=torch.float32)
+    timer = _Timer()
+    trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=ds, processing_class=tok, callbacks=[_timer_callback(timer)])
+    base = _current_rss_mb()
+    trainer.train()
+    dt = timer.t[-1] - timer.t[0]
+    # the same rendered text as leaf's examples (same chat template): count tokens with leaf's encoding
+    from leaf.distill.data import load_examples
+
+    exs = load_examples(tok, root / "data.jsonl")
+    tps = sum(len(e.input_ids) for e in exs) / len(exs)
+    samples = (steps - 1) * batch
+    return {
+        "samples_per_s": samples / dt, "tokens_per_s": samples * tps / dt, "mean_tokens_per_sample": tps,
+        "peak_rss_mb": _rss_mb(), "rss_before_train_mb": base, "train_peak_increase_mb": _rss_mb() - base,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def run_loss(mode: str, tokens: int = 4096, rows: int = 4) -> dict:
+    """Forward + backward of the KL alone on (rows, tokens/rows, V) fp32 logits (every position a loss token)."""
+    import torch
+
+    from leaf.distill.losses import DenseTeacher, distill_loss, forward_kl
+
+    g = torch.Generator().manual_seed(0)
+    L = tokens // rows
+    student = torch.randn(rows, L, VOCAB, generator=g).requires_grad_(True)
+    teacher = torch.randn(rows, L, VOCAB, generator=g)
+    r = torch.arange(rows * L)
+    w = torch.full((rows * L,), 1.0 / (rows * L))
+    base = _current_rss_mb()
+    t0 = time.perf_counter()
+    if mode == "autograd":
+        loss = (forward_kl(teacher, student).reshape(-1) * w).sum()
+    else:
+        loss = distill_loss(student, r, DenseTeacher(teacher.view(rows * L, VOCAB), r), w, chunk_size=1024 if mode == "chunked" else None).loss
+    loss.backward()
+    dt = time.perf_counter() - t0
+    return {"loss": loss.item(), "seconds": dt, "peak_increase_mb": _rss_mb() - base, "logits_mb": student.numel() * 4 / 2**20}
+
+
+def child(arm: str, root: Path, steps: int, batch: int) -> dict:
+    if arm == "leaf-live":
+        return run_leaf(root, steps, batch, cache=False)
+    if arm == "leaf-cache":
+        return run_leaf(root, steps, batch, cache=True)
+    if arm == "trl-gkd":
+        return run_trl(root, steps, batch)
+    if arm.startswith("loss-"):
+        return run_loss(arm.split("-", 1)[1])
+    raise ValueError(arm)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--samples", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=2, help="runs per arm; the best throughput is kept")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--root", type=Path, default=None, help="reuse a folder made by an earlier run")
+    ap.add_argument("--arms", nargs="+", default=["loss-chunked", "loss-unchunked", "loss-autograd", "leaf-live", "leaf-cache", "trl-gkd"])
+    ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args._child:
+        print("RESULT " + json.dumps(child(args._child, args.root, args.steps, args.batch)))
+        return
+
+    root = args.root or Path(tempfile.mkdtemp(prefix="leaf-bench-"))
+    if not (root / "data.jsonl").exists():
+        setup(root, args.samples)
+    if "leaf-cache" in args.arms and not (root / "cache" / "manifest.json").exists():
+        from leaf.distill.cache import CacheConfig, build_cache
+
+        t0 = time.perf_counter()
+        build_cache(CacheConfig(teacher=str(root / "teacher"), data=root / "data.jsonl", out=root / "cache", top_k=64, batch_size=args.batch))
+        print(f"cache built in {time.perf_counter() - t0:.1f}s")
+    results: dict[str, dict] = {}
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+    for arm in args.arms:
+        best = None
+        for _ in range(1 if arm.startswith("loss-") else args.repeats):
+            cmd = [sys.executable, __file__, "--_child", arm, "--root", str(root), "--steps", str(args.steps), "--batch", str(args.batch), "--threads", str(args.threads)]
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+            if proc.returncode != 0 or not line:
+                results[arm] = {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+                break
+            r = json.loads(line[0][7:])
+            if best is None or r.get("tokens_per_s", 0) > best.get("tokens_per_s", 0):
+                best = r
+        if best is not None:
+            results[arm] = best
+        print(arm, json.dumps(results[arm]))
+    summary = {}
+    if all("tokens_per_s" in results.get(a, {}) for a in ("leaf-live", "trl-gkd")):
+        summary["live_vs_trl_throughput"] = results["leaf-live"]["tokens_per_s"] / results["trl-gkd"]["tokens_per_s"]
+        summary["live_vs_trl_peak_rss"] = results["leaf-live"]["peak_rss_mb"] / results["trl-gkd"]["peak_rss_mb"]
+        summary["live_vs_trl_train_increase"] = results["leaf-live"]["train_peak_increase_mb"] / results["trl-gkd"]["train_peak_increase_mb"]
+    if all("tokens_per_s" in results.get(a, {}) for a in ("leaf-cache", "trl-gkd")):
+        summary["cache_vs_trl_throughput"] = results["leaf-cache"]["tokens_per_s"] / results["trl-gkd"]["tokens_per_s"]
+    if all("peak_increase_mb" in results.get(a, {}) for a in ("loss-chunked", "loss-unchunked")):
+        summary["chunked_vs_unchunked_peak"] = results["loss-chunked"]["peak_increase_mb"] / results["loss-unchunked"]["peak_increase_mb"]
+    if all("peak_increase_mb" in results.get(a, {}) for a in ("loss-chunked", "loss-autograd")):
+        summary["chunked_vs_autograd_peak"] = results["loss-chunked"]["peak_increase_mb"] / results["loss-autograd"]["peak_increase_mb"]
+    print("summary", json.dumps(summary, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results, "summary": summary}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,296 @@
+"""Teacher-logit cache: run the teacher once, train many students (or epochs) without it.
+
+Layout of a cache folder ``DIR``:
+
+* ``DIR/manifest.json`` -- what the cache holds (see :data:`MANIFEST_FIELDS`);
+* ``DIR/shard-NNNNN.safetensors`` -- tensors ``logprobs`` ``(n_tokens, k)``
+  (teacher log-probs at temperature ``T``, sorted descending), ``ids``
+  ``(n_tokens, k)`` int32 token ids, ``offsets`` ``(n_examples + 1,)`` int64:
+  example ``j`` of the shard owns rows ``offsets[j]:offsets[j+1]``; the
+  safetensors metadata ``keys`` is the JSON list of example keys
+  (``"orig:<id>"`` / ``"cf:<id>"``). One row per loss token, in sequence order.
+
+Writing is resumable: each shard is written to a temporary name and renamed
+when complete; a rerun skips the examples of existing shards. A rerun with
+other settings (teacher, k, T, data, tokenizer) is refused unless
+``--overwrite``.
+
+Training from the cache (``leaf distill --teacher-cache DIR``) checks that the
+tokenizer, the tokenized examples and the temperature match the manifest, then
+uses the tail-bucket KL of :class:`leaf.distill.losses.TopKTeacher` (exact up to
+the teacher mass outside the top k; bound in :mod:`leaf.distill.losses`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from leaf.config import ConfigError, option, to_dict
+
+log = logging.getLogger(__name__)
+
+FORMAT = "leaf-teacher-cache/1"
+MANIFEST_FIELDS = (
+    "format", "teacher", "tokenizer_hash", "data_hash", "examples_hash", "k", "temperature",
+    "vocab_size", "include_eos", "max_length", "store_dtype", "examples", "tokens", "mean_tail_mass",
+)
+
+
+@dataclass
+class CacheConfig:
+    """Options of ``leaf cache-teacher``."""
+
+    teacher: str = option(help="teacher model: local folder or hub id")
+    out: Path = option(help="cache folder (manifest.json + safetensors shards)")
+    data: Path | None = option(None, help="original samples (JSONL)")
+    counterfactuals: Path | None = option(None, help="counterfactual records (JSONL)")
+    tokenizer: str | None = option(None, help="tokenizer (and chat template) to render with: give the STUDENT's; default the teacher's")
+    top_k: int = option(64, help="teacher log-probs kept per token")
+    temperature: float = option(1.0, help="temperature T of the cached log-probs (training must use the same)")
+    include_eos: bool = option(True, help="also cache the end-of-turn token after the response")
+    max_length: int = option(4096, help="truncate rendered examples to this many tokens")
+    batch_size: int = option(8, help="examples per teacher forward")
+    shard_size: int = option(1024, help="examples per shard file")
+    store_dtype: str = option("float32", help="dtype of stored log-probs", choices=["float32", "float16", "bfloat16"])
+    dtype: str = option("auto", help="teacher weights' dtype (auto: bfloat16 on GPU, float32 on CPU)", choices=["auto", "float32", "bfloat16", "float16"])
+    device: str | None = option(None, help="device of the teacher (default cuda if available)")
+    device_map: str | None = option(None, help="device_map of the teacher, e.g. auto")
+    overwrite: bool = option(False, help="discard an existing cache written with other settings")
+
+    def validate(self) -> None:
+        if self.data is None and self.counterfactuals is None:
+            raise ConfigError("give --data and/or --counterfactuals")
+        if self.top_k < 1:
+            raise ConfigError("top_k must be >= 1")
+        if self.temperature <= 0:
+            raise ConfigError("temperature must be > 0")
+
+
+def files_hash(paths: Sequence[Path | None]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(b"\0" if p is None else Path(p).read_bytes())
+        h.update(b"\1")
+    return h.hexdigest()
+
+
+def examples_hash(examples: Sequence[Any]) -> str:
+    """sha256 of keys, input ids and labels: equal iff training sees the same token positions."""
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(json.dumps([ex.key, ex.input_ids, ex.labels]).encode())
+    return h.hexdigest()
+
+
+def _shards(out: Path) -> list[Path]:
+    return sorted(out.glob("shard-*.safetensors"))
+
+
+def build_cache(config: CacheConfig) -> Path:
+    """Run the teacher over every example and store top-k log-probs of each loss token."""
+    import torch
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    from leaf.distill.data import DistillCollator, load_examples, model_vocab_size, tokenizer_fingerprint
+    from leaf.distill.losses import loss_rows
+    from leaf.models import input_device, load_model, load_tokenizer
+
+    out = Path(config.out)
+    tokenizer = load_tokenizer(config.tokenizer or config.teacher)
+    examples = load_examples(tokenizer, config.data, config.counterfactuals, include_eos=config.include_eos, max_length=config.max_length)
+    settings = {
+        "format": FORMAT,
+        "teacher": config.teacher,
+        "tokenizer_hash": tokenizer_fingerprint(tokenizer),
+        "data_hash": files_hash([config.data, config.counterfactuals]),
+        "examples_hash": examples_hash(examples),
+        "k": config.top_k,
+        "temperature": config.temperature,
+        "include_eos": config.include_eos,
+        "max_length": config.max_length,
+        "store_dtype": config.store_dtype,
+    }
+    manifest_path = out / "manifest.json"
+    if manifest_path.exists() and not config.overwrite:
+        old = json.loads(manifest_path.read_text())
+        differ = [k for k in settings if old.get(k) != settings[k]]
+        if differ:
+            raise ConfigError(f"{out} holds a cache with other settings ({', '.join(differ)}); use --overwrite or another --out")
+    elif config.overwrite:
+        for p in _shards(out):
+            p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    done: set[str] = set()
+    for p in _shards(out):
+        done.update(_shard_keys(p))
+    todo = [ex for ex in examples if ex.key not in done]
+
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = config.dtype if config.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+    teacher = load_model(config.teacher, dtype=dtype, device=device, device_map=config.device_map)
+    vocab = model_vocab_size(teacher)
+    manifest = {**settings, "vocab_size": vocab, "examples": len(examples), "tokens": sum(e.n_loss_tokens for e in examples), "complete": False, "config": to_dict(config)}
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+
+    store = getattr(torch, config.store_dtype)
+    collate = DistillCollator(tokenizer.pad_token_id)
+    next_shard = max((int(p.stem.split("-")[1]) for p in _shards(out)), default=-1) + 1
+    bar = tqdm(total=len(todo), desc="teacher top-k", unit="ex", disable=not todo)
+    for s0 in range(0, len(todo), config.shard_size):
+        shard = todo[s0 : s0 + config.shard_size]
+        per_key: dict[str, tuple[Any, Any]] = {}
+        order = sorted(range(len(shard)), key=lambda i: len(shard[i].input_ids))  # less padding
+        for b0 in range(0, len(order), config.batch_size):
+            items = [shard[i] for i in order[b0 : b0 + config.batch_size]]
+            batch = collate([{"input_ids": e.input_ids, "labels": e.labels, "counterfactual": e.counterfactual, "index": 0} for e in items])
+            dev = input_device(teacher)
+            with torch.no_grad():
+                logits = teacher(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev), use_cache=False).logits
+            B, L = batch["labels"].shape
+            rows, _ = loss_rows(batch["labels"])
+            flat = logits.view(B * L, -1)
+            lps, ids = [], []
+            for c0 in range(0, rows.numel(), 1024):  # one chunk of fp32 log-probs at a time
+                z = flat[rows[c0 : c0 + 1024].to(flat.device)].float()
+                lp, ix = torch.log_softmax(z / config.temperature, dim=-1).topk(config.top_k, dim=-1)
+                lps.append(lp.to(store).cpu())
+                ids.append(ix.to(torch.int32).cpu())
+            lp_all, ids_all = torch.cat(lps), torch.cat(ids)
+            counts = (batch["labels"][:, 1:] != -100).sum(1).tolist()
+            start = 0
+            for e, n in zip(items, counts):
+                per_key[e.key] = (lp_all[start : start + n], ids_all[start : start + n])
+                start += n
+            bar.update(len(items))
+        keys = [e.key for e in shard]
+        offsets = torch.tensor([0] + [per_key[k][0].shape[0] for k in keys]).cumsum(0)
+        tensors = {
+            "logprobs": torch.cat([per_key[k][0] for k in keys]).contiguous(),
+            "ids": torch.cat([per_key[k][1] for k in keys]).contiguous(),
+            "offsets": offsets.to(torch.int64),
+        }
+        final = out / f"shard-{next_shard:05d}.safetensors"
+        tmp = final.with_suffix(".tmp")
+        tail = float((1 - tensors["logprobs"].float().exp().sum(-1)).clamp(min=0).sum())
+        save_file(tensors, str(tmp), metadata={"keys": json.dumps(keys), "tail_mass_sum": repr(tail)})
+        tmp.rename(final)
+        next_shard += 1
+    bar.close()
+    manifest["mean_tail_mass"] = _mean_tail_mass(out)
+    manifest["complete"] = True
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return out
+
+
+def _mean_tail_mass(out: Path) -> float:
+    """Mean teacher probability outside the top k over all cached tokens (from the shards' metadata)."""
+    from safetensors import safe_open
+
+    total, rows = 0.0, 0
+    for p in _shards(out):
+        with safe_open(str(p), framework="pt") as fh:
+            total += float(fh.metadata().get("tail_mass_sum", "nan"))
+            rows += fh.get_slice("ids").get_shape()[0]
+    return total / max(rows, 1)
+
+
+def _shard_keys(path: Path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return json.loads(fh.metadata()["keys"])
+
+
+class TeacherCache:
+    """Read access to a cache folder: ``get(key) -> (logprobs (n, k), ids (n, k))``."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any], index: dict[str, tuple[Path, int, int]]):
+        self.root, self.manifest, self.index = root, manifest, index
+        self._open: dict[Path, Any] = {}
+
+    @classmethod
+    def open(cls, root: str | Path) -> TeacherCache:
+        from safetensors import safe_open
+
+        root = Path(root)
+        path = root / "manifest.json"
+        if not path.exists():
+            raise ConfigError(f"{root}: not a teacher cache (no manifest.json); build it with `leaf cache-teacher`")
+        manifest = json.loads(path.read_text())
+        if manifest.get("format") != FORMAT:
+            raise ConfigError(f"{path}: unknown cache format {manifest.get('format')!r}")
+        if not manifest.get("complete"):
+            raise ConfigError(f"{root}: the cache is incomplete; rerun `leaf cache-teacher` with the same options to finish it")
+        index: dict[str, tuple[Path, int, int]] = {}
+        for shard in _shards(root):
+            with safe_open(str(shard), framework="pt") as fh:
+                keys = json.loads(fh.metadata()["keys"])
+                offsets = fh.get_tensor("offsets").tolist()
+            for j, k in enumerate(keys):
+                index[k] = (shard, offsets[j], offsets[j + 1])
+        return cls(root, manifest, index)
+
+    def check(self, tokenizer: Any, examples: Sequence[Any], temperature: float, data: Any = None, counterfactuals: Any = None) -> None:
+        """Refuse to train on a cache that does not describe these examples at this temperature."""
+        from leaf.distill.data import tokenizer_fingerprint
+
+        m = self.manifest
+        problems = []
+        if m["tokenizer_hash"] != tokenizer_fingerprint(tokenizer):
+            problems.append("the student's tokenizer differs from the one the cache was built with")
+        if m["examples_hash"] != examples_hash(examples):
+            problems.append("the tokenized training examples differ (other data, template, include_eos or max_length)")
+        if float(m["temperature"]) != float(temperature):
+            problems.append(f"the cache holds log-probs at temperature {m['temperature']}, training asks for {temperature}")
+        missing = [e.key for e in examples if e.key not in self.index]
+        if missing:
+            problems.append(f"{len(missing)} example(s) are not in the cache, e.g. {missing[:3]}")
+        if problems:
+            raise ConfigError(f"{self.root}: cannot train from this teacher cache: " + "; ".join(problems))
+
+    def get(self, key: str) -> tuple[Any, Any]:
+        from safetensors import safe_open
+
+        shard, a, b = self.index[key]
+        fh = self._open.get(shard)
+        if fh is None:
+            fh = self._open[shard] = safe_open(str(shard), framework="pt")
+        return fh.get_slice("logprobs")[a:b], fh.get_slice("ids")[a:b]
+
+    def __getstate__(self) -> dict[str, Any]:  # picklable for data-loader workers
+        return {"root": self.root, "manifest": self.manifest, "index": self.index}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["root"], state["manifest"], state["index"])
+
+
+@dataclass
+class CachedCollator:
+    """Wraps :class:`~leaf.distill.data.DistillCollator`; adds ``topk_logprobs`` / ``topk_ids`` ``(N, k)``."""
+
+    base: Any
+    cache: TeacherCache
+    dataset: Any
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        batch = self.base(items)
+        lps, ids = [], []
+        for it in items:
+            ex = self.dataset.examples[int(it["index"])]
+            lp, ix = self.cache.get(ex.key)
+            if lp.shape[0] != ex.n_loss_tokens:
+                raise ConfigError(f"teacher cache: {ex.key} has {lp.shape[0]} rows, the example {ex.n_loss_tokens} loss tokens")
+            lps.append(lp)
+            ids.append(ix)
+        batch["topk_logprobs"] = torch.cat(lps)
+        batch["topk_ids"] = torch.cat(ids).long()
+        return batch

@@ -1,0 +1,300 @@
+"""Training examples for distillation: originals and counterfactuals, tokenized once, padded per batch.
+
+An :class:`Example` is one rendered sample (chat template of the *student*
+tokenizer, via :func:`leaf.data.render.render`) with HF-style ``labels``:
+the token id on tokens that carry the loss, ``-100`` elsewhere.
+
+Which tokens carry the loss:
+
+* the response tokens (every token overlapping the response's characters);
+* for records with ``loss_start`` (response-level counterfactuals), only the
+  tokens overlapping ``response[loss_start:]``;
+* plus the end-of-turn token right after the response (``<|eot_id|>``,
+  ``<|im_end|>``, EOS of the plain template) when it is a special token and
+  ``include_eos`` is on (the default): this is what SFT does, and it teaches
+  the student where to stop. Tokens after it (a newline of ChatML) never count.
+
+The teacher sees exactly the tokens the student sees, so both models must
+share one tokenizer (:func:`check_tokenizers`); models whose embedding
+matrices are padded to different sizes compare logits over the shared ids
+(:func:`shared_vocab_size`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from leaf.config import ConfigError
+from leaf.data.records import DataError, Sample, id_key, iter_jsonl, load_samples
+from leaf.data.render import encode, render
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Example:
+    """One tokenized training example.
+
+    ``key`` is ``"orig:<id>"`` or ``"cf:<id>"`` (unique over a run; the teacher
+    cache is keyed by it); ``labels`` has ``IGNORE`` where no loss is taken.
+    """
+
+    key: str
+    input_ids: list[int]
+    labels: list[int]
+    counterfactual: bool
+
+    @property
+    def n_loss_tokens(self) -> int:
+        """Loss tokens (positions 1.. with a label; position 0 is never predicted)."""
+        return sum(1 for y in self.labels[1:] if y != IGNORE)
+
+
+def build_example(
+    tokenizer: Any,
+    sample: Sample,
+    *,
+    counterfactual: bool = False,
+    loss_start: int | None = None,
+    include_eos: bool = True,
+    max_length: int | None = None,
+) -> Example | None:
+    """Render, tokenize and mask one sample; ``None`` when truncation leaves no loss token."""
+    rendered = render(tokenizer, sample.instruction, sample.response)
+    enc = encode(tokenizer, rendered.text)
+    start = 0 if loss_start is None else loss_start
+    lo, hi = rendered.response_to_text(start, len(sample.response))
+    loss_tokens = set(enc.tokens_in([(lo, hi)]))
+    if include_eos:
+        special = set(tokenizer.all_special_ids)
+        end = rendered.response_span[1]
+        after = [i for i, (s, _e) in enumerate(enc.offsets) if s >= end]
+        if after and enc.input_ids[after[0]] in special:
+            loss_tokens.add(after[0])
+    ids = list(enc.input_ids)
+    labels = [t if i in loss_tokens else IGNORE for i, t in enumerate(ids)]
+    if max_length is not None and len(ids) > max_length:
+        ids, labels = ids[:max_length], labels[:max_length]
+    prefix = "cf" if counterfactual else "orig"
+    ex = Example(f"{prefix}:{id_key(sample.id)}", ids, labels, counterfactual)
+    return ex if ex.n_loss_tokens > 0 else None
+
+
+def _line_numbers(path: Path) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for lineno, obj, _err in iter_jsonl(path):
+        if isinstance(obj, dict) and "id" in obj:
+            out.setdefault(id_key(obj["id"]), lineno)
+    return out
+
+
+def _check_loss_start(samples: Sequence[Sample], path: Path) -> list[int | None]:
+    lines = _line_numbers(path)
+    problems, starts = [], []
+    for s in samples:
+        where = f"{path}:{lines.get(id_key(s.id), '?')}"
+        value = s.extra.get("loss_start")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            problems.append(f"{where}: field 'loss_start': must be an integer or null, got {value!r}")
+        elif value is not None and not 0 <= value < len(s.response):
+            problems.append(f"{where}: field 'loss_start': {value} is outside the response (length {len(s.response)})")
+        starts.append(value)
+    if problems:
+        raise DataError(problems)
+    return starts
+
+
+def load_examples(
+    tokenizer: Any,
+    data: str | Path | None,
+    counterfactuals: str | Path | None = None,
+    *,
+    include_eos: bool = True,
+    max_length: int | None = 4096,
+) -> list[Example]:
+    """Examples of the original samples (``data``) followed by the counterfactual records.
+
+    Originals may also carry ``loss_start``. A counterfactual whose
+    ``source_id`` is not among the originals is kept (with a warning): its own
+    instruction and response are all that the loss needs.
+    """
+    examples: list[Example] = []
+    dropped = 0
+    source_ids: set[str] = set()
+    for path, is_cf in ((data, False), (counterfactuals, True)):
+        if path is None:
+            continue
+        path = Path(path)
+        samples = load_samples(path)
+        starts = _check_loss_start(samples, path)
+        if not is_cf:
+            source_ids = {id_key(s.id) for s in samples}
+        else:
+            orphans = [s.id for s in samples if s.extra.get("source_id") is not None and id_key(s.extra["source_id"]) not in source_ids]
+            if orphans and source_ids:
+                log.warning("%s: %d counterfactual(s) whose source_id is not in the original data", path, len(orphans))
+        for s, start in zip(samples, starts):
+            ex = build_example(tokenizer, s, counterfactual=is_cf, loss_start=start, include_eos=include_eos, max_length=max_length)
+            if ex is None:
+                dropped += 1
+            else:
+                examples.append(ex)
+    if dropped:
+        log.warning("dropped %d example(s) with no loss token left after truncation to %s tokens", dropped, max_length)
+    if not examples:
+        raise DataError([f"{data}: no training example (give --data and/or --counterfactuals)"])
+    return examples
+
+
+class ExampleDataset:
+    """A map-style dataset over examples; items are dicts the collator pads."""
+
+    def __init__(self, examples: Sequence[Example]):
+        self.examples = list(examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        ex = self.examples[i]
+        return {"input_ids": ex.input_ids, "labels": ex.labels, "counterfactual": ex.counterfactual, "index": i}
+
+
+@dataclass
+class DistillCollator:
+    """Right-pads a list of items to the longest one of the batch (dynamic padding).
+
+    Output tensors: ``input_ids``, ``attention_mask``, ``labels`` ``(B, L)``;
+    ``counterfactual`` ``(B,)`` bool; ``index`` ``(B,)`` dataset indices.
+    """
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        length = max(len(it["input_ids"]) for it in items)
+        if self.pad_to_multiple_of:
+            m = self.pad_to_multiple_of
+            length = (length + m - 1) // m * m
+        ids = torch.full((len(items), length), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(items), length), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(items), length), dtype=torch.long)
+        for b, it in enumerate(items):
+            n = len(it["input_ids"])
+            ids[b, :n] = torch.tensor(it["input_ids"])
+            labels[b, :n] = torch.tensor(it["labels"])
+            mask[b, :n] = 1
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": labels,
+            "counterfactual": torch.tensor([bool(it["counterfactual"]) for it in items]),
+            "index": torch.tensor([int(it["index"]) for it in items]),
+        }
+
+
+# ----------------------------------------------------------------------------
+# Teacher / student compatibility.
+# ----------------------------------------------------------------------------
+
+
+class TokenizerMismatch(ConfigError):
+    """Teacher and student tokenize differently: token-level KL would compare unrelated ids."""
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """sha256 of the vocabulary (token -> id, sorted), the identity the KL relies on."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    h = hashlib.sha256()
+    for token, idx in vocab:
+        h.update(f"{idx}\t{token}\n".encode())
+    return h.hexdigest()
+
+
+def check_tokenizers(student_tokenizer: Any, teacher_tokenizer: Any) -> None:
+    """Refuse a pair whose vocabularies differ (ids would not name the same tokens)."""
+    if tokenizer_fingerprint(student_tokenizer) == tokenizer_fingerprint(teacher_tokenizer):
+        return
+    s, t = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+    differ = sorted(k for k in set(s) | set(t) if s.get(k) != t.get(k))
+    raise TokenizerMismatch(
+        f"teacher and student tokenizers differ ({len(s)} vs {len(t)} tokens; e.g. {differ[:5]}): "
+        "token-level KL needs one shared vocabulary. Use a teacher from the student's model family "
+        "(cross-tokenizer distillation is not supported)."
+    )
+
+
+def model_vocab_size(model: Any) -> int:
+    """Rows of the model's output layer, from its config (parameters may be sharded under ZeRO-3/FSDP)."""
+    config = model.config
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return int(config.vocab_size)
+
+
+def shared_vocab_size(student: Any, teacher: Any | None, tokenizer: Any, teacher_vocab: int | None = None) -> int:
+    """Logit columns both models share: ``min`` of their output sizes (padded rows dropped).
+
+    Refuses when that would cut off ids the tokenizer can produce.
+    """
+    sizes = [model_vocab_size(student)]
+    if teacher is not None:
+        sizes.append(model_vocab_size(teacher))
+    if teacher_vocab is not None:
+        sizes.append(teacher_vocab)
+    shared = min(sizes)
+    if shared < len(tokenizer):
+        raise TokenizerMismatch(
+            f"a model has {shared} output logits but the tokenizer has {len(tokenizer)} tokens; "
+            "the models do not match the tokenizer"
+        )
+    return shared
+
+
+# ----------------------------------------------------------------------------
+# Batch composition.
+# ----------------------------------------------------------------------------
+
+
+class InterleavedSampler:
+    """Shuffle originals and counterfactuals separately, then interleave them evenly.
+
+    Any run of ``w`` consecutive indices holds ``w * n_cf / n`` counterfactuals
+    (rounded, off by at most one), so every optimiser step -- consecutive
+    micro-batches, split over processes by accelerate -- sees both kinds in the
+    data's proportion and both terms of the hybrid loss are averaged over
+    tokens of that step. The order depends only on ``seed`` and the epoch
+    (``set_epoch``, called by the Trainer), so a resumed run sees the same order.
+    """
+
+    def __init__(self, is_counterfactual: Sequence[bool], seed: int = 0):
+        self.flags = [bool(x) for x in is_counterfactual]
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.flags)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        import torch
+
+        g = torch.Generator().manual_seed(self.seed + 1_000_003 * self.epoch)
+        keyed = []
+        for kind in (False, True):
+            idx = [i for i, f in enumerate(self.flags) if f == kind]
+            perm = torch.randperm(len(idx), generator=g).tolist()
+            # position j of this kind sits at fraction (j + 0.5) / n of the epoch
+            keyed += [((j + 0.5) / len(idx), kind, idx[p]) for j, p in enumerate(perm)]
+        keyed.sort(key=lambda t: (t[0], t[1]))
+        return iter([i for _, _, i in keyed])

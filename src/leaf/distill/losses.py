@@ -1,0 +1,329 @@
+"""The distillation losses of LeaF Stage 2, as pure functions on tensors.
+
+Notation: ``z_s`` / ``z_t`` are student / teacher logits of one token position,
+``T`` the temperature, ``p = softmax(z_t / T)`` and ``q = softmax(z_s / T)``.
+
+* Token-level forward KL, scaled by ``T^2`` (Hinton et al.) so that gradient
+  magnitudes do not shrink with the temperature::
+
+      kl(token) = T^2 * sum_v p_v * (log p_v - log q_v)
+
+* Hybrid LeaF objective, each term averaged over *its own* loss tokens::
+
+      L = lambda * mean_{tokens of originals} kl + (1 - lambda) * mean_{tokens of counterfactuals} kl
+          + alpha * mean_{all loss tokens} ce
+
+  ``ce`` is the cross-entropy (at temperature 1) of the reference token.
+
+Only response tokens carry a loss (``loss_mask``); the caller builds it.
+
+Memory. A model's full-vocabulary fp32 log-probs for a batch are
+``tokens x V x 4`` bytes (4096 tokens x 128k vocab = 2 GiB, per model). The
+:func:`distill_loss` function never holds more than ``chunk_size`` rows of
+them: a custom autograd function walks the loss tokens in chunks, upcasts one
+chunk of student and teacher logits to fp32, accumulates the loss and writes
+the analytic gradient ``d kl / d z_s = T * (q - p)`` (plus ``q1 - onehot`` for
+the cross-entropy) into one buffer of the logits' own dtype. Backward just
+scales that buffer. Chunked and unchunked results are equal up to float
+rounding (the tests check values and gradients).
+
+Teacher targets come either from live teacher logits (:class:`DenseTeacher`) or
+from a cache of the teacher's top-k log-probs (:class:`TopKTeacher`). For the
+cache, the teacher mass outside the top k (the *tail*) is kept as one bucket:
+
+    kl_topk = T^2 * [ sum_{v in topk} p_v log(p_v / q_v) + p_tail log(p_tail / q_tail) ]
+
+with ``p_tail = 1 - sum_{topk} p_v`` and ``q_tail = 1 - sum_{topk} q_v``. By the
+log-sum inequality this never exceeds the exact KL, and the gap is
+
+    0 <= kl - kl_topk = T^2 * p_tail * KL(p(.|tail) || q(.|tail))
+                      <= T^2 * p_tail * log(1 / min_{v in tail} q(v | tail))
+
+(:func:`topk_error_bound` computes the right-hand side). The gradient equals
+the exact one with the tail of ``p`` replaced by ``p_tail`` spread in
+proportion to the student's own tail probabilities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+# ----------------------------------------------------------------------------
+# Reference formulas (readable, unchunked, autograd): used by tests and docs.
+# ----------------------------------------------------------------------------
+
+
+def forward_kl(teacher_logits: Tensor, student_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Per-position ``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``.
+
+    Args:
+        teacher_logits, student_logits: ``(..., V)``, any float dtype.
+    Returns:
+        ``(...)`` fp32 KL in nats, differentiable w.r.t. the student logits.
+    """
+    t = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    s = torch.log_softmax(student_logits.float() / temperature, dim=-1)
+    return temperature**2 * (t.exp() * (t - s)).sum(-1)
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``values`` over ``mask`` (0 when the mask is empty)."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def hybrid_loss(
+    per_token_kl: Tensor,
+    loss_mask: Tensor,
+    is_counterfactual: Tensor,
+    lam: float,
+    per_token_ce: Tensor | None = None,
+    alpha: float = 0.0,
+) -> Tensor:
+    """``lam * L_kd + (1 - lam) * L_cd (+ alpha * L_ce)`` for one batch (reference form).
+
+    Args:
+        per_token_kl: ``(B, L)`` token KL.
+        loss_mask: ``(B, L)`` bool, True on the response tokens that carry a loss.
+        is_counterfactual: ``(B,)`` bool, True for rows that are counterfactual samples.
+        lam: weight of the original-sample term.
+        per_token_ce: ``(B, L)`` token cross-entropy, needed when ``alpha > 0``.
+    """
+    cf = is_counterfactual.view(-1, 1).expand_as(loss_mask)
+    kd = masked_mean(per_token_kl, loss_mask & ~cf)
+    cd = masked_mean(per_token_kl, loss_mask & cf)
+    loss = lam * kd + (1 - lam) * cd
+    if alpha:
+        assert per_token_ce is not None, "alpha > 0 needs per_token_ce"
+        loss = loss + alpha * masked_mean(per_token_ce, loss_mask)
+    return loss
+
+
+# ----------------------------------------------------------------------------
+# Token weights: how the hybrid objective becomes one weighted sum.
+# ----------------------------------------------------------------------------
+
+
+def hybrid_token_weights(
+    is_counterfactual: Tensor,
+    lam: float,
+    n_kd: Tensor | float,
+    n_cd: Tensor | float,
+    alpha: float = 0.0,
+    n_ce: Tensor | float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Per-loss-token weights so that ``sum(w_kl * kl + w_ce * ce)`` is the hybrid loss.
+
+    ``n_kd`` / ``n_cd`` are the numbers of loss tokens of originals /
+    counterfactuals in the *whole* optimiser step (all micro-batches and all
+    processes): weighting each micro-batch's tokens by them makes gradient
+    accumulation and data parallelism give exactly the full-batch mean. A term
+    with no tokens contributes 0.
+
+    Args:
+        is_counterfactual: ``(N,)`` bool, one entry per loss token.
+    Returns:
+        ``(w_kl, w_ce)``, both ``(N,)`` fp32.
+    """
+    cf = is_counterfactual.float()
+    n_kd_t = torch.as_tensor(n_kd, dtype=torch.float32, device=cf.device).clamp(min=1)
+    n_cd_t = torch.as_tensor(n_cd, dtype=torch.float32, device=cf.device).clamp(min=1)
+    w_kl = (1 - cf) * (lam / n_kd_t) + cf * ((1 - lam) / n_cd_t)
+    if alpha:
+        total = (n_kd + n_cd) if n_ce is None else n_ce
+        w_ce = torch.full_like(cf, alpha) / torch.as_tensor(total, dtype=torch.float32, device=cf.device).clamp(min=1)
+    else:
+        w_ce = torch.zeros_like(cf)
+    return w_kl, w_ce
+
+
+# ----------------------------------------------------------------------------
+# Teacher targets.
+# ----------------------------------------------------------------------------
+
+
+@dataclass
+class DenseTeacher:
+    """Live teacher logits.
+
+    ``logits``: ``(R, V_t)`` rows (typically ``(B*L, V_t)``, a view of the
+    model output; may live on another device); ``rows``: ``(N,)`` long index of
+    the row of each loss token (same order as the student rows).
+    """
+
+    logits: Tensor
+    rows: Tensor
+
+    def log_probs(self, chunk: slice, vocab: int, temperature: float, device: torch.device, student_lp: Tensor) -> Tensor:
+        z = self.logits[self.rows[chunk].to(self.logits.device), :vocab].to(device).float()  # a fresh copy
+        return torch.log_softmax(z.div_(temperature) if temperature != 1.0 else z, dim=-1)
+
+
+@dataclass
+class TopKTeacher:
+    """Cached teacher: top-k log-probs (at the training temperature) and their ids.
+
+    ``logprobs``: ``(N, K)`` (any float dtype), ``ids``: ``(N, K)`` long, one
+    row per loss token. The tail mass ``1 - sum(exp(logprobs))`` is spread over
+    the other ids in proportion to the student's probabilities (see the module
+    docstring), which realises the tail-bucket KL.
+    """
+
+    logprobs: Tensor
+    ids: Tensor
+
+    def log_probs(self, chunk: slice, vocab: int, temperature: float, device: torch.device, student_lp: Tensor) -> Tensor:
+        lp = self.logprobs[chunk].to(device).float()
+        ids = self.ids[chunk].to(device).long()
+        top_mass = lp.exp().sum(-1, keepdim=True).clamp(max=1.0)
+        tail_mass = (1 - top_mass).clamp(min=0)
+        # student's log-prob mass outside the teacher's top-k
+        s_top = student_lp.gather(-1, ids)
+        s_tail_lse = torch.log1p(-s_top.exp().sum(-1, keepdim=True).clamp(max=1 - 1e-7))
+        out = student_lp + torch.log(tail_mass.clamp(min=1e-30)) - s_tail_lse
+        out = torch.where(tail_mass > 0, out, torch.full_like(out, float("-inf")))
+        return out.scatter(-1, ids, lp)
+
+
+def topk_error_bound(student_logits: Tensor, ids: Tensor, logprobs: Tensor, temperature: float = 1.0) -> Tensor:
+    """Upper bound of ``kl_exact - kl_topk`` per token (the gap is never negative).
+
+    ``T^2 * p_tail * log(1 / min_{v in tail} q(v | tail))`` with ``q`` the
+    student's distribution at temperature ``T``; shapes ``(N, V)``, ``(N, K)``, ``(N, K)``.
+    """
+    lq = torch.log_softmax(student_logits.float() / temperature, dim=-1)
+    tail = torch.ones_like(lq, dtype=torch.bool).scatter(-1, ids.long(), False)
+    tail_lq = lq.masked_fill(~tail, float("inf"))
+    tail_lse = torch.logsumexp(lq.masked_fill(~tail, float("-inf")), dim=-1)
+    worst = tail_lse - tail_lq.min(-1).values  # log(1 / min q(v|tail))
+    p_tail = (1 - logprobs.float().exp().sum(-1)).clamp(min=0)
+    return temperature**2 * p_tail * worst
+
+
+# ----------------------------------------------------------------------------
+# The chunked loss.
+# ----------------------------------------------------------------------------
+
+
+@dataclass
+class LossParts:
+    """Result of :func:`distill_loss`: the scalar to backpropagate and per-token values (detached)."""
+
+    loss: Tensor  # () weighted sum, differentiable w.r.t. the student logits
+    kl: Tensor  # (N,) fp32 per-token KL (T^2 scaled)
+    ce: Tensor  # (N,) fp32 per-token cross-entropy of the labels (0 when labels are None)
+
+
+class _ChunkedDistill(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, student_logits, rows, teacher, labels, w_kl, w_ce, temperature, chunk_size, vocab):  # type: ignore[override]
+        flat = student_logits.reshape(-1, student_logits.shape[-1])
+        device = flat.device
+        n = rows.numel()
+        grad = torch.zeros_like(flat) if flat.requires_grad else None
+        kl_out = torch.zeros(n, dtype=torch.float32, device=device)
+        ce_out = torch.zeros(n, dtype=torch.float32, device=device)
+        want_ce = labels is not None
+        step = chunk_size if chunk_size and chunk_size > 0 else max(n, 1)
+        total = torch.zeros((), dtype=torch.float32, device=device)
+        for start in range(0, n, step):
+            sl = slice(start, min(start + step, n))
+            r = rows[sl]
+            z = flat[r, :vocab].float()  # the only fp32 copy of student logits: one chunk
+            y = labels[sl].long().unsqueeze(-1) if want_ce else None
+            if want_ce and temperature != 1.0:
+                lq1 = torch.log_softmax(z, dim=-1)  # cross-entropy is at T = 1
+                ce = -lq1.gather(-1, y).squeeze(-1)
+                g_ce = lq1.exp_()
+                del lq1
+            lq = torch.log_softmax(z.div_(temperature) if temperature != 1.0 else z, dim=-1)
+            del z
+            if want_ce and temperature == 1.0:
+                ce = -lq.gather(-1, y).squeeze(-1)
+            lp = teacher.log_probs(sl, vocab, temperature, device, lq)
+            p = lp.exp()
+            # p * (log p - log q), in place; 0 * (-inf) (no teacher mass) -> 0
+            kl = lp.sub_(lq).mul_(p).nan_to_num_(nan=0.0).sum(-1).mul_(temperature**2)
+            del lp
+            kl_out[sl] = kl
+            wk = w_kl[sl].float()
+            total = total + (wk * kl).sum()
+            g = lq.exp_().sub_(p).mul_((temperature * wk).unsqueeze(-1))  # T * w * (q - p), reusing lq's storage
+            del p
+            if want_ce:
+                wc = w_ce[sl].float()
+                ce_out[sl] = ce
+                total = total + (wc * ce).sum()
+                if temperature == 1.0:
+                    g.add_(torch.softmax(flat[r, :vocab].float(), dim=-1).mul_(wc.unsqueeze(-1)))
+                else:
+                    g.add_(g_ce.mul_(wc.unsqueeze(-1)))
+                    del g_ce
+                g.scatter_add_(-1, y, -wc.unsqueeze(-1))
+            if grad is not None:
+                grad[r, :vocab] = g.to(grad.dtype)
+            del g
+        ctx.save_for_backward(grad if grad is not None else torch.empty(0))
+        ctx.shape = student_logits.shape
+        ctx.mark_non_differentiable(kl_out, ce_out)
+        return total, kl_out, ce_out
+
+    @staticmethod
+    def backward(ctx, grad_total, _gkl, _gce):  # type: ignore[override]
+        (grad,) = ctx.saved_tensors
+        # the saved buffer is used once: scale it in place instead of allocating another logits-sized tensor
+        out = (grad if bool(grad_total == 1) else grad.mul_(grad_total.to(grad.dtype))).view(ctx.shape)
+        return out, None, None, None, None, None, None, None, None
+
+
+def distill_loss(
+    student_logits: Tensor,
+    rows: Tensor,
+    teacher: DenseTeacher | TopKTeacher,
+    w_kl: Tensor,
+    *,
+    labels: Tensor | None = None,
+    w_ce: Tensor | None = None,
+    temperature: float = 1.0,
+    chunk_size: int | None = 1024,
+    vocab_size: int | None = None,
+) -> LossParts:
+    """``sum_i w_kl[i] * kl_i + w_ce[i] * ce_i`` over loss tokens, in chunks of ``chunk_size`` tokens.
+
+    Args:
+        student_logits: ``(B, L, V_s)`` or ``(R, V_s)`` model output (bf16/fp32); gradients flow to it.
+        rows: ``(N,)`` long, the flattened row (``b * L + position``) of each loss
+            token's *predicting* position (already shifted: logits at ``t``
+            predict token ``t + 1``).
+        teacher: :class:`DenseTeacher` (live) or :class:`TopKTeacher` (cache).
+        w_kl: ``(N,)`` weights of the token KLs (see :func:`hybrid_token_weights`).
+        labels: ``(N,)`` target ids for the optional cross-entropy; ``w_ce`` its weights.
+        temperature: ``T``; the KL is scaled by ``T^2``.
+        chunk_size: tokens per chunk; ``None`` or ``0`` = one chunk (unchunked).
+        vocab_size: compare only ids ``< vocab_size`` (padded embedding rows of
+            one model are dropped); default the student's ``V_s``.
+    """
+    vocab = vocab_size or student_logits.shape[-1]
+    if labels is not None and w_ce is None:
+        raise ValueError("labels given without w_ce")
+    total, kl, ce = _ChunkedDistill.apply(
+        student_logits, rows, teacher, labels, w_kl, w_ce, float(temperature), chunk_size, vocab
+    )
+    return LossParts(total, kl, ce)
+
+
+def loss_rows(labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows and targets of the loss tokens of a ``(B, L)`` HF-style label tensor (``-100`` = no loss).
+
+    Returns ``(rows, targets)``: ``rows`` index the flattened ``(B*L)`` logits of
+    the position that predicts each loss token (``b * L + t - 1``), ``targets``
+    the token ids, both ``(N,)`` in row-major order.
+    """
+    batch, length = labels.shape
+    mask = labels[:, 1:] != -100
+    b, t = mask.nonzero(as_tuple=True)
+    rows = b * length + t
+    return rows, labels[:, 1:][b, t]

@@ -1,0 +1,217 @@
+"""The distillation losses against hand computations and independent autograd formulas."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from leaf.distill.losses import (
+    DenseTeacher,
+    TopKTeacher,
+    distill_loss,
+    forward_kl,
+    hybrid_loss,
+    hybrid_token_weights,
+    loss_rows,
+    topk_error_bound,
+)
+
+
+def _softmax(xs):
+    m = max(xs)
+    e = [math.exp(x - m) for x in xs]
+    return [v / sum(e) for v in e]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_forward_kl_equals_hand_computation(temperature):
+    t = [2.0, 0.0, -1.0]
+    s = [0.5, 1.0, 0.0]
+    p = _softmax([x / temperature for x in t])
+    q = _softmax([x / temperature for x in s])
+    expected = temperature**2 * sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+    got = forward_kl(torch.tensor([t]), torch.tensor([s]), temperature)
+    assert got.shape == (1,)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    # KL of a distribution with itself is 0, and the direction matters
+    assert forward_kl(torch.tensor(t), torch.tensor(t)).item() == pytest.approx(0.0, abs=1e-7)
+    reverse = forward_kl(torch.tensor([s]), torch.tensor([t]), temperature).item()
+    assert abs(reverse - expected) > 1e-3
+
+
+def _reference(student, teacher, rows, w_kl, labels=None, w_ce=None, temperature=1.0, vocab=None):
+    """Plain autograd: full fp32 log-softmax of everything at once."""
+    vocab = vocab or student.shape[-1]
+    s = student.reshape(-1, student.shape[-1])[rows, :vocab]
+    t = teacher.reshape(-1, teacher.shape[-1])[rows, :vocab]
+    kl = forward_kl(t, s, temperature)
+    loss = (w_kl * kl).sum()
+    if labels is not None:
+        ce = F.cross_entropy(s.float(), labels, reduction="none")
+        loss = loss + (w_ce * ce).sum()
+    return loss, kl
+
+
+@pytest.mark.parametrize("temperature", [1.0, 1.7])
+@pytest.mark.parametrize("with_ce", [False, True])
+def test_chunked_equals_unchunked_values_and_gradients(temperature, with_ce):
+    g = torch.Generator().manual_seed(0)
+    B, L, V = 3, 7, 11
+    student = torch.randn(B, L, V, generator=g) * 3
+    teacher = torch.randn(B, L, V + 2, generator=g) * 3  # two padded embedding rows
+    rows = torch.tensor([0, 1, 2, 5, 8, 9, 10, 13, 15, 16, 20])
+    w_kl = torch.rand(rows.numel(), generator=g)
+    labels = torch.randint(0, V, (rows.numel(),), generator=g) if with_ce else None
+    w_ce = torch.rand(rows.numel(), generator=g) if with_ce else None
+
+    ref_in = student.clone().requires_grad_(True)
+    ref_loss, ref_kl = _reference(ref_in, teacher, rows, w_kl, labels, w_ce, temperature, vocab=V)
+    ref_loss.backward()
+
+    results = []
+    for chunk in (None, 1, 3, 4, 100):
+        x = student.clone().requires_grad_(True)
+        out = distill_loss(
+            x, rows, DenseTeacher(teacher.reshape(B * L, -1), rows), w_kl,
+            labels=labels, w_ce=w_ce, temperature=temperature, chunk_size=chunk, vocab_size=V,
+        )
+        out.loss.backward()
+        results.append((out.loss.detach(), x.grad.clone(), out.kl))
+    for loss, grad, kl in results:
+        torch.testing.assert_close(loss, ref_loss.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grad, ref_in.grad, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(kl, ref_kl.detach(), rtol=1e-5, atol=1e-6)
+    # rows without a loss token get exactly zero gradient
+    untouched = torch.ones(B * L, dtype=torch.bool)
+    untouched[rows] = False
+    assert results[2][1].reshape(B * L, V)[untouched].abs().max() == 0
+
+
+def test_bf16_logits_gradient_close_to_fp32():
+    g = torch.Generator().manual_seed(1)
+    s = torch.randn(2, 5, 13, generator=g)
+    t = torch.randn(2, 5, 13, generator=g)
+    rows = torch.arange(10)
+    w = torch.full((10,), 0.1)
+    x32 = s.clone().requires_grad_(True)
+    distill_loss(x32, rows, DenseTeacher(t.view(10, 13), rows), w, chunk_size=3).loss.backward()
+    x16 = s.to(torch.bfloat16).requires_grad_(True)
+    out16 = distill_loss(x16, rows, DenseTeacher(t.to(torch.bfloat16).view(10, 13), rows), w, chunk_size=3)
+    out16.loss.backward()
+    assert x16.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(x16.grad.float(), x32.grad, rtol=0.05, atol=2e-3)
+
+
+def test_masks_and_lambda_on_hand_made_batch():
+    # 3 rows: two originals, one counterfactual. -100 marks prompt and padding.
+    labels = torch.tensor(
+        [
+            [-100, -100, 5, 6, 7, -100],  # prompt 2 tokens, 3 response tokens, 1 pad
+            [-100, -100, -100, -100, 4, 2],  # loss_start cuts the first response tokens
+            [-100, 3, 3, -100, -100, -100],  # counterfactual, 2 loss tokens, padding
+        ]
+    )
+    rows, targets = loss_rows(labels)
+    # position t-1 predicts token t; row-major order
+    assert rows.tolist() == [1, 2, 3, 6 + 3, 6 + 4, 12 + 0, 12 + 1]
+    assert targets.tolist() == [5, 6, 7, 4, 2, 3, 3]
+
+    g = torch.Generator().manual_seed(2)
+    student = torch.randn(3, 6, 9, generator=g)
+    teacher = torch.randn(3, 6, 9, generator=g)
+    is_cf_row = torch.tensor([False, False, True])
+    is_cf = is_cf_row[rows // 6]
+    lam, alpha = 0.3, 0.25
+    w_kl, w_ce = hybrid_token_weights(is_cf, lam, n_kd=5, n_cd=2, alpha=alpha)
+    out = distill_loss(student, rows, DenseTeacher(teacher.view(18, 9), rows), w_kl, labels=targets, w_ce=w_ce)
+
+    # independent: loop over the hand-listed loss tokens
+    kd_tokens = [(0, 1, 5), (0, 2, 6), (0, 3, 7), (1, 3, 4), (1, 4, 2)]  # (row, predicting position, target)
+    cd_tokens = [(2, 0, 3), (2, 1, 3)]
+
+    def kl(b, p):
+        return forward_kl(teacher[b, p], student[b, p]).item()
+
+    def ce(b, p, y):
+        return -torch.log_softmax(student[b, p], -1)[y].item()
+
+    kd = sum(kl(b, p) for b, p, _ in kd_tokens) / 5
+    cd = sum(kl(b, p) for b, p, _ in cd_tokens) / 2
+    ce_mean = sum(ce(b, p, y) for b, p, y in kd_tokens + cd_tokens) / 7
+    expected = lam * kd + (1 - lam) * cd + alpha * ce_mean
+    assert out.loss.item() == pytest.approx(expected, rel=1e-5)
+
+    # the dense reference form agrees
+    loss_mask = torch.zeros(3, 6, dtype=torch.bool)
+    loss_mask.view(-1)[rows] = True
+    per_kl = forward_kl(teacher, student)
+    per_ce = torch.zeros(3, 6)
+    per_ce.view(-1)[rows] = out.ce
+    assert hybrid_loss(per_kl, loss_mask, is_cf_row, lam, per_ce, alpha).item() == pytest.approx(expected, rel=1e-5)
+    # lambda = 1 is plain KD over the originals only
+    w1, _ = hybrid_token_weights(is_cf, 1.0, n_kd=5, n_cd=2)
+    plain = distill_loss(student, rows, DenseTeacher(teacher.view(18, 9), rows), w1).loss.item()
+    assert plain == pytest.approx(kd, rel=1e-5)
+
+
+def test_token_weights_split_across_microbatches_sum_to_full_batch():
+    g = torch.Generator().manual_seed(3)
+    student = torch.randn(4, 5, 7, generator=g)
+    teacher = torch.randn(4, 5, 7, generator=g)
+    labels = torch.randint(0, 7, (4, 5), generator=g)
+    labels[:, :2] = -100
+    labels[3, 4] = -100
+    is_cf_row = torch.tensor([False, True, False, True])
+
+    def part(idx):
+        lab = labels[idx]
+        rows, _ = loss_rows(lab)
+        cf = is_cf_row[idx][rows // 5]
+        n_kd = int(((labels[:, 1:] != -100) & ~is_cf_row[:, None]).sum())
+        n_cd = int(((labels[:, 1:] != -100) & is_cf_row[:, None]).sum())
+        w, _ = hybrid_token_weights(cf, 0.5, n_kd, n_cd)
+        return distill_loss(student[idx], rows, DenseTeacher(teacher[idx].reshape(-1, 7), rows), w).loss
+
+    whole = part(torch.arange(4))
+    split = sum(part(torch.tensor([i])) for i in range(4))
+    torch.testing.assert_close(split, whole)
+
+
+def test_topk_cache_exact_when_k_is_vocab_and_bounded_otherwise():
+    g = torch.Generator().manual_seed(4)
+    N, V = 20, 50
+    student = torch.randn(N, V, generator=g) * 2
+    teacher = torch.randn(N, V, generator=g) * 4  # peaked like a real LM
+    rows = torch.arange(N)
+    w = torch.ones(N)
+    T = 1.5
+    exact = distill_loss(student, rows, DenseTeacher(teacher, rows), w, temperature=T).kl
+    lp = torch.log_softmax(teacher / T, -1)
+    full_lp, full_ids = lp.topk(V, -1)
+    same = distill_loss(student, rows, TopKTeacher(full_lp, full_ids), w, temperature=T).kl
+    torch.testing.assert_close(same, exact, rtol=1e-5, atol=1e-5)
+
+    k_lp, k_ids = lp.topk(8, -1)
+    x = student.clone().requires_grad_(True)
+    approx = distill_loss(x, rows, TopKTeacher(k_lp, k_ids), w, temperature=T)
+    gap = exact - approx.kl
+    bound = topk_error_bound(student, k_ids, k_lp, T)
+    assert (gap >= -1e-5).all()
+    assert (gap <= bound + 1e-5).all()
+    assert gap.max() > 1e-4  # the approximation is not exact with k < V
+
+    # gradient = T * (q - p_eff) with the tail spread like the student's tail (checked against autograd of the bucket KL)
+    y = student.clone().requires_grad_(True)
+    lq = torch.log_softmax(y / T, -1)
+    p_top = k_lp.exp()
+    q_top = lq.gather(-1, k_ids).exp()
+    p_tail = 1 - p_top.sum(-1)
+    q_tail = 1 - q_top.sum(-1)
+    bucket = T**2 * ((p_top * (k_lp - lq.gather(-1, k_ids))).sum(-1) + p_tail * (p_tail.log() - q_tail.log()))
+    torch.testing.assert_close(approx.kl, bucket.detach(), rtol=1e-5, atol=1e-5)
+    bucket.sum().backward()
+    approx.loss.backward()
+    torch.testing.assert_close(x.grad, y.grad, rtol=1e-4, atol=1e-5)
