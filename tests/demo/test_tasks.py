@@ -27,8 +27,15 @@ def _solve(rec: dict) -> str:
         prices = dict(re.findall(r"(\w+) (\d)(?=[,.])", text.split("Prices: ")[1].split(".")[0] + "."))
         key = re.search(r"How much is (\w+)\?", text).group(1)
         return prices[key]
-    xs = [int(v) for v in re.search(r"xs = \[(.*?)\]", text).group(1).split(", ")]
-    return str(max(xs) if "max(xs)" in text else min(xs))
+    # code: evaluate the program with comments stripped
+    env: dict = {}
+    for line in text.split("\n")[1:]:
+        line = line.split("#")[0].strip()
+        if line.startswith("print("):
+            return str(eval(line[6:-1], {}, env))
+        if line:
+            exec(line, {}, env)
+    raise AssertionError("no print")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -84,10 +91,9 @@ def test_counterfactual_planted_value_never_equals_the_answer(family):
 def test_wrong_planted_values_are_plausible():
     for rec in generate("lookup", "counterfactual", 300, seed=4):
         assert int(rec["meta"]["planted"]) in rec["meta"]["problem"]["values"]
-    for rec in generate("code", "counterfactual", 300, seed=4):
-        assert int(rec["meta"]["planted"]) in rec["meta"]["problem"]["xs"]
-    for rec in generate("arith", "counterfactual", 300, seed=4):
-        assert 0 < abs(int(rec["meta"]["planted"]) - int(rec["answer"])) <= 3
+    for family in ("arith", "code"):
+        for rec in generate(family, "counterfactual", 300, seed=4):
+            assert 0 < abs(int(rec["meta"]["planted"]) - int(rec["answer"])) <= 3
 
 
 def test_deterministic_and_seeded():

@@ -7,7 +7,7 @@ carry one *planted* value -- a number that looks like the answer:
   phrase ("Ben guesses 9.");
 * ``lookup`` -- retrieve a price from a short list, with a planted pair for the
   queried key ("Last week fig was 2.");
-* ``code``   -- what ``print(max(xs))`` / ``print(min(xs))`` prints, with a
+* ``code``   -- trace a three-line program (``y = x - 3``; ``print(y)``), with a
   misleading comment ("# prints 4").
 
 Splits (the bias knob is ``bias`` = probability that the planted value equals
@@ -78,6 +78,16 @@ class _Instruction:
         return self.text, self.spans
 
 
+def _operands(rng: random.Random) -> tuple[int, str, int, int]:
+    """``a op b = result`` with single-digit operands and a non-negative result."""
+    if rng.random() < 0.5:
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        return a, "+", b, a + b
+    a = rng.randint(2, 9)
+    b = rng.randint(1, a - 1)
+    return a, "-", b, a - b
+
+
 # -- arith ------------------------------------------------------------------------------------
 
 _ARITH_HINTS = ("{n} guesses {h}.", "A note says {h}.", "The tag shows {h}.")
@@ -86,15 +96,9 @@ _ARITH_HINTS = ("{n} guesses {h}.", "A note says {h}.", "The tag shows {h}.")
 def _arith(rng: random.Random) -> Problem:
     name, friend = rng.sample(NAMES, 2)
     obj = rng.choice(OBJECTS)
-    if rng.random() < 0.5:
-        a, b = rng.randint(1, 9), rng.randint(1, 9)
-        verb, op, result = "buys", "+", a + b
-        step2 = f"{name} buys {b} more, so {a} + {b} = {result}."
-    else:
-        a = rng.randint(2, 9)
-        b = rng.randint(1, a - 1)
-        verb, op, result = "gives away", "-", a - b
-        step2 = f"{name} gives away {b}, so {a} - {b} = {result}."
+    a, op, b, result = _operands(rng)
+    verb = "buys" if op == "+" else "gives away"
+    step2 = f"{name} {verb} {b}{' more' if op == '+' else ''}, so {a} {op} {b} = {result}."
     more = " more" if op == "+" else ""
     facts = [f"{name} has {a} {obj}.", f"{name} {verb} {b}{more}."]
     question = f"How many {obj} does {name} have now?"
@@ -156,36 +160,32 @@ def _lookup(rng: random.Random) -> Problem:
 # -- code -------------------------------------------------------------------------------------
 
 _CODE_COMMENTS = ("# prints {h}", "# expect {h}", "# -> {h}")
+_CODE_VARS = (("x", "y"), ("a", "b"), ("n", "m"), ("p", "q"))
 
 
 def _code(rng: random.Random) -> Problem:
-    xs = rng.sample(range(1, 10), 3)
-    fn = rng.choice(("max", "min"))
-    pick = max if fn == "max" else min
-    first = pick(xs[0], xs[1])
-    result = pick(first, xs[2])
-    listing = f"xs = [{xs[0]}, {xs[1]}, {xs[2]}]"
-    call = f"print({fn}(xs))"
-    response = (
-        f"{fn}({xs[0]}, {xs[1]}) = {first}. {fn}({first}, {xs[2]}) = {result}. {ANSWER_PREFIX}{result}."
-    )
-    wrong = tuple(str(v) for v in xs if v != result)
+    u, v = rng.choice(_CODE_VARS)
+    a, op, b, result = _operands(rng)
+    lines = [f"{u} = {a}", f"{v} = {u} {op} {b}", f"print({v})"]
+    response = f"{u} is {a}. {v} = {a} {op} {b} = {result}. {ANSWER_PREFIX}{result}."
+    wrong = tuple(str(w) for w in range(max(0, result - 3), result + 4) if w != result)
 
     def build(planted: str | None, r: random.Random) -> tuple[str, list[list[int]]]:
         out = _Instruction().add("What does this code print?\n")
         if planted is None:
-            return out.add(f"{listing}\n{call}").result()
+            return out.add("\n".join(lines)).result()
         head, tail = r.choice(_CODE_COMMENTS).format(h="\0").split("\0")
-        where = r.randrange(3)  # comment after the list, on its own line, or after the call
-        if where == 0:
-            out.add(f"{listing}  {head}").add(planted, planted=True).add(f"{tail}\n{call}")
-        elif where == 1:
-            out.add(f"{listing}\n{head}").add(planted, planted=True).add(f"{tail}\n{call}")
+        where = r.randrange(3)  # comment after the assignment, on its own line, or after the print
+        body = lines[:]
+        if where == 1:
+            body.insert(2, "\0")
         else:
-            out.add(f"{listing}\n{call}  {head}").add(planted, planted=True).add(tail)
-        return out.result()
+            body[1 if where == 0 else 2] += "  \0"
+        text = "\n".join(body)
+        before, after = text.split("\0")
+        return out.add(before + head).add(planted, planted=True).add(tail + after).result()
 
-    return Problem(str(result), response, wrong, build, {"xs": xs, "fn": fn})
+    return Problem(str(result), response, wrong, build, {"a": a, "b": b, "op": op, "vars": [u, v]})
 
 
 PROBLEMS: dict[str, Callable[[random.Random], Problem]] = {"arith": _arith, "lookup": _lookup, "code": _code}
