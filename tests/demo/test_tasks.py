@@ -39,9 +39,10 @@ def _solve(rec: dict) -> str:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_spans_point_exactly_at_the_planted_value(family):
+@pytest.mark.parametrize("placement", ["end", "any"])
+def test_spans_point_exactly_at_the_planted_value(family, placement):
     for split in ("confounded", "counterfactual"):
-        for rec in generate(family, split, 300, seed=3):
+        for rec in generate(family, split, 300, seed=3, placement=placement):
             meta = rec["meta"]
             spans = meta["confounder_spans"]
             assert len(spans) == 1
@@ -136,3 +137,15 @@ def test_bad_arguments_are_refused():
         generate("arith", "train", 1)
     with pytest.raises(ValueError, match="bias"):
         generate("arith", "confounded", 1, bias=1.5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_placement_end_puts_the_planted_value_in_the_last_sentence_or_line(family):
+    recs = generate(family, "confounded", 200, seed=6)
+    for rec in recs:
+        start, end = rec["meta"]["confounder_spans"][0]
+        after = rec["instruction"][end:]
+        assert "\n" not in after and "?" not in after and len(after) <= 1
+    scattered = generate(family, "confounded", 200, seed=6, placement="any")
+    tails = {len(r["instruction"]) - r["meta"]["confounder_spans"][0][1] <= 1 for r in scattered}
+    assert tails == {True, False}  # "any" puts it at the end sometimes, elsewhere other times

@@ -17,6 +17,11 @@ the answer; otherwise it is drawn from plausible wrong values):
 * ``confounded``     -- planted value = answer with probability 0.9 (default);
 * ``counterfactual`` -- bias 0.0: the planted value never equals the answer.
 
+The planted phrase sits at the end of the instruction by default
+(``placement="end"``: after the question, or as a comment on the ``print``
+line), where a shortcut reads it most cheaply; ``placement="any"`` scatters it
+over several places (see docs/demo.md for what that does to the students).
+
 Every split with the same ``seed`` draws the *same* problems (problem ``i`` of
 ``clean`` and of ``counterfactual`` differ only in the planted text), so split
 differences measure the planted text and nothing else. Use different seeds for
@@ -39,6 +44,7 @@ from typing import Any
 FAMILIES = ("arith", "lookup", "code")
 SPLITS = ("clean", "confounded", "counterfactual")
 DEFAULT_BIAS = {"clean": None, "confounded": 0.9, "counterfactual": 0.0}
+PLACEMENTS = ("end", "any")
 ANSWER_PREFIX = "The answer is "
 
 NAMES = ("Ann", "Ben", "Cal", "Dan", "Eve", "Fay", "Gus", "Ivy")
@@ -50,14 +56,15 @@ FRUITS = ("apple", "pear", "plum", "fig", "lime", "kiwi", "date", "melon")
 class Problem:
     """One drawn problem, before the planted value is chosen.
 
-    ``build(planted, rng)`` returns ``(instruction, spans)`` for a planted value
-    (``None`` = clean); ``wrong`` are the plausible wrong values to plant.
+    ``build(planted, rng, placement)`` returns ``(instruction, spans)`` for a
+    planted value (``None`` = clean); ``wrong`` are the plausible wrong values
+    to plant.
     """
 
     answer: str
     response: str
     wrong: tuple[str, ...]
-    build: Callable[[str | None, random.Random], tuple[str, list[list[int]]]]
+    build: Callable[[str | None, random.Random, str], tuple[str, list[list[int]]]]
     info: dict[str, Any]
 
 
@@ -105,11 +112,12 @@ def _arith(rng: random.Random) -> Problem:
     response = f"{name} starts with {a} {obj}. {step2} {ANSWER_PREFIX}{result}."
     wrong = tuple(str(v) for v in range(max(0, result - 3), result + 4) if v != result)
 
-    def build(planted: str | None, r: random.Random) -> tuple[str, list[list[int]]]:
+    def build(planted: str | None, r: random.Random, placement: str) -> tuple[str, list[list[int]]]:
         sentences: list[str | None] = [*facts, question]
         if planted is not None:
             head, tail = r.choice(_ARITH_HINTS).format(n=friend, h="\0").split("\0")
-            sentences.insert(r.randint(0, 2), None)  # the hint goes before the question
+            # end: after the question; any: before any sentence or after the question
+            sentences.insert(3 if placement == "end" else r.randint(0, 3), None)
         out = _Instruction()
         for i, sentence in enumerate(sentences):
             sep = " " if i else ""
@@ -138,12 +146,13 @@ def _lookup(rng: random.Random) -> Problem:
     # The most plausible wrong values: the prices of the other fruits in the list.
     wrong = tuple(str(v) for v in values if v != value)
 
-    def build(planted: str | None, r: random.Random) -> tuple[str, list[list[int]]]:
+    def build(planted: str | None, r: random.Random, placement: str) -> tuple[str, list[list[int]]]:
         out = _Instruction()
         if planted is None:
             return out.add(f"{listing} {question}").result()
         head, tail = r.choice(_LOOKUP_HINTS).format(k=key, h="\0").split("\0")
-        where = r.randrange(3)  # before the list, between list and question, at the end
+        # end: after the question; any: before the list, between list and question, or at the end
+        where = 2 if placement == "end" else r.randrange(3)
         pieces = [listing, question]
         pieces.insert(where, "\0")
         for i, piece in enumerate(pieces):
@@ -170,12 +179,13 @@ def _code(rng: random.Random) -> Problem:
     response = f"{u} is {a}. {v} = {a} {op} {b} = {result}. {ANSWER_PREFIX}{result}."
     wrong = tuple(str(w) for w in range(max(0, result - 3), result + 4) if w != result)
 
-    def build(planted: str | None, r: random.Random) -> tuple[str, list[list[int]]]:
+    def build(planted: str | None, r: random.Random, placement: str) -> tuple[str, list[list[int]]]:
         out = _Instruction().add("What does this code print?\n")
         if planted is None:
             return out.add("\n".join(lines)).result()
         head, tail = r.choice(_CODE_COMMENTS).format(h="\0").split("\0")
-        where = r.randrange(3)  # comment after the assignment, on its own line, or after the print
+        # end: after the print; any: after the assignment, on its own line, or after the print
+        where = 2 if placement == "end" else r.randrange(3)
         body = lines[:]
         if where == 1:
             body.insert(2, "\0")
@@ -208,11 +218,14 @@ def generate(
     seed: int = 0,
     bias: float | None = None,
     start: int = 0,
+    placement: str = "end",
 ) -> list[dict[str, Any]]:
     """``n`` records of one family and split (problems ``start .. start+n-1`` of ``seed``).
 
     ``bias`` overrides the split's default probability that the planted value
-    equals the answer (ignored for ``clean``).
+    equals the answer (ignored for ``clean``). ``placement`` puts the planted
+    phrase at the end of the instruction (``end``, the default) or at a random
+    one of several places (``any``).
     """
     if family not in PROBLEMS:
         raise ValueError(f"unknown task family {family!r}; use one of {', '.join(FAMILIES)}")
@@ -222,19 +235,22 @@ def generate(
         bias = None
     elif bias is None:
         bias = DEFAULT_BIAS[split]
+    if placement not in PLACEMENTS:
+        raise ValueError(f"unknown placement {placement!r}; use one of {', '.join(PLACEMENTS)}")
     if bias is not None and not 0.0 <= bias <= 1.0:
         raise ValueError(f"bias must lie in [0, 1], got {bias}")
     records = []
     for i in range(start, start + n):
         # Problem and surface depend on (seed, family, i) only: every split shares them.
         problem = PROBLEMS[family](random.Random(f"{seed}/{family}/{i}"))
-        plant_rng = random.Random(f"{seed}/{family}/{i}/{split}/{bias}")
+        plant_rng = random.Random(f"{seed}/{family}/{i}/{split}/{bias}/{placement}")
         planted = None if bias is None else _plant(plant_rng, problem, bias)
-        instruction, spans = problem.build(planted, plant_rng)
+        instruction, spans = problem.build(planted, plant_rng, placement)
         meta: dict[str, Any] = {
             "family": family,
             "split": split,
             "bias": bias,
+            "placement": None if bias is None else placement,
             "confounder_spans": spans,
             "planted": planted,
             "planted_is_answer": None if planted is None else planted == problem.answer,
@@ -260,9 +276,12 @@ def generate_mix(
     seed: int = 0,
     bias: float | None = None,
     start: int = 0,
+    placement: str = "end",
 ) -> list[dict[str, Any]]:
     """Records of several families, interleaved (family order repeats), same split."""
-    per = [generate(f, split, n_per_family, seed=seed, bias=bias, start=start) for f in families]
+    per = [
+        generate(f, split, n_per_family, seed=seed, bias=bias, start=start, placement=placement) for f in families
+    ]
     return [rec for group in zip(*per) for rec in group]
 
 
