@@ -14,7 +14,7 @@ Splits (the bias knob is ``bias`` = probability that the planted value equals
 the answer; otherwise it is drawn from plausible wrong values):
 
 * ``clean``          -- no planted text at all;
-* ``confounded``     -- planted value = answer with probability 0.9 (default);
+* ``confounded``     -- planted value = answer with probability 0.95 (default);
 * ``counterfactual`` -- bias 0.0: the planted value never equals the answer.
 
 The planted phrase sits at the end of the instruction by default
@@ -43,7 +43,7 @@ from typing import Any
 
 FAMILIES = ("arith", "lookup", "code")
 SPLITS = ("clean", "confounded", "counterfactual")
-DEFAULT_BIAS = {"clean": None, "confounded": 0.9, "counterfactual": 0.0}
+DEFAULT_BIAS = {"clean": None, "confounded": 0.95, "counterfactual": 0.0}
 PLACEMENTS = ("end", "any")
 ANSWER_PREFIX = "The answer is "
 
