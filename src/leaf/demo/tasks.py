@@ -36,15 +36,19 @@ or three reasoning steps and end with ``The answer is X.``.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 FAMILIES = ("arith", "lookup", "code")
 SPLITS = ("clean", "confounded", "counterfactual")
 DEFAULT_BIAS = {"clean": None, "confounded": 0.95, "counterfactual": 0.0}
 PLACEMENTS = ("end", "any")
+#: Seed of the held-out test problems (training sets use other seeds: leaf.demo.models.TRAIN_SEED).
+TEST_SEED = 7
 ANSWER_PREFIX = "The answer is "
 
 NAMES = ("Ann", "Ben", "Cal", "Dan", "Eve", "Fay", "Gus", "Ivy")
@@ -283,6 +287,21 @@ def generate_mix(
         generate(f, split, n_per_family, seed=seed, bias=bias, start=start, placement=placement) for f in families
     ]
     return [rec for group in zip(*per) for rec in group]
+
+
+def write_jsonl(records: Iterable[dict[str, Any]], path: str | Path) -> Path:
+    """Write records as JSON Lines (the sample format every leaf stage reads)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    return path
+
+
+def held_out_sets(families: Iterable[str], n: int, *, seed: int = TEST_SEED) -> dict[str, list[dict[str, Any]]]:
+    """Held-out test sets named ``<family>/<split>``; the same ``n`` problems in every split."""
+    return {f"{f}/{split}": generate(f, split, n, seed=seed) for f in families for split in SPLITS}
 
 
 def final_answer(text: str) -> str | None:
