@@ -108,12 +108,10 @@ def _arith(rng: random.Random) -> Problem:
     name, friend = rng.sample(NAMES, 2)
     obj = rng.choice(OBJECTS)
     a, op, b, result = _operands(rng)
-    verb = "buys" if op == "+" else "gives away"
-    step2 = f"{name} {verb} {b}{' more' if op == '+' else ''}, so {a} {op} {b} = {result}."
-    more = " more" if op == "+" else ""
-    facts = [f"{name} has {a} {obj}.", f"{name} {verb} {b}{more}."]
+    change = f"{name} buys {b} more" if op == "+" else f"{name} gives away {b}"
+    facts = [f"{name} has {a} {obj}.", f"{change}."]
     question = f"How many {obj} does {name} have now?"
-    response = f"{name} starts with {a} {obj}. {step2} {ANSWER_PREFIX}{result}."
+    response = f"{name} starts with {a} {obj}. {change}, so {a} {op} {b} = {result}. {ANSWER_PREFIX}{result}."
     wrong = tuple(str(v) for v in range(max(0, result - 3), result + 4) if v != result)
 
     def build(planted: str | None, r: random.Random, placement: str) -> tuple[str, list[list[int]]]:
