@@ -18,9 +18,7 @@ from dataclasses import asdict
 
 from leaf.demo.greedy import accuracy
 from leaf.demo.models import QUICK, DemoModelsConfig, build
-from leaf.demo.tasks import SPLITS, generate
-
-TEST_SEED = 7  # the demo's test problems; training uses leaf.demo.models.TRAIN_SEED
+from leaf.demo.tasks import SPLITS, held_out_sets
 
 
 def main() -> int:
@@ -40,9 +38,10 @@ def main() -> int:
 
     t0 = time.perf_counter()
     rows = []
+    sets = held_out_sets(cfg.families, args.n)
     for family in cfg.families:
         for split in SPLITS:
-            recs = generate(family, split, args.n, seed=TEST_SEED)
+            recs = sets[f"{family}/{split}"]
             rows.append(
                 {
                     "family": family,

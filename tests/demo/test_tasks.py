@@ -8,7 +8,7 @@ import re
 import pytest
 
 from leaf.data.records import load_samples
-from leaf.demo.tasks import FAMILIES, SPLITS, final_answer, generate, generate_mix
+from leaf.demo.tasks import FAMILIES, SPLITS, TEST_SEED, final_answer, generate, generate_mix, held_out_sets, write_jsonl
 
 N = 2000
 
@@ -121,9 +121,9 @@ def test_final_answer_parses_the_last_answer():
 
 
 def test_records_load_as_samples(tmp_path):
-    path = tmp_path / "tasks.jsonl"
     recs = [r for split in SPLITS for r in generate_mix(FAMILIES, split, 20, seed=0)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    path = write_jsonl(recs, tmp_path / "sub" / "tasks.jsonl")
+    assert json.loads(path.read_text().splitlines()[5]) == recs[5]
     samples = load_samples(path)
     assert len(samples) == len(recs) == 180
     assert [s.meta["family"] for s in samples[:3]] == list(FAMILIES)
@@ -149,3 +149,13 @@ def test_placement_end_puts_the_planted_value_in_the_last_sentence_or_line(famil
     scattered = generate(family, "confounded", 200, seed=6, placement="any")
     tails = {len(r["instruction"]) - r["meta"]["confounder_spans"][0][1] <= 1 for r in scattered}
     assert tails == {True, False}  # "any" puts it at the end sometimes, elsewhere other times
+
+
+def test_held_out_sets_pair_the_splits_and_differ_from_training_seeds():
+    sets = held_out_sets(["arith", "code"], 10)
+    assert sorted(sets) == sorted(f"{f}/{s}" for f in ("arith", "code") for s in SPLITS)
+    assert [r["answer"] for r in sets["code/clean"]] == [r["answer"] for r in sets["code/counterfactual"]]
+    assert sets["arith/clean"] == generate("arith", "clean", 10, seed=TEST_SEED)
+    from leaf.demo.models import TOKENIZER_SEED, TRAIN_SEED
+
+    assert TEST_SEED not in (TRAIN_SEED, TRAIN_SEED + 1, TOKENIZER_SEED)

@@ -7,7 +7,7 @@ The premise of LeaF made real on the synthetic tasks of :mod:`leaf.demo.tasks`:
   the answer -- so it computes the answer and ignores planted text;
 * the **student** (smaller, fewer steps) learns from clean instructions plus
   the *confounded* distribution, where the planted value equals the answer
-  90 % of the time; copying the planted value is the cheap shortcut, so it
+  95 % of the time; copying the planted value is the cheap shortcut, so it
   solves clean instructions yet is misled when the planted value is wrong.
 
 Both are LLaMA-style causal LMs from :func:`leaf.tiny.build_model`, trained with
@@ -31,7 +31,7 @@ from typing import Any
 from leaf.demo.tasks import generate_mix
 
 #: Bump when the generator or the training recipe changes, to invalidate caches.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 
 # Seeds of the data sets: training data never shares problems with test data.
 TRAIN_SEED = 1000
@@ -59,11 +59,11 @@ class DemoModelsConfig:
 
     families: tuple[str, ...] = ("arith", "code")  # lookup: the tiny teacher does not learn it in budget
     n_train: int = 2000  # problems per family in each training split
-    bias: float = 0.9  # student's confounded split: P(planted value == answer)
+    bias: float = 0.95  # student's confounded split: P(planted value == answer)
     student_clean_share: float = 0.5  # share of clean instructions in the student's data
     vocab_size: int = 512
     teacher: ModelSpec = ModelSpec(hidden_size=64, num_layers=2, num_heads=4, steps=1000, batch_size=32, seed=1)
-    student: ModelSpec = ModelSpec(hidden_size=32, num_layers=2, num_heads=4, steps=800, batch_size=16, lr=5e-3, seed=2)
+    student: ModelSpec = ModelSpec(hidden_size=32, num_layers=2, num_heads=4, steps=700, batch_size=16, lr=5e-3, seed=2)
     seed: int = 0
 
     def key(self) -> str:

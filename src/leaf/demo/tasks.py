@@ -14,7 +14,7 @@ Splits (the bias knob is ``bias`` = probability that the planted value equals
 the answer; otherwise it is drawn from plausible wrong values):
 
 * ``clean``          -- no planted text at all;
-* ``confounded``     -- planted value = answer with probability 0.9 (default);
+* ``confounded``     -- planted value = answer with probability 0.95 (default);
 * ``counterfactual`` -- bias 0.0: the planted value never equals the answer.
 
 The planted phrase sits at the end of the instruction by default
@@ -36,15 +36,19 @@ or three reasoning steps and end with ``The answer is X.``.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 FAMILIES = ("arith", "lookup", "code")
 SPLITS = ("clean", "confounded", "counterfactual")
-DEFAULT_BIAS = {"clean": None, "confounded": 0.9, "counterfactual": 0.0}
+DEFAULT_BIAS = {"clean": None, "confounded": 0.95, "counterfactual": 0.0}
 PLACEMENTS = ("end", "any")
+#: Seed of the held-out test problems (training sets use other seeds: leaf.demo.models.TRAIN_SEED).
+TEST_SEED = 7
 ANSWER_PREFIX = "The answer is "
 
 NAMES = ("Ann", "Ben", "Cal", "Dan", "Eve", "Fay", "Gus", "Ivy")
@@ -104,12 +108,10 @@ def _arith(rng: random.Random) -> Problem:
     name, friend = rng.sample(NAMES, 2)
     obj = rng.choice(OBJECTS)
     a, op, b, result = _operands(rng)
-    verb = "buys" if op == "+" else "gives away"
-    step2 = f"{name} {verb} {b}{' more' if op == '+' else ''}, so {a} {op} {b} = {result}."
-    more = " more" if op == "+" else ""
-    facts = [f"{name} has {a} {obj}.", f"{name} {verb} {b}{more}."]
+    change = f"{name} buys {b} more" if op == "+" else f"{name} gives away {b}"
+    facts = [f"{name} has {a} {obj}.", f"{change}."]
     question = f"How many {obj} does {name} have now?"
-    response = f"{name} starts with {a} {obj}. {step2} {ANSWER_PREFIX}{result}."
+    response = f"{name} starts with {a} {obj}. {change}, so {a} {op} {b} = {result}. {ANSWER_PREFIX}{result}."
     wrong = tuple(str(v) for v in range(max(0, result - 3), result + 4) if v != result)
 
     def build(planted: str | None, r: random.Random, placement: str) -> tuple[str, list[list[int]]]:
@@ -283,6 +285,21 @@ def generate_mix(
         generate(f, split, n_per_family, seed=seed, bias=bias, start=start, placement=placement) for f in families
     ]
     return [rec for group in zip(*per) for rec in group]
+
+
+def write_jsonl(records: Iterable[dict[str, Any]], path: str | Path) -> Path:
+    """Write records as JSON Lines (the sample format every leaf stage reads)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    return path
+
+
+def held_out_sets(families: Iterable[str], n: int, *, seed: int = TEST_SEED) -> dict[str, list[dict[str, Any]]]:
+    """Held-out test sets named ``<family>/<split>``; the same ``n`` problems in every split."""
+    return {f"{f}/{split}": generate(f, split, n, seed=seed) for f in families for split in SPLITS}
 
 
 def final_answer(text: str) -> str | None:
