@@ -57,6 +57,7 @@ def test_data_mixes_follow_the_config():
     assert {r["meta"]["family"] for r in student} == set(TINY.families)
 
 
+@pytest.mark.slow
 def test_training_lowers_the_response_loss(tok):
     spec = M.ModelSpec(hidden_size=16, num_layers=1, num_heads=2, steps=30, batch_size=8, lr=1e-2, seed=0)
     model = M.build_model_for(tok, spec)
