@@ -23,6 +23,7 @@ later response segment, scores read on instruction + earlier segments).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -34,8 +35,13 @@ LOSS_CHUNK = 1024
 
 
 def _supports_logits_to_keep(model: Any) -> bool:
+    return _forward_takes_logits_to_keep(type(model))
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_takes_logits_to_keep(cls: type) -> bool:
     try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
+        return "logits_to_keep" in inspect.signature(cls.forward).parameters
     except (TypeError, ValueError):  # pragma: no cover - exotic wrappers
         return False
 
