@@ -74,9 +74,9 @@ class DemoConfig:
     out: Path = option(Path("leaf-demo"), help="output folder (results.json, table.md, report.html, seed-*/)")
     quick: bool = option(False, help="smoke run: tiny models and sets, one seed (about 2 minutes)")
     seeds: int | None = option(None, help="number of seeds (default 3; --quick: 1)")
-    n_train: int | None = option(None, help="distillation pool: problems per family (default 300; quick 80)")
-    n_test: int | None = option(None, help="test problems per family and split (default 100; quick 25)")
-    steps: int | None = option(None, help="optimiser steps of every distillation arm (default 150; quick 25)")
+    n_train: int | None = option(None, help="distillation pool: problems per family (default 500; quick 80)")
+    n_test: int | None = option(None, help="test problems per family and split (default 200; quick 25)")
+    steps: int | None = option(None, help="optimiser steps of every distillation arm (default 200; quick 25)")
     batch_size: int = option(16, help="examples per optimiser step (every arm)")
     learning_rate: float = option(1e-3, help="peak learning rate of every arm (tiny models want more than 1e-5)")
     lam: float = option(0.5, help="lambda of the LeaF arms (weight of L_kd; 1 - lambda on L_cd)", aliases=["--lambda"])
@@ -104,9 +104,9 @@ class DemoConfig:
         return replace(
             self,
             seeds=self.seeds or (1 if quick else 3),
-            n_train=self.n_train or (80 if quick else 300),
-            n_test=self.n_test or (25 if quick else 100),
-            steps=self.steps or (25 if quick else 150),
+            n_train=self.n_train or (80 if quick else 500),
+            n_test=self.n_test or (25 if quick else 200),
+            steps=self.steps or (25 if quick else 200),
             arms=self.arms or list(ARMS),
         )
 
