@@ -48,10 +48,13 @@ CF_SETS: dict[str, tuple[str, str, str]] = {
 }
 
 #: Arms: name -> counterfactual sets used (None: no training; "extra": compute-matched originals).
+#: ``kd_selected`` puts the *unpruned* selected samples in the counterfactual term: it separates
+#: what pruning does from what re-weighting the samples the student gets wrong does.
 ARMS: dict[str, Any] = {
     "pre_kd": None,
     "kd": [],
     "kd_extra": "extra",
+    "kd_selected": ["selected"],
     "leaf_instr": ["gradient"],
     "leaf_instr_resp": ["gradient", "gradient_response"],
     "leaf_random": ["random"],
@@ -148,6 +151,17 @@ def oracle_detections(gradient: list[dict[str, Any]], pool: dict[str, dict[str, 
     return out
 
 
+def selected_records(detections: list[dict[str, Any]], pool: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The analysed samples themselves, unpruned, in counterfactual-record form (a control)."""
+    out = []
+    for det in detections:
+        rec = pool[str(det["id"])]
+        out.append({**rec, "id": f"{det['id']}#orig", "source_id": det["id"], "removed": [], "strategy": "none",
+                    "level": "instruction", "method": "none", "intervention": "none", "loss_start": None,
+                    "verified": None})
+    return out
+
+
 def evaluate_model(path: Path | str, tests: dict[str, list[dict[str, Any]]], *, batch_size: int = 64,
                    max_new_tokens: int = 64) -> dict[str, Any]:
     """Greedy answers on each test split, checked by exact match of the final answer."""
@@ -233,7 +247,10 @@ def run_seed(seed: int, cfg: DemoConfig, models: Any, out: Path, timer: Timer) -
     needed = {s for arm in cfg.arms if isinstance(ARMS[arm], list) for s in ARMS[arm]}
     cf_counts: dict[str, int] = {}
     with timer("prune"):
-        for name in sorted(needed):
+        if "selected" in needed:
+            cf_counts["selected"] = len(_write(out / "cf_selected.jsonl", selected_records(gradient, by_id))
+                                        .read_text().splitlines())
+        for name in sorted(needed - {"selected"}):
             stem, strategy, intervention = CF_SETS[name]
             summary = prune(data=labelled, detections=out / f"{stem}.jsonl", out=out / f"cf_{name}.jsonl",
                             strategy=strategy, intervention=intervention, student=student, seed=seed)

@@ -1,0 +1,65 @@
+"""`leaf demo --quick` end to end: every stage runs and the results follow the documented schema."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from leaf.cli import main
+from leaf.demo.pipeline import ARMS, SPLITS, DemoConfig
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = main(["demo", "--quick", "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "### Accuracy (%)" in printed and "results:" in printed
+
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"config", "models", "seeds", "summary", "timings"}
+    assert results["config"]["quick"] is True and len(results["seeds"]) == 1
+    seed = results["seeds"][0]
+    assert set(seed) == {"seed", "counts", "counterfactuals", "accuracy", "detection", "attention"}
+    # every arm (and the teacher) evaluated on every test set, accuracies in [0, 1]
+    assert set(seed["accuracy"]) == {"teacher", *ARMS}
+    for acc in seed["accuracy"].values():
+        assert set(acc) == set(SPLITS) and all(0.0 <= v <= 1.0 for v in acc.values())
+    # label counts add up; detection is scored for each method and tau
+    counts = seed["counts"]
+    assert counts["student_wrong_teacher_right"] <= counts["pool"] - counts["student_correct"]
+    assert set(seed["detection"]) == {"gradient", "random", "ppl"}
+    for method in seed["detection"].values():
+        q = method["default"]
+        assert 0.0 <= q["precision"] <= 1.0 and 0.0 <= q["hit_rate"] <= 1.0
+        assert q["samples"] == counts["student_wrong_teacher_right"]
+    assert set(seed["detection"]["gradient"]["by_tau"]) == {"0.05", "0.1", "0.15", "0.2", "0.3"}
+    assert set(seed["attention"]) == {"pre_kd", "kd", "leaf_instr", "leaf_oracle", "leaf_resample", "teacher"}
+    assert all(seed["counterfactuals"][name] >= 0 for name in seed["counterfactuals"])
+    # summary: mean/std per arm and split
+    kd = results["summary"]["accuracy"]["kd"]["counterfactual"]
+    assert kd["n"] == 1 and kd["std"] == 0.0 and kd["mean"] == seed["accuracy"]["kd"]["counterfactual"]
+    # files a person looks at
+    assert (out / "table.md").read_text().startswith("### Accuracy (%)")
+    html = (out / "report.html").read_text()
+    assert "<html" in html and "leaf demo" in html
+    for name in ("detections.jsonl", "counterfactuals.jsonl", "eval/kd.json", "train-kd/metrics.jsonl",
+                 "analysis/attention.json"):
+        assert (out / "seed-0" / name).exists(), name
+
+    # resuming the finished run recomputes nothing and gives the same results
+    again = main(["demo", "--quick", "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
+    assert again == 0
+    resumed = json.loads((out / "results.json").read_text())
+    assert resumed["seeds"] == results["seeds"]
+    with pytest.raises(ValueError, match="other settings"):
+        from leaf.demo.pipeline import demo
+
+        demo(DemoConfig(out=out, quick=True, steps=3, cache_dir=tmp_path / "cache"))
+
+
+def test_unknown_arm_is_refused(capsys):
+    assert main(["demo", "--arms", "kd", "leaf_magic"]) == 2
+    assert "unknown arm(s) leaf_magic" in capsys.readouterr().err
