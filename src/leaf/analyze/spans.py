@@ -42,15 +42,9 @@ class SpanSample:
 
 def merge_spans(spans: Sequence[Sequence[int]]) -> list[Span]:
     """Sort ``[start, end)`` ranges and merge overlapping or touching ones; drop empty ones."""
-    out: list[list[int]] = []
-    for s, e in sorted((int(s), int(e)) for s, e in spans):
-        if e <= s:
-            continue
-        if out and s <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], e)
-        else:
-            out.append([s, e])
-    return [(s, e) for s, e in out]
+    from leaf.prune.text import merge_overlapping
+
+    return merge_overlapping((int(s), int(e)) for s, e in spans)
 
 
 def restore_original(pruned: str, removed: Sequence[dict[str, Any]]) -> str:

@@ -31,7 +31,7 @@ from typing import Any
 from leaf.demo.tasks import generate_mix
 
 #: Bump when the generator or the training recipe changes, to invalidate caches.
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4
 
 # Seeds of the data sets: training data never shares problems with test data.
 TRAIN_SEED = 1000
@@ -257,6 +257,7 @@ def build(
         model = build_model_for(tokenizer, spec)
         losses = train(model, tokenizer, data, spec)
         model.save_pretrained(root / role)
+        tokenizer.save_pretrained(root / role)  # each model folder loads on its own with from_pretrained
         timings[f"{role}_s"] = time.perf_counter() - t0
         history[role] = losses
         n_params = sum(p.numel() for p in model.parameters())

@@ -319,14 +319,6 @@ def _cached_eval(path: Path, name: str, model: Path | str, tests: dict[str, list
 # -- the whole demo ---------------------------------------------------------------------------
 
 
-def _tokenizer_beside_models(models: Any) -> None:
-    """Every stage loads a model folder with ``from_pretrained``: give each its tokenizer files."""
-    for model_dir in (Path(models.teacher_dir), Path(models.student_dir)):
-        for f in Path(models.tokenizer_dir).iterdir():
-            if f.is_file() and not (model_dir / f.name).exists():
-                shutil.copyfile(f, model_dir / f.name)
-
-
 def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and standard deviation over seeds of accuracies, detection quality and attention."""
     acc: dict[str, Any] = {}
@@ -392,7 +384,6 @@ def demo(config: DemoConfig | None = None, **kwargs: Any) -> dict[str, Any]:
     with timer("models"):
         models = build_models(QUICK if cfg.quick else DemoModelsConfig(), cache_dir=cfg.cache_dir,
                               log=lambda msg: log.info(msg))
-    _tokenizer_beside_models(models)
     per_seed = []
     assert cfg.seeds is not None
     for seed in range(cfg.seeds):
