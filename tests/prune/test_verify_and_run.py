@@ -17,10 +17,10 @@ def _rec(rid, instruction, answer, field="instruction"):
             "removed": [{"field": field, "start": 0, "end": 1, "text": "x"}], "verified": None}
 
 
-def answer_by_reading(role, instructions):
+def answer_by_reading(role, records):
     """A real answering rule: the teacher reads the last number; the student the first one."""
     out = []
-    for text in instructions:
+    for text in (r["instruction"] for r in records):
         nums = re.findall(r"\d+", text)
         pick = nums[-1] if role == "teacher" else nums[0]
         out.append(f"The answer is {pick}." if nums else "I do not know.")
@@ -110,7 +110,7 @@ def test_verify_needs_models(files, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_cli_verify_with_real_models_and_checker(files, tmp_path, capsys):
+def test_cli_verify_with_real_models_and_checker(files, tmp_path, capsys, monkeypatch):
     """Wiring of --verify: real generation and the exact checker (random tiny models answer wrongly)."""
     from leaf.tiny import build_model, build_tokenizer
 
@@ -126,3 +126,18 @@ def test_cli_verify_with_real_models_and_checker(files, tmp_path, capsys):
     summary = json.loads((tmp_path / "cf.jsonl.summary.json").read_text())
     assert summary["verified_dropped"] == 3 and summary["verified_kept"] == 0
     assert read_jsonl(out) == []
+    # the answers were kept on disk, one per record and role: a rerun resumes from them
+    answers = read_jsonl(tmp_path / "cf.jsonl.verify-student.jsonl")
+    assert sorted(r["id"] for r in answers) == ["a#s0", "a#s1", "b#s0"]
+    stamp = (tmp_path / "cf.jsonl.verify-teacher.jsonl").read_bytes()
+
+    import leaf.evaluate.generation as generation
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("a resumed --verify must not generate again")
+
+    monkeypatch.setattr(generation, "generate", no_generation)
+    assert main(["prune", "--data", str(data), "--detections", str(dets), "--out", str(out), "--verify",
+                 "--teacher", str(tmp_path / "teacher"), "--student", str(tmp_path / "student"),
+                 "--task", "exact", "--max-new-tokens", "4"]) == 0
+    assert (tmp_path / "cf.jsonl.verify-teacher.jsonl").read_bytes() == stamp

@@ -191,19 +191,25 @@ def _replacer(cfg: PruneConfig) -> Replacer | None:
 
 
 def _live_verifier(cfg: PruneConfig) -> tuple[Any, Any]:
-    """Generation with the real models and the task's checker."""
+    """Generation with the real models and the task's checker.
+
+    Answers are appended to ``OUT.verify-<role>.jsonl`` batch by batch, so an
+    interrupted ``--verify`` resumes without generating them again.
+    """
     from leaf.evaluate.checkers import get_checker
-    from leaf.evaluate.generation import generate
+    from leaf.evaluate.generation import generate_to_jsonl
     from leaf.models import load_model, load_tokenizer
 
     checker = get_checker(cfg.task)
-    loaded: dict[str, tuple[Any, Any]] = {}
+    out = Path(cfg.out)
 
-    def answer(role: str, instructions: list[str]) -> list[str]:
+    def answer(role: str, records: list[dict[str, Any]]) -> list[str]:
         path = cfg.teacher if role == "teacher" else cfg.student
-        if role not in loaded:
-            loaded[role] = (load_model(path, dtype=cfg.dtype, device=cfg.device), load_tokenizer(path))
-        model, tok = loaded[role]
-        return generate(model, tok, instructions, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+        assert path is not None
+        model, tok = load_model(path, dtype=cfg.dtype, device=cfg.device), load_tokenizer(path)
+        settings = {"model": path, "max_new_tokens": cfg.max_new_tokens, "dtype": cfg.dtype}
+        got = generate_to_jsonl(model, tok, records, out.with_name(f"{out.name}.verify-{role}.jsonl"),
+                                settings=settings, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+        return [got[str(r["id"])] for r in records]
 
     return answer, checker.check

@@ -18,8 +18,9 @@ from typing import Any
 
 from leaf.data.records import Sample
 
-#: ``answer(role, instructions) -> predictions`` for role "teacher" / "student".
-AnswerFn = Callable[[str, Sequence[str]], Sequence[str]]
+#: ``answer(role, records) -> predictions`` for role "teacher" / "student"; each record has
+#: ``id`` and ``instruction`` (ids let a live answerer resume from generations on disk).
+AnswerFn = Callable[[str, Sequence[dict[str, Any]]], Sequence[str]]
 #: ``check(prediction, sample) -> correct``.
 CheckFn = Callable[[str, Sample], bool]
 
@@ -41,7 +42,7 @@ def verify_records(
     """
     checkable = [r for r in records if any(x.get("field", "instruction") == "instruction" for x in r["removed"])]
     if checkable:
-        prompts = [r["instruction"] for r in checkable]
+        prompts = [{"id": r["id"], "instruction": r["instruction"]} for r in checkable]
         teacher = answer("teacher", prompts)
         student = answer("student", prompts)
         for rec, t, s in zip(checkable, teacher, student, strict=True):
