@@ -8,7 +8,7 @@ from leaf.config import add_config_arguments, resolve
 from leaf.prune.run import PruneConfig
 
 COMMAND = "prune"
-HELP = "build counterfactual samples by cutting the detected confounding spans (span or collective)"
+HELP = "build counterfactual samples from detections: delete (span or collective), mask or resample the confounders"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
