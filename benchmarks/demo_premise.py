@@ -55,7 +55,7 @@ def main() -> int:
     print(f"models: {built.root} ({'cached' if built.cached else 'built'}; build {build_s:.0f}s, "
           f"timings {', '.join(f'{k} {v:.0f}s' for k, v in built.timings.items())})")
     print(f"teacher {cfg.teacher}\nstudent {cfg.student}")
-    print(f"\n| family | split | teacher | student |\n|---|---|---|---|")
+    print("\n| family | split | teacher | student |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['family']} | {r['split']} | {100 * r['teacher']:.1f} | {100 * r['student']:.1f} |")
     print("\n| family | teacher cf >= 90 | student clean - cf (pts) | premise |\n|---|---|---|---|")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from leaf.config import build, option, to_dict
-from leaf.data.jsonl import ResumableJsonl, dumps, meta_path
+from leaf.data.jsonl import ResumableJsonl, dumps
 from leaf.data.records import id_key, load_samples, select_samples
 from leaf.data.records import Sample
 from leaf.detect.methods import METHODS
@@ -196,4 +196,4 @@ def _write_skipped(out: Path, skipped: list[tuple[Any, str]]) -> None:
         path.unlink(missing_ok=True)
 
 
-__all__ = ["DetectConfig", "DetectSummary", "detect", "meta_path"]
+__all__ = ["DetectConfig", "DetectSummary", "detect"]

@@ -46,6 +46,20 @@ def _forward_takes_logits_to_keep(cls: type) -> bool:
         return False
 
 
+def _predicting_range(target_mask: torch.Tensor) -> tuple[int, int]:
+    """``[lo, hi)`` of the positions whose logits predict a target (logits at p predict token p + 1)."""
+    predicting = target_mask[:, 1:].any(0).nonzero().squeeze(1)
+    return int(predicting.min()), int(predicting.max()) + 1
+
+
+def _logits_between(model: Any, lo: int, hi: int, **inputs: Any) -> torch.Tensor:
+    """Logits at positions ``[lo, hi)`` only, through ``logits_to_keep`` where the model has it."""
+    if _supports_logits_to_keep(model):
+        device = model.get_input_embeddings().weight.device
+        return model(**inputs, use_cache=False, logits_to_keep=torch.arange(lo, hi, device=device)).logits
+    return model(**inputs, use_cache=False).logits[:, lo:hi]
+
+
 def embedding_saliency(
     model: Any,
     input_ids: torch.Tensor,
@@ -78,15 +92,8 @@ def embedding_saliency(
 
     with torch.enable_grad():
         embeds = model.get_input_embeddings()(input_ids).detach().requires_grad_(True)
-        # Logits at position p predict token p + 1: keep only the span that predicts targets.
-        predicting = target_mask[:, 1:].any(0).nonzero().squeeze(1)
-        lo, hi = int(predicting.min()), int(predicting.max()) + 1
-        kwargs: dict[str, Any] = {"inputs_embeds": embeds, "attention_mask": attention_mask, "use_cache": False}
-        if _supports_logits_to_keep(model):
-            kwargs["logits_to_keep"] = torch.arange(lo, hi, device=device)
-            logits = model(**kwargs).logits
-        else:
-            logits = model(**kwargs).logits[:, lo:hi]
+        lo, hi = _predicting_range(target_mask)
+        logits = _logits_between(model, lo, hi, inputs_embeds=embeds, attention_mask=attention_mask)
         targets = input_ids[:, lo + 1 : hi + 1]
         mask = target_mask[:, lo + 1 : hi + 1]
         nll_sum = torch.zeros(input_ids.shape[0], device=device, dtype=torch.float32)
@@ -131,14 +138,8 @@ def token_surprisal(model: Any, input_ids: torch.Tensor, attention_mask: torch.T
     out = torch.zeros(input_ids.shape, dtype=torch.float32, device=device)
     if not positions.any():
         return out.cpu()
-    predicting = positions[:, 1:].any(0).nonzero().squeeze(1)
-    lo, hi = int(predicting.min()), int(predicting.max()) + 1
-    kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
-    if _supports_logits_to_keep(model):
-        kwargs["logits_to_keep"] = torch.arange(lo, hi, device=device)
-        logits = model(**kwargs).logits
-    else:
-        logits = model(**kwargs).logits[:, lo:hi]
+    lo, hi = _predicting_range(positions)
+    logits = _logits_between(model, lo, hi, input_ids=input_ids, attention_mask=attention_mask)
     for s in range(0, hi - lo, LOSS_CHUNK):
         chunk = logits[:, s : s + LOSS_CHUNK].float()
         nll = F.cross_entropy(chunk.transpose(1, 2), input_ids[:, lo + 1 + s : lo + 1 + s + chunk.shape[1]],
