@@ -37,16 +37,9 @@ def samples_file(tmp_path):
 
 def test_evaluate_generates_scores_and_resumes(tmp_path, tiny_dir, samples_file):
     out = tmp_path / "res.json"
-    res = evaluate(
-        model=str(tiny_dir),
-        benchmark=[str(samples_file)],
-        task="exact",
-        out=out,
-        max_new_tokens=8,
-        batch_size=2,
-        dtype="float32",
-        device="cpu",
-    )
+    options = dict(model=str(tiny_dir), benchmark=[str(samples_file)], task="exact", out=out, max_new_tokens=8,
+                   batch_size=2, dtype="float32", device="cpu")
+    res = evaluate(**options)
     b = res["benchmarks"]["demo"]
     assert b["total"] == 5 and b["task"] == "exact"
     # the generations are exactly what generate() gives, and the scores are what the checker says about them
@@ -64,16 +57,7 @@ def test_evaluate_generates_scores_and_resumes(tmp_path, tiny_dir, samples_file)
     assert on_disk["model"] == str(tiny_dir) and on_disk["benchmarks"]["demo"] == b
     # resume: nothing new to generate, same results
     mtime = generations_path(out, "demo").stat().st_mtime_ns
-    again = evaluate(
-        model=str(tiny_dir),
-        benchmark=[str(samples_file)],
-        task="exact",
-        out=out,
-        max_new_tokens=8,
-        batch_size=2,
-        dtype="float32",
-        device="cpu",
-    )
+    again = evaluate(**options)
     assert again["benchmarks"]["demo"] == b
     assert generations_path(out, "demo").stat().st_mtime_ns == mtime
 

@@ -248,8 +248,9 @@ def run_seed(seed: int, cfg: DemoConfig, models: Any, out: Path, timer: Timer) -
     cf_counts: dict[str, int] = {}
     with timer("prune"):
         if "selected" in needed:
-            cf_counts["selected"] = len(_write(out / "cf_selected.jsonl", selected_records(gradient, by_id))
-                                        .read_text().splitlines())
+            selected = selected_records(gradient, by_id)
+            _write(out / "cf_selected.jsonl", selected)
+            cf_counts["selected"] = len(selected)
         for name in sorted(needed - {"selected"}):
             stem, strategy, intervention = CF_SETS[name]
             summary = prune(data=labelled, detections=out / f"{stem}.jsonl", out=out / f"cf_{name}.jsonl",
