@@ -2,9 +2,12 @@
 
 ``name_or_path`` is a local directory (``save_pretrained`` output) or a hub id;
 nothing else is special-cased. ``dtype`` is ``float32``, ``bfloat16``,
-``float16`` or ``auto``; ``device`` a torch device string; ``device_map`` (e.g.
-``"auto"``) places a model too large for one device across several, through
-accelerate, and then ``device`` is ignored.
+``float16`` or ``auto`` (bfloat16 on a CUDA device that has it, else
+float32); ``device`` a torch device string or ``auto`` (``cuda`` when present,
+else ``cpu``); ``device_map`` (e.g. ``"auto"``) places a model too large for
+one device across several, through accelerate, and then ``device`` is ignored.
+Every command shares these meanings, so ``--device`` and ``--dtype`` read the
+same everywhere.
 """
 
 from __future__ import annotations
@@ -14,11 +17,29 @@ from typing import Any
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
-def torch_dtype(name: str) -> Any:
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is present, else ``cpu``; any other name unchanged."""
+    if name != "auto":
+        return name
     import torch
 
-    if name == "auto":
-        return "auto"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(name: str, device: str = "auto") -> str:
+    """``auto`` -> ``bfloat16`` on a CUDA device that supports it, else ``float32``."""
+    if name != "auto":
+        return name
+    import torch
+
+    on_cuda = resolve_device(device).startswith("cuda") and torch.cuda.is_available()
+    return "bfloat16" if on_cuda and torch.cuda.is_bf16_supported() else "float32"
+
+
+def torch_dtype(name: str, device: str = "auto") -> Any:
+    import torch
+
+    name = resolve_dtype(name, device)
     try:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
     except KeyError:
@@ -40,8 +61,8 @@ def load_tokenizer(name_or_path: str) -> Any:
 def load_model(
     name_or_path: str,
     *,
-    dtype: str = "float32",
-    device: str = "cpu",
+    dtype: str = "auto",
+    device: str = "auto",
     device_map: str | dict[str, Any] | None = None,
     attn_implementation: str | None = None,
     trainable: bool = False,
@@ -49,7 +70,8 @@ def load_model(
     """A causal LM in eval mode; frozen (``requires_grad=False``) unless ``trainable``."""
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype)}
+    device = resolve_device(device)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype, device)}
     if device_map is not None:
         kwargs["device_map"] = device_map
     if attn_implementation:

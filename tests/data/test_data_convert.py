@@ -10,10 +10,10 @@ import pytest
 from leaf.cli import main
 from leaf.data.convert import convert, parse_fields
 from leaf.data.records import DataError, load_samples
-from leaf.evaluate.checkers import get_checker
+from leaf.checkers import get_checker
 
 FIX = Path(__file__).parent / "fixtures"
-BENCH = Path(__file__).parent.parent / "evaluate" / "fixtures" / "benchmarks"
+BENCH = FIX / "benchmarks"
 
 
 def test_numinamath(tmp_path):

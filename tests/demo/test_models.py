@@ -8,7 +8,7 @@ import pytest
 
 from leaf.demo import models as M
 from leaf.demo.greedy import accuracy
-from leaf.evaluate.generation import generate
+from leaf.generation import generate
 from leaf.demo.tasks import final_answer
 from leaf.demo.tasks import generate as make_tasks
 

@@ -8,8 +8,8 @@ import pytest
 
 from leaf.cli import main
 from leaf.data.jsonl import read_jsonl
-from leaf.evaluate.checkers import get_checker
-from leaf.evaluate.generation import generate
+from leaf.checkers import get_checker
+from leaf.generation import generate
 from leaf.evaluate.run import compare_table, evaluate, generations_path
 from leaf.models import load_model, load_tokenizer
 from leaf.tiny import build_model
@@ -82,7 +82,7 @@ def test_score_predictions(tmp_path):
 def test_score_predictions_against_a_benchmark(tmp_path):
     from pathlib import Path
 
-    fix = Path(__file__).parent / "fixtures" / "benchmarks" / "hotpot_dev_distractor_v1.json"
+    fix = Path(__file__).parent.parent / "data" / "fixtures" / "benchmarks" / "hotpot_dev_distractor_v1.json"
     preds = tmp_path / "p.jsonl"
     preds.write_text(
         json.dumps({"id": "5a8b57f25542995d1e6f1371", "prediction": "Both are American. The answer is yes."})

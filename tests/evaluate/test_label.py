@@ -8,7 +8,7 @@ import pytest
 
 from leaf.cli import main
 from leaf.data.records import DataError, load_samples, select_samples
-from leaf.evaluate.generation import generate
+from leaf.generation import generate
 from leaf.evaluate.label import label
 from leaf.models import load_model, load_tokenizer
 from leaf.tiny import build_model
@@ -68,7 +68,7 @@ def test_label_marks_teacher_and_student(tmp_path, pair):
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["teacher_generation"] for r in rows] == t_gen
     assert [r["student_generation"] for r in rows] == s_gen
-    from leaf.evaluate.checkers.exact import normalize
+    from leaf.checkers.exact import normalize
 
     for r, t, s in zip(rows, t_gen, s_gen):
         assert r["teacher_correct"] == (normalize(t) == normalize(r["answer"]))

@@ -131,7 +131,7 @@ def test_cli_verify_with_real_models_and_checker(files, tmp_path, capsys, monkey
     assert sorted(r["id"] for r in answers) == ["a#s0", "a#s1", "b#s0"]
     stamp = (tmp_path / "cf.jsonl.verify-teacher.jsonl").read_bytes()
 
-    import leaf.evaluate.generation as generation
+    import leaf.generation as generation
 
     def no_generation(*args, **kwargs):
         raise AssertionError("a resumed --verify must not generate again")

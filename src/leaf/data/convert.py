@@ -44,7 +44,7 @@ class Corpus:
 
 
 def _numina(r: dict[str, Any]) -> dict[str, Any]:
-    from leaf.evaluate.checkers.math import last_boxed
+    from leaf.data.answers import last_boxed
 
     out: dict[str, Any] = {"instruction": r["problem"], "response": r["solution"]}
     boxed = last_boxed(str(r["solution"]))
@@ -74,7 +74,7 @@ def _acecode(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def _hotpot(r: dict[str, Any]) -> dict[str, Any]:
-    from leaf.evaluate.benchmarks import _hotpot as hotpot_sample
+    from leaf.data.benchmarks import hotpot_sample
 
     s = hotpot_sample(r, 0)
     return {"id": s.id, "instruction": s.instruction, "response": s.response, "answer": s.answer, "meta": s.meta}
@@ -127,7 +127,7 @@ def _records(
     dataset: str, split: str | None, subset: str | None
 ) -> tuple[Corpus | None, Iterable[dict[str, Any]], str]:
     """(known corpus or None, raw records, where they came from)."""
-    from leaf.evaluate.benchmarks import read_records
+    from leaf.data.benchmarks import read_records
 
     name, _, path = dataset.partition("=")
     key = ALIASES.get(name.lower(), name.lower())

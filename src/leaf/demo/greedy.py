@@ -11,9 +11,9 @@ from leaf.demo.tasks import final_answer
 def accuracy(model: Any, tokenizer: Any, records: Sequence[dict[str, Any]], **kwargs: Any) -> float:
     """Share of records whose greedy completion ends in ``The answer is <answer>.``.
 
-    ``kwargs`` go to :func:`leaf.evaluate.generation.generate` (e.g. ``max_new_tokens``, ``batch_size``).
+    ``kwargs`` go to :func:`leaf.generation.generate` (e.g. ``max_new_tokens``, ``batch_size``).
     """
-    from leaf.evaluate.generation import generate
+    from leaf.generation import generate
 
     if not records:
         return float("nan")

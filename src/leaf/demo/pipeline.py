@@ -166,8 +166,8 @@ def evaluate_model(path: Path | str, tests: dict[str, list[dict[str, Any]]], *, 
                    max_new_tokens: int = 64) -> dict[str, Any]:
     """Greedy answers on each test split, checked by exact match of the final answer."""
     from leaf.data.records import Sample
-    from leaf.evaluate.checkers import get_checker
-    from leaf.evaluate.generation import generate
+    from leaf.checkers import get_checker
+    from leaf.generation import generate
     from leaf.models import load_model, load_tokenizer
 
     model, tok = load_model(str(path)), load_tokenizer(str(path))

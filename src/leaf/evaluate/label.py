@@ -1,7 +1,7 @@
 """``leaf label``: mark which samples the teacher and the student get right.
 
 For every sample, the teacher and the student each answer the instruction
-(:func:`leaf.evaluate.generation.generate`, greedy by default) and the task's
+(:func:`leaf.generation.generate`, greedy by default) and the task's
 checker judges the answer. The output is the input records with four fields
 added (or replaced):
 
@@ -57,7 +57,7 @@ class LabelConfig:
 
 def _ungradable(samples: list[Sample], task: str, where: Path) -> dict[str, str]:
     """``{id: problem}`` for the samples the task's checker cannot judge (no gold answer / tests)."""
-    from leaf.evaluate.checkers.math import MathChecker
+    from leaf.checkers.math import MathChecker
 
     problems = {}
     for s in samples:
@@ -79,9 +79,8 @@ def _ungradable(samples: list[Sample], task: str, where: Path) -> dict[str, str]
 def label(config: LabelConfig | None = None, **kwargs: Any) -> list[dict[str, Any]]:
     """Label every sample of ``config.data``; return the labelled records (also written to ``config.out``)."""
     from leaf.data.jsonl import ResumableJsonl, read_jsonl
-    from leaf.evaluate.checkers import get_checker
-    from leaf.evaluate.generation import generate_to_jsonl, load_generator
-    from leaf.evaluate.run import _device
+    from leaf.checkers import get_checker
+    from leaf.generation import generate_to_jsonl, load_generator
 
     cfg = config if config is not None else build(LabelConfig, kwargs, "label()")
     samples = load_samples(cfg.data)
@@ -108,7 +107,7 @@ def label(config: LabelConfig | None = None, **kwargs: Any) -> list[dict[str, An
         if not todo:
             break
         name = getattr(cfg, role)
-        model, tok = load_generator(name, backend=cfg.backend, dtype=cfg.dtype, device=_device(cfg.device))
+        model, tok = load_generator(name, backend=cfg.backend, dtype=cfg.dtype, device=cfg.device)
         gens[role] = generate_to_jsonl(
             model,
             tok,

@@ -93,7 +93,7 @@ def score(
     code_timeout: float = 10.0,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """``(summary, records)`` for the samples that have a prediction (others count as wrong)."""
-    from leaf.evaluate.checkers import get_checker
+    from leaf.checkers import get_checker
 
     checker: Any = get_checker(task, timeout=code_timeout) if task == "code" else get_checker(task)
     preds = [predictions.get(id_key(s.id)) for s in samples]
@@ -185,14 +185,6 @@ def _samples_from_predictions(rows: list[dict[str, Any]]) -> list[Sample]:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def generations_path(out: Path, benchmark: str) -> Path:
     return out.parent / f"{out.stem}.generations" / f"{benchmark}.jsonl"
 
@@ -230,7 +222,7 @@ def _load_existing(out: Path, model: str) -> dict[str, Any]:
 
 
 def _score_predictions(cfg: EvaluateConfig) -> tuple[str, str, dict[str, Any], list[dict[str, Any]]]:
-    from leaf.evaluate.benchmarks import load_benchmark
+    from leaf.data.benchmarks import load_benchmark
 
     assert cfg.predictions is not None
     rows = read_predictions(cfg.predictions)
@@ -252,14 +244,14 @@ def _score_predictions(cfg: EvaluateConfig) -> tuple[str, str, dict[str, Any], l
 
 
 def _generate_and_score(cfg: EvaluateConfig, results: dict[str, Any]) -> None:
-    from leaf.evaluate.benchmarks import BENCHMARKS, load_benchmark
-    from leaf.evaluate.generation import generate_to_jsonl, load_generator
+    from leaf.data.benchmarks import BENCHMARKS, load_benchmark
+    from leaf.generation import generate_to_jsonl, load_generator
 
     assert cfg.model is not None and cfg.out is not None
     loaded = [
         load_benchmark(spec, task=cfg.task, limit=cfg.limit) for spec in cfg.benchmark
     ]  # fail before loading a model
-    model, tok = load_generator(cfg.model, backend=cfg.backend, dtype=cfg.dtype, device=_device(cfg.device))
+    model, tok = load_generator(cfg.model, backend=cfg.backend, dtype=cfg.dtype, device=cfg.device)
     for name, task, samples in loaded:
         budget = cfg.max_new_tokens or (BENCHMARKS[name].max_new_tokens if name in BENCHMARKS else 1024)
         settings = {
@@ -298,7 +290,7 @@ def _generate_and_score(cfg: EvaluateConfig, results: dict[str, Any]) -> None:
 
 def compare_table(paths: Sequence[str | Path]) -> str:
     """A Markdown table: rows = results files (models), columns = benchmarks (paper order), averages in %."""
-    from leaf.evaluate.benchmarks import DISPLAY, PAPER_ORDER
+    from leaf.data.benchmarks import DISPLAY, PAPER_ORDER
 
     runs: list[tuple[str, Path, dict[str, Any]]] = []
     for p in paths:

@@ -196,8 +196,8 @@ def _live_verifier(cfg: PruneConfig) -> tuple[Any, Any]:
     Answers are appended to ``OUT.verify-<role>.jsonl`` batch by batch, so an
     interrupted ``--verify`` resumes without generating them again.
     """
-    from leaf.evaluate.checkers import get_checker
-    from leaf.evaluate.generation import generate_to_jsonl
+    from leaf.checkers import get_checker
+    from leaf.generation import generate_to_jsonl
     from leaf.models import load_model, load_tokenizer
 
     checker = get_checker(cfg.task)

@@ -3,8 +3,8 @@
 The paper validates each counterfactual by answering the pruned instruction
 with both models. :func:`verify_records` takes the two pieces it needs as
 plain callables, so the rule is testable on its own and the CLI plugs in real
-generation (:func:`leaf.evaluate.generation.generate`) and a task checker
-(:func:`leaf.evaluate.checkers.get_checker`).
+generation (:func:`leaf.generation.generate`) and a task checker
+(:func:`leaf.checkers.get_checker`).
 
 Records whose instruction is unchanged (a response-level pruning that cut only
 earlier response text) cannot be checked by answering the instruction; they

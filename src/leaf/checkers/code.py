@@ -19,7 +19,7 @@ The candidate is taken from the generation (:func:`extract_code`): the fenced
 code block that defines the entry point (else the longest block; an unclosed
 final block counts), or the raw text when there is no fence. The program is
 ``prompt + candidate + tests`` and passes when it exits with status 0 within the
-time limit (see :mod:`leaf.evaluate.checkers.sandbox` for the containment).
+time limit (see :mod:`leaf.checkers.sandbox` for the containment).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import json
 import re
 from typing import Any
 
-from leaf.evaluate.checkers.sandbox import RunResult, run_python
+from leaf.checkers.sandbox import RunResult, run_python
 
 _FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 

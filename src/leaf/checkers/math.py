@@ -24,34 +24,14 @@ import re
 import threading
 from typing import Any
 
+from leaf.data.answers import last_boxed
+
 log = logging.getLogger(__name__)
 
-_BOX = re.compile(r"\\(?:boxed|fbox)\s*(\{)?")
 _HASH = re.compile(r"####\s*(.+)")
 _ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*(?:[:=]\s*)?", re.IGNORECASE)
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _NUMBER_UNIT = re.compile(r"^(-?\d+(?:\.\d+)?)\s+[A-Za-z][A-Za-z ]*$")
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (balanced braces) or ``\\boxed x``; None if absent."""
-    found = None
-    for m in _BOX.finditer(text):
-        if m.group(1) is None:  # "\boxed 5": up to the next space or "$"
-            rest = re.match(r"[^\s$]+", text[m.end() :])
-            if rest:
-                found = rest.group(0)
-            continue
-        depth, i = 1, m.end()
-        while i < len(text) and depth:
-            if text[i] == "{":
-                depth += 1
-            elif text[i] == "}":
-                depth -= 1
-            i += 1
-        if depth == 0:
-            found = text[m.end() : i - 1]
-    return found
 
 
 def clean_answer(ans: str) -> str:

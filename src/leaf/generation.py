@@ -65,8 +65,8 @@ def load_generator(
     name_or_path: str,
     *,
     backend: str = "auto",
-    dtype: str = "bfloat16",
-    device: str = "cpu",
+    dtype: str = "auto",
+    device: str = "auto",
     max_model_len: int | None = None,
 ) -> tuple[Any, Any]:
     """(model, tokenizer) for :func:`generate`: a ``vllm.LLM`` or a transformers model.

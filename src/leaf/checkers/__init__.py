@@ -27,19 +27,19 @@ TASKS = ("math", "code", "qa", "exact")
 def get_checker(task: str, **options: Any) -> Checker:
     """The checker for ``task`` (one of :data:`TASKS`); ``options`` go to its constructor."""
     if task == "math":
-        from leaf.evaluate.checkers.math import MathChecker
+        from leaf.checkers.math import MathChecker
 
         return MathChecker(**options)
     if task == "code":
-        from leaf.evaluate.checkers.code import CodeChecker
+        from leaf.checkers.code import CodeChecker
 
         return CodeChecker(**options)
     if task == "qa":
-        from leaf.evaluate.checkers.qa import QAChecker
+        from leaf.checkers.qa import QAChecker
 
         return QAChecker(**options)
     if task == "exact":
-        from leaf.evaluate.checkers.exact import ExactChecker
+        from leaf.checkers.exact import ExactChecker
 
         return ExactChecker(**options)
     raise ValueError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")

@@ -200,7 +200,7 @@ def _format_passages(passages: list[tuple[str, str]]) -> str:
     return "\n\n".join(f"[{k + 1}] {title}: {text.strip()}" for k, (title, text) in enumerate(passages))
 
 
-def _hotpot(r: dict[str, Any], i: int) -> Sample:
+def hotpot_sample(r: dict[str, Any], i: int) -> Sample:
     passages = _passages_hotpot(r["context"])
     meta: dict[str, Any] = {k: r[k] for k in ("type", "level") if k in r}
     return Sample(
@@ -236,8 +236,8 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("humaneval-plus", "code", _humaneval, "evalplus/humanevalplus", None, "test", 1024),
         Benchmark("leetcode", "code", _leetcode, "newfacade/LeetCodeDataset", None, "test", 1024),
         Benchmark("livecodebench", "code", _livecodebench, "livecodebench/code_generation_lite", None, "test", 2048),
-        Benchmark("hotpotqa", "qa", _hotpot, "hotpotqa/hotpot_qa", "distractor", "validation", 512),
-        Benchmark("2wikimultihopqa", "qa", _hotpot, "framolfese/2WikiMultihopQA", None, "validation", 512),
+        Benchmark("hotpotqa", "qa", hotpot_sample, "hotpotqa/hotpot_qa", "distractor", "validation", 512),
+        Benchmark("2wikimultihopqa", "qa", hotpot_sample, "framolfese/2WikiMultihopQA", None, "validation", 512),
         Benchmark("musique", "qa", _musique, "dgslibisey/MuSiQue", None, "validation", 512),
     )
 }
