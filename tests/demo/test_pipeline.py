@@ -1,10 +1,13 @@
-"""`leaf demo --quick` end to end: every stage runs and the results follow the documented schema."""
+"""`leaf demo --quick` end to end: every stage runs, the results follow the documented schema, the
+premise and the method-level facts hold, and every number and result file equals the recorded run."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+from golden import digest
 
 from leaf.cli import main
 from leaf.demo.pipeline import ARMS, SPLITS, DemoConfig
@@ -48,6 +51,18 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     for name in ("detections.jsonl", "counterfactuals.jsonl", "eval/kd.json", "train-kd/metrics.jsonl",
                  "analysis/attention.json"):
         assert (out / "seed-0" / name).exists(), name
+
+    # the benchmark's premise: the teacher is right where the student is misled
+    acc = seed["accuracy"]
+    assert acc["teacher"]["counterfactual"] >= acc["pre_kd"]["counterfactual"] + 0.3
+    # detection finds the planted spans far better than chance
+    assert seed["detection"]["gradient"]["default"]["hit_rate"] > seed["detection"]["random"]["default"]["hit_rate"] + 0.3
+    # every number and every result file is the one recorded before (tests/demo/golden.py says what is compared)
+    golden = json.loads((Path(__file__).parent / "golden_quick.json").read_text())
+    got = json.loads(json.dumps(digest(out, tmp_path / "cache"), sort_keys=True))
+    assert got["seeds"] == golden["seeds"] and got["summary"] == golden["summary"]
+    changed = sorted(k for k in set(golden["files"]) | set(got["files"]) if golden["files"].get(k) != got["files"].get(k))
+    assert not changed, f"result files differ from the recorded run: {changed}"
 
     # resuming the finished run recomputes nothing and gives the same results
     again = main(["demo", "--quick", "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
