@@ -9,13 +9,22 @@ its help text (and optional CLI aliases / choices). From that single definition
 * :func:`resolve` merges defaults < YAML < explicit CLI flags into an instance.
 
 The Python API takes the dataclass itself (or keyword arguments of the same
-names), so the three ways of configuring a run cannot drift apart.
+names), so the three ways of configuring a run cannot drift apart. Every stage
+function calls :func:`make`, which gives them one contract: a config *or*
+keyword arguments, both checked the same way (types, choices, ranges, finite
+numbers, the class's own ``validate``), unknown names refused.
+
+Aliases (``option(aliases=["output_dir"])``) are other names of a field: each
+is a flag (``--output-dir``), a YAML key and a keyword argument, so the names
+users know from transformers / TRL (``num_train_epochs``,
+``per_device_train_batch_size``, ...) work wherever a leaf name does.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -36,10 +45,18 @@ def option(
     help: str,
     choices: typing.Sequence[Any] | None = None,
     aliases: typing.Sequence[str] = (),
+    low: float | None = None,
+    high: float | None = None,
     default_factory: Any = dataclasses.MISSING,
 ) -> Any:
-    """A dataclass field with CLI metadata (``help``, ``choices``, ``aliases``)."""
-    metadata = {"help": help, "choices": choices, "aliases": tuple(aliases)}
+    """A dataclass field with CLI metadata.
+
+    ``help`` is shown by ``--help``; ``choices`` and the inclusive bounds
+    ``low`` / ``high`` are checked for flags, YAML and keyword arguments alike;
+    ``aliases`` are other names of the field (flags, YAML keys, keyword arguments).
+    """
+    names = tuple(a.lstrip("-").replace("-", "_") for a in aliases)
+    metadata = {"help": help, "choices": choices, "aliases": names, "low": low, "high": high}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -74,20 +91,34 @@ def _parse_json_like(text: str) -> Any:
     return yaml.safe_load(text)
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one flag per field of ``cls``; unset flags stay ``None`` so YAML can fill them."""
+def is_required(f: dataclasses.Field) -> bool:  # type: ignore[type-arg]
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type, *, require: bool = True) -> None:
+    """Add one flag per field of ``cls``; unset flags stay ``None`` so YAML can fill them.
+
+    With ``require`` (no ``--config`` file on the command line), fields without a
+    default are required flags, and usage shows them so.
+    """
     hints = typing.get_type_hints(cls)
+    required = parser.add_argument_group("required options") if require else parser
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
         tp, _ = _base_type(hints[f.name])
         meta = f.metadata
-        default = f.default if f.default is not dataclasses.MISSING else None
         help_text = meta.get("help", "")
-        if f.default is not dataclasses.MISSING and f.default is not None:
+        if is_required(f):
+            help_text += " (required)"
+        elif f.default_factory is not dataclasses.MISSING:
+            help_text += f" (default: {f.default_factory()})"
+        else:
             help_text += f" (default: {f.default})"
-        flags = [_flag(f.name), *meta.get("aliases", ())]
-        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text}
+        flags = [_flag(f.name), *(_flag(a) for a in meta.get("aliases", ()))]
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text.replace("%", "%%")}
+        if require and is_required(f):
+            kwargs["required"] = True
         if meta.get("choices"):
             kwargs["choices"] = list(meta["choices"])
         origin = typing.get_origin(tp)
@@ -105,8 +136,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs["type"] = _parse_json_like
         else:
             kwargs["type"] = _parse_json_like
-        del default
-        parser.add_argument(*flags, **kwargs)
+        (required if kwargs.get("required") else parser).add_argument(*flags, **kwargs)
 
 
 def load_yaml(path: str | Path, cls: type) -> dict[str, Any]:
@@ -122,20 +152,38 @@ def load_yaml(path: str | Path, cls: type) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of option names to values")
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    return canonical_names(cls, data, str(path))
+
+
+def field_names(cls: type) -> dict[str, str]:
+    """Every accepted name of ``cls``'s options (field names and aliases) -> field name."""
+    names: dict[str, str] = {}
+    for f in dataclasses.fields(cls):
+        if f.init:
+            names[f.name] = f.name
+            for alias in f.metadata.get("aliases", ()):
+                names[alias] = f.name
+    return names
+
+
+def canonical_names(cls: type, values: dict[str, Any], source: str) -> dict[str, Any]:
+    """``values`` keyed by field names (dashes and aliases resolved); unknown names are an error."""
+    names = field_names(cls)
     out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = str(key).replace("-", "_")
-        if name not in names:
-            raise ConfigError(
-                f"{path}: unknown option {key!r} for {cls.__name__}; known: {', '.join(sorted(names))}"
-            )
+    for key, value in values.items():
+        name = names.get(str(key).replace("-", "_"))
+        if name is None:
+            known = ", ".join(sorted(f.name for f in dataclasses.fields(cls) if f.init))
+            raise ConfigError(f"{source}: unknown option {key!r} for {cls.__name__}; known: {known}")
+        if name in out and out[name] != value:
+            raise ConfigError(f"{source}: option {name!r} given twice (as {key!r} and another name)")
         out[name] = value
     return out
 
 
 def build(cls: type[T], values: dict[str, Any], source: str = "arguments") -> T:
-    """Instantiate ``cls`` from ``values``, checking required fields and simple types."""
+    """Instantiate ``cls`` from ``values``: names, types, choices, bounds and ``validate()`` checked."""
+    values = canonical_names(cls, values, source)
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
@@ -144,14 +192,8 @@ def build(cls: type[T], values: dict[str, Any], source: str = "arguments") -> T:
         value = values[f.name]
         tp, optional = _base_type(hints[f.name])
         kwargs[f.name] = _coerce(value, tp, optional, f.name, source)
-    missing = [
-        _flag(f.name)
-        for f in dataclasses.fields(cls)
-        if f.init
-        and f.name not in kwargs
-        and f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING
-    ]
+        _check_value(f, kwargs[f.name], source)
+    missing = [_flag(f.name) for f in dataclasses.fields(cls) if f.init and f.name not in kwargs and is_required(f)]
     if missing:
         raise ConfigError(f"{source}: missing required option(s): {', '.join(missing)}")
     obj = cls(**kwargs)
@@ -162,6 +204,43 @@ def build(cls: type[T], values: dict[str, Any], source: str = "arguments") -> T:
         except ValueError as exc:
             raise ConfigError(f"{source}: {exc}") from None
     return obj
+
+
+def _check_value(f: dataclasses.Field, value: Any, source: str) -> None:  # type: ignore[type-arg]
+    """Choices, inclusive bounds and finiteness of one coerced value (lists: each item)."""
+    meta = f.metadata
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        if item is None:
+            continue
+        choices = meta.get("choices")
+        if choices and item not in choices:
+            raise ConfigError(
+                f"{source}: option {f.name!r}: {item!r} is not one of {', '.join(map(str, choices))}"
+            )
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ConfigError(f"{source}: option {f.name!r}: {item!r} is not a finite number")
+        low, high = meta.get("low"), meta.get("high")
+        if isinstance(item, (int, float)) and not isinstance(item, bool):
+            if (low is not None and item < low) or (high is not None and item > high):
+                bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+                raise ConfigError(f"{source}: option {f.name!r}: {item!r} is outside {bounds}")
+
+
+def make(cls: type[T], config: T | None = None, kwargs: dict[str, Any] | None = None, where: str = "") -> T:
+    """The one contract of every stage function: a ``cls`` instance *or* keyword arguments, never both.
+
+    Either way the values go through :func:`build` (names, types, choices,
+    bounds, ``validate()``), so a config built in Python is checked exactly
+    like one read from flags or YAML.
+    """
+    where = where or f"{cls.__name__}"
+    if config is not None and kwargs:
+        raise ConfigError(f"{where}: pass a {cls.__name__} or keyword arguments, not both")
+    if config is None:
+        return build(cls, dict(kwargs or {}), where)
+    if not isinstance(config, cls):
+        raise ConfigError(f"{where}: expected a {cls.__name__}, got {type(config).__name__}")
+    return build(cls, {f.name: getattr(config, f.name) for f in dataclasses.fields(cls) if f.init}, where)
 
 
 def _coerce(value: Any, tp: Any, optional: bool, name: str, source: str) -> Any:
@@ -226,7 +305,7 @@ def to_dict(config: Any) -> dict[str, Any]:
     return out
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, require: bool = True) -> None:
     """``--config FILE.yaml`` plus one flag per field of ``cls`` (flags override the file)."""
     parser.add_argument(
         "--config",
@@ -234,4 +313,4 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         default=None,
         help=f"YAML file of {cls.__name__} options (keys as the flags, - or _); flags given here override it",
     )
-    add_options(parser, cls)
+    add_options(parser, cls, require=require)

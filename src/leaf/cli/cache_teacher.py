@@ -15,7 +15,7 @@ HELP = "cache the teacher's top-k log-probs of every loss token (train later wit
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from leaf.distill.cache import CacheConfig
+    from leaf.distill.config import CacheConfig
 
     add_config_arguments(parser, CacheConfig)
 

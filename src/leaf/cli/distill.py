@@ -16,13 +16,13 @@ HELP = "distil a teacher into a student on original and counterfactual samples (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from leaf.distill.trainer import DistillConfig
+    from leaf.distill.config import DistillConfig
 
     add_config_arguments(parser, DistillConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    from leaf.distill.trainer import DistillConfig, distill
+    from leaf.distill import DistillConfig, distill
 
     config = resolve(DistillConfig, args)
     out = distill(config)

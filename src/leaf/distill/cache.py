@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from leaf.config import ConfigError, option, to_dict
+from leaf.config import ConfigError, to_dict
+from leaf.distill.config import CacheConfig
 
 log = logging.getLogger(__name__)
 
@@ -40,36 +41,6 @@ MANIFEST_FIELDS = (
     "format", "teacher", "tokenizer_hash", "data_hash", "examples_hash", "k", "temperature",
     "vocab_size", "include_eos", "max_length", "store_dtype", "examples", "tokens", "mean_tail_mass",
 )
-
-
-@dataclass
-class CacheConfig:
-    """Options of ``leaf cache-teacher``."""
-
-    teacher: str = option(help="teacher model: local folder or hub id")
-    out: Path = option(help="cache folder (manifest.json + safetensors shards)")
-    data: Path | None = option(None, help="original samples (JSONL)")
-    counterfactuals: Path | None = option(None, help="counterfactual records (JSONL)")
-    tokenizer: str | None = option(None, help="tokenizer (and chat template) to render with: give the STUDENT's; default the teacher's")
-    top_k: int = option(64, help="teacher log-probs kept per token")
-    temperature: float = option(1.0, help="temperature T of the cached log-probs (training must use the same)")
-    include_eos: bool = option(True, help="also cache the end-of-turn token after the response")
-    max_length: int = option(4096, help="truncate rendered examples to this many tokens")
-    batch_size: int = option(8, help="examples per teacher forward")
-    shard_size: int = option(1024, help="examples per shard file")
-    store_dtype: str = option("float32", help="dtype of stored log-probs", choices=["float32", "float16", "bfloat16"])
-    dtype: str = option("auto", help="teacher weights' dtype (auto: bfloat16 on GPU, float32 on CPU)", choices=["auto", "float32", "bfloat16", "float16"])
-    device: str | None = option(None, help="device of the teacher (default cuda if available)")
-    device_map: str | None = option(None, help="device_map of the teacher, e.g. auto")
-    overwrite: bool = option(False, help="discard an existing cache written with other settings")
-
-    def validate(self) -> None:
-        if self.data is None and self.counterfactuals is None:
-            raise ConfigError("give --data and/or --counterfactuals")
-        if self.top_k < 1:
-            raise ConfigError("top_k must be >= 1")
-        if self.temperature <= 0:
-            raise ConfigError("temperature must be > 0")
 
 
 def files_hash(paths: Sequence[Path | None]) -> str:

@@ -23,76 +23,19 @@ import csv
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from leaf.config import ConfigError, build, option, to_dict
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from leaf.config import ConfigError, build, to_dict
+from leaf.distill.config import DistillConfig
+from leaf.distill.losses import DenseTeacher, TopKTeacher, distill_loss, hybrid_token_weights, loss_rows
 
 log = logging.getLogger(__name__)
 
 METRIC_FIELDS = ("step", "epoch", "loss", "kd_loss", "cd_loss", "ce_loss", "lr", "grad_norm", "tokens_per_s")
-
-
-@dataclass
-class DistillConfig:
-    """Options of ``leaf distill`` (flags, YAML keys and ``distill()`` keyword arguments)."""
-
-    student: str = option(help="student model: local folder or hub id")
-    output_dir: Path = option(help="run folder: checkpoints, metrics.jsonl/csv, final model, leaf_config.json")
-    teacher: str | None = option(None, help="teacher model (not needed with --teacher-cache)")
-    data: Path | None = option(None, help="original samples (JSONL); give this and/or --counterfactuals")
-    counterfactuals: Path | None = option(None, help="counterfactual records from `leaf prune` (JSONL)")
-    teacher_cache: Path | None = option(None, help="folder written by `leaf cache-teacher`: train without loading the teacher")
-    lam: float = option(0.5, help="lambda: weight of L_kd (originals); 1 - lambda weighs L_cd (counterfactuals)", aliases=["--lambda"])
-    temperature: float = option(1.0, help="softmax temperature T of the KL (loss scaled by T^2)")
-    alpha: float = option(0.0, help="weight of an extra cross-entropy on the reference response")
-    kl_chunk_size: int = option(1024, help="loss tokens per chunk of fp32 log-probs (0 = all at once)")
-    include_eos: bool = option(True, help="also train on the end-of-turn token after the response (teaches stopping)")
-    max_length: int = option(4096, help="truncate rendered examples to this many tokens")
-    epochs: float = option(3.0, help="training epochs")
-    max_steps: int = option(-1, help="stop after this many optimiser steps (-1: run all epochs)")
-    learning_rate: float = option(1e-5, help="peak learning rate")
-    lr_scheduler: str = option("cosine", help="learning-rate schedule (a transformers scheduler name)")
-    warmup_steps: int = option(5, help="linear warm-up steps")
-    weight_decay: float = option(0.0, help="AdamW weight decay")
-    optim: str = option("adamw_torch", help="optimiser (a transformers optim name)")
-    max_grad_norm: float = option(1.0, help="gradient clipping norm (0 = off)")
-    per_device_batch_size: int = option(4, help="examples per device per micro-batch")
-    grad_accum: int = option(8, help="gradient-accumulation steps; effective batch = per-device batch x grad_accum x processes (paper: 32)")
-    precision: str = option("auto", help="auto = bf16 where the hardware has it, else fp32", choices=["auto", "bf16", "fp16", "fp32"])
-    student_dtype: str = option("float32", help="dtype the student's weights are loaded in (float32 = mixed-precision master weights)", choices=["float32", "bfloat16", "float16"])
-    teacher_dtype: str = option("auto", help="teacher weights' dtype; auto = bfloat16 when training in bf16, else float32", choices=["auto", "float32", "bfloat16", "float16"])
-    teacher_device: str | None = option(None, help="device of the teacher (default: the student's)")
-    teacher_device_map: str | None = option(None, help="device_map of the teacher, e.g. auto (spread over GPUs)")
-    gradient_checkpointing: bool = option(False, help="recompute activations in backward (less memory)")
-    lora_r: int = option(0, help="LoRA rank (0 = full fine-tuning); needs peft")
-    lora_alpha: int = option(16, help="LoRA alpha")
-    lora_dropout: float = option(0.05, help="LoRA dropout")
-    lora_target_modules: list[str] = option(default_factory=lambda: ["all-linear"], help="modules LoRA adapts")
-    logging_steps: int = option(1, help="log metrics every N optimiser steps")
-    save_steps: int = option(500, help="checkpoint every N optimiser steps")
-    save_total_limit: int = option(2, help="keep at most N checkpoints")
-    report_to: str = option("none", help="also log to this tracker", choices=["none", "tensorboard", "wandb"])
-    resume: bool = option(False, help="resume from the last checkpoint in output_dir")
-    seed: int = option(42, help="random seed (data order, init of LoRA)")
-    dataloader_num_workers: int = option(0, help="data-loader worker processes")
-    pad_to_multiple_of: int | None = option(None, help="pad batch length to a multiple of this (e.g. 8 on tensor cores)")
-    mix: str = option("interleave", help="batch order: interleave = originals and counterfactuals evenly spread over every step; shuffle = one random pool", choices=["interleave", "shuffle"])
-
-    def validate(self) -> None:
-        if not 0.0 <= self.lam <= 1.0:
-            raise ConfigError(f"lam (--lambda) must be in [0, 1], got {self.lam}")
-        if self.temperature <= 0:
-            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
-        if self.alpha < 0:
-            raise ConfigError(f"alpha must be >= 0, got {self.alpha}")
-        if self.teacher is None and self.teacher_cache is None:
-            raise ConfigError("give --teacher or --teacher-cache")
-        if self.data is None and self.counterfactuals is None:
-            raise ConfigError("give --data and/or --counterfactuals")
-        if self.per_device_batch_size < 1 or self.grad_accum < 1:
-            raise ConfigError("per_device_batch_size and grad_accum must be >= 1")
 
 
 # ----------------------------------------------------------------------------
@@ -100,170 +43,160 @@ class DistillConfig:
 # ----------------------------------------------------------------------------
 
 
-def _make_trainer_class() -> type:
-    import torch
-    from transformers import Trainer
+class DistillTrainer(Trainer):
+    """``Trainer`` whose loss is the LeaF hybrid KL (see the module docstring)."""
 
-    from leaf.distill.losses import DenseTeacher, TopKTeacher, distill_loss, hybrid_token_weights, loss_rows
+    loss_is_scaled_for_ga = True  # compute_loss normalises over the whole optimiser step itself
 
-    class DistillTrainer(Trainer):
-        """``Trainer`` whose loss is the LeaF hybrid KL (see the module docstring)."""
+    def __init__(
+        self,
+        *args: Any,
+        teacher: Any = None,
+        lam: float = 0.5,
+        temperature: float = 1.0,
+        alpha: float = 0.0,
+        kl_chunk_size: int | None = 1024,
+        vocab_size: int | None = None,
+        teacher_device: str | None = None,
+        mix: str = "interleave",
+        **kwargs: Any,
+    ) -> None:
+        self.mix = mix
+        super().__init__(*args, **kwargs)
+        self.lam, self.temperature, self.alpha = lam, temperature, alpha
+        self.kl_chunk_size, self.vocab_size = kl_chunk_size, vocab_size
+        self.teacher = self._place_teacher(teacher, teacher_device) if teacher is not None else None
+        self._keep_ok: bool | None = None  # does the student accept a boolean logits_to_keep?
+        self._sums = torch.zeros(4, dtype=torch.float64)  # kd, cd, ce (step-normalised), tokens
+        self._last_log = (0, time.perf_counter())
 
-        loss_is_scaled_for_ga = True  # compute_loss normalises over the whole optimiser step itself
+    def _place_teacher(self, teacher: Any, device: str | None) -> Any:
+        teacher.eval()
+        teacher.requires_grad_(False)
+        if self.is_deepspeed_enabled:
+            return _deepspeed_teacher(teacher, self.accelerator)
+        if self.is_fsdp_enabled:
+            return self.accelerator.prepare_model(teacher, evaluation_mode=True)
+        if getattr(teacher, "hf_device_map", None):
+            return teacher  # placed by device_map
+        return teacher.to(device or self.args.device)
 
-        def __init__(
-            self,
-            *args: Any,
-            teacher: Any = None,
-            lam: float = 0.5,
-            temperature: float = 1.0,
-            alpha: float = 0.0,
-            kl_chunk_size: int | None = 1024,
-            vocab_size: int | None = None,
-            teacher_device: str | None = None,
-            mix: str = "interleave",
-            **kwargs: Any,
-        ) -> None:
-            self.mix = mix
-            super().__init__(*args, **kwargs)
-            self.lam, self.temperature, self.alpha = lam, temperature, alpha
-            self.kl_chunk_size, self.vocab_size = kl_chunk_size, vocab_size
-            self.teacher = self._place_teacher(teacher, teacher_device) if teacher is not None else None
-            self._keep_ok: bool | None = None  # does the student accept a boolean logits_to_keep?
-            self._sums = torch.zeros(4, dtype=torch.float64)  # kd, cd, ce (step-normalised), tokens
-            self._last_log = (0, time.perf_counter())
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        from leaf.distill.data import InterleavedSampler
 
-        def _place_teacher(self, teacher: Any, device: str | None) -> Any:
-            teacher.eval()
-            teacher.requires_grad_(False)
-            if self.is_deepspeed_enabled:
-                return _deepspeed_teacher(teacher, self.accelerator)
-            if self.is_fsdp_enabled:
-                return self.accelerator.prepare_model(teacher, evaluation_mode=True)
-            if getattr(teacher, "hf_device_map", None):
-                return teacher  # placed by device_map
-            return teacher.to(device or self.args.device)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.mix == "interleave" and hasattr(dataset, "examples"):
+            return InterleavedSampler([e.counterfactual for e in dataset.examples], seed=self.args.seed)
+        return super()._get_train_sampler(train_dataset)
 
-        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-            from leaf.distill.data import InterleavedSampler
+    # -- token counts over the whole optimiser step ---------------------------------
+    def _get_num_items_in_batch(self, batch_samples: list, device: Any) -> Any:
+        counts = torch.zeros(2, dtype=torch.long)
+        for batch in batch_samples:
+            counts += _token_counts(batch["labels"], batch["counterfactual"])
+        counts = counts.to(device)
+        if self.args.world_size > 1:
+            counts = self.accelerator.gather(counts.view(1, 2)).view(-1, 2).sum(0)
+        return counts
 
-            dataset = train_dataset if train_dataset is not None else self.train_dataset
-            if self.mix == "interleave" and hasattr(dataset, "examples"):
-                return InterleavedSampler([e.counterfactual for e in dataset.examples], seed=self.args.seed)
-            return super()._get_train_sampler(train_dataset)
+    # -- the loss ----------------------------------------------------------------------
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
+        labels = inputs.pop("labels")
+        is_cf_row = inputs.pop("counterfactual").bool()
+        inputs.pop("index", None)
+        topk_lp = inputs.pop("topk_logprobs", None)
+        topk_ids = inputs.pop("topk_ids", None)
+        scale = 1.0
+        if num_items_in_batch is None or not torch.is_tensor(num_items_in_batch) or num_items_in_batch.numel() != 2:
+            num_items_in_batch = _token_counts(labels, is_cf_row)
+        elif self.args.world_size > 1:
+            scale = float(self.accelerator.num_processes)  # DDP / ZeRO average gradients over processes
+        n_kd, n_cd = num_items_in_batch.float().to(labels.device)
 
-        # -- token counts over the whole optimiser step ---------------------------------
-        def _get_num_items_in_batch(self, batch_samples: list, device: Any) -> Any:
-            counts = torch.zeros(2, dtype=torch.long)
-            for batch in batch_samples:
-                counts += _token_counts(batch["labels"], batch["counterfactual"])
-            counts = counts.to(device)
-            if self.args.world_size > 1:
-                counts = self.accelerator.gather(counts.view(1, 2)).view(-1, 2).sum(0)
-            return counts
+        B, L = labels.shape
+        rows, targets = loss_rows(labels)
+        is_cf = is_cf_row[rows // L]
+        # Project only the loss positions through the LM head (logits_to_keep = boolean mask; transformers >= 5):
+        # logits are (N, V) in the row-major order of `rows`. Models without it give (B, L, V) logits.
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = labels[:, 1:] != -100
+        out = self._forward(model, inputs, keep)
+        logits = out.logits
+        selected = logits.dim() == 2
+        student_rows = torch.arange(rows.numel(), device=rows.device) if selected else rows
+        w_kl, w_ce = hybrid_token_weights(is_cf, self.lam, n_kd, n_cd, self.alpha, n_ce=n_kd + n_cd)
+        if topk_lp is not None:
+            target = TopKTeacher(topk_lp, topk_ids)
+        else:
+            if self.teacher is None:
+                raise RuntimeError("no teacher and no cached teacher targets in the batch")
+            t_logits = self._teacher_logits(inputs, keep)
+            t_rows = student_rows if t_logits.dim() == 2 else rows
+            target = DenseTeacher(t_logits.reshape(-1, t_logits.shape[-1]), t_rows)
+        parts = distill_loss(
+            logits, student_rows, target, w_kl * scale,
+            labels=targets if self.alpha else None, w_ce=w_ce * scale if self.alpha else None,
+            temperature=self.temperature, chunk_size=self.kl_chunk_size, vocab_size=self.vocab_size,
+        )
+        with torch.no_grad():
+            cf = is_cf.float()
+            kd = (parts.kl * (1 - cf)).sum() / n_kd.clamp(min=1)
+            cd = (parts.kl * cf).sum() / n_cd.clamp(min=1)
+            ce = parts.ce.sum() / (n_kd + n_cd).clamp(min=1)
+            step = torch.stack([kd * scale, cd * scale, ce * scale, inputs["attention_mask"].sum().float()])
+            self._sums += step.double().cpu()
+        loss = parts.loss
+        return (loss, out) if return_outputs else loss
 
-        # -- the loss ----------------------------------------------------------------------
-        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
-            labels = inputs.pop("labels")
-            is_cf_row = inputs.pop("counterfactual").bool()
-            inputs.pop("index", None)
-            topk_lp = inputs.pop("topk_logprobs", None)
-            topk_ids = inputs.pop("topk_ids", None)
-            scale = 1.0
-            if num_items_in_batch is None or not torch.is_tensor(num_items_in_batch) or num_items_in_batch.numel() != 2:
-                num_items_in_batch = _token_counts(labels, is_cf_row)
-            elif self.args.world_size > 1:
-                scale = float(self.accelerator.num_processes)  # DDP / ZeRO average gradients over processes
-            n_kd, n_cd = num_items_in_batch.float().to(labels.device)
-
-            B, L = labels.shape
-            rows, targets = loss_rows(labels)
-            is_cf = is_cf_row[rows // L]
-            # Project only the loss positions through the LM head (logits_to_keep = boolean mask; transformers >= 5):
-            # logits are (N, V) in the row-major order of `rows`. Models without it give (B, L, V) logits.
-            keep = torch.zeros_like(labels, dtype=torch.bool)
-            keep[:, :-1] = labels[:, 1:] != -100
-            out = self._forward(model, inputs, keep)
-            logits = out.logits
-            selected = logits.dim() == 2
-            student_rows = torch.arange(rows.numel(), device=rows.device) if selected else rows
-            w_kl, w_ce = hybrid_token_weights(is_cf, self.lam, n_kd, n_cd, self.alpha, n_ce=n_kd + n_cd)
-            if topk_lp is not None:
-                target = TopKTeacher(topk_lp, topk_ids)
-            else:
-                if self.teacher is None:
-                    raise RuntimeError("no teacher and no cached teacher targets in the batch")
-                t_logits = self._teacher_logits(inputs, keep)
-                t_rows = student_rows if t_logits.dim() == 2 else rows
-                target = DenseTeacher(t_logits.reshape(-1, t_logits.shape[-1]), t_rows)
-            parts = distill_loss(
-                logits, student_rows, target, w_kl * scale,
-                labels=targets if self.alpha else None, w_ce=w_ce * scale if self.alpha else None,
-                temperature=self.temperature, chunk_size=self.kl_chunk_size, vocab_size=self.vocab_size,
-            )
-            with torch.no_grad():
-                cf = is_cf.float()
-                kd = (parts.kl * (1 - cf)).sum() / n_kd.clamp(min=1)
-                cd = (parts.kl * cf).sum() / n_cd.clamp(min=1)
-                ce = parts.ce.sum() / (n_kd + n_cd).clamp(min=1)
-                step = torch.stack([kd * scale, cd * scale, ce * scale, inputs["attention_mask"].sum().float()])
-                self._sums += step.double().cpu()
-            loss = parts.loss
-            return (loss, out) if return_outputs else loss
-
-        def _forward(self, model: Any, inputs: dict[str, Any], keep: Any) -> Any:
-            """Student forward; with ``logits_to_keep=keep`` when the model supports a boolean mask."""
-            kwargs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "use_cache": False}
-            if self._keep_ok is not False:
-                try:
-                    out = model(**kwargs, logits_to_keep=keep)
-                    if out.logits.dim() == 2 and out.logits.shape[0] == int(keep.sum()):
-                        self._keep_ok = True
-                        return out
-                except (TypeError, IndexError, RuntimeError) as exc:
-                    if self._keep_ok:
-                        raise
-                    log.info("logits_to_keep mask unsupported (%s); computing full logits", exc)
-                self._keep_ok = False
-            return model(**kwargs)
-
-        def _teacher_logits(self, inputs: dict[str, Any], keep: Any) -> Any:
-            from leaf.models import input_device
-
-            teacher = self.teacher
-            dev = input_device(teacher) if not self.is_deepspeed_enabled else self.args.device
-            kwargs = {"input_ids": inputs["input_ids"].to(dev), "attention_mask": inputs["attention_mask"].to(dev), "use_cache": False}
-            with torch.no_grad():
+    def _forward(self, model: Any, inputs: dict[str, Any], keep: Any) -> Any:
+        """Student forward; with ``logits_to_keep=keep`` when the model supports a boolean mask."""
+        kwargs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "use_cache": False}
+        if self._keep_ok is not False:
+            try:
+                out = model(**kwargs, logits_to_keep=keep)
+                if out.logits.dim() == 2 and out.logits.shape[0] == int(keep.sum()):
+                    self._keep_ok = True
+                    return out
+            except (TypeError, IndexError, RuntimeError) as exc:
                 if self._keep_ok:
-                    out = teacher(**kwargs, logits_to_keep=keep.to(dev)).logits
-                    if out.dim() == 2:
-                        return out
-                return teacher(**kwargs).logits
+                    raise
+                log.info("logits_to_keep mask unsupported (%s); computing full logits", exc)
+            self._keep_ok = False
+        return model(**kwargs)
 
-        # -- metrics -------------------------------------------------------------------------
-        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-            if "loss" in logs and self.model.training:
-                steps = max(self.state.global_step - self._last_log[0], 1)
-                sums = self._sums.to(self.args.device)
-                if self.args.world_size > 1:
-                    sums = self.accelerator.gather(sums.view(1, -1).float()).view(-1, 4)
-                    sums = torch.cat([sums[:, :3].mean(0), sums[:, 3:].sum(0)])
-                now = time.perf_counter()
-                logs["kd_loss"] = float(sums[0]) / steps
-                logs["cd_loss"] = float(sums[1]) / steps
-                logs["ce_loss"] = float(sums[2]) / steps
-                logs["tokens_per_s"] = float(sums[3]) / max(now - self._last_log[1], 1e-9)
-                self._sums.zero_()
-                self._last_log = (self.state.global_step, now)
-            super().log(logs, start_time)
+    def _teacher_logits(self, inputs: dict[str, Any], keep: Any) -> Any:
+        from leaf.models import input_device
 
-    return DistillTrainer
+        teacher = self.teacher
+        dev = input_device(teacher) if not self.is_deepspeed_enabled else self.args.device
+        kwargs = {"input_ids": inputs["input_ids"].to(dev), "attention_mask": inputs["attention_mask"].to(dev), "use_cache": False}
+        with torch.no_grad():
+            if self._keep_ok:
+                out = teacher(**kwargs, logits_to_keep=keep.to(dev)).logits
+                if out.dim() == 2:
+                    return out
+            return teacher(**kwargs).logits
+
+    # -- metrics -------------------------------------------------------------------------
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self.model.training:
+            steps = max(self.state.global_step - self._last_log[0], 1)
+            sums = self._sums.to(self.args.device)
+            if self.args.world_size > 1:
+                sums = self.accelerator.gather(sums.view(1, -1).float()).view(-1, 4)
+                sums = torch.cat([sums[:, :3].mean(0), sums[:, 3:].sum(0)])
+            now = time.perf_counter()
+            logs["kd_loss"] = float(sums[0]) / steps
+            logs["cd_loss"] = float(sums[1]) / steps
+            logs["ce_loss"] = float(sums[2]) / steps
+            logs["tokens_per_s"] = float(sums[3]) / max(now - self._last_log[1], 1e-9)
+            self._sums.zero_()
+            self._last_log = (self.state.global_step, now)
+        super().log(logs, start_time)
 
 
 def _token_counts(labels: Any, is_cf_row: Any) -> Any:
     """``[n_kd, n_cd]``: loss tokens of originals and counterfactuals in a ``(B, L)`` label batch."""
-    import torch
-
     has = (labels[:, 1:] != -100).sum(1)
     cf = is_cf_row.bool().to(has.device)
     return torch.stack([has[~cf].sum(), has[cf].sum()]).long().cpu()
@@ -287,15 +220,6 @@ def _deepspeed_teacher(teacher: Any, accelerator: Any) -> Any:
     return engine
 
 
-def get_trainer_class() -> type:
-    """The :class:`DistillTrainer` class (built lazily so importing this module stays light)."""
-    global _TRAINER
-    if _TRAINER is None:
-        _TRAINER = _make_trainer_class()
-    return _TRAINER
-
-
-_TRAINER: type | None = None
 
 
 # ----------------------------------------------------------------------------
@@ -304,7 +228,6 @@ _TRAINER: type | None = None
 
 
 def _metrics_callback(output_dir: Path) -> Any:
-    from transformers import TrainerCallback
 
     class MetricsFiles(TrainerCallback):
         """Writes DIR/metrics.jsonl and DIR/metrics.csv (one row per logging step, main process)."""
@@ -354,7 +277,6 @@ def _metrics_callback(output_dir: Path) -> Any:
 
 
 def _bf16_available() -> bool:
-    import torch
 
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
@@ -365,8 +287,6 @@ def _checkpoints(output_dir: Path) -> list[Path]:
 
 def training_arguments(config: DistillConfig) -> Any:
     """The ``TrainingArguments`` a config maps to."""
-    import torch
-    from transformers import TrainingArguments
 
     precision = config.precision
     if precision == "auto":
@@ -422,7 +342,6 @@ def distill(config: DistillConfig | None = None, **kwargs: Any) -> Path:
 
 def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> Any:
     """Load data, models (or the cache) and return a ready :class:`DistillTrainer`; writes leaf_config.json."""
-    import torch
 
     from leaf.distill.data import DistillCollator, ExampleDataset, check_tokenizers, load_examples, shared_vocab_size
     from leaf.models import load_model, load_tokenizer
@@ -468,7 +387,7 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
             targets = "all-linear"
         student = get_peft_model(student, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=targets, task_type="CAUSAL_LM"))
 
-    trainer = get_trainer_class()(
+    trainer = DistillTrainer(
         model=student,
         args=args,
         train_dataset=dataset,

@@ -1,0 +1,104 @@
+"""Options of the distillation stage: ``leaf distill`` and ``leaf cache-teacher``.
+
+Each dataclass is the single definition of a command's flags, YAML keys and
+Python keyword arguments (:mod:`leaf.config`). Importing this module is light
+(no torch, no transformers), so the CLI can build its parser fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from leaf.config import ConfigError, option
+
+
+@dataclass
+class DistillConfig:
+    """Options of ``leaf distill`` (flags, YAML keys and ``distill()`` keyword arguments)."""
+
+    student: str = option(help="student model: local folder or hub id")
+    output_dir: Path = option(help="run folder: checkpoints, metrics.jsonl/csv, final model, leaf_config.json")
+    teacher: str | None = option(None, help="teacher model (not needed with --teacher-cache)")
+    data: Path | None = option(None, help="original samples (JSONL); give this and/or --counterfactuals")
+    counterfactuals: Path | None = option(None, help="counterfactual records from `leaf prune` (JSONL)")
+    teacher_cache: Path | None = option(None, help="folder written by `leaf cache-teacher`: train without loading the teacher")
+    lam: float = option(0.5, help="lambda: weight of L_kd (originals); 1 - lambda weighs L_cd (counterfactuals)", aliases=["lambda"])
+    temperature: float = option(1.0, help="softmax temperature T of the KL (loss scaled by T^2)")
+    alpha: float = option(0.0, help="weight of an extra cross-entropy on the reference response")
+    kl_chunk_size: int = option(1024, help="loss tokens per chunk of fp32 log-probs (0 = all at once)")
+    include_eos: bool = option(True, help="also train on the end-of-turn token after the response (teaches stopping)")
+    max_length: int = option(4096, help="truncate rendered examples to this many tokens")
+    epochs: float = option(3.0, help="training epochs")
+    max_steps: int = option(-1, help="stop after this many optimiser steps (-1: run all epochs)")
+    learning_rate: float = option(1e-5, help="peak learning rate")
+    lr_scheduler: str = option("cosine", help="learning-rate schedule (a transformers scheduler name)")
+    warmup_steps: int = option(5, help="linear warm-up steps")
+    weight_decay: float = option(0.0, help="AdamW weight decay")
+    optim: str = option("adamw_torch", help="optimiser (a transformers optim name)")
+    max_grad_norm: float = option(1.0, help="gradient clipping norm (0 = off)")
+    per_device_batch_size: int = option(4, help="examples per device per micro-batch")
+    grad_accum: int = option(8, help="gradient-accumulation steps; effective batch = per-device batch x grad_accum x processes (paper: 32)")
+    precision: str = option("auto", help="auto = bf16 where the hardware has it, else fp32", choices=["auto", "bf16", "fp16", "fp32"])
+    student_dtype: str = option("float32", help="dtype the student's weights are loaded in (float32 = mixed-precision master weights)", choices=["float32", "bfloat16", "float16"])
+    teacher_dtype: str = option("auto", help="teacher weights' dtype; auto = bfloat16 when training in bf16, else float32", choices=["auto", "float32", "bfloat16", "float16"])
+    teacher_device: str | None = option(None, help="device of the teacher (default: the student's)")
+    teacher_device_map: str | None = option(None, help="device_map of the teacher, e.g. auto (spread over GPUs)")
+    gradient_checkpointing: bool = option(False, help="recompute activations in backward (less memory)")
+    lora_r: int = option(0, help="LoRA rank (0 = full fine-tuning); needs peft")
+    lora_alpha: int = option(16, help="LoRA alpha")
+    lora_dropout: float = option(0.05, help="LoRA dropout")
+    lora_target_modules: list[str] = option(default_factory=lambda: ["all-linear"], help="modules LoRA adapts")
+    logging_steps: int = option(1, help="log metrics every N optimiser steps")
+    save_steps: int = option(500, help="checkpoint every N optimiser steps")
+    save_total_limit: int = option(2, help="keep at most N checkpoints")
+    report_to: str = option("none", help="also log to this tracker", choices=["none", "tensorboard", "wandb"])
+    resume: bool = option(False, help="resume from the last checkpoint in output_dir")
+    seed: int = option(42, help="random seed (data order, init of LoRA)")
+    dataloader_num_workers: int = option(0, help="data-loader worker processes")
+    pad_to_multiple_of: int | None = option(None, help="pad batch length to a multiple of this (e.g. 8 on tensor cores)")
+    mix: str = option("interleave", help="batch order: interleave = originals and counterfactuals evenly spread over every step; shuffle = one random pool", choices=["interleave", "shuffle"])
+
+    def validate(self) -> None:
+        if not 0.0 <= self.lam <= 1.0:
+            raise ConfigError(f"lam (--lambda) must be in [0, 1], got {self.lam}")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if self.alpha < 0:
+            raise ConfigError(f"alpha must be >= 0, got {self.alpha}")
+        if self.teacher is None and self.teacher_cache is None:
+            raise ConfigError("give --teacher or --teacher-cache")
+        if self.data is None and self.counterfactuals is None:
+            raise ConfigError("give --data and/or --counterfactuals")
+        if self.per_device_batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("per_device_batch_size and grad_accum must be >= 1")
+
+
+@dataclass
+class CacheConfig:
+    """Options of ``leaf cache-teacher``."""
+
+    teacher: str = option(help="teacher model: local folder or hub id")
+    out: Path = option(help="cache folder (manifest.json + safetensors shards)")
+    data: Path | None = option(None, help="original samples (JSONL)")
+    counterfactuals: Path | None = option(None, help="counterfactual records (JSONL)")
+    tokenizer: str | None = option(None, help="tokenizer (and chat template) to render with: give the STUDENT's; default the teacher's")
+    top_k: int = option(64, help="teacher log-probs kept per token")
+    temperature: float = option(1.0, help="temperature T of the cached log-probs (training must use the same)")
+    include_eos: bool = option(True, help="also cache the end-of-turn token after the response")
+    max_length: int = option(4096, help="truncate rendered examples to this many tokens")
+    batch_size: int = option(8, help="examples per teacher forward")
+    shard_size: int = option(1024, help="examples per shard file")
+    store_dtype: str = option("float32", help="dtype of stored log-probs", choices=["float32", "float16", "bfloat16"])
+    dtype: str = option("auto", help="teacher weights' dtype (auto: bfloat16 on GPU, float32 on CPU)", choices=["auto", "float32", "bfloat16", "float16"])
+    device: str | None = option(None, help="device of the teacher (default cuda if available)")
+    device_map: str | None = option(None, help="device_map of the teacher, e.g. auto")
+    overwrite: bool = option(False, help="discard an existing cache written with other settings")
+
+    def validate(self) -> None:
+        if self.data is None and self.counterfactuals is None:
+            raise ConfigError("give --data and/or --counterfactuals")
+        if self.top_k < 1:
+            raise ConfigError("top_k must be >= 1")
+        if self.temperature <= 0:
+            raise ConfigError("temperature must be > 0")
