@@ -102,8 +102,8 @@ def run_leaf(root: Path, steps: int, batch: int, cache: bool) -> dict:
     out = Path(tempfile.mkdtemp())
     cfg = DistillConfig(
         student=str(root / "student"), teacher=None if cache else str(root / "teacher"),
-        teacher_cache=(root / "cache") if cache else None, data=root / "data.jsonl", output_dir=out,
-        per_device_batch_size=batch, grad_accum=1, max_steps=steps, save_steps=10**6, warmup_steps=0,
+        teacher_cache=(root / "cache") if cache else None, data=root / "data.jsonl", out=out,
+        batch_size=batch, grad_accum=1, max_steps=steps, save_steps=10**6, warmup_steps=0,
         precision="fp32", logging_steps=10**6, kl_chunk_size=1024,
     )
     timer = _Timer()

@@ -314,3 +314,18 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, require:
         help=f"YAML file of {cls.__name__} options (keys as the flags, - or _); flags given here override it",
     )
     add_options(parser, cls, require=require)
+
+
+class Summary:
+    """What every stage function returns: a dataclass that prints as one line (or a short block).
+
+    ``to_dict()`` gives the JSON-safe fields, for callers that log or store it.
+    """
+
+    def line(self) -> str:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        import json
+
+        return json.loads(json.dumps(dataclasses.asdict(self), default=str))  # type: ignore[call-overload]

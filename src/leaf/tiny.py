@@ -15,7 +15,11 @@ Chat template styles:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from leaf.config import Summary, make, option
 
 LLAMA3_TEMPLATE = (
     "{{- bos_token }}"
@@ -141,3 +145,40 @@ def build_model(
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
     return model.eval()
+
+
+@dataclass
+class TinyConfig:
+    """Options of ``leaf tiny``."""
+
+    out: Path = option(help="folder; gets teacher/ and student/")
+    data: Path | None = option(None, help="JSONL samples whose text the tokenizer is also trained on")
+    style: str = option("llama3", choices=("llama3", "chatml", "none"), help="chat template of the tokenizer")
+    seed: int = option(0, help="seed of the teacher's weights (the student's is seed + 1)")
+
+
+@dataclass
+class TinySummary(Summary):
+    out: Path
+    parameters: dict[str, int] = field(default_factory=dict)  #: model name -> parameter count
+
+    def line(self) -> str:
+        return "\n".join(f"wrote {self.out / name} ({n / 1e6:.2f}M parameters)" for name, n in self.parameters.items())
+
+
+def write_tiny(config: TinyConfig | None = None, **kwargs: Any) -> TinySummary:
+    """Write a random tiny teacher (4 layers, width 64) and student (2 layers, width 32) sharing one tokenizer."""
+    from leaf.data.records import load_samples
+
+    cfg = make(TinyConfig, config, kwargs, "leaf.tiny.write_tiny()")
+    corpus = list(DEFAULT_CORPUS)
+    if cfg.data:
+        corpus += [t for s in load_samples(cfg.data) for t in (s.instruction, s.response)]
+    tok = build_tokenizer(corpus, style=None if cfg.style == "none" else cfg.style, vocab_size=1024)
+    summary = TinySummary(cfg.out)
+    for name, size, layers, seed in (("teacher", 64, 4, cfg.seed), ("student", 32, 2, cfg.seed + 1)):
+        model = build_model(tok, hidden_size=size, num_layers=layers, seed=seed)
+        model.save_pretrained(cfg.out / name)
+        tok.save_pretrained(cfg.out / name)
+        summary.parameters[name] = sum(p.numel() for p in model.parameters())
+    return summary

@@ -108,7 +108,7 @@ def test_analyze_api_on_detections_with_samples(run_dir, tmp_path):
             fd.write(json.dumps({"id": f"s{k}", "level": "instruction", "method": "gradient", "tokens": [],
                                  "spans": [[start, start + len(flag)]], "truncated": 0}) + "\n")
     result = analyze(model=[str(run_dir / "student")], data=det, samples=samples, out=tmp_path / "out",
-                     max_samples=2, max_length=24, plots=False)
+                     max_samples=2, max_length=24, plots=False).result
     (m,) = result["models"]
     assert result["data_kind"] == "detections" and result["figures"] == {}
     assert [r["id"] for r in m["samples"]] == ["s0", "s1"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from leaf.cli import main
-from leaf.data.convert import convert, parse_fields
+from leaf.data.convert import convert_dataset, parse_fields
 from leaf.data.records import DataError, load_samples
 from leaf.checkers import get_checker
 
@@ -18,7 +18,7 @@ BENCH = FIX / "benchmarks"
 
 def test_numinamath(tmp_path):
     out = tmp_path / "numina.jsonl"
-    rep = convert(f"numinamath-cot={FIX / 'numinamath_cot.jsonl'}", out)
+    rep = convert_dataset(f"numinamath-cot={FIX / 'numinamath_cot.jsonl'}", out)
     assert rep == {"written": 3, "skipped": {}, "corpus": "numinamath-cot"}
     s = load_samples(out)  # valid sample format
     assert s[0].instruction.startswith("What is the sum") and s[0].answer == "55"
@@ -30,12 +30,12 @@ def test_numinamath(tmp_path):
 
 def test_corpus_recognised_from_columns(tmp_path):
     out = tmp_path / "n.jsonl"
-    assert convert(str(FIX / "numinamath_cot.jsonl"), out)["corpus"] == "numinamath-cot"
+    assert convert_dataset(str(FIX / "numinamath_cot.jsonl"), out)["corpus"] == "numinamath-cot"
 
 
 def test_acecode(tmp_path):
     out = tmp_path / "ace.jsonl"
-    rep = convert(f"acecode-87k={FIX / 'acecode_87k.jsonl'}", out)
+    rep = convert_dataset(f"acecode-87k={FIX / 'acecode_87k.jsonl'}", out)
     assert rep["written"] == 1 and rep["skipped"] == {"empty response": 1}  # oss_1 has no passing completion
     (s,) = load_samples(out)
     assert s.id == "oss_0" and s.response == "def add(a, b):\n    return a + b"  # the best-passing completion
@@ -47,7 +47,7 @@ def test_acecode(tmp_path):
 
 def test_hotpotqa(tmp_path):
     out = tmp_path / "hp.jsonl"
-    rep = convert(f"hotpotqa={BENCH / 'hotpot_dev_distractor_v1.json'}", out)
+    rep = convert_dataset(f"hotpotqa={BENCH / 'hotpot_dev_distractor_v1.json'}", out)
     assert rep["written"] == 2
     s = load_samples(out)
     assert s[0].answer == "yes" and s[0].response == "The answer is yes."
@@ -85,19 +85,19 @@ def test_field_mapping(tmp_path, capsys):
 
 def test_errors(tmp_path):
     with pytest.raises(DataError, match="--field instruction"):
-        convert(str(FIX / "custom.jsonl"), tmp_path / "x.jsonl")
+        convert_dataset(str(FIX / "custom.jsonl"), tmp_path / "x.jsonl")
     with pytest.raises(DataError, match="column 'nope'"):
-        convert(str(FIX / "custom.jsonl"), tmp_path / "x.jsonl", fields="instruction=nope,response=a_long")
+        convert_dataset(str(FIX / "custom.jsonl"), tmp_path / "x.jsonl", fields="instruction=nope,response=a_long")
     with pytest.raises(DataError, match="TARGET=COLUMN"):
         parse_fields("instruction")
     with pytest.raises(DataError, match="unknown target"):
         parse_fields("prompt=q")
     with pytest.raises(DataError, match="record 1: field 'problem': missing"):
-        convert(f"numinamath-cot={FIX / 'custom.jsonl'}", tmp_path / "x.jsonl")
+        convert_dataset(f"numinamath-cot={FIX / 'custom.jsonl'}", tmp_path / "x.jsonl")
 
 
 def test_limit(tmp_path):
     out = tmp_path / "l.jsonl"
-    assert convert(f"numinamath-cot={FIX / 'numinamath_cot.jsonl'}", out, limit=2)["written"] == 2
+    assert convert_dataset(f"numinamath-cot={FIX / 'numinamath_cot.jsonl'}", out, limit=2)["written"] == 2
     assert len(out.read_text().splitlines()) == 2
     assert not (tmp_path / "x.jsonl").exists()  # no half-written output after an error

@@ -32,12 +32,12 @@ def _cache(setup, teacher, out, k, **kw):
     return build_cache(
         CacheConfig(teacher=str(teacher), tokenizer=str(setup / "student"), data=setup / "d.jsonl",
                     counterfactuals=setup / "cf.jsonl", out=out, top_k=k, **kw)
-    )
+    ).out
 
 
 def _first_loss(setup, out, **kw):
     distill(
-        student=str(setup / "student"), data=setup / "d.jsonl", counterfactuals=setup / "cf.jsonl", output_dir=out,
+        student=str(setup / "student"), data=setup / "d.jsonl", counterfactuals=setup / "cf.jsonl", out=out,
         per_device_batch_size=12, grad_accum=1, max_steps=1, save_steps=1000, **kw,
     )
     return json.loads((out / "metrics.jsonl").read_text().splitlines()[0])

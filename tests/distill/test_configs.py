@@ -45,4 +45,4 @@ def test_distill_config_loads(path):
     assert args.gradient_accumulation_steps == config.grad_accum
     if "llama3_1b" in path.name:
         # the paper's effective batch of 32 on the 8-GPU launch the file documents
-        assert config.per_device_batch_size * config.grad_accum * (8 if config.teacher else 1) == 32
+        assert config.batch_size * config.grad_accum * (8 if config.teacher else 1) == 32

@@ -10,7 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from leaf.cli import main
+from pathlib import Path
+
 from leaf.config import ConfigError
+from leaf.data.jsonl import SettingsMismatch
 from leaf.distill import distill
 from leaf.distill.data import load_examples
 from leaf.distill.losses import forward_kl
@@ -25,10 +28,10 @@ def _metrics(out):
 def _run(setup, out, **kw):
     base = dict(
         student=str(setup / "student"), teacher=str(setup / "teacher"), data=setup / "d.jsonl",
-        counterfactuals=setup / "cf.jsonl", output_dir=out, save_steps=1000,
+        counterfactuals=setup / "cf.jsonl", out=out, save_steps=1000,
     )
     base.update(kw)
-    return distill(**base)
+    return distill(**base).out
 
 
 def _independent_first_step_loss(setup, lam, temperature):
@@ -101,9 +104,11 @@ def test_resumed_run_reaches_same_weights(distill_setup, tmp_path):
     part = tmp_path / "part"
     part.mkdir()
     shutil.copytree(full / "checkpoint-2", part / "checkpoint-2")  # as if the run died after step 2
-    with pytest.raises(ConfigError, match="--resume"):
-        _run(distill_setup, part, **common)
-    resumed = _run(distill_setup, part, resume=True, **common)
+    shutil.copy(full / "leaf_config.json", part / "leaf_config.json")  # written before training starts
+    # the resume rule of every stage: other settings are refused, naming them; the same settings resume
+    with pytest.raises(SettingsMismatch, match="learning_rate"):
+        _run(distill_setup, part, **{**common, "learning_rate": 5e-3})
+    resumed = _run(distill_setup, part, **common)
     a, b = _weights(full), _weights(resumed)
     start = load_file(str(distill_setup / "student" / "model.safetensors"))
     assert max((a[k] - start[k]).abs().max().item() for k in a) > 1e-3
@@ -128,7 +133,16 @@ def test_cli_yaml_with_flag_override(distill_setup, tmp_path):
 
 def test_config_validation():
     with pytest.raises(ConfigError, match="teacher"):
-        DistillConfig(student="s", output_dir="o", data="d").validate()
+        DistillConfig(student="s", out="o", data="d").validate()
+    # Trainer / TRL names are aliases of leaf's, in YAML and keyword arguments alike
+    from leaf.config import build
+
+    cfg = build(DistillConfig, {"student": "s", "teacher": "t", "data": "d", "output_dir": "o",
+                                "per_device_train_batch_size": 3, "num_train_epochs": 2,
+                                "gradient_accumulation_steps": 5, "lr_scheduler_type": "linear"})
+    assert (cfg.out, cfg.batch_size, cfg.epochs, cfg.grad_accum, cfg.lr_scheduler) == (Path("o"), 3, 2.0, 5, "linear")
+    with pytest.raises(ConfigError, match="unknown option 'per_device_eval_batch_size'"):
+        build(DistillConfig, {"student": "s", "teacher": "t", "data": "d", "out": "o", "per_device_eval_batch_size": 3})
 
 
 def test_lora_run_saves_merged_model(distill_setup, tmp_path):
@@ -186,7 +200,7 @@ def test_selected_rows_path_equals_full_logits_path(distill_setup, tmp_path):
 
     cfg = DistillConfig(
         student=str(distill_setup / "student"), teacher=str(distill_setup / "teacher"), data=distill_setup / "d.jsonl",
-        counterfactuals=distill_setup / "cf.jsonl", output_dir=tmp_path / "x", lam=0.4, alpha=0.3, temperature=1.5,
+        counterfactuals=distill_setup / "cf.jsonl", out=tmp_path / "x", lam=0.4, alpha=0.3, temperature=1.5,
     )
     trainer = build_trainer(cfg)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(12)])
@@ -223,5 +237,5 @@ def test_every_step_mixes_originals_and_counterfactuals(distill_setup, tmp_path)
 
     cfg = dict(student=str(distill_setup / "student"), teacher=str(distill_setup / "teacher"), data=distill_setup / "d.jsonl",
                counterfactuals=distill_setup / "cf.jsonl")
-    assert isinstance(build_trainer(DistillConfig(**cfg, output_dir=tmp_path / "a"))._get_train_sampler(), InterleavedSampler)
-    assert not isinstance(build_trainer(DistillConfig(**cfg, output_dir=tmp_path / "b", mix="shuffle"))._get_train_sampler(), InterleavedSampler)
+    assert isinstance(build_trainer(DistillConfig(**cfg, out=tmp_path / "a"))._get_train_sampler(), InterleavedSampler)
+    assert not isinstance(build_trainer(DistillConfig(**cfg, out=tmp_path / "b", mix="shuffle"))._get_train_sampler(), InterleavedSampler)

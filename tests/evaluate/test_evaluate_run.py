@@ -39,7 +39,7 @@ def test_evaluate_generates_scores_and_resumes(tmp_path, tiny_dir, samples_file)
     out = tmp_path / "res.json"
     options = dict(model=str(tiny_dir), benchmark=[str(samples_file)], task="exact", out=out, max_new_tokens=8,
                    batch_size=2, dtype="float32", device="cpu")
-    res = evaluate(**options)
+    res = evaluate(**options).results
     b = res["benchmarks"]["demo"]
     assert b["total"] == 5 and b["task"] == "exact"
     # the generations are exactly what generate() gives, and the scores are what the checker says about them
@@ -57,7 +57,7 @@ def test_evaluate_generates_scores_and_resumes(tmp_path, tiny_dir, samples_file)
     assert on_disk["model"] == str(tiny_dir) and on_disk["benchmarks"]["demo"] == b
     # resume: nothing new to generate, same results
     mtime = generations_path(out, "demo").stat().st_mtime_ns
-    again = evaluate(**options)
+    again = evaluate(**options).results
     assert again["benchmarks"]["demo"] == b
     assert generations_path(out, "demo").stat().st_mtime_ns == mtime
 
@@ -90,7 +90,7 @@ def test_score_predictions_against_a_benchmark(tmp_path):
         + json.dumps({"id": "5a8c7595554299585d9e36b6", "prediction": "The answer is Chief of Protocol of the US."})
         + "\n"
     )
-    res = evaluate(predictions=preds, benchmark=[f"hotpotqa={fix}"], out=tmp_path / "r.json")
+    res = evaluate(predictions=preds, benchmark=[f"hotpotqa={fix}"], out=tmp_path / "r.json").results
     b = res["benchmarks"]["hotpotqa"]
     assert (b["correct"], b["total"]) == (1, 2)
     # second: pred "chief of protocol of us" (5 tokens) vs gold "chief of protocol" (3): P=3/5, R=1, F1=0.75

@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from leaf.data.jsonl import read_jsonl
+
 from leaf.cli import main
 from leaf.data.records import DataError, load_samples, select_samples
 from leaf.generation import generate
@@ -91,7 +93,7 @@ def test_label_marks_teacher_and_student(tmp_path, pair):
         dtype="float32",
         device="cpu",
     )
-    assert out.read_text() == before and len(again) == 4
+    assert out.read_text() == before and again.samples == 4
 
 
 def test_label_refuses_samples_without_gold(tmp_path, pair):
@@ -113,7 +115,9 @@ def test_label_can_skip_ungradable_samples(tmp_path, pair):
     kw = dict(teacher=str(pair[0]), student=str(pair[1]), data=data, task="math", out=out, max_new_tokens=4)
     with pytest.raises(DataError, match="--skip-ungradable"):
         label(**kw, dtype="float32", device="cpu")
-    rows = label(**kw, dtype="float32", device="cpu", skip_ungradable=True)
+    summary = label(**kw, dtype="float32", device="cpu", skip_ungradable=True)
+    rows = read_jsonl(summary.out)
+    assert summary.samples == len(rows)
     assert [r["id"] for r in rows] == [2]
     assert isinstance(rows[0]["teacher_correct"], bool) and isinstance(rows[0]["student_correct"], bool)
     assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == [2]

@@ -17,56 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from leaf.config import ConfigError, option, to_dict
-from leaf.models import DTYPES
+from leaf.analyze.config import AnalyzeConfig
+from leaf.config import Summary, make, to_dict
 
 SAMPLES_FILE = "attention_samples.jsonl"
 RESULT_FILE = "attention.json"
-
-
-@dataclass
-class AnalyzeConfig:
-    """Options of ``leaf analyze``."""
-
-    model: list[str] = option(help="model directory or hub id; repeat the flag (or list several) to compare models")
-    data: Path = option(help="detections.jsonl, counterfactuals.jsonl, or samples with meta.confounder_spans")
-    out: Path = option(help="output folder (attention.json, attention_samples.jsonl, PNGs)")
-    samples: Path | None = option(
-        None, help="the original samples (needed for a detections file; optional for counterfactuals)"
-    )
-    label: list[str] | None = option(None, help="one display name per --model (default: the folder name)")
-    max_samples: int | None = option(None, help="analyse at most this many samples (in file order)")
-    max_length: int = option(2048, help="skip samples longer than this many tokens")
-    collect: str = option(
-        "output_attentions",
-        help="how attention weights are read: output_attentions (all layers at once, L*H*T*T numbers) or hooks "
-        "(each layer reduced as it is computed: one layer's weights in memory)",
-        choices=("output_attentions", "hooks"),
-    )
-    heatmaps: int = option(4, help="draw a heatmap (and keep per-token attention) for the first N samples")
-    dtype: str = option("float32", help="model dtype", choices=DTYPES)
-    device: str = option("cpu", help="torch device, e.g. cuda:0")
-    device_map: str | None = option(
-        None, help="e.g. 'auto' to spread a large model over several GPUs (then --device is ignored)"
-    )
-    overwrite: bool = option(False, help="start over instead of resuming an existing OUT/attention_samples.jsonl")
-    plots: bool = option(True, help="draw PNG figures (needs matplotlib: pip install 'leaf[analysis]')")
-
-    def validate(self) -> None:
-        if not self.model:
-            raise ConfigError("give at least one --model")
-        if self.label is not None and len(self.label) != len(self.model):
-            raise ConfigError(f"--label: got {len(self.label)} label(s) for {len(self.model)} model(s)")
-        labels = self.labels()
-        if len(set(labels)) != len(labels):
-            raise ConfigError(f"model labels must be unique, got {labels}; pass --label")
-        if self.max_length < 2:
-            raise ConfigError("--max-length must be at least 2")
-
-    def labels(self) -> list[str]:
-        if self.label:
-            return list(self.label)
-        return [Path(m.rstrip("/")).name or m for m in self.model]
 
 
 def _mean(values: list[float]) -> float | None:
@@ -196,20 +151,39 @@ def summarise(records: list[dict[str, Any]], num_layers: int) -> dict[str, Any]:
     }
 
 
-def analyze(config: AnalyzeConfig | None = None, **kwargs: Any) -> dict[str, Any]:
-    """Run the analysis; return the content written to ``OUT/attention.json``."""
+@dataclass
+class AnalyzeSummary(Summary):
+    """``result`` is the content written to ``OUT/attention.json`` (schema: docs/analysis.md)."""
+
+    out: Path
+    result: dict[str, Any]
+
+    @property
+    def models(self) -> list[dict[str, Any]]:
+        return list(self.result["models"])
+
+    def line(self) -> str:
+        lines = []
+        for m in self.models:
+            s = m["summary"]
+            share = "n/a" if s["share_on_span"] is None else f"{s['share_on_span']:.4f}"
+            ratio = "n/a" if s["span_density_ratio"] is None else f"{s['span_density_ratio']:.3f}"
+            skipped = sum(s["skipped"].values())
+            lines.append(f"{m['label']}: {s['samples']} samples ({skipped} skipped), mean share on spans {share}, "
+                         f"per-token ratio span/rest {ratio}")
+        return "\n".join([*lines, f"wrote {self.out / RESULT_FILE}"])
+
+
+def analyze(config: AnalyzeConfig | None = None, **kwargs: Any) -> AnalyzeSummary:
+    """Run the analysis; write ``OUT/attention.json`` and return it in a summary."""
     from tqdm.auto import tqdm
 
     from leaf.analyze.spans import load_span_samples
-    from leaf.config import build
     from leaf.data.jsonl import ResumableJsonl, read_jsonl
     from leaf.data.records import id_key
     from leaf.models import load_model, load_tokenizer
 
-    if config is None:
-        config = build(AnalyzeConfig, kwargs, "analyze()")
-    elif kwargs:
-        raise TypeError("pass either a config or keyword arguments, not both")
+    config = make(AnalyzeConfig, config, kwargs, "leaf.analyze()")
     if config.plots:
         from leaf.analyze.plots import pyplot
 
@@ -286,7 +260,7 @@ def analyze(config: AnalyzeConfig | None = None, **kwargs: Any) -> dict[str, Any
 
         result["figures"] = draw_all(result, out_dir)
     (out_dir / RESULT_FILE).write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    return result
+    return AnalyzeSummary(out_dir, result)
 
 
 def _key(label: str, sample_id: Any) -> str:

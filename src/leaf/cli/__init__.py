@@ -1,13 +1,20 @@
 """The ``leaf`` command: a thin layer over the Python API.
 
-Each subcommand lives in its own module of this package and exposes
+Each subcommand lives in its own module of this package and declares one
+:class:`Command`: its name, one line of help, its config dataclass and the API
+function that runs it (both as ``"module:name"``, imported only when needed so
+``leaf --help`` stays fast). Every command is built the same way:
 
-* ``COMMAND`` (its name on the command line, e.g. ``"detect"``),
-* ``HELP`` (one line),
-* ``add_arguments(parser)`` and ``run(args) -> int``.
+* the flags come from the config dataclass (:func:`leaf.config.add_config_arguments`),
+  with ``--config FILE.yaml`` for the same keys; fields without a default are
+  required flags unless ``--config`` is given;
+* ``run`` resolves defaults < YAML < flags into the config, calls the API
+  function, and prints the typed summary it returns (``summary.line()``).
 
-Modules are discovered, so adding a stage never edits this file. Heavy imports
-(torch, transformers) happen inside ``run`` so ``leaf --help`` stays fast.
+Modules are discovered, so adding a stage never edits this file. Errors that
+are the user's to fix (bad data, bad options, settings that changed) are
+printed as one line naming the file, line, field or setting, exit status 2;
+``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -18,9 +25,11 @@ import logging
 import pkgutil
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from types import ModuleType
+from typing import Any
 
-from leaf.config import ConfigError
+from leaf.config import ConfigError, add_config_arguments, resolve
 from leaf.data.jsonl import SettingsMismatch
 from leaf.data.records import DataError
 from leaf.data.render import TemplateError
@@ -29,45 +38,84 @@ from leaf.data.render import TemplateError
 USER_ERRORS = (DataError, ConfigError, SettingsMismatch, TemplateError)
 
 
-def _commands() -> list[ModuleType]:
-    mods = []
+def load_object(path: str) -> Any:
+    """``"package.module:name"`` -> the object."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class Command:
+    """One ``leaf`` subcommand: a config dataclass and the API function it is passed to."""
+
+    name: str
+    help: str
+    config: str = ""  #: "module:ConfigClass"
+    run: str = ""  #: "module:function", called with the config; returns a summary with ``.line()``
+    children: tuple[Command, ...] = field(default_factory=tuple)  #: sub-actions (``leaf data convert``)
+
+    def add_to(self, sub: Any, require: bool) -> None:
+        parser = sub.add_parser(self.name, help=self.help, description=self.help)
+        if self.children:
+            actions = parser.add_subparsers(dest=f"{self.name}_action", metavar="ACTION", required=True)
+            for child in self.children:
+                child.add_to(actions, require)
+            return
+        add_config_arguments(parser, load_object(self.config), require=require)
+        parser.set_defaults(_command=self)
+
+    def __call__(self, args: argparse.Namespace) -> int:
+        config = resolve(load_object(self.config), args)
+        summary = load_object(self.run)(config)
+        print(summary.line())
+        return 0
+
+
+def _commands() -> list[Command]:
+    found = []
     for info in pkgutil.iter_modules(__path__):
         if info.name.startswith("_"):
             continue
-        mod = importlib.import_module(f"{__name__}.{info.name}")
-        if hasattr(mod, "COMMAND"):
-            mods.append(mod)
-    return sorted(mods, key=lambda m: m.COMMAND)
+        mod: ModuleType = importlib.import_module(f"{__name__}.{info.name}")
+        if isinstance(getattr(mod, "COMMAND", None), Command):
+            found.append(mod.COMMAND)
+    return sorted(found, key=lambda c: c.name)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``leaf`` parser; required options are required flags unless ``--config`` is in ``argv``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    require = not any(a == "--config" or a.startswith("--config=") for a in argv)
     parser = argparse.ArgumentParser(
         prog="leaf",
         description="LeaF: learn to focus. Detect confounding tokens, prune them, distil, evaluate, analyse.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for mod in _commands():
-        p = sub.add_parser(mod.COMMAND, help=mod.HELP, description=mod.HELP)
-        mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
+    for command in _commands():
+        command.add_to(sub, require)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose + 1, 2),
         format="%(levelname)s %(name)s: %(message)s",
     )
-    if not getattr(args, "_run", None):
+    command = getattr(args, "_command", None)
+    if command is None:
         parser.print_help()
         return 2
     try:
-        return int(args._run(args) or 0)
+        return command(args)
     except USER_ERRORS as exc:
-        print(f"leaf {args.command}: error: {exc}", file=sys.stderr)
+        if args.debug:
+            raise
+        name = " ".join(v for k, v in vars(args).items() if k == "command" or k.endswith("_action"))
+        print(f"leaf {name}: error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from leaf.config import Summary, make
+from leaf.data.config import ConvertConfig
 from leaf.data.records import DataError
 
 log = logging.getLogger(__name__)
@@ -158,7 +160,28 @@ def _records(
     return corpus, ds, hub
 
 
-def convert(
+@dataclass
+class ConvertSummary(Summary):
+    out: Path
+    written: int
+    corpus: str | None
+    skipped: dict[str, int]
+
+    def line(self) -> str:
+        kind = f" as {self.corpus}" if self.corpus else ""
+        n = sum(self.skipped.values())
+        return f"wrote {self.written} samples{kind} to {self.out}" + (f" (skipped {n}: {self.skipped})" if n else "")
+
+
+def convert(config: ConvertConfig | None = None, **kwargs: Any) -> ConvertSummary:
+    """``leaf data convert`` as a function: a :class:`ConvertConfig` or its fields as keyword arguments."""
+    cfg = make(ConvertConfig, config, kwargs, "leaf.data.convert()")
+    report = convert_dataset(cfg.dataset, cfg.out, fields=cfg.field, split=cfg.split, subset=cfg.subset,
+                             limit=cfg.limit)
+    return ConvertSummary(cfg.out, report["written"], report["corpus"], report["skipped"])
+
+
+def convert_dataset(
     dataset: str,
     to: str | Path,
     *,

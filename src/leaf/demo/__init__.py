@@ -7,3 +7,19 @@
 * :mod:`leaf.demo.greedy` -- greedy decoding and answer matching used to
   measure them.
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+from leaf.demo.config import DemoConfig
+
+
+def demo(config: DemoConfig | None = None, **kwargs: Any) -> Any:
+    """Run the demo; see :func:`leaf.demo.pipeline.demo`."""
+    from leaf.demo.pipeline import demo as _demo
+
+    return _demo(config, **kwargs)
+
+
+__all__ = ["DemoConfig", "demo"]

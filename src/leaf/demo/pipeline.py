@@ -25,93 +25,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from leaf.config import build, option, to_dict
+from leaf.config import Summary, make, to_dict
 from leaf.data.jsonl import dumps, read_jsonl
+from leaf.demo.config import ARMS, ATTENTION_ARMS, CF_SETS, SPLITS, DemoConfig
 from leaf.demo.metrics import detection_quality, mean_std, overlaps
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("confounded", "counterfactual", "clean")
-
-#: Counterfactual sets: name -> (detection file stem, strategy, intervention).
-CF_SETS: dict[str, tuple[str, str, str]] = {
-    "gradient": ("det_gradient", "span", "delete"),
-    "gradient_collective": ("det_gradient", "collective", "delete"),
-    "gradient_response": ("det_gradient_response", "span", "delete"),
-    "random": ("det_random", "span", "delete"),
-    "ppl": ("det_ppl", "span", "delete"),
-    "oracle": ("det_oracle", "span", "delete"),
-    "gradient_mask": ("det_gradient", "span", "mask"),
-    "gradient_resample": ("det_gradient", "span", "resample"),
-    "oracle_mask": ("det_oracle", "span", "mask"),
-    "oracle_resample": ("det_oracle", "span", "resample"),
-}
-
-#: Arms: name -> counterfactual sets used (None: no training; "extra": compute-matched originals).
-#: ``kd_selected`` puts the *unpruned* selected samples in the counterfactual term: it separates
-#: what pruning does from what re-weighting the samples the student gets wrong does.
-ARMS: dict[str, Any] = {
-    "pre_kd": None,
-    "kd": [],
-    "kd_extra": "extra",
-    "kd_selected": ["selected"],
-    "leaf_instr": ["gradient"],
-    "leaf_instr_resp": ["gradient", "gradient_response"],
-    "leaf_random": ["random"],
-    "leaf_ppl": ["ppl"],
-    "leaf_oracle": ["oracle"],
-    "leaf_collective": ["gradient_collective"],
-    "leaf_mask": ["gradient_mask"],
-    "leaf_resample": ["gradient_resample"],
-    "oracle_mask": ["oracle_mask"],
-    "oracle_resample": ["oracle_resample"],
-}
-
-ATTENTION_ARMS = ("pre_kd", "kd", "leaf_instr", "leaf_oracle", "leaf_resample")
-
-
-@dataclass
-class DemoConfig:
-    """Options of ``leaf demo`` (CLI flags, YAML keys and API arguments alike)."""
-
-    out: Path = option(Path("leaf-demo"), help="output folder (results.json, table.md, report.html, seed-*/)")
-    quick: bool = option(False, help="smoke run: tiny models and sets, one seed (about 25 s, plus 30 s to build its models once)")
-    seeds: int | None = option(None, help="number of seeds (default 3; --quick: 1)")
-    n_train: int | None = option(None, help="distillation pool: problems per family (default 500; quick 80)")
-    n_test: int | None = option(None, help="test problems per family and split (default 200; quick 25)")
-    steps: int | None = option(None, help="optimiser steps of every distillation arm (default 200; quick 25)")
-    batch_size: int = option(16, help="examples per optimiser step (every arm)")
-    learning_rate: float = option(1e-3, help="peak learning rate of every arm (tiny models want more than 1e-5)")
-    lam: float = option(0.5, help="lambda of the LeaF arms (weight of L_kd; 1 - lambda on L_cd)", aliases=["lambda"])
-    tau: float = option(0.10, help="detection threshold on the normalised saliency difference")
-    taus: list[float] = option(default_factory=lambda: [0.05, 0.10, 0.15, 0.20, 0.30],
-                               help="thresholds at which detection quality is also reported")
-    select: str = option("student-wrong", choices=("student-wrong", "all"),
-                         help="which pool samples are analysed (the paper: teacher right, student wrong)")
-    arms: list[str] | None = option(None, help=f"arms to run (default: all of {', '.join(ARMS)})")
-    attention: bool = option(True, help="measure attention on planted spans (leaf analyze)")
-    report: bool = option(True, help="write the HTML report of the first seed")
-    cache_dir: Path | None = option(None, help="where the trained tiny models are cached (default ~/.cache/leaf)")
-    overwrite: bool = option(False, help="start over instead of resuming an existing --out")
-
-    def validate(self) -> None:
-        unknown = sorted(set(self.arms or ()) - set(ARMS))
-        if unknown:
-            raise ValueError(f"unknown arm(s) {', '.join(unknown)}; known: {', '.join(ARMS)}")
-        if not 0.0 <= self.lam <= 1.0:
-            raise ValueError("--lam must lie in [0, 1]")
-
-    def resolved(self) -> DemoConfig:
-        """Fill the size defaults of the chosen mode."""
-        quick = self.quick
-        return replace(
-            self,
-            seeds=self.seeds or (1 if quick else 3),
-            n_train=self.n_train or (80 if quick else 500),
-            n_test=self.n_test or (25 if quick else 200),
-            steps=self.steps or (25 if quick else 200),
-            arms=self.arms or list(ARMS),
-        )
 
 
 # -- small helpers ----------------------------------------------------------------------------
@@ -197,8 +117,8 @@ def evaluate_model(path: Path | str, tests: dict[str, list[dict[str, Any]]], *, 
 def run_seed(seed: int, cfg: DemoConfig, models: Any, out: Path, timer: Timer) -> dict[str, Any]:
     from leaf.demo.tasks import generate_mix
     from leaf.detect import detect
-    from leaf.distill.trainer import DistillConfig, distill
-    from leaf.evaluate.label import label
+    from leaf.distill import DistillConfig, distill
+    from leaf.evaluate import label
     from leaf.prune import prune
 
     assert cfg.n_train and cfg.n_test and cfg.steps and cfg.arms is not None
@@ -279,9 +199,9 @@ def run_seed(seed: int, cfg: DemoConfig, models: Any, out: Path, timer: Timer) -
             with timer("distill"):
                 distill(DistillConfig(
                     student=student, teacher=teacher, data=data, counterfactuals=cfs, lam=cfg.lam if cfs else 1.0,
-                    output_dir=train_dir, max_steps=cfg.steps, epochs=1000, per_device_batch_size=cfg.batch_size,
+                    out=train_dir, max_steps=cfg.steps, epochs=1000, batch_size=cfg.batch_size,
                     grad_accum=1, learning_rate=cfg.learning_rate, warmup_steps=5, precision="fp32",
-                    save_steps=10**9, logging_steps=5, seed=seed, max_length=512))
+                    dtype="float32", save_steps=10**9, logging_steps=5, seed=seed, max_length=512))
         if spec is not None:
             model_dir = out / f"train-{arm}"
         with timer("evaluate"):
@@ -289,14 +209,15 @@ def run_seed(seed: int, cfg: DemoConfig, models: Any, out: Path, timer: Timer) -
 
     attention: dict[str, Any] = {}
     if cfg.attention:
-        from leaf.analyze.run import analyze
+        from leaf.analyze import analyze
 
         arms = [a for a in ATTENTION_ARMS if a in cfg.arms]
         paths = [student if ARMS[a] is None else str(out / f"train-{a}") for a in arms] + [teacher]
         with timer("analyze"):
             result = analyze(model=paths, label=[*arms, "teacher"], data=out / "test_counterfactual.jsonl",
-                             out=out / "analysis", max_samples=40, heatmaps=2, overwrite=True)
-        attention = {m["label"]: m["summary"]["share_on_span"] for m in result["models"]}
+                             out=out / "analysis", max_samples=40, heatmaps=2, overwrite=True, dtype="float32",
+                             device="cpu")
+        attention = {m["label"]: m["summary"]["share_on_span"] for m in result.models}
 
     if cfg.report and seed == 0:
         from leaf.report import build_report
@@ -363,13 +284,26 @@ def markdown_table(summary: dict[str, Any]) -> str:
     return text
 
 
-def demo(config: DemoConfig | None = None, **kwargs: Any) -> dict[str, Any]:
-    """Run the demo; return (and write to OUT/results.json) the results."""
+@dataclass
+class DemoSummary(Summary):
+    """``results`` is what OUT/results.json holds (schema: docs/demo.md); ``table`` the printed table."""
+
+    out: Path
+    results: dict[str, Any]
+    table: str
+
+    def line(self) -> str:
+        return (f"{self.table}\nresults: {self.out / 'results.json'}; report: {self.out / 'report.html'}; "
+                f"took {self.results['timings']['total']:.0f} s")
+
+
+def demo(config: DemoConfig | None = None, **kwargs: Any) -> DemoSummary:
+    """Run the demo; write OUT/results.json, table.md and report.html; return them in a summary."""
     from leaf.demo.models import QUICK, DemoModelsConfig
     from leaf.demo.models import build as build_models
 
-    cfg = (config if config is not None else build(DemoConfig, kwargs, "leaf.demo()")).resolved()
-    cfg.validate()
+    cfg = make(DemoConfig, config, kwargs, "leaf.demo()").resolved()
+    log.setLevel(logging.INFO)
     out = Path(cfg.out)
     settings = {k: v for k, v in to_dict(cfg).items() if k not in ("overwrite", "report", "cache_dir")}
     marker = out / "demo_settings.json"
@@ -400,7 +334,8 @@ def demo(config: DemoConfig | None = None, **kwargs: Any) -> dict[str, Any]:
         "timings": {**timer.seconds, "total": time.perf_counter() - t0},
     }
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    (out / "table.md").write_text(markdown_table(summary))
+    table = markdown_table(summary)
+    (out / "table.md").write_text(table)
     if cfg.report and (out / "seed-0" / "report.html").exists():
         shutil.copyfile(out / "seed-0" / "report.html", out / "report.html")
-    return results
+    return DemoSummary(out, results, table)

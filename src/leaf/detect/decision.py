@@ -26,6 +26,12 @@ import torch
 #: Relative range under which a score vector counts as constant.
 _EPS = 1e-9
 
+#: The paper's threshold for a 1B student at instruction level (smaller students need a higher tau).
+DEFAULT_TAU = 0.10
+
+#: The percentile rule never flags a token whose score exceeds this (the reference math script's cap).
+PERCENTILE_CAP = 0.5
+
 
 def minmax(x: torch.Tensor) -> torch.Tensor | None:
     """Min-max normalise a 1-D tensor to [0, 1]; ``None`` when it is constant or not finite."""
@@ -60,7 +66,7 @@ def flag_percentile(
     scores: torch.Tensor | None,
     percent: float,
     eligible: torch.Tensor,
-    cap: float = 0.5,
+    cap: float = PERCENTILE_CAP,
 ) -> torch.Tensor:
     """Flag eligible tokens in the lowest ``percent`` % of scores (threshold capped at ``cap``).
 

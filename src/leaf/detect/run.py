@@ -13,76 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from leaf.config import build, option, to_dict
+from leaf.config import Summary, make, to_dict
 from leaf.data.jsonl import ResumableJsonl, dumps
-from leaf.data.records import id_key, load_samples, select_samples
-from leaf.data.records import Sample
-from leaf.detect.methods import METHODS
-from leaf.detect.prepare import TRUNCATION_POLICIES, Prepared, Skipped, prepare
-from leaf.detect.projection import RULES
+from leaf.data.records import Sample, id_key, load_samples, select_samples
+from leaf.detect.config import DetectConfig
+from leaf.detect.prepare import Prepared, Skipped, prepare
 from leaf.detect.segments import segment_response
-from leaf.models import DTYPES
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TAU = 0.10
-
 
 @dataclass
-class DetectConfig:
-    """Options of ``leaf detect`` (CLI flags, YAML keys and API arguments alike)."""
-
-    teacher: str = option(help="teacher model: local directory or hub id")
-    student: str = option(help="student model: local directory or hub id")
-    data: Path = option(help="input samples (JSONL, see docs/data-format.md)")
-    out: Path = option(help="output detections JSONL; rerunning with the same path resumes")
-    tau: float | None = option(None, help=f"flag tokens with normalised score d <= tau (default {DEFAULT_TAU})")
-    percentile: float | None = option(
-        None, help="instead of tau: flag the lowest P %% of d per sample (threshold capped at 0.5)"
-    )
-    level: str = option("instruction", choices=("instruction", "response"),
-                        help="instruction: score the instruction, loss on the response; response: score the "
-                             "instruction and earlier response segments, loss on each later segment")
-    segments: int = option(2, help="response level: split each response into this many segments (2 or 3)")
-    method: str = option("gradient", choices=tuple(METHODS),
-                         help="gradient (LeaF), or the ablation baselines random / ppl (same token count)")
-    seed: int = option(0, help="seed of the random method")
-    select: str = option("all", help="which samples: all, or student-wrong (teacher right, student wrong)",
-                         choices=("all", "student-wrong"))
-    batch_size: int = option(8, help="samples per forward/backward pass")
-    max_length: int = option(2048, help="maximum tokens of a rendered sample")
-    truncation: str = option("left", choices=TRUNCATION_POLICIES,
-                             help="over-long samples: cut the instruction from the left, or skip them")
-    dtype: str = option("float32", choices=DTYPES, help="model weights dtype")
-    device: str = option("cpu", help="torch device for both models (e.g. cuda, cuda:1)")
-    teacher_device: str | None = option(None, help="device for the teacher (default: --device)")
-    teacher_device_map: str | None = option(
-        None, help="place the teacher across devices with accelerate (e.g. auto); overrides --teacher-device"
-    )
-    projection: str = option("mean", choices=RULES,
-                             help="how teacher scores are carried onto student tokens when tokenizers differ")
-    overwrite: bool = option(False, help="start over instead of resuming an existing --out")
-    progress: bool = option(True, help="show a progress bar")
-
-    def validate(self) -> None:
-        if self.tau is not None and self.percentile is not None:
-            raise ValueError("give either --tau or --percentile, not both")
-        if self.percentile is not None and not 0 < self.percentile <= 100:
-            raise ValueError("--percentile must be in (0, 100]")
-        if self.batch_size < 1 or self.max_length < 8:
-            raise ValueError("--batch-size must be >= 1 and --max-length >= 8")
-        if self.segments not in (2, 3):
-            raise ValueError("--segments must be 2 or 3")
-
-    @property
-    def rule(self) -> dict[str, Any]:
-        if self.percentile is not None:
-            return {"percentile": self.percentile, "cap": 0.5}
-        return {"tau": DEFAULT_TAU if self.tau is None else self.tau}
-
-
-@dataclass
-class DetectSummary:
+class DetectSummary(Summary):
     out: Path
     samples: int = 0
     written: int = 0
@@ -109,7 +51,10 @@ def _settings(cfg: DetectConfig) -> dict[str, Any]:
     """What shapes the numbers: a resumed run must match these exactly."""
     keep = ("teacher", "student", "select", "batch_size", "max_length", "truncation", "dtype", "projection",
             "level", "method")
+    from leaf.models import resolve_dtype
+
     s = {k: to_dict(cfg)[k] for k in keep}
+    s["dtype"] = resolve_dtype(cfg.dtype, cfg.device)  # what ran, so a resume elsewhere cannot mix dtypes
     if cfg.level == "response":
         s["segments"] = cfg.segments
     if cfg.method == "random":
@@ -138,9 +83,7 @@ def detect(config: DetectConfig | None = None, **kwargs: Any) -> DetectSummary:
     ``leaf.detect(teacher=..., student=..., data=..., out=...)`` and
     ``leaf.detect(DetectConfig(...))`` are equivalent.
     """
-    cfg = config if config is not None else build(DetectConfig, kwargs, "leaf.detect()")
-    if config is not None:
-        cfg.validate()
+    cfg = make(DetectConfig, config, kwargs, "leaf.detect()")
     samples = select_samples(load_samples(cfg.data), cfg.select)  # fails before any model is loaded
 
     from leaf.models import load_tokenizer

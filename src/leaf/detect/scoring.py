@@ -7,7 +7,14 @@ from typing import Any
 
 import torch
 
-from leaf.detect.decision import confounder_scores, flag_percentile, flag_threshold, merge_spans, whitespace_mask
+from leaf.detect.decision import (
+    PERCENTILE_CAP,
+    confounder_scores,
+    flag_percentile,
+    flag_threshold,
+    merge_spans,
+    whitespace_mask,
+)
 from leaf.detect.methods import NEEDS_SURPRISAL, MethodContext, apply_method
 from leaf.detect.prepare import Prepared, View
 from leaf.detect.projection import project_scores
@@ -35,7 +42,7 @@ def model_surprisal(model: Any, views: list[View], pad_id: int) -> list[torch.Te
 
 def gradient_flags(scores: torch.Tensor | None, eligible: torch.Tensor, rule: dict[str, Any]) -> torch.Tensor:
     if "percentile" in rule:
-        return flag_percentile(scores, rule["percentile"], eligible, cap=rule.get("cap", 0.5))
+        return flag_percentile(scores, rule["percentile"], eligible, cap=rule.get("cap", PERCENTILE_CAP))
     return flag_threshold(scores, rule["tau"], eligible)
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from leaf.config import ConfigError, to_dict
+from leaf.config import ConfigError, Summary, make, to_dict
 from leaf.distill.config import CacheConfig
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,19 @@ def _shards(out: Path) -> list[Path]:
     return sorted(out.glob("shard-*.safetensors"))
 
 
-def build_cache(config: CacheConfig) -> Path:
+@dataclass
+class CacheSummary(Summary):
+    out: Path
+    examples: int
+    tokens: int
+    mean_tail_mass: float
+
+    def line(self) -> str:
+        return (f"cached the teacher's top-k of {self.tokens} tokens in {self.examples} examples "
+                f"(mean mass outside the top k {self.mean_tail_mass:.4f}); wrote {self.out}")
+
+
+def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummary:
     """Run the teacher over every example and store top-k log-probs of each loss token."""
     import torch
     from safetensors.torch import save_file
@@ -73,6 +85,7 @@ def build_cache(config: CacheConfig) -> Path:
     from leaf.distill.losses import loss_rows
     from leaf.models import input_device, load_model, load_tokenizer
 
+    config = make(CacheConfig, config, kwargs, "leaf.distill.build_cache()")
     out = Path(config.out)
     tokenizer = load_tokenizer(config.tokenizer or config.teacher)
     examples = load_examples(tokenizer, config.data, config.counterfactuals, include_eos=config.include_eos, max_length=config.max_length)
@@ -103,9 +116,7 @@ def build_cache(config: CacheConfig) -> Path:
         done.update(_shard_keys(p))
     todo = [ex for ex in examples if ex.key not in done]
 
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = config.dtype if config.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
-    teacher = load_model(config.teacher, dtype=dtype, device=device, device_map=config.device_map)
+    teacher = load_model(config.teacher, dtype=config.dtype, device=config.device, device_map=config.device_map)
     vocab = model_vocab_size(teacher)
     manifest = {**settings, "vocab_size": vocab, "examples": len(examples), "tokens": sum(e.n_loss_tokens for e in examples), "complete": False, "config": to_dict(config)}
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -157,7 +168,7 @@ def build_cache(config: CacheConfig) -> Path:
     manifest["mean_tail_mass"] = _mean_tail_mass(out)
     manifest["complete"] = True
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return out
+    return CacheSummary(out, manifest["examples"], manifest["tokens"], manifest["mean_tail_mass"])
 
 
 def _mean_tail_mass(out: Path) -> float:

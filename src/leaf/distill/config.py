@@ -18,29 +18,32 @@ class DistillConfig:
     """Options of ``leaf distill`` (flags, YAML keys and ``distill()`` keyword arguments)."""
 
     student: str = option(help="student model: local folder or hub id")
-    output_dir: Path = option(help="run folder: checkpoints, metrics.jsonl/csv, final model, leaf_config.json")
+    out: Path = option(help="run folder: checkpoints, metrics.jsonl/csv, final model, leaf_config.json; rerunning "
+                       "with the same folder and settings resumes from its last checkpoint", aliases=["output_dir"])
     teacher: str | None = option(None, help="teacher model (not needed with --teacher-cache)")
     data: Path | None = option(None, help="original samples (JSONL); give this and/or --counterfactuals")
     counterfactuals: Path | None = option(None, help="counterfactual records from `leaf prune` (JSONL)")
     teacher_cache: Path | None = option(None, help="folder written by `leaf cache-teacher`: train without loading the teacher")
-    lam: float = option(0.5, help="lambda: weight of L_kd (originals); 1 - lambda weighs L_cd (counterfactuals)", aliases=["lambda"])
-    temperature: float = option(1.0, help="softmax temperature T of the KL (loss scaled by T^2)")
-    alpha: float = option(0.0, help="weight of an extra cross-entropy on the reference response")
+    lam: float = option(0.5, low=0.0, high=1.0, help="lambda: weight of L_kd (originals); 1 - lambda weighs L_cd (counterfactuals)", aliases=["lambda"])
+    temperature: float = option(1.0, low=1e-6, help="softmax temperature T of the KL (loss scaled by T^2)")
+    alpha: float = option(0.0, low=0.0, help="weight of an extra cross-entropy on the reference response")
     kl_chunk_size: int = option(1024, help="loss tokens per chunk of fp32 log-probs (0 = all at once)")
     include_eos: bool = option(True, help="also train on the end-of-turn token after the response (teaches stopping)")
     max_length: int = option(4096, help="truncate rendered examples to this many tokens")
-    epochs: float = option(3.0, help="training epochs")
+    epochs: float = option(3.0, low=0.0, help="training epochs", aliases=["num_train_epochs"])
     max_steps: int = option(-1, help="stop after this many optimiser steps (-1: run all epochs)")
     learning_rate: float = option(1e-5, help="peak learning rate")
-    lr_scheduler: str = option("cosine", help="learning-rate schedule (a transformers scheduler name)")
-    warmup_steps: int = option(5, help="linear warm-up steps")
+    lr_scheduler: str = option("cosine", help="learning-rate schedule (a transformers scheduler name)",
+                               aliases=["lr_scheduler_type"])
+    warmup_steps: int = option(5, low=0, help="linear warm-up steps")
     weight_decay: float = option(0.0, help="AdamW weight decay")
     optim: str = option("adamw_torch", help="optimiser (a transformers optim name)")
     max_grad_norm: float = option(1.0, help="gradient clipping norm (0 = off)")
-    per_device_batch_size: int = option(4, help="examples per device per micro-batch")
-    grad_accum: int = option(8, help="gradient-accumulation steps; effective batch = per-device batch x grad_accum x processes (paper: 32)")
+    batch_size: int = option(4, low=1, help="examples per device per micro-batch",
+                             aliases=["per_device_batch_size", "per_device_train_batch_size"])
+    grad_accum: int = option(8, low=1, help="gradient-accumulation steps; effective batch = batch_size x grad_accum x processes (paper: 32)", aliases=["gradient_accumulation_steps"])
     precision: str = option("auto", help="auto = bf16 where the hardware has it, else fp32", choices=["auto", "bf16", "fp16", "fp32"])
-    student_dtype: str = option("float32", help="dtype the student's weights are loaded in (float32 = mixed-precision master weights)", choices=["float32", "bfloat16", "float16"])
+    dtype: str = option("float32", help="dtype the student's weights are loaded in (float32: the master weights of mixed-precision training, which --precision sets)", choices=["float32", "bfloat16", "float16"], aliases=["student_dtype"])
     teacher_dtype: str = option("auto", help="teacher weights' dtype; auto = bfloat16 when training in bf16, else float32", choices=["auto", "float32", "bfloat16", "float16"])
     teacher_device: str | None = option(None, help="device of the teacher (default: the student's)")
     teacher_device_map: str | None = option(None, help="device_map of the teacher, e.g. auto (spread over GPUs)")
@@ -53,11 +56,11 @@ class DistillConfig:
     save_steps: int = option(500, help="checkpoint every N optimiser steps")
     save_total_limit: int = option(2, help="keep at most N checkpoints")
     report_to: str = option("none", help="also log to this tracker", choices=["none", "tensorboard", "wandb"])
-    resume: bool = option(False, help="resume from the last checkpoint in output_dir")
     seed: int = option(42, help="random seed (data order, init of LoRA)")
     dataloader_num_workers: int = option(0, help="data-loader worker processes")
     pad_to_multiple_of: int | None = option(None, help="pad batch length to a multiple of this (e.g. 8 on tensor cores)")
     mix: str = option("interleave", help="batch order: interleave = originals and counterfactuals evenly spread over every step; shuffle = one random pool", choices=["interleave", "shuffle"])
+    overwrite: bool = option(False, help="start over: delete the checkpoints of an earlier run in --out instead of resuming")
 
     def validate(self) -> None:
         if not 0.0 <= self.lam <= 1.0:
@@ -70,8 +73,6 @@ class DistillConfig:
             raise ConfigError("give --teacher or --teacher-cache")
         if self.data is None and self.counterfactuals is None:
             raise ConfigError("give --data and/or --counterfactuals")
-        if self.per_device_batch_size < 1 or self.grad_accum < 1:
-            raise ConfigError("per_device_batch_size and grad_accum must be >= 1")
 
 
 @dataclass
@@ -83,15 +84,15 @@ class CacheConfig:
     data: Path | None = option(None, help="original samples (JSONL)")
     counterfactuals: Path | None = option(None, help="counterfactual records (JSONL)")
     tokenizer: str | None = option(None, help="tokenizer (and chat template) to render with: give the STUDENT's; default the teacher's")
-    top_k: int = option(64, help="teacher log-probs kept per token")
-    temperature: float = option(1.0, help="temperature T of the cached log-probs (training must use the same)")
+    top_k: int = option(64, low=1, help="teacher log-probs kept per token")
+    temperature: float = option(1.0, low=1e-6, help="temperature T of the cached log-probs (training must use the same)")
     include_eos: bool = option(True, help="also cache the end-of-turn token after the response")
     max_length: int = option(4096, help="truncate rendered examples to this many tokens")
-    batch_size: int = option(8, help="examples per teacher forward")
+    batch_size: int = option(8, low=1, help="examples per teacher forward")
     shard_size: int = option(1024, help="examples per shard file")
     store_dtype: str = option("float32", help="dtype of stored log-probs", choices=["float32", "float16", "bfloat16"])
     dtype: str = option("auto", help="teacher weights' dtype (auto: bfloat16 on GPU, float32 on CPU)", choices=["auto", "float32", "bfloat16", "float16"])
-    device: str | None = option(None, help="device of the teacher (default cuda if available)")
+    device: str = option("auto", help="device of the teacher (auto: cuda if present, else cpu)")
     device_map: str | None = option(None, help="device_map of the teacher, e.g. auto")
     overwrite: bool = option(False, help="discard an existing cache written with other settings")
 

@@ -22,18 +22,23 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from leaf.config import ConfigError, build, to_dict
+from leaf.config import Summary, field_names, make, to_dict
+from leaf.data.jsonl import SettingsMismatch
 from leaf.distill.config import DistillConfig
 from leaf.distill.losses import DenseTeacher, TopKTeacher, distill_loss, hybrid_token_weights, loss_rows
 
 log = logging.getLogger(__name__)
+
+CONFIG_FILE = "leaf_config.json"
 
 METRIC_FIELDS = ("step", "epoch", "loss", "kd_loss", "cd_loss", "ce_loss", "lr", "grad_norm", "tokens_per_s")
 
@@ -292,8 +297,8 @@ def training_arguments(config: DistillConfig) -> Any:
     if precision == "auto":
         precision = "bf16" if _bf16_available() else "fp32"
     return TrainingArguments(
-        output_dir=str(config.output_dir),
-        per_device_train_batch_size=config.per_device_batch_size,
+        output_dir=str(config.out),
+        per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum,
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
@@ -321,23 +326,68 @@ def training_arguments(config: DistillConfig) -> Any:
     )
 
 
-def distill(config: DistillConfig | None = None, **kwargs: Any) -> Path:
-    """Distil ``config.teacher`` (or its cache) into ``config.student``; return the output folder.
+@dataclass
+class DistillSummary(Summary):
+    out: Path
+    steps: int
+    examples: int
+    counterfactual_examples: int
+    lambda_used: float
+    resumed: bool
+
+    def line(self) -> str:
+        resumed = " (resumed)" if self.resumed else ""
+        return (f"trained {self.steps} steps{resumed} on {self.examples} examples "
+                f"({self.counterfactual_examples} counterfactual, lambda {self.lambda_used}); wrote {self.out}")
+
+
+def distill(config: DistillConfig | None = None, **kwargs: Any) -> DistillSummary:
+    """Distil ``config.teacher`` (or its cache) into ``config.student`` in ``config.out``.
 
     Takes a :class:`DistillConfig` or its fields as keyword arguments.
     """
-    if config is None:
-        config = build(DistillConfig, kwargs, "distill()")
-    elif kwargs:
-        raise TypeError("pass a DistillConfig or keyword arguments, not both")
-    out = Path(config.output_dir)
-    if _checkpoints(out) and not config.resume:
-        raise ConfigError(f"{out} already holds checkpoints; pass --resume to continue or use another --output-dir")
+    config = make(DistillConfig, config, kwargs, "leaf.distill()")
+    out = Path(config.out)
+    resume = _resume_point(config)
     trainer = build_trainer(config)
-    resume = bool(config.resume and _checkpoints(out))
     trainer.train(resume_from_checkpoint=True if resume else None)
     _save_final(trainer, trainer.processing_class, out, lora=config.lora_r > 0)
-    return out
+    run = json.loads((out / CONFIG_FILE).read_text())["_run"] if (out / CONFIG_FILE).exists() else {}
+    return DistillSummary(out, int(trainer.state.global_step), run.get("examples", 0),
+                          run.get("counterfactual_examples", 0), run.get("lambda_used", config.lam), resume)
+
+
+#: Options that do not change what is trained: a resumed run may differ in these.
+_RESUME_FREE = ("out", "overwrite", "logging_steps", "save_steps", "save_total_limit", "report_to",
+                "dataloader_num_workers", "max_steps", "epochs")
+
+
+def _resume_point(config: DistillConfig) -> bool:
+    """The resume rule every stage shares: same folder + same settings resumes, other settings are refused.
+
+    ``--overwrite`` deletes an earlier run's checkpoints and starts over.
+    """
+    out = Path(config.out)
+    checkpoints = _checkpoints(out)
+    if not checkpoints:
+        return False
+    if config.overwrite:
+        for path in checkpoints:
+            shutil.rmtree(path)
+        return False
+    saved_file = out / CONFIG_FILE
+    if saved_file.exists():
+        saved = json.loads(saved_file.read_text())
+        saved = {field_names(DistillConfig).get(k): v for k, v in saved.items() if k in field_names(DistillConfig)}
+        now = to_dict(config)
+        differ = sorted(k for k in saved if k not in _RESUME_FREE and k in now and saved[k] != now[k])
+        if differ:
+            raise SettingsMismatch(
+                f"{out} holds a run with other settings (differ in: {', '.join(differ)}); "
+                "use another --out, or --overwrite to start over"
+            )
+    log.info("resuming from %s", checkpoints[-1])
+    return True
 
 
 def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> Any:
@@ -346,7 +396,7 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
     from leaf.distill.data import DistillCollator, ExampleDataset, check_tokenizers, load_examples, shared_vocab_size
     from leaf.models import load_model, load_tokenizer
 
-    out = Path(config.output_dir)
+    out = Path(config.out)
     args = training_arguments(config)
     tokenizer = load_tokenizer(config.student)
     examples = load_examples(tokenizer, config.data, config.counterfactuals, include_eos=config.include_eos, max_length=config.max_length)
@@ -376,7 +426,7 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
     if lam != config.lam:
         log.warning("only %s examples: using lambda = %s instead of %s", "original" if n_cf == 0 else "counterfactual", lam, config.lam)
 
-    student = load_model(config.student, dtype=config.student_dtype, trainable=True)
+    student = load_model(config.student, dtype=config.dtype, device="cpu", trainable=True)
     student.train()
     vocab = shared_vocab_size(student, teacher, tokenizer, teacher_vocab)
     if config.lora_r > 0:
@@ -415,10 +465,10 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
             "processes": args.world_size,
             "distributed_type": str(trainer.accelerator.distributed_type).split(".")[-1],
             "backend": trainer.accelerator.state.backend,
-            "effective_batch": config.per_device_batch_size * config.grad_accum * args.world_size,
+            "effective_batch": config.batch_size * config.grad_accum * args.world_size,
             "torch": torch.__version__,
         }
-        (out / "leaf_config.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+        (out / CONFIG_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
     return trainer
 
 

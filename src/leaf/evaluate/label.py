@@ -24,35 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from leaf.config import build, option, to_dict
+from leaf.config import Summary, make, to_dict
+from leaf.evaluate.config import LabelConfig
 from leaf.data.records import DataError, Sample, id_key, load_samples
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LabelConfig:
-    """Options of ``leaf label``."""
-
-    teacher: str = option(help="teacher model (local directory or hub id)")
-    student: str = option(help="student model (local directory or hub id)")
-    data: Path = option(help="samples JSONL (leaf's sample format)")
-    task: str = option(help="answer checker", choices=["math", "code", "qa", "exact"])
-    out: Path = option(help="labelled JSONL (input records + teacher/student generations and verdicts)")
-    max_new_tokens: int = option(1024, help="generation budget per answer")
-    batch_size: int = option(8, help="prompts per generation batch")
-    backend: str = option("auto", help="generation backend", choices=["auto", "hf", "vllm"])
-    dtype: str = option("auto", help="model dtype", choices=["auto", "float32", "bfloat16", "float16"])
-    device: str = option("auto", help="torch device for the transformers backend (auto: cuda if present)")
-    do_sample: bool = option(False, help="sample instead of greedy decoding")
-    temperature: float = option(1.0, help="sampling temperature (with --do-sample)")
-    top_p: float = option(1.0, help="nucleus sampling mass (with --do-sample)")
-    seed: int = option(0, help="random seed for sampling")
-    code_timeout: float = option(10.0, help="seconds per program run (code task)")
-    skip_ungradable: bool = option(
-        False, help="leave out samples the checker cannot judge (no gold answer / tests) instead of stopping"
-    )
-    overwrite: bool = option(False, help="start over even if outputs of other settings exist")
 
 
 def _ungradable(samples: list[Sample], task: str, where: Path) -> dict[str, str]:
@@ -76,13 +52,27 @@ def _ungradable(samples: list[Sample], task: str, where: Path) -> dict[str, str]
     return problems
 
 
-def label(config: LabelConfig | None = None, **kwargs: Any) -> list[dict[str, Any]]:
-    """Label every sample of ``config.data``; return the labelled records (also written to ``config.out``)."""
+@dataclass
+class LabelSummary(Summary):
+    out: Path
+    samples: int
+    teacher_correct: int
+    student_correct: int
+    student_wrong_teacher_right: int
+
+    def line(self) -> str:
+        n = self.samples
+        return (f"teacher right {self.teacher_correct}/{n}, student right {self.student_correct}/{n}, "
+                f"teacher right and student wrong {self.student_wrong_teacher_right}\nwrote {self.out}")
+
+
+def label(config: LabelConfig | None = None, **kwargs: Any) -> LabelSummary:
+    """Label every sample of ``config.data`` into ``config.out``; return the counts."""
     from leaf.data.jsonl import ResumableJsonl, read_jsonl
     from leaf.checkers import get_checker
     from leaf.generation import generate_to_jsonl, load_generator
 
-    cfg = config if config is not None else build(LabelConfig, kwargs, "label()")
+    cfg = make(LabelConfig, config, kwargs, "leaf.label()")
     samples = load_samples(cfg.data)
     problems = _ungradable(samples, cfg.task, cfg.data)
     if problems and not cfg.skip_ungradable:
@@ -140,4 +130,4 @@ def label(config: LabelConfig | None = None, **kwargs: Any) -> list[dict[str, An
     st = sum(r["student_correct"] for r in labelled)
     sw = sum(r["teacher_correct"] and not r["student_correct"] for r in labelled)
     log.info("teacher right %d/%d, student right %d/%d, teacher-right & student-wrong %d", t, n, st, n, sw)
-    return labelled
+    return LabelSummary(cfg.out, n, t, st, sw)

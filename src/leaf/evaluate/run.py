@@ -24,60 +24,15 @@ import json
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from leaf.config import ConfigError, build, option, to_dict
+from leaf.config import Summary, make, to_dict
 from leaf.data.records import DataError, Sample, id_key
+from leaf.evaluate.config import EvaluateConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EvaluateConfig:
-    """Options of ``leaf evaluate`` (flags, YAML keys and keyword arguments alike)."""
-
-    model: str | None = option(None, help="model to evaluate (local directory or hub id)")
-    benchmark: list[str] = option(
-        default_factory=list,
-        help="benchmarks: NAME (gsm8k, math500, olympiadbench, humaneval, humaneval-plus, leetcode, livecodebench, "
-        "hotpotqa, 2wikimultihopqa, musique), NAME=PATH (a local copy) or a sample JSONL file (with --task)",
-    )
-    out: Path | None = option(None, help="results JSON (generations go to <out stem>.generations/<benchmark>.jsonl)")
-    task: str | None = option(
-        None, help="answer checker for sample files / predictions", choices=["math", "code", "qa", "exact"]
-    )
-    predictions: Path | None = option(
-        None, help="score these generations (JSONL with id + prediction) instead of generating"
-    )
-    compare: list[Path] = option(default_factory=list, help="print a table comparing these results files and exit")
-    name: str | None = option(None, help="row label of this model in tables (default: --model)")
-    max_new_tokens: int | None = option(None, help="generation budget (default: per benchmark, 512-2048)")
-    batch_size: int = option(8, help="prompts per generation batch")
-    backend: str = option(
-        "auto", help="generation backend: vllm when installed and a GPU is present", choices=["auto", "hf", "vllm"]
-    )
-    dtype: str = option("auto", help="model dtype", choices=["auto", "float32", "bfloat16", "float16"])
-    device: str = option("auto", help="torch device for the transformers backend (auto: cuda if present)")
-    limit: int | None = option(None, help="evaluate only the first N samples of each benchmark")
-    do_sample: bool = option(False, help="sample instead of greedy decoding")
-    temperature: float = option(1.0, help="sampling temperature (with --do-sample)")
-    top_p: float = option(1.0, help="nucleus sampling mass (with --do-sample)")
-    seed: int = option(0, help="random seed for sampling")
-    workers: int = option(4, help="code checks run in parallel in this many sandboxes")
-    code_timeout: float = option(10.0, help="seconds per program run for code benchmarks")
-    overwrite: bool = option(False, help="discard earlier generations written with other settings")
-
-    def validate(self) -> None:
-        if self.compare:
-            return
-        if self.predictions is None and (not self.model or not self.benchmark):
-            raise ConfigError("give --model and --benchmark (or --predictions with --task, or --compare)")
-        if self.predictions is not None and not self.task and not self.benchmark:
-            raise ConfigError("--predictions needs --task (or a --benchmark that names the task)")
-        if self.out is None:
-            raise ConfigError("give --out results.json")
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -189,11 +144,25 @@ def generations_path(out: Path, benchmark: str) -> Path:
     return out.parent / f"{out.stem}.generations" / f"{benchmark}.jsonl"
 
 
-def evaluate(config: EvaluateConfig | None = None, **kwargs: Any) -> dict[str, Any]:
-    """Run an evaluation (see the module doc); write and return the results dict."""
-    cfg = config if config is not None else build(EvaluateConfig, kwargs, "evaluate()")
-    if config is not None:
-        cfg.validate()
+@dataclass
+class EvaluateSummary(Summary):
+    """What ``evaluate`` did: the results written to ``out``, or a comparison table of results files."""
+
+    out: Path | None
+    results: dict[str, Any] = field(default_factory=dict)
+    table: str = ""
+
+    def line(self) -> str:
+        if self.out is None:
+            return self.table
+        return f"{summary_table(self.results)}\nwrote {self.out}"
+
+
+def evaluate(config: EvaluateConfig | None = None, **kwargs: Any) -> EvaluateSummary:
+    """Run an evaluation (see the module doc); write the results and return them in a summary."""
+    cfg = make(EvaluateConfig, config, kwargs, "leaf.evaluate()")
+    if cfg.compare:
+        return EvaluateSummary(None, table=compare_table(cfg.compare))
     assert cfg.out is not None
     results = _load_existing(cfg.out, cfg.name or cfg.model or str(cfg.predictions))
     if cfg.predictions is not None:
@@ -205,7 +174,7 @@ def evaluate(config: EvaluateConfig | None = None, **kwargs: Any) -> dict[str, A
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
     results["config"] = to_dict(cfg)
     cfg.out.write_text(json.dumps(results, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    return results
+    return EvaluateSummary(cfg.out, results)
 
 
 def _load_existing(out: Path, model: str) -> dict[str, Any]:

@@ -9,53 +9,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from leaf.config import build, option
+from leaf.config import Summary, make
 from leaf.data.jsonl import dumps
 from leaf.data.records import DataError, id_key, iter_jsonl, load_samples
-from leaf.prune.counterfactuals import STRATEGIES, Replacer, build_records, detection_spans
-from leaf.prune.interventions import INTERVENTIONS
+from leaf.prune.config import PruneConfig
+from leaf.prune.counterfactuals import Replacer, build_records, detection_spans
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class PruneConfig:
-    """Options of ``leaf prune`` (CLI flags, YAML keys and API arguments alike)."""
-
-    data: Path = option(help="the original samples (JSONL)")
-    detections: Path = option(help="detections from `leaf detect` (instruction or response level)")
-    out: Path = option(help="output counterfactual records (JSONL); a summary goes to OUT.summary.json")
-    strategy: str = option("span", choices=STRATEGIES,
-                           help="span: one record per flagged span (the paper's); collective: all spans at once")
-    max_spans: int | None = option(None, help="use at most N spans per detection (the most confounding first)")
-    intervention: str = option("delete", choices=INTERVENTIONS,
-                               help="delete the flagged tokens (the paper's), mask them with a placeholder, or "
-                                    "resample them from a model's next-token distribution (same kind)")
-    mask_token: str | None = option(None, help="mask placeholder (default: the student tokenizer's mask/unk "
-                                               "token, else [MASK])")
-    resample_from: str = option("student", choices=("student", "teacher"),
-                                help="whose next-token distribution resample draws from")
-    seed: int = option(0, help="seed of the resample draws")
-    verify: bool = option(False, help="keep a record only if teacher and student both answer it correctly")
-    teacher: str | None = option(None, help="teacher model, for --verify")
-    student: str | None = option(None, help="student model, for --verify")
-    task: str = option("exact", help="answer checker for --verify: math, code, qa or exact")
-    max_new_tokens: int = option(256, help="generation length for --verify")
-    batch_size: int = option(8, help="generation batch size for --verify")
-    device: str = option("cpu", help="device for --verify generation")
-    dtype: str = option("float32", help="model dtype for --verify generation")
-
-    def validate(self) -> None:
-        if self.verify and not (self.teacher and self.student):
-            raise ValueError("--verify needs --teacher and --student")
-        if self.max_spans is not None and self.max_spans < 1:
-            raise ValueError("--max-spans must be >= 1")
-        if self.intervention == "resample" and not getattr(self, self.resample_from):
-            raise ValueError(f"--intervention resample needs --{self.resample_from} (--resample-from)")
-
-
-@dataclass
-class PruneSummary:
+class PruneSummary(Summary):
     samples: int = 0
     detections: int = 0
     samples_with_spans: int = 0
@@ -81,7 +45,8 @@ class PruneSummary:
             f"({self.spans_per_sample:.2f} spans per sample), {self.removed_token_share:.1%} of instruction tokens "
             f"flagged; {self.records_written} records written, {self.dropped_empty} dropped (empty), "
             f"{self.no_detection} samples without detection{verified}"
-        )
+        ) + ("\nmost pruned: " + ", ".join(f"{text!r} x{n}" for text, n in self.top_pruned[:10])
+             if self.top_pruned else "")
 
 
 def load_detections(path: Path, known: set[str]) -> list[dict[str, Any]]:
@@ -110,9 +75,7 @@ def load_detections(path: Path, known: set[str]) -> list[dict[str, Any]]:
 
 def prune(config: PruneConfig | None = None, **kwargs: Any) -> PruneSummary:
     """Write counterfactual records; see :class:`PruneConfig`."""
-    cfg = config if config is not None else build(PruneConfig, kwargs, "leaf.prune()")
-    if config is not None:
-        cfg.validate()
+    cfg = make(PruneConfig, config, kwargs, "leaf.prune()")
     samples = {id_key(s.id): s for s in load_samples(cfg.data)}
     detections = load_detections(Path(cfg.detections), set(samples))
     summary = PruneSummary(samples=len(samples), detections=len(detections))

@@ -2,44 +2,49 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from leaf.config import option
+from leaf.config import Summary, make
+from leaf.data.records import DataError
+from leaf.report.config import ReportConfig
 
 
 @dataclass
-class ReportConfig:
-    """Options of ``leaf report``."""
+class ReportSummary(Summary):
+    out: Path
+    size: int  #: bytes of the page
+    missing: list[str] = field(default_factory=list)  #: parts of a run this folder does not have
+    errors: list[str] = field(default_factory=list)  #: problems met reading the run (listed on the page)
 
-    run: Path = option(help="run folder (detections.jsonl, counterfactuals.jsonl, train*/, eval/, analysis/)")
-    out: Path | None = option(None, help="HTML file to write (default: RUN/report.html)")
-    samples: Path | None = option(
-        None, help="the original samples, to show the exact instruction text between tokens (optional)"
-    )
-    shown: int = option(5, help="how many detection samples to show with coloured tokens")
-    top: int = option(20, help="how many of the most frequent flagged strings to list")
-    title: str | None = option(None, help="page title (default: 'LeaF run: <folder name>')")
+    def line(self) -> str:
+        line = f"wrote {self.out} ({self.size / 1024:.0f} KiB)"
+        if self.missing:
+            line += f"; not in this run: {', '.join(self.missing)}"
+        if self.errors:
+            line += f"; {len(self.errors)} problem(s) reading the run, listed on the page"
+        return line
 
 
 def build_report(config: ReportConfig | None = None, **kwargs: Any) -> Path:
     """Write the page; return its path."""
-    return write_report(config, **kwargs)[0]
+    return write_report(config, **kwargs).out
 
 
-def write_report(config: ReportConfig | None = None, **kwargs: Any) -> tuple[Path, Any]:
-    """Write the page; return its path and the :class:`~leaf.report.load.RunData` shown."""
-    from leaf.config import build
+def write_report(config: ReportConfig | None = None, **kwargs: Any) -> ReportSummary:
+    """Write the page; return its path and what the run folder had."""
     from leaf.report.html import build_page
     from leaf.report.load import load_run
 
-    if config is None:
-        config = build(ReportConfig, kwargs, "build_report()")
-    elif kwargs:
-        raise TypeError("pass either a config or keyword arguments, not both")
+    config = make(ReportConfig, config, kwargs, "leaf.report()")
+    if not Path(config.run).is_dir():
+        raise DataError([f"{config.run}: run folder not found"])
     run = load_run(config.run, config.samples)
     out = Path(config.out) if config.out else Path(config.run) / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(build_page(run, title=config.title, shown=config.shown, top=config.top), encoding="utf-8")
-    return out, run
+    return ReportSummary(out, out.stat().st_size, list(run.missing), list(run.errors))
+
+
+__all__ = ["ReportConfig", "ReportSummary", "build_report", "write_report"]

@@ -1,0 +1,69 @@
+"""Options of ``leaf detect`` (CLI flags, YAML keys and API arguments alike)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from leaf.config import option
+from leaf.detect.decision import DEFAULT_TAU, PERCENTILE_CAP
+from leaf.detect.methods import METHODS
+from leaf.detect.prepare import TRUNCATION_POLICIES
+from leaf.detect.projection import RULES
+from leaf.models import DTYPES
+
+
+@dataclass
+class DetectConfig:
+    """Options of ``leaf detect`` (CLI flags, YAML keys and API arguments alike)."""
+
+    teacher: str = option(help="teacher model: local directory or hub id")
+    student: str = option(help="student model: local directory or hub id")
+    data: Path = option(help="input samples (JSONL, see docs/data-format.md)")
+    out: Path = option(help="output detections JSONL; rerunning with the same path resumes")
+    tau: float | None = option(None, low=0.0, high=1.0,
+                               help=f"flag tokens with normalised score d <= tau (default {DEFAULT_TAU})")
+    percentile: float | None = option(
+        None, low=0.0, high=100.0,
+        help=f"instead of tau: flag the lowest P % of d per sample (threshold capped at {PERCENTILE_CAP})"
+    )
+    level: str = option("instruction", choices=("instruction", "response"),
+                        help="instruction: score the instruction, loss on the response; response: score the "
+                             "instruction and earlier response segments, loss on each later segment")
+    segments: int = option(2, help="response level: split each response into this many segments (2 or 3)")
+    method: str = option("gradient", choices=tuple(METHODS),
+                         help="gradient (LeaF), or the ablation baselines random / ppl (same token count)")
+    seed: int = option(0, help="seed of the random method")
+    select: str = option("all", help="which samples: all, or student-wrong (teacher right, student wrong)",
+                         choices=("all", "student-wrong"))
+    batch_size: int = option(8, low=1, help="samples per forward/backward pass")
+    max_length: int = option(2048, help="maximum tokens of a rendered sample")
+    truncation: str = option("left", choices=TRUNCATION_POLICIES,
+                             help="over-long samples: cut the instruction from the left, or skip them")
+    dtype: str = option("auto", choices=DTYPES, help="model weights dtype (auto: bfloat16 on a GPU, else float32)")
+    device: str = option("auto", help="torch device for both models (auto: cuda if present, else cpu; or cuda:1, ...)")
+    teacher_device: str | None = option(None, help="device for the teacher (default: --device)")
+    teacher_device_map: str | None = option(
+        None, help="place the teacher across devices with accelerate (e.g. auto); overrides --teacher-device"
+    )
+    projection: str = option("mean", choices=RULES,
+                             help="how teacher scores are carried onto student tokens when tokenizers differ")
+    overwrite: bool = option(False, help="start over instead of resuming an existing --out")
+    progress: bool = option(True, help="show a progress bar")
+
+    def validate(self) -> None:
+        if self.tau is not None and self.percentile is not None:
+            raise ValueError("give either --tau or --percentile, not both")
+        if self.percentile is not None and not 0 < self.percentile <= 100:
+            raise ValueError("--percentile must be in (0, 100]")
+        if self.batch_size < 1 or self.max_length < 8:
+            raise ValueError("--batch-size must be >= 1 and --max-length >= 8")
+        if self.segments not in (2, 3):
+            raise ValueError("--segments must be 2 or 3")
+
+    @property
+    def rule(self) -> dict[str, Any]:
+        if self.percentile is not None:
+            return {"percentile": self.percentile, "cap": PERCENTILE_CAP}
+        return {"tau": DEFAULT_TAU if self.tau is None else self.tau}

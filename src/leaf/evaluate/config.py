@@ -1,0 +1,82 @@
+"""Options of ``leaf evaluate`` and ``leaf label`` (flags, YAML keys and keyword arguments alike)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from leaf.checkers import TASKS
+from leaf.config import ConfigError, option
+from leaf.generation import BACKENDS
+from leaf.models import DTYPES
+
+
+@dataclass
+class EvaluateConfig:
+    """Options of ``leaf evaluate`` (flags, YAML keys and keyword arguments alike)."""
+
+    model: str | None = option(None, help="model to evaluate (local directory or hub id)")
+    benchmark: list[str] = option(
+        default_factory=list,
+        help="benchmarks: NAME (gsm8k, math500, olympiadbench, humaneval, humaneval-plus, leetcode, livecodebench, "
+        "hotpotqa, 2wikimultihopqa, musique), NAME=PATH (a local copy) or a sample JSONL file (with --task)",
+    )
+    out: Path | None = option(None, help="results JSON (generations go to <out stem>.generations/<benchmark>.jsonl)")
+    task: str | None = option(
+        None, help="answer checker for sample files / predictions", choices=TASKS
+    )
+    predictions: Path | None = option(
+        None, help="score these generations (JSONL with id + prediction) instead of generating"
+    )
+    compare: list[Path] = option(default_factory=list, help="print a table comparing these results files and exit")
+    name: str | None = option(None, help="row label of this model in tables (default: --model)")
+    max_new_tokens: int | None = option(None, help="generation budget (default: per benchmark, 512-2048)")
+    batch_size: int = option(8, low=1, help="prompts per generation batch")
+    backend: str = option(
+        "auto", help="generation backend: vllm when installed and a GPU is present", choices=BACKENDS
+    )
+    dtype: str = option("auto", help="model dtype", choices=DTYPES)
+    device: str = option("auto", help="torch device for the transformers backend (auto: cuda if present)")
+    limit: int | None = option(None, help="evaluate only the first N samples of each benchmark")
+    do_sample: bool = option(False, help="sample instead of greedy decoding")
+    temperature: float = option(1.0, low=0.0, help="sampling temperature (with --do-sample)")
+    top_p: float = option(1.0, low=0.0, high=1.0, help="nucleus sampling mass (with --do-sample)")
+    seed: int = option(0, help="random seed for sampling")
+    workers: int = option(4, help="code checks run in parallel in this many sandboxes")
+    code_timeout: float = option(10.0, help="seconds per program run for code benchmarks")
+    overwrite: bool = option(False, help="discard earlier generations written with other settings")
+
+    def validate(self) -> None:
+        if self.compare:
+            return
+        if self.predictions is None and (not self.model or not self.benchmark):
+            raise ConfigError("give --model and --benchmark (or --predictions with --task, or --compare)")
+        if self.predictions is not None and not self.task and not self.benchmark:
+            raise ConfigError("--predictions needs --task (or a --benchmark that names the task)")
+        if self.out is None:
+            raise ConfigError("give --out results.json")
+
+
+@dataclass
+class LabelConfig:
+    """Options of ``leaf label``."""
+
+    teacher: str = option(help="teacher model (local directory or hub id)")
+    student: str = option(help="student model (local directory or hub id)")
+    data: Path = option(help="samples JSONL (leaf's sample format)")
+    task: str = option(help="answer checker", choices=TASKS)
+    out: Path = option(help="labelled JSONL (input records + teacher/student generations and verdicts)")
+    max_new_tokens: int = option(1024, help="generation budget per answer")
+    batch_size: int = option(8, low=1, help="prompts per generation batch")
+    backend: str = option("auto", help="generation backend", choices=BACKENDS)
+    dtype: str = option("auto", help="model dtype", choices=DTYPES)
+    device: str = option("auto", help="torch device for the transformers backend (auto: cuda if present)")
+    do_sample: bool = option(False, help="sample instead of greedy decoding")
+    temperature: float = option(1.0, low=0.0, help="sampling temperature (with --do-sample)")
+    top_p: float = option(1.0, low=0.0, high=1.0, help="nucleus sampling mass (with --do-sample)")
+    seed: int = option(0, help="random seed for sampling")
+    code_timeout: float = option(10.0, help="seconds per program run (code task)")
+    skip_ungradable: bool = option(
+        False, help="leave out samples the checker cannot judge (no gold answer / tests) instead of stopping"
+    )
+    overwrite: bool = option(False, help="start over even if outputs of other settings exist")

@@ -1,0 +1,48 @@
+"""Options of ``leaf prune`` (CLI flags, YAML keys and API arguments alike)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from leaf.checkers import TASKS
+from leaf.config import option
+from leaf.models import DTYPES
+from leaf.prune.counterfactuals import STRATEGIES
+from leaf.prune.interventions import INTERVENTIONS
+
+
+@dataclass
+class PruneConfig:
+    """Options of ``leaf prune`` (CLI flags, YAML keys and API arguments alike)."""
+
+    data: Path = option(help="the original samples (JSONL)")
+    detections: Path = option(help="detections from `leaf detect` (instruction or response level)")
+    out: Path = option(help="output counterfactual records (JSONL); a summary goes to OUT.summary.json")
+    strategy: str = option("span", choices=STRATEGIES,
+                           help="span: one record per flagged span (the paper's); collective: all spans at once")
+    max_spans: int | None = option(None, low=1, help="use at most N spans per detection (the most confounding first)")
+    intervention: str = option("delete", choices=INTERVENTIONS,
+                               help="delete the flagged tokens (the paper's), mask them with a placeholder, or "
+                                    "resample them from a model's next-token distribution (same kind)")
+    mask_token: str | None = option(None, help="mask placeholder (default: the student tokenizer's mask/unk "
+                                               "token, else [MASK])")
+    resample_from: str = option("student", choices=("student", "teacher"),
+                                help="whose next-token distribution resample draws from")
+    seed: int = option(0, help="seed of the resample draws")
+    verify: bool = option(False, help="keep a record only if teacher and student both answer it correctly")
+    teacher: str | None = option(None, help="teacher model, for --verify")
+    student: str | None = option(None, help="student model, for --verify")
+    task: str = option("exact", choices=TASKS, help="answer checker for --verify")
+    max_new_tokens: int = option(256, low=1, help="generation length for --verify")
+    batch_size: int = option(8, low=1, help="generation batch size for --verify")
+    device: str = option("auto", help="device for --verify generation and resampling (auto: cuda if present)")
+    dtype: str = option("auto", choices=DTYPES, help="model dtype for --verify and resampling (auto: bfloat16 on a GPU)")
+
+    def validate(self) -> None:
+        if self.verify and not (self.teacher and self.student):
+            raise ValueError("--verify needs --teacher and --student")
+        if self.max_spans is not None and self.max_spans < 1:
+            raise ValueError("--max-spans must be >= 1")
+        if self.intervention == "resample" and not getattr(self, self.resample_from):
+            raise ValueError(f"--intervention resample needs --{self.resample_from} (--resample-from)")

@@ -1,0 +1,22 @@
+"""Options of ``leaf report``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from leaf.config import option
+
+
+@dataclass
+class ReportConfig:
+    """Options of ``leaf report``."""
+
+    run: Path = option(help="run folder (detections.jsonl, counterfactuals.jsonl, train*/, eval/, analysis/)")
+    out: Path | None = option(None, help="HTML file to write (default: RUN/report.html)")
+    samples: Path | None = option(
+        None, help="the original samples, to show the exact instruction text between tokens (optional)"
+    )
+    shown: int = option(5, low=0, help="how many detection samples to show with coloured tokens")
+    top: int = option(20, low=0, help="how many of the most frequent flagged strings to list")
+    title: str | None = option(None, help="page title (default: 'LeaF run: <folder name>')")
