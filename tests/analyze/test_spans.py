@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from leaf.analyze.spans import load_span_samples, merge_spans, restore_original
+from leaf.analyze.spans import load_span_samples, restore_original
+from leaf.data.spans import merge_overlapping
 from leaf.data.records import DataError
 
 INSTR = "Tom has 3 apples. Ignore the hint: 42. He buys 5 more. How many?"
@@ -24,7 +25,7 @@ def _span(text):
 
 
 def test_merge_spans():
-    assert merge_spans([[5, 9], [0, 2], [8, 12], [12, 14], [3, 3]]) == [(0, 2), (5, 14)]
+    assert merge_overlapping([(5, 9), (0, 2), (8, 12), (12, 14), (3, 3)]) == [(0, 2), (5, 14)]
 
 
 def test_restore_original_puts_pieces_back():

@@ -34,11 +34,18 @@ def result_files(run: Path) -> list[Path]:
 
 
 def _content(path: Path, places: dict[str, str]) -> bytes:
-    """File bytes with machine-specific folders replaced by placeholders."""
+    """The file's JSON content, canonical (keys sorted), with machine-specific folders replaced by placeholders.
+
+    Content, not layout: the order of keys inside an object is not a result.
+    """
     text = path.read_text(encoding="utf-8")
     for folder, name in places.items():
         text = text.replace(folder, name)
-    return text.encode("utf-8")
+    if path.suffix == ".jsonl":
+        objs = [json.loads(line) for line in text.splitlines() if line.strip()]
+    else:
+        objs = [json.loads(text)]
+    return "\n".join(json.dumps(o, sort_keys=True, ensure_ascii=False) for o in objs).encode("utf-8")
 
 
 def digest(run: str | Path, cache: str | Path) -> dict[str, Any]:

@@ -5,6 +5,11 @@ from __future__ import annotations
 import pytest
 
 from leaf.demo.metrics import detection_quality, mean_std, rethreshold
+from leaf.data.detections import as_detection
+
+
+def _det(d):
+    return as_detection({"level": "instruction", "method": "gradient", "spans": [], **d})
 
 
 def _t(text, start, score, flag):
@@ -24,7 +29,7 @@ TRUTH = {"a": [[10, 12]], "b": [[4, 5]], "c": []}
 
 
 def test_counts_by_hand():
-    q = detection_quality(DETS, TRUTH)
+    q = detection_quality([_det(d) for d in DETS], TRUTH)
     # TP 1 (a: " 12"), FP 2 (a: " guess", c: "Hi"), FN 1 (b: " 7"); whitespace " " never counts
     assert q["precision"] == pytest.approx(1 / 3)
     assert q["recall"] == pytest.approx(1 / 2)
@@ -34,8 +39,8 @@ def test_counts_by_hand():
 
 
 def test_rethreshold_from_scores():
-    assert rethreshold(DETS[0]["tokens"], 0.01) == [False, False, True, False]  # whitespace never flagged
-    q = detection_quality(DETS, TRUTH, tau=0.3)
+    assert rethreshold(_det(DETS[0]).tokens, 0.01) == [False, False, True, False]  # whitespace never flagged
+    q = detection_quality([_det(d) for d in DETS], TRUTH, tau=0.3)
     # a: " guess"(FP), " 12"(TP); b: " 7"(TP); c: "Hi"(FP)
     assert (q["precision"], q["recall"], q["hit_rate"]) == (0.5, 1.0, 1.0)
 

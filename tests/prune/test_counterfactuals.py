@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from leaf.data.records import Sample
 from leaf.prune.counterfactuals import build_records
+from leaf.data.detections import as_detection
+
+
+def _build(sample, det, **kw):
+    """build_records on a detection given as JSON; records back as JSON (what `leaf prune` writes)."""
+    recs, dropped = build_records(sample, as_detection(det), **kw)
+    return [r.to_json() for r in recs], dropped
 
 INSTR = "Tom, who is 12, has 3 apples. Hint: 7. How many?"
 SAMPLE = Sample(id=5, instruction=INSTR, response="Step 1: 3 apples.\nStep 2: The answer is 3.", answer="3",
@@ -22,7 +29,7 @@ DET = {
 
 
 def test_span_strategy_one_record_per_span():
-    recs, dropped = build_records(SAMPLE, DET, strategy="span")
+    recs, dropped = _build(SAMPLE, DET, strategy="span")
     assert not dropped
     assert [r["id"] for r in recs] == ["5#s0", "5#s1"]
     assert recs[0]["instruction"] == "Tom, who is, has 3 apples. Hint: 7. How many?"
@@ -35,17 +42,17 @@ def test_span_strategy_one_record_per_span():
 
 
 def test_collective_strategy_and_max_spans():
-    (rec,), _ = build_records(SAMPLE, DET, strategy="collective")
+    (rec,), _ = _build(SAMPLE, DET, strategy="collective")
     assert rec["id"] == "5#c" and rec["instruction"] == "Tom, who is, has 3 apples. Hint:. How many?"
     # max_spans keeps the most confounding span (lowest score: "7", 0.01)
-    recs, _ = build_records(SAMPLE, DET, strategy="span", max_spans=1)
+    recs, _ = _build(SAMPLE, DET, strategy="span", max_spans=1)
     assert [r["instruction"] for r in recs] == ["Tom, who is 12, has 3 apples. Hint:. How many?"]
 
 
 def test_no_spans_no_record_and_empty_instruction_dropped():
-    assert build_records(SAMPLE, {**DET, "spans": []}) == ([], [])
+    assert _build(SAMPLE, {**DET, "spans": []}) == ([], [])
     whole = {**DET, "spans": [[0, len(INSTR)]]}
-    recs, dropped = build_records(SAMPLE, whole)
+    recs, dropped = _build(SAMPLE, whole)
     assert recs == [] and dropped[0].reason == "pruning would empty the instruction"
 
 
@@ -58,7 +65,7 @@ def test_response_level_record_targets_the_later_segment():
         "spans": [[12, 14]], "response_spans": [[8, 9]],
         "loss_start": loss_start, "loss_end": len(response),
     }
-    recs, _ = build_records(SAMPLE, det, strategy="span")
+    recs, _ = _build(SAMPLE, det, strategy="span")
     assert [r["id"] for r in recs] == ["5@1#s0", "5@1#s1"]
     instr_rec, resp_rec = recs
     assert instr_rec["instruction"] == "Tom, who is, has 3 apples. Hint: 7. How many?"
@@ -67,6 +74,6 @@ def test_response_level_record_targets_the_later_segment():
     assert resp_rec["response"] == "Step 1: apples.\nStep 2: The answer is 3."
     assert resp_rec["response"][resp_rec["loss_start"]:] == "Step 2: The answer is 3."
     assert resp_rec["removed"] == [{"field": "response", "start": 8, "end": 10, "text": "3 "}]
-    (both,), _ = build_records(SAMPLE, det, strategy="collective")
+    (both,), _ = _build(SAMPLE, det, strategy="collective")
     assert both["response"][both["loss_start"]:] == "Step 2: The answer is 3."
     assert both["level"] == "response"

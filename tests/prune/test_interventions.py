@@ -13,6 +13,13 @@ from leaf.detect.prepare import make_view
 from leaf.prune.counterfactuals import build_records
 from leaf.prune.interventions import Resampler, mask_replacements, replace_ranges, token_kind
 from leaf.tiny import build_model, build_tokenizer
+from leaf.data.detections import as_detection
+
+
+def _build(sample, det, **kw):
+    """build_records on a detection given as JSON; records back as JSON (what `leaf prune` writes)."""
+    recs, dropped = build_records(sample, as_detection(det), **kw)
+    return [r.to_json() for r in recs], dropped
 
 CORPUS = ["Tom has 3 apples and 5 pears and 7 plums and 9 figs.", "The hint says 12 but the key is 44.",
           "Words like apples, pears, plums, figs; numbers 1 2 3 4 5 6 7 8 9 10 11 12 44."]
@@ -60,7 +67,7 @@ def test_replace_ranges_offsets():
 def test_mask_changes_only_flagged_tokens(tok):
     det = _detection(tok, {"12", ","})
     mask = lambda rid, s, d, toks: mask_replacements({"instruction": s.instruction}, toks, "<unk>")  # noqa: E731
-    recs, dropped = build_records(SAMPLE, det, strategy="collective", intervention="mask", replacer=mask)
+    recs, dropped = _build(SAMPLE, det, strategy="collective", intervention="mask", replacer=mask)
     (rec,) = recs
     assert rec["instruction"] == "Tom has 3 apples. The hint says <unk>, so what is it?"  # the comma is kept
     assert rec["intervention"] == "mask" and rec["removed"] == [{"field": "instruction", "start": 32,
@@ -75,7 +82,7 @@ def resampler(tok):
 
 def test_resample_changes_only_flagged_tokens_and_keeps_kind(tok, resampler):
     det = _detection(tok, {"3", "12", "apples"})
-    recs, _ = build_records(SAMPLE, det, strategy="span", intervention="resample", replacer=resampler.replacements)
+    recs, _ = _build(SAMPLE, det, strategy="span", intervention="resample", replacer=resampler.replacements)
     assert len(recs) == 3
     for rec in recs:
         _check_only_flagged_changed(rec, INSTR)
@@ -87,12 +94,12 @@ def test_resample_changes_only_flagged_tokens_and_keeps_kind(tok, resampler):
 
 def test_resample_is_seeded(tok, resampler):
     det = _detection(tok, {"3", "12"})
-    first = build_records(SAMPLE, det, strategy="collective", intervention="resample",
+    first = _build(SAMPLE, det, strategy="collective", intervention="resample",
                           replacer=resampler.replacements)[0][0]["instruction"]
-    again = build_records(SAMPLE, det, strategy="collective", intervention="resample",
+    again = _build(SAMPLE, det, strategy="collective", intervention="resample",
                           replacer=resampler.replacements)[0][0]["instruction"]
     assert first == again
-    others = {build_records(Sample(**{**SAMPLE.__dict__, "id": f"s{i}"}), {**det, "id": f"s{i}"},
+    others = {_build(Sample(**{**SAMPLE.__dict__, "id": f"s{i}"}), {**det, "id": f"s{i}"},
                             strategy="collective", intervention="resample",
                             replacer=resampler.replacements)[0][0]["instruction"] for i in range(8)}
     assert len(others) > 1  # other record ids draw other values
@@ -124,7 +131,7 @@ def test_resample_draws_follow_the_models_distribution(tok):
     det = _detection(tok, {"12"})
     (tok12,) = [t for t in det["tokens"] if t["flag"]]
     n = 600
-    draws = Counter(resampler.replacements(f"r{i}", SAMPLE, det, [tok12])[0].text for i in range(n))
+    draws = Counter(resampler.replacements(f"r{i}", SAMPLE, as_detection(det), [as_detection(det).tokens[det["tokens"].index(tok12)]])[0].text for i in range(n))
     assert set(draws) <= set(want)
     for t, p in want.items():
         sd = (n * p * (1 - p)) ** 0.5

@@ -10,11 +10,16 @@ import pytest
 from leaf.cli import main
 from leaf.data.jsonl import read_jsonl
 from leaf.prune.verify import verify_records
+from leaf.data.counterfactuals import counterfactual_from_json
 
 
 def _rec(rid, instruction, answer, field="instruction"):
-    return {"id": rid, "instruction": instruction, "response": "r", "answer": answer,
-            "removed": [{"field": field, "start": 0, "end": 1, "text": "x"}], "verified": None}
+    problems = []
+    rec = counterfactual_from_json({"id": rid, "instruction": instruction, "response": "r", "answer": answer,
+                                    "removed": [{"field": field, "start": 0, "end": 1, "text": "x"}],
+                                    "verified": None}, rid, problems)
+    assert rec is not None, problems
+    return rec
 
 
 def answer_by_reading(role, records):
@@ -40,9 +45,9 @@ def test_verification_keeps_only_records_both_models_answer():
         _rec("response-only", "ignore 3, the value is 8", "8", field="response"),  # not checkable
     ]
     kept, dropped = verify_records(records, answer_by_reading, check_final_number)
-    assert [r["id"] for r in kept] == ["both-right", "response-only"]
-    assert [r["id"] for r in dropped] == ["student-wrong", "both-wrong"]
-    assert {r["id"]: r["verified"] for r in records} == {
+    assert [r.id for r in kept] == ["both-right", "response-only"]
+    assert [r.id for r in dropped] == ["student-wrong", "both-wrong"]
+    assert {r.id: r.verified for r in records} == {
         "both-right": True, "student-wrong": False, "both-wrong": False, "response-only": None}
 
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from leaf.data.records import DataError, Sample, id_key, iter_jsonl, load_samples
-
-Span = tuple[int, int]
+from leaf.data.jsonl import iter_jsonl
+from leaf.data.records import DataError, Sample, id_key, load_samples
+from leaf.data.spans import Span, merge_overlapping
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +38,6 @@ class SpanSample:
     instruction: str
     response: str
     spans: list[Span]
-
-
-def merge_spans(spans: Sequence[Sequence[int]]) -> list[Span]:
-    """Sort ``[start, end)`` ranges and merge overlapping or touching ones; drop empty ones."""
-    from leaf.prune.text import merge_overlapping
-
-    return merge_overlapping((int(s), int(e)) for s, e in spans)
 
 
 def restore_original(pruned: str, removed: Sequence[dict[str, Any]]) -> str:
@@ -79,7 +72,7 @@ def _check_spans(spans: Any, where: str, field: str, length: int, problems: list
     if bad:
         problems.append(f"{where}: field '{field}': span {list(bad[0])} outside the instruction (length {length})")
         return None
-    return merge_spans(spans)
+    return merge_overlapping(spans)
 
 
 def load_span_samples(data: str | Path, samples: str | Path | None = None) -> tuple[str, list[SpanSample]]:

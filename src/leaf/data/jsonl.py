@@ -49,6 +49,8 @@ class ResumableJsonl:
         *,
         key: str = "id",
         overwrite: bool = False,
+        schema: str | None = None,
+        schema_version: int | None = None,
     ) -> None:
         self.path = Path(path)
         self.key = key
@@ -72,7 +74,10 @@ class ResumableJsonl:
                 )
         elif self.path.exists() and self.path.stat().st_size > 0:
             raise SettingsMismatch(f"{self.path} exists but has no {meta.name}; use another output path or --overwrite")
-        meta.write_text(dumps({"settings": self.settings}) + "\n", encoding="utf-8")
+        stamp = {} if schema is None else {"schema": schema, "schema_version": schema_version}
+        if self.path.exists() and schema is not None:
+            check_schema(self.path, schema, schema_version or 1)
+        meta.write_text(dumps({"settings": self.settings, **stamp}) + "\n", encoding="utf-8")
         self.done: set[str] = set()
         if self.path.exists():
             self._repair_and_scan()
@@ -103,6 +108,48 @@ class ResumableJsonl:
                 fh.flush()
                 os.fsync(fh.fileno())
         return len(lines)
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any, str | None]]:
+    """Yield ``(line_number, object, error)`` for each non-blank line of a JSONL file."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line), None
+            except json.JSONDecodeError as exc:
+                yield lineno, None, f"bad JSON: {exc.msg} (column {exc.colno})"
+
+
+def check_schema(path: str | Path, schema: str, version: int) -> None:
+    """Refuse a file whose sidecar names another record kind or schema version.
+
+    A file without a sidecar (made by hand or by another tool) is read as the
+    current version; its records are validated field by field anyway.
+    """
+    from leaf.data.records import DataError
+
+    meta = meta_path(path)
+    if not meta.exists():
+        return
+    try:
+        info = json.loads(meta.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DataError([f"{meta}: not a valid sidecar (bad JSON)"]) from None
+    found, found_version = info.get("schema", schema), info.get("schema_version", version)
+    if found != schema:
+        raise DataError([f"{path}: holds {found} records, expected {schema}"])
+    if found_version != version:
+        age = "an older" if isinstance(found_version, int) and found_version < version else "a newer"
+        raise DataError([f"{path}: written with {age} schema ({schema} version {found_version}); this leaf reads "
+                         f"version {version}: rerun the stage that wrote it with this version of leaf"])
+
+
+def write_sidecar(path: str | Path, schema: str, version: int, **extra: Any) -> None:
+    """``<path>.meta.json`` naming the record kind and schema version of a whole-file output."""
+    meta_path(path).write_text(dumps({"schema": schema, "schema_version": version, **extra}) + "\n", encoding="utf-8")
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

@@ -19,11 +19,12 @@ field, and raises one :class:`DataError` before any model is loaded.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from leaf.data.jsonl import iter_jsonl
 
 SampleId = str | int
 
@@ -113,19 +114,6 @@ def _check_record(obj: Any, where: str, problems: list[str]) -> Sample | None:
         student_correct=obj.get("student_correct"),
         extra={k: v for k, v in obj.items() if k not in KNOWN_FIELDS},
     )
-
-
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any, str | None]]:
-    """Yield ``(line_number, object, error)`` for each non-blank line of a JSONL file."""
-    path = Path(path)
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line), None
-            except json.JSONDecodeError as exc:
-                yield lineno, None, f"bad JSON: {exc.msg} (column {exc.colno})"
 
 
 def load_samples(path: str | Path) -> list[Sample]:

@@ -22,14 +22,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from leaf.data.spans import Span
+
 #: Used when the tokenizer has no chat template. ``{bos}``/``{eos}`` are the
 #: tokenizer's BOS/EOS strings (empty when it has none).
 PLAIN_TEMPLATE = "{bos}### Instruction:\n{instruction}\n\n### Response:\n{response}{eos}"
 
 _SENTINEL_I = "\u2063LEAFINSTRUCTION\u2063"
 _SENTINEL_R = "\u2063LEAFRESPONSE\u2063"
-
-Span = tuple[int, int]
 
 
 class TemplateError(ValueError):

@@ -10,22 +10,24 @@ span in which at least one flagged token overlaps one.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+
+from leaf.data.detections import Detection, TokenScore
+from leaf.data.spans import overlaps
+from leaf.detect.decision import flag_threshold, whitespace_mask
 
 Span = Sequence[int]
 
 
-def overlaps(start: int, end: int, spans: Iterable[Span]) -> bool:
-    return any(start < e and end > s for s, e in spans)
+def rethreshold(tokens: Sequence[TokenScore], tau: float) -> list[bool]:
+    """Flags of the gradient rule at another ``tau``, from the stored scores (the rule of :mod:`leaf.detect.decision`)."""
+    import torch
 
-
-def rethreshold(tokens: Sequence[dict[str, Any]], tau: float) -> list[bool]:
-    """Flags of the gradient rule at another ``tau``, from stored scores (``d <= tau``, not white space)."""
-    return [t["score"] is not None and t["score"] <= tau and bool(t["text"].strip()) for t in tokens]
+    scores = None if any(t.score is None for t in tokens) else torch.tensor([t.score for t in tokens], dtype=torch.float64)
+    return flag_threshold(scores, tau, ~whitespace_mask([t.text for t in tokens])).tolist()
 
 
 def detection_quality(
-    detections: Iterable[dict[str, Any]],
+    detections: Iterable[Detection],
     truth: Mapping[str, list[Span]],
     *,
     tau: float | None = None,
@@ -38,13 +40,13 @@ def detection_quality(
     tp = fp = fn = 0
     hits = with_truth = samples = flagged = tokens_seen = 0
     for det in detections:
-        spans = truth.get(str(det["id"]), [])
-        toks = [t for t in det["tokens"] if t.get("field", "instruction") == "instruction"]
-        flags = rethreshold(toks, tau) if tau is not None else [bool(t["flag"]) for t in toks]
+        spans = truth.get(str(det.id), [])
+        toks = det.tokens_of("instruction")
+        flags = rethreshold(toks, tau) if tau is not None else [t.flag for t in toks]
         samples += 1
         hit = False
         for t, flag in zip(toks, flags):
-            relevant = bool(t["text"].strip()) and overlaps(t["start"], t["end"], spans)
+            relevant = bool(t.text.strip()) and overlaps(t.start, t.end, spans)
             tp += flag and relevant
             fp += flag and not relevant
             fn += relevant and not flag
@@ -70,9 +72,9 @@ def detection_quality(
 
 def mean_std(values: Sequence[float]) -> dict[str, float]:
     """Mean and sample standard deviation (0 for a single value)."""
+    import statistics
+
     n = len(values)
     if n == 0:
         return {"mean": float("nan"), "std": float("nan"), "n": 0}
-    mean = sum(values) / n
-    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
-    return {"mean": mean, "std": var**0.5, "n": n}
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if n > 1 else 0.0, "n": n}

@@ -26,9 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from leaf.config import Summary, make, to_dict
+from leaf.data.counterfactuals import Counterfactual, read_counterfactuals, write_counterfactuals
+from leaf.data.detections import Detection, detections_to_jsonl, read_detections
 from leaf.data.jsonl import dumps, read_jsonl
+from leaf.data.spans import overlaps
 from leaf.demo.config import ARMS, ATTENTION_ARMS, CF_SETS, SPLITS, DemoConfig
-from leaf.demo.metrics import detection_quality, mean_std, overlaps
+from leaf.demo.metrics import detection_quality, mean_std
 
 log = logging.getLogger(__name__)
 
@@ -60,25 +63,25 @@ class Timer:
         return _Block()
 
 
-def oracle_detections(gradient: list[dict[str, Any]], pool: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def oracle_detections(gradient: list[Detection], pool: dict[str, dict[str, Any]]) -> list[Detection]:
     """Detections that flag exactly the ground-truth spans, on the student's tokens of the gradient run."""
     out = []
     for det in gradient:
-        spans = pool[str(det["id"])]["meta"].get("confounder_spans") or []
-        tokens = [{**t, "flag": bool(t["text"].strip()) and overlaps(t["start"], t["end"], spans)}
-                  for t in det["tokens"]]
-        out.append({**det, "method": "oracle", "tokens": tokens, "spans": [list(s) for s in spans]})
+        spans = pool[str(det.id)]["meta"].get("confounder_spans") or []
+        tokens = [replace(t, flag=bool(t.text.strip()) and overlaps(t.start, t.end, spans)) for t in det.tokens]
+        out.append(replace(det, method="oracle", tokens=tokens, spans=[(s, e) for s, e in spans]))
     return out
 
 
-def selected_records(detections: list[dict[str, Any]], pool: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def selected_records(detections: list[Detection], pool: dict[str, dict[str, Any]]) -> list[Counterfactual]:
     """The analysed samples themselves, unpruned, in counterfactual-record form (a control)."""
     out = []
     for det in detections:
-        rec = pool[str(det["id"])]
-        out.append({**rec, "id": f"{det['id']}#orig", "source_id": det["id"], "removed": [], "strategy": "none",
-                    "level": "instruction", "method": "none", "intervention": "none", "loss_start": None,
-                    "verified": None})
+        rec = pool[str(det.id)]
+        out.append(Counterfactual(id=f"{det.id}#orig", source_id=det.id, instruction=rec["instruction"],
+                                  response=rec["response"], removed=[], strategy="none", level="instruction",
+                                  method="none", intervention="none", answer=rec.get("answer"),
+                                  meta=rec.get("meta") or {}))
     return out
 
 
@@ -152,15 +155,16 @@ def run_seed(seed: int, cfg: DemoConfig, models: Any, out: Path, timer: Timer) -
         for method in ("gradient", "random", "ppl"):
             detect(out=out / f"det_{method}.jsonl", method=method, seed=seed, **det_common)
         detect(out=out / "det_gradient_response.jsonl", level="response", segments=2, **det_common)
-        gradient = read_jsonl(out / "det_gradient.jsonl")
-        _write(out / "det_oracle.jsonl", oracle_detections(gradient, by_id))
+        gradient = read_detections(out / "det_gradient.jsonl")
+        (out / "det_oracle.jsonl").write_text(detections_to_jsonl(oracle_detections(gradient, by_id)),
+                                              encoding="utf-8")
         shutil.copyfile(out / "det_gradient.jsonl", out / "detections.jsonl")  # what the report shows
         shutil.copyfile(out / "det_gradient.jsonl.meta.json", out / "detections.jsonl.meta.json")
 
     truth = {r["id"]: r["meta"]["confounder_spans"] for r in pool}
     detection: dict[str, Any] = {}
     for method in ("gradient", "random", "ppl"):
-        dets = read_jsonl(out / f"det_{method}.jsonl")
+        dets = read_detections(out / f"det_{method}.jsonl")
         detection[method] = {"default": detection_quality(dets, truth)}
     detection["gradient"]["by_tau"] = {str(t): detection_quality(gradient, truth, tau=t) for t in cfg.taus}
 
@@ -169,7 +173,7 @@ def run_seed(seed: int, cfg: DemoConfig, models: Any, out: Path, timer: Timer) -
     with timer("prune"):
         if "selected" in needed:
             selected = selected_records(gradient, by_id)
-            _write(out / "cf_selected.jsonl", selected)
+            write_counterfactuals(out / "cf_selected.jsonl", selected)
             cf_counts["selected"] = len(selected)
         for name in sorted(needed - {"selected"}):
             stem, strategy, intervention = CF_SETS[name]
@@ -194,8 +198,8 @@ def run_seed(seed: int, cfg: DemoConfig, models: Any, out: Path, timer: Timer) -
             if spec == "extra":
                 data = _write(out / "pool_plus_extra.jsonl", pool + extra[:n_extra])
             elif spec:
-                cfs = _write(out / f"cf_{arm}.jsonl",
-                             [r for name in spec for r in read_jsonl(out / f"cf_{name}.jsonl")])
+                cfs = out / f"cf_{arm}.jsonl"
+                write_counterfactuals(cfs, [r for name in spec for r in read_counterfactuals(out / f"cf_{name}.jsonl")])
             with timer("distill"):
                 distill(DistillConfig(
                     student=student, teacher=teacher, data=data, counterfactuals=cfs, lam=cfg.lam if cfs else 1.0,

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 
 import torch
 
+from leaf.data.spans import Span, tight
+
 #: Relative range under which a score vector counts as constant.
 _EPS = 1e-9
 
@@ -86,17 +88,17 @@ def whitespace_mask(texts: Sequence[str]) -> torch.Tensor:
 
 
 def merge_spans(
-    offsets: Sequence[tuple[int, int]],
+    offsets: Sequence[Span],
     flags: Sequence[bool],
     text: str,
-) -> list[tuple[int, int]]:
+) -> list[Span]:
     """Merge runs of flagged tokens into tight ``[start, end)`` spans of ``text``.
 
     Tokens are consecutive when adjacent in the token list; a whitespace-only
     token between two flagged tokens joins them (it is never flagged itself, but
     it does not break a phrase). Each span is trimmed of surrounding whitespace.
     """
-    spans: list[tuple[int, int]] = []
+    spans: list[Span] = []
     run: list[int] = []  # indices of the current run
     pending_ws: list[int] = []
     for i, flag in enumerate(flags):
@@ -109,16 +111,8 @@ def merge_spans(
             pending_ws.append(i)
         else:
             if run:
-                spans.append(_tight(offsets[run[0]][0], offsets[run[-1]][1], text))
+                spans.append(tight(offsets[run[0]][0], offsets[run[-1]][1], text))
             run, pending_ws = [], []
     if run:
-        spans.append(_tight(offsets[run[0]][0], offsets[run[-1]][1], text))
+        spans.append(tight(offsets[run[0]][0], offsets[run[-1]][1], text))
     return [sp for sp in spans if sp[1] > sp[0]]
-
-
-def _tight(start: int, end: int, text: str) -> tuple[int, int]:
-    while start < end and text[start].isspace():
-        start += 1
-    while end > start and text[end - 1].isspace():
-        end -= 1
-    return start, end

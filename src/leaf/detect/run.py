@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from leaf.config import Summary, make, to_dict
+from leaf.data import detections as detection_schema
 from leaf.data.jsonl import ResumableJsonl, dumps
-from leaf.data.records import Sample, id_key, load_samples, select_samples
+from leaf.data.records import Sample, load_samples, select_samples
 from leaf.detect.config import DetectConfig
 from leaf.detect.prepare import Prepared, Skipped, prepare
 from leaf.detect.segments import segment_response
@@ -100,7 +101,8 @@ def detect(config: DetectConfig | None = None, **kwargs: Any) -> DetectSummary:
                 prepared.append(p)
 
     key = "key" if cfg.level == "response" else "id"
-    writer = ResumableJsonl(cfg.out, _settings(cfg), key=key, overwrite=cfg.overwrite)
+    writer = ResumableJsonl(cfg.out, _settings(cfg), key=key, overwrite=cfg.overwrite, schema=detection_schema.SCHEMA,
+                            schema_version=detection_schema.SCHEMA_VERSION)
     # Fixed batch composition (sorted by length, then input order) so a resumed run
     # recomputes a half-written batch with the same neighbours and the same numbers.
     order = sorted(range(len(prepared)), key=lambda i: (len(prepared[i].views["student"].input_ids), i))
@@ -118,14 +120,12 @@ def detect(config: DetectConfig | None = None, **kwargs: Any) -> DetectSummary:
 
     bar = tqdm(total=sum(len(b) for b in todo), desc="detect", unit="sample", disable=not cfg.progress)
     for batch in todo:
-        records = scorer.score_batch(batch)
-        for rec in records:
-            if id_key(rec[key]) in writer.done:
-                continue
-            summary.scored_tokens += len(rec["tokens"])
-            summary.flagged_tokens += sum(t["flag"] for t in rec["tokens"])
-            summary.with_spans += bool(rec["spans"] or rec.get("response_spans"))
-        summary.written += writer.write_batch(records)
+        detections = [d for d in scorer.score_batch(batch) if d.unit_key not in writer.done]
+        for det in detections:
+            summary.scored_tokens += len(det.tokens)
+            summary.flagged_tokens += sum(t.flag for t in det.tokens)
+            summary.with_spans += bool(det.field_spans())
+        summary.written += writer.write_batch([d.to_json() for d in detections])
         bar.update(len(batch))
     bar.close()
     return summary

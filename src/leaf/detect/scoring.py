@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from leaf.data.detections import Detection, TokenScore
 from leaf.detect.decision import (
     PERCENTILE_CAP,
     confounder_scores,
@@ -80,7 +81,7 @@ class DetectionScorer:
         pads = {name: tok.pad_token_id or 0 for name, tok in tokenizers.items()}
         return cls(teacher, student, pads, cfg.rule, cfg.projection, cfg.method, cfg.seed)
 
-    def score_batch(self, batch: list[Prepared]) -> list[dict[str, Any]]:
+    def score_batch(self, batch: list[Prepared]) -> list[Detection]:
         g_t, loss_t = model_saliency(self.teacher, [p.views["teacher"] for p in batch], self.pad_ids["teacher"])
         g_s, loss_s = model_saliency(self.student, [p.views["student"] for p in batch], self.pad_ids["student"])
         surprisal = None
@@ -92,7 +93,7 @@ class DetectionScorer:
         ]
 
     def _record(self, p: Prepared, g_t: torch.Tensor, g_s: torch.Tensor, loss_t: float, loss_s: float,
-                surprisal: torch.Tensor | None) -> dict[str, Any]:
+                surprisal: torch.Tensor | None) -> Detection:
         vt, vs = p.views["teacher"], p.views["student"]
         # Tokens of both fields share one character axis for the projection: response
         # offsets are shifted past the instruction so the two never overlap.
@@ -109,38 +110,23 @@ class DetectionScorer:
         ctx = MethodContext(p.key, gradient_flags(d, eligible, self.rule), eligible, surprisal, self.seed)
         flags = apply_method(self.method, ctx)
         response_level = p.loss_start > 0
-        tokens = []
-        for i, (s, e) in enumerate(vs.offsets):
-            tok: dict[str, Any] = {
-                "text": token_texts[i],
-                "start": s,
-                "end": e,
-                "g_teacher": _round(float(gt[i])),
-                "g_student": _round(float(g_s[i])),
-                "score": None if d is None else _round(float(d[i])),
-                "flag": bool(flags[i]),
-            }
-            if response_level:
-                tok["field"] = vs.field(i)
-            if surprisal is not None:
-                tok["surprisal"] = _round(float(surprisal[i]))
-            tokens.append(tok)
+        tokens = [
+            TokenScore(
+                text=token_texts[i], start=s, end=e, g_teacher=_round(float(gt[i])), g_student=_round(float(g_s[i])),
+                score=None if d is None else _round(float(d[i])), flag=bool(flags[i]), field=vs.field(i),
+                surprisal=None if surprisal is None else _round(float(surprisal[i])),
+            )
+            for i, (s, e) in enumerate(vs.offsets)
+        ]
         spans = field_spans(vs, flags, texts if response_level else {"instruction": texts["instruction"]})
-        record: dict[str, Any] = {"id": p.sample.id}
-        if response_level:
-            record["key"] = p.key
-        record.update(
-            level="response" if response_level else "instruction",
-            method=self.method,
-            tokens=tokens,
-            spans=spans["instruction"],
+        det = Detection(
+            id=p.sample.id, level="response" if response_level else "instruction", method=self.method,
+            tokens=tokens, spans=[tuple(sp) for sp in spans["instruction"]],  # type: ignore[misc]
+            loss_teacher=_round(loss_t), loss_student=_round(loss_s), truncated=p.cut,
         )
         if response_level:
-            record.update(
-                response_spans=spans["response"],
-                segment=int(p.key.rsplit("@", 1)[1]),
-                loss_start=p.loss_start,
-                loss_end=p.loss_end,
-            )
-        record.update(loss_teacher=_round(loss_t), loss_student=_round(loss_s), truncated=p.cut)
-        return record
+            det.key = p.key
+            det.response_spans = [tuple(sp) for sp in spans["response"]]  # type: ignore[misc]
+            det.segment = int(p.key.rsplit("@", 1)[1])
+            det.loss_start, det.loss_end = p.loss_start, p.loss_end
+        return det

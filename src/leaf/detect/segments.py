@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import re
 
-Span = tuple[int, int]
+from leaf.data.spans import Span
+
 
 _BOUNDARIES = [
     re.compile(r"\n[ \t]*\n\s*"),

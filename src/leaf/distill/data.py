@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from leaf.config import ConfigError
-from leaf.data.records import DataError, Sample, id_key, iter_jsonl, load_samples
+from leaf.data.counterfactuals import read_counterfactuals
+from leaf.data.jsonl import iter_jsonl
+from leaf.data.records import DataError, Sample, id_key, load_samples
 from leaf.data.render import encode, render
 
 log = logging.getLogger(__name__)
@@ -128,18 +130,19 @@ def load_examples(
     examples: list[Example] = []
     dropped = 0
     source_ids: set[str] = set()
-    for path, is_cf in ((data, False), (counterfactuals, True)):
-        if path is None:
-            continue
-        path = Path(path)
-        samples = load_samples(path)
-        starts = _check_loss_start(samples, path)
-        if not is_cf:
-            source_ids = {id_key(s.id) for s in samples}
-        else:
-            orphans = [s.id for s in samples if s.extra.get("source_id") is not None and id_key(s.extra["source_id"]) not in source_ids]
-            if orphans and source_ids:
-                log.warning("%s: %d counterfactual(s) whose source_id is not in the original data", path, len(orphans))
+    parts: list[tuple[list[Sample], list[int | None], bool]] = []
+    if data is not None:
+        originals = load_samples(data)
+        source_ids = {id_key(s.id) for s in originals}
+        parts.append((originals, _check_loss_start(originals, Path(data)), False))
+    if counterfactuals is not None:
+        records = read_counterfactuals(counterfactuals)
+        orphans = [r.id for r in records if r.source_id is not None and id_key(r.source_id) not in source_ids]
+        if orphans and source_ids:
+            log.warning("%s: %d counterfactual(s) whose source_id is not in the original data", counterfactuals,
+                        len(orphans))
+        parts.append(([r.as_sample() for r in records], [r.loss_start for r in records], True))
+    for samples, starts, is_cf in parts:
         for s, start in zip(samples, starts):
             ex = build_example(tokenizer, s, counterfactual=is_cf, loss_start=start, include_eos=include_eos, max_length=max_length)
             if ex is None:

@@ -97,7 +97,7 @@ def score(
 
 def read_predictions(path: str | Path) -> list[dict[str, Any]]:
     """Prediction lines: ``id`` and ``prediction`` (or ``generation``), each checked."""
-    from leaf.data.records import iter_jsonl
+    from leaf.data.jsonl import iter_jsonl
 
     path = Path(path)
     if not path.exists():

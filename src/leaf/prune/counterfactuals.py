@@ -22,20 +22,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from leaf.data.counterfactuals import Change, Counterfactual, Removed
+from leaf.data.detections import Detection, TokenScore
 from leaf.data.records import Sample
+from leaf.data.spans import FieldSpan
 from leaf.prune.interventions import INTERVENTIONS, Replacement, flagged_tokens, replace_ranges
 from leaf.prune.text import prune_text
 
 #: ``replacer(record_id, sample, detection, flagged_tokens) -> replacements`` (mask / resample).
-Replacer = Callable[[str, Sample, dict[str, Any], Sequence[dict[str, Any]]], list[Replacement]]
+Replacer = Callable[[str, Sample, Detection, Sequence[TokenScore]], list[Replacement]]
 
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("span", "collective")
-
-FieldSpan = tuple[str, int, int]  # (field, start, end)
 
 
 @dataclass(frozen=True)
@@ -44,29 +44,19 @@ class Dropped:
     reason: str
 
 
-def detection_spans(det: dict[str, Any]) -> list[FieldSpan]:
-    out = [("instruction", s, e) for s, e in det.get("spans", [])]
-    out += [("response", s, e) for s, e in det.get("response_spans", [])]
-    return out
-
-
-def span_strength(det: dict[str, Any], span: FieldSpan) -> float:
+def span_strength(det: Detection, span: FieldSpan) -> float:
     """How confounding a span is by its detection method's own signal (lower = stronger)."""
     field, s, e = span
-    inside = [
-        t for t in det["tokens"]
-        if t.get("field", "instruction") == field and t["flag"] and t["start"] < e and t["end"] > s
-    ]
-    method = det.get("method", "gradient")
-    if method == "ppl":
-        return -max((t.get("surprisal") or 0.0) for t in inside) if inside else 0.0
-    if method == "random":
+    inside = [t for t in det.tokens if t.field == field and t.flag and t.start < e and t.end > s]
+    if det.method == "ppl":
+        return -max((t.surprisal or 0.0) for t in inside) if inside else 0.0
+    if det.method == "random":
         return 0.0  # no signal: keep the order of appearance
-    return min((t["score"] if t["score"] is not None else 1.0) for t in inside) if inside else 1.0
+    return min((t.score if t.score is not None else 1.0) for t in inside) if inside else 1.0
 
 
-def choose_spans(det: dict[str, Any], max_spans: int | None) -> list[FieldSpan]:
-    spans = detection_spans(det)
+def choose_spans(det: Detection, max_spans: int | None) -> list[FieldSpan]:
+    spans = det.field_spans()
     if max_spans is not None and len(spans) > max_spans:
         ranked = sorted(range(len(spans)), key=lambda i: (span_strength(det, spans[i]), i))[:max_spans]
         spans = [spans[i] for i in sorted(ranked)]
@@ -75,13 +65,13 @@ def choose_spans(det: dict[str, Any], max_spans: int | None) -> list[FieldSpan]:
 
 def build_records(
     sample: Sample,
-    det: dict[str, Any],
+    det: Detection,
     *,
     strategy: str = "span",
     max_spans: int | None = None,
     intervention: str = "delete",
     replacer: Replacer | None = None,
-) -> tuple[list[dict[str, Any]], list[Dropped]]:
+) -> tuple[list[Counterfactual], list[Dropped]]:
     """Counterfactual records of one detection (one sample, or one segment of it).
 
     ``replacer`` supplies the replacements of the mask / resample interventions.
@@ -93,11 +83,13 @@ def build_records(
     if intervention != "delete" and replacer is None:
         raise ValueError(f"the {intervention} intervention needs a replacer")
     spans = choose_spans(det, max_spans)
-    key = str(det.get("key", det["id"]))
+    key = det.unit_key
     groups = [[sp] for sp in spans] if strategy == "span" else ([spans] if spans else [])
-    records, dropped = [], []
+    records: list[Counterfactual] = []
+    dropped: list[Dropped] = []
     for n, group in enumerate(groups):
         rid = f"{key}#s{n}" if strategy == "span" else f"{key}#c"
+        rec: Counterfactual | Dropped
         if intervention == "delete":
             rec = _record(sample, det, group, rid, strategy)
         else:
@@ -113,73 +105,53 @@ def build_records(
     return records, dropped
 
 
-def _record(sample: Sample, det: dict[str, Any], group: list[FieldSpan], rid: str,
-            strategy: str) -> dict[str, Any] | Dropped:
-    level = det.get("level", "instruction")
+def _record(sample: Sample, det: Detection, group: list[FieldSpan], rid: str, strategy: str) -> Counterfactual | Dropped:
     instr_spans = [(s, e) for f, s, e in group if f == "instruction"]
     instruction, instr_removed = prune_text(sample.instruction, instr_spans)
     if not instruction.strip():
         return Dropped(rid, "pruning would empty the instruction")
-    removed = [{"field": "instruction", "start": s, "end": e, "text": sample.instruction[s:e]}
-               for s, e in instr_removed]
-    if level == "response":
-        loss_start, loss_end = det["loss_start"], det["loss_end"]
-        prefix = sample.response[:loss_start]
+    removed = [Removed("instruction", s, e, sample.instruction[s:e]) for s, e in instr_removed]
+    new_loss_start: int | None = None
+    response = sample.response
+    if det.response_level:
+        assert det.loss_start is not None and det.loss_end is not None
+        prefix = sample.response[: det.loss_start]
         resp_spans = [(s, e) for f, s, e in group if f == "response"]
         new_prefix, resp_removed = prune_text(prefix, resp_spans)
         if resp_spans and not new_prefix.strip():
             return Dropped(rid, "pruning would empty the response context")
         if prefix[-1:].isspace() and not new_prefix[-1:].isspace() and new_prefix:
             new_prefix += prefix[len(prefix.rstrip()):]  # keep the break before the target segment
-        removed += [{"field": "response", "start": s, "end": e, "text": prefix[s:e]} for s, e in resp_removed]
-        response = new_prefix + sample.response[loss_start:loss_end]
-        new_loss_start: int | None = len(new_prefix)
-    else:
-        response, new_loss_start = sample.response, None
+        removed += [Removed("response", s, e, prefix[s:e]) for s, e in resp_removed]
+        response = new_prefix + sample.response[det.loss_start : det.loss_end]
+        new_loss_start = len(new_prefix)
     return _assemble(sample, det, rid, instruction, response, new_loss_start, removed, strategy, "delete")
 
 
-def _assemble(sample: Sample, det: dict[str, Any], rid: str, instruction: str, response: str,
-              loss_start: int | None, removed: list[dict[str, Any]], strategy: str, intervention: str,
-              changes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    rec: dict[str, Any] = {"id": rid, "source_id": sample.id, "instruction": instruction, "response": response}
-    if sample.answer is not None:
-        rec["answer"] = sample.answer
-    if sample.meta:
-        rec["meta"] = sample.meta
-    rec.update(removed=removed)
-    if changes is not None:
-        rec["changes"] = changes
-    rec.update(
-        strategy=strategy,
-        level=det.get("level", "instruction"),
-        method=det.get("method", "gradient"),
-        intervention=intervention,
-        loss_start=loss_start,
-        verified=None,
+def _assemble(sample: Sample, det: Detection, rid: str, instruction: str, response: str,
+              loss_start: int | None, removed: list[Removed], strategy: str, intervention: str,
+              changes: list[Change] | None = None) -> Counterfactual:
+    return Counterfactual(
+        id=rid, source_id=sample.id, instruction=instruction, response=response, removed=removed,
+        strategy=strategy, level=det.level, method=det.method, intervention=intervention, loss_start=loss_start,
+        verified=None, answer=sample.answer, meta=sample.meta, changes=changes,
     )
-    return rec
 
 
-def _replaced_record(sample: Sample, det: dict[str, Any], reps: list[Replacement], rid: str, strategy: str,
-                     intervention: str) -> dict[str, Any]:
+def _replaced_record(sample: Sample, det: Detection, reps: list[Replacement], rid: str, strategy: str,
+                     intervention: str) -> Counterfactual:
     """A record whose flagged tokens are replaced (mask / resample) rather than cut."""
     def edits(field: str) -> list[tuple[int, int, str]]:
         return [(r.start, r.end, r.text) for r in reps if r.field == field]
 
-    instruction, changes = replace_ranges(sample.instruction, edits("instruction"))
-    for c in changes:
-        c["field"] = "instruction"
-    if det.get("level") == "response":
-        loss_start, loss_end = det["loss_start"], det["loss_end"]
-        prefix, resp_changes = replace_ranges(sample.response[:loss_start], edits("response"))
-        for c in resp_changes:
-            c["field"] = "response"
-        changes += resp_changes
-        response, new_loss_start = prefix + sample.response[loss_start:loss_end], len(prefix)
-    else:
-        response, new_loss_start = sample.response, None
-    changes = [{"field": c.pop("field"), **c} for c in changes]
-    removed = [{"field": c["field"], "start": c["start"], "end": c["end"], "text": c["text"]} for c in changes]
+    instruction, instr_changes = replace_ranges(sample.instruction, edits("instruction"))
+    changes = [Change("instruction", **c) for c in instr_changes]
+    response, new_loss_start = sample.response, None
+    if det.response_level:
+        assert det.loss_start is not None and det.loss_end is not None
+        prefix, resp_changes = replace_ranges(sample.response[: det.loss_start], edits("response"))
+        changes += [Change("response", **c) for c in resp_changes]
+        response, new_loss_start = prefix + sample.response[det.loss_start : det.loss_end], len(prefix)
+    removed = [Removed(c.field, c.start, c.end, c.text) for c in changes]
     return _assemble(sample, det, rid, instruction, response, new_loss_start, removed, strategy, intervention,
                      changes)

@@ -29,6 +29,10 @@ from typing import Any
 
 import torch
 
+from leaf.data.detections import Detection, TokenScore
+from leaf.data.spans import FieldSpan
+from leaf.data.views import make_view
+
 INTERVENTIONS = ("delete", "mask", "resample")
 REPLACEABLE = ("digits", "word", "mixed")
 
@@ -71,16 +75,15 @@ def replace_ranges(text: str, replacements: Sequence[tuple[int, int, str]]) -> t
     return "".join(out), changes
 
 
-def flagged_tokens(det: dict[str, Any], spans: Iterable[tuple[str, int, int]]) -> list[dict[str, Any]]:
+def flagged_tokens(det: Detection, spans: Iterable[FieldSpan]) -> list[TokenScore]:
     """Distinct flagged tokens of ``det`` inside the given (field, start, end) spans, in order."""
     chosen, seen = [], set()
     spans = list(spans)
-    for t in det["tokens"]:
-        field = t.get("field", "instruction")
-        key = (field, t["start"], t["end"])
-        if not t["flag"] or key in seen:
+    for t in det.tokens:
+        key = (t.field, t.start, t.end)
+        if not t.flag or key in seen:
             continue
-        if any(f == field and t["start"] < e and t["end"] > s for f, s, e in spans):
+        if any(f == t.field and t.start < e and t.end > s for f, s, e in spans):
             seen.add(key)
             chosen.append(t)
     return chosen
@@ -94,14 +97,13 @@ def core_range(text: str, start: int, end: int) -> tuple[int, int]:
     return start + lead, end - trail
 
 
-def mask_replacements(texts: dict[str, str], tokens: Sequence[dict[str, Any]], placeholder: str) -> list[Replacement]:
+def mask_replacements(texts: dict[str, str], tokens: Sequence[TokenScore], placeholder: str) -> list[Replacement]:
     out = []
     for t in tokens:
-        field = t.get("field", "instruction")
-        if token_kind(t["text"]) not in REPLACEABLE:
+        if token_kind(t.text) not in REPLACEABLE:
             continue
-        s, e = core_range(texts[field], t["start"], t["end"])
-        out.append(Replacement(field, s, e, placeholder))
+        s, e = core_range(texts[t.field], t.start, t.end)
+        out.append(Replacement(t.field, s, e, placeholder))
     return out
 
 
@@ -146,14 +148,12 @@ class Resampler:
         self.vocab = VocabularyKinds(tokenizer)
 
     @torch.no_grad()
-    def replacements(self, record_id: str, sample: Any, det: dict[str, Any],
-                     tokens: Sequence[dict[str, Any]]) -> list[Replacement]:
-        from leaf.detect.prepare import make_view
-
+    def replacements(self, record_id: str, sample: Any, det: Detection,
+                     tokens: Sequence[TokenScore]) -> list[Replacement]:
         level_kwargs = {}
-        if det.get("level") == "response":
-            level_kwargs = {"loss_start": det["loss_start"], "loss_end": det["loss_end"]}
-        cut = int(det.get("truncated", 0))
+        if det.response_level:
+            level_kwargs = {"loss_start": det.loss_start, "loss_end": det.loss_end}
+        cut = det.truncated
         view, _ = make_view(self.tokenizer, sample.instruction[cut:], sample.response, cut=cut, **level_kwargs)
         index = {(view.field(i), *view.offsets[i]): view.scored[i] for i in range(len(view.scored))}
         device = self.model.get_input_embeddings().weight.device
@@ -162,11 +162,11 @@ class Resampler:
         texts = {"instruction": sample.instruction, "response": sample.response}
         out = []
         for t in tokens:
-            field = t.get("field", "instruction")
-            pos = index.get((field, t["start"], t["end"]))
+            field = t.field
+            pos = index.get((field, t.start, t.end))
             if pos is None:
                 raise ValueError(
-                    f"record {record_id}: token {t['text']!r} at {t['start']}-{t['end']} is not a token of the "
+                    f"record {record_id}: token {t.text!r} at {t.start}-{t.end} is not a token of the "
                     "resampling model's tokenizer; resample with the tokenizer the detection used"
                 )
             original = view.input_ids[pos]
@@ -177,7 +177,7 @@ class Resampler:
                 continue
             new_id = int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
             # The token covers the field range exactly when it does not reach into template text.
-            s, e = t["start"], t["end"]
+            s, e = t.start, t.end
             new_text = self.vocab.texts[new_id]
             if texts[field][s:e] != self.vocab.texts[original]:
                 s, e = core_range(texts[field], s, e)

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from leaf.config import Summary, make
-from leaf.data.jsonl import dumps
-from leaf.data.records import DataError, id_key, iter_jsonl, load_samples
+from leaf.data.counterfactuals import Counterfactual, write_counterfactuals
+from leaf.data.detections import Detection, read_detections
+from leaf.data.records import DataError, Sample, id_key, load_samples
 from leaf.prune.config import PruneConfig
-from leaf.prune.counterfactuals import Replacer, build_records, detection_spans
+from leaf.prune.counterfactuals import Replacer, build_records
 
 log = logging.getLogger(__name__)
 
@@ -49,49 +50,46 @@ class PruneSummary(Summary):
              if self.top_pruned else "")
 
 
-def load_detections(path: Path, known: set[str]) -> list[dict[str, Any]]:
-    """Read detections, naming file:line for records that are malformed or name unknown samples."""
-    problems, out = [], []
-    for lineno, obj, err in iter_jsonl(path):
-        where = f"{path}:{lineno}"
-        if err:
-            problems.append(f"{where}: {err}")
-            continue
-        for name in ("id", "tokens", "spans"):
-            if not isinstance(obj, dict) or name not in obj:
-                problems.append(f"{where}: field '{name}': missing")
-                break
-        else:
-            if id_key(obj["id"]) not in known:
-                problems.append(f"{where}: field 'id': {obj['id']!r} is not in the samples file")
-            elif obj.get("level") == "response" and not {"loss_start", "loss_end"} <= set(obj):
-                problems.append(f"{where}: field 'loss_start': response-level detection without loss range")
-            else:
-                out.append(obj)
-    if problems:
-        raise DataError(problems)
-    return out
+def load_detections(path: Path, samples: dict[str, Sample]) -> list[Detection]:
+    """Read detections and check them against the samples they are applied to.
+
+    Every record must name a sample of the samples file and every span must lie
+    inside that sample's field; otherwise the problem is reported as file:line.
+    """
+    def against_samples(det: Detection, where: str, problems: list[str]) -> None:
+        sample = samples.get(id_key(det.id))
+        if sample is None:
+            problems.append(f"{where}: field 'id': {det.id!r} is not in the samples file")
+            return
+        for name, spans, text in (("spans", det.spans, sample.instruction),
+                                  ("response_spans", det.response_spans, sample.response)):
+            bad = [sp for sp in spans if sp[1] > len(text)]
+            if bad:
+                problems.append(f"{where}: field '{name}': span {list(bad[0])} is outside the sample's text "
+                                f"(length {len(text)}): were the detections made on another version of the data?")
+
+    return read_detections(path, against_samples)
 
 
 def prune(config: PruneConfig | None = None, **kwargs: Any) -> PruneSummary:
     """Write counterfactual records; see :class:`PruneConfig`."""
     cfg = make(PruneConfig, config, kwargs, "leaf.prune()")
     samples = {id_key(s.id): s for s in load_samples(cfg.data)}
-    detections = load_detections(Path(cfg.detections), set(samples))
+    detections = load_detections(Path(cfg.detections), samples)
     summary = PruneSummary(samples=len(samples), detections=len(detections))
     replacer = _replacer(cfg)
-    records: list[dict[str, Any]] = []
+    records: list[Counterfactual] = []
     pruned_strings: Counter[str] = Counter()
     with_spans: set[str] = set()
     for det in detections:
-        sample = samples[id_key(det["id"])]
-        spans = detection_spans(det)
+        sample = samples[id_key(det.id)]
+        spans = det.field_spans()
         summary.spans += len(spans)
         if spans:
-            with_spans.add(id_key(det["id"]))
-        tokens = [t for t in det["tokens"] if t.get("field", "instruction") == "instruction"]
+            with_spans.add(id_key(det.id))
+        tokens = det.tokens_of("instruction")
         summary.instruction_tokens += len(tokens)
-        summary.removed_tokens += sum(1 for t in tokens if t["flag"])
+        summary.removed_tokens += sum(1 for t in tokens if t.flag)
         for f, s, e in spans:
             text = (sample.instruction if f == "instruction" else sample.response)[s:e]
             pruned_strings[text] += 1
@@ -99,12 +97,12 @@ def prune(config: PruneConfig | None = None, **kwargs: Any) -> PruneSummary:
                                       intervention=cfg.intervention, replacer=replacer)
         records.extend(recs)
         summary.dropped_empty += len(dropped)
-    detected = {id_key(d["id"]) for d in detections}
+    detected = {id_key(d.id) for d in detections}
     summary.no_detection = len(set(samples) - detected)
     summary.samples_with_spans = len(with_spans)
     summary.spans_per_sample = summary.spans / max(len(detections), 1)
     summary.spans_per_sample_with_spans = summary.spans / max(
-        sum(1 for d in detections if detection_spans(d)), 1)
+        sum(1 for d in detections if d.field_spans()), 1)
     summary.removed_token_share = summary.removed_tokens / max(summary.instruction_tokens, 1)
     summary.top_pruned = pruned_strings.most_common(20)
 
@@ -113,14 +111,11 @@ def prune(config: PruneConfig | None = None, **kwargs: Any) -> PruneSummary:
 
         answer, check = _live_verifier(cfg)
         records, dropped_records = verify_records(records, answer, check)
-        summary.verified_kept = sum(1 for r in records if r["verified"] is True)
+        summary.verified_kept = sum(1 for r in records if r.verified is True)
         summary.verified_dropped = len(dropped_records)
 
     out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("".join(dumps(r) + "\n" for r in records), encoding="utf-8")
-    tmp.replace(out)
+    write_counterfactuals(out, records)
     summary.records_written = len(records)
     summary_path = out.with_name(out.name + ".summary.json")
     summary_path.write_text(json.dumps(summary.__dict__, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -138,7 +133,7 @@ def _replacer(cfg: PruneConfig) -> Replacer | None:
 
             placeholder = default_placeholder(load_tokenizer(cfg.student) if cfg.student else None)
 
-        def mask(rid: str, sample: Any, det: dict[str, Any], tokens: Any) -> Any:
+        def mask(rid: str, sample: Any, det: Detection, tokens: Any) -> Any:
             return mask_replacements({"instruction": sample.instruction, "response": sample.response}, tokens,
                                      placeholder)
 

@@ -20,21 +20,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-Span = tuple[int, int]
+from leaf.data.spans import Span, merge_overlapping
+
 
 CLOSING = set(",.;:!?)]}%")
-
-
-def merge_overlapping(spans: Iterable[Span]) -> list[Span]:
-    out: list[list[int]] = []
-    for s, e in sorted(spans):
-        if e <= s:
-            continue
-        if out and s <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], e)
-        else:
-            out.append([s, e])
-    return [(s, e) for s, e in out]
 
 
 def prune_text(text: str, spans: Iterable[Span]) -> tuple[str, list[Span]]:

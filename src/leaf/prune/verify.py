@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from leaf.data.counterfactuals import Counterfactual
 from leaf.data.records import Sample
 
 #: ``answer(role, records) -> predictions`` for role "teacher" / "student"; each record has
@@ -25,29 +26,24 @@ AnswerFn = Callable[[str, Sequence[dict[str, Any]]], Sequence[str]]
 CheckFn = Callable[[str, Sample], bool]
 
 
-def _as_sample(rec: dict[str, Any]) -> Sample:
-    return Sample(id=rec["id"], instruction=rec["instruction"], response=rec["response"],
-                  answer=rec.get("answer"), meta=rec.get("meta") or {})
-
-
 def verify_records(
-    records: list[dict[str, Any]],
+    records: list[Counterfactual],
     answer: AnswerFn,
     check: CheckFn,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+) -> tuple[list[Counterfactual], list[Counterfactual]]:
     """Set ``verified`` on every record; return ``(kept, dropped)``.
 
     ``verified`` is true when both models answer the pruned instruction
     correctly, false otherwise; records with an unchanged instruction stay null.
     """
-    checkable = [r for r in records if any(x.get("field", "instruction") == "instruction" for x in r["removed"])]
+    checkable = [r for r in records if r.changes_instruction]
     if checkable:
-        prompts = [{"id": r["id"], "instruction": r["instruction"]} for r in checkable]
+        prompts = [{"id": r.id, "instruction": r.instruction} for r in checkable]
         teacher = answer("teacher", prompts)
         student = answer("student", prompts)
         for rec, t, s in zip(checkable, teacher, student, strict=True):
-            sample = _as_sample(rec)
-            rec["verified"] = bool(check(t, sample) and check(s, sample))
-    kept = [r for r in records if r["verified"] is not False]
-    dropped = [r for r in records if r["verified"] is False]
+            sample = rec.as_sample()
+            rec.verified = bool(check(t, sample) and check(s, sample))
+    kept = [r for r in records if r.verified is not False]
+    dropped = [r for r in records if r.verified is False]
     return kept, dropped

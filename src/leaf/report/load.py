@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from leaf.data.records import id_key, iter_jsonl
+from leaf.data.jsonl import iter_jsonl
+from leaf.data.records import id_key
 
 
 @dataclass

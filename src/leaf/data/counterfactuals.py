@@ -1,0 +1,208 @@
+"""The counterfactual record: what ``leaf prune`` writes and ``leaf distill`` trains on (docs/prune.md).
+
+One JSON object per line (``leaf prune`` writes every field; a hand-made file
+needs only ``id``, ``instruction`` and ``response``, the rest defaulting to
+no provenance: ``source_id`` null, ``removed`` empty, ``strategy``, ``method``
+and ``intervention`` ``"none"``, ``level`` ``"instruction"``)::
+
+    {"id", "source_id", "instruction", "response", ["answer"], ["meta"],
+     "removed": [{"field", "start", "end", "text"}...],
+     ["changes": [{"field", "start", "end", "text", "replacement", "new_start", "new_end"}...]],
+     "strategy", "level", "method", "intervention", "loss_start", "verified"}
+
+``removed`` ranges are offsets into the *original* sample's field; ``changes``
+(mask / resample) also give where each replacement sits in the new text.
+``loss_start`` (response level) is where the distilled segment begins in
+``response``; ``null`` means the whole response. ``verified`` is ``true`` /
+``false`` after ``prune --verify``, else ``null``.
+
+This module is the one place that defines the record, reads it (validating
+every field with file:line errors) and writes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from leaf.data.detections import FIELDS, LEVELS, FieldChecker
+from leaf.data.jsonl import check_schema, dumps, iter_jsonl
+from leaf.data.records import DataError, Sample, SampleId, id_key
+
+SCHEMA = "leaf.counterfactuals"
+SCHEMA_VERSION = 1
+STRATEGIES = ("span", "collective", "none")
+INTERVENTIONS = ("delete", "mask", "resample", "none")
+
+
+@dataclass
+class Removed:
+    """A range of the original field that the counterfactual no longer has (or has replaced)."""
+
+    field: str
+    start: int
+    end: int
+    text: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"field": self.field, "start": self.start, "end": self.end, "text": self.text}
+
+
+@dataclass
+class Change(Removed):
+    """A replaced range (mask / resample): the new text and where it sits in the counterfactual."""
+
+    replacement: str = ""
+    new_start: int = 0
+    new_end: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "replacement": self.replacement, "new_start": self.new_start,
+                "new_end": self.new_end}
+
+
+@dataclass
+class Counterfactual:
+    """One counterfactual sample (X \\ A, y) of one source sample."""
+
+    id: str
+    source_id: SampleId | None  #: the original sample (None in a hand-made file that does not say)
+    instruction: str
+    response: str
+    removed: list[Removed]
+    strategy: str
+    level: str
+    method: str
+    intervention: str
+    loss_start: int | None = None
+    verified: bool | None = None
+    answer: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    changes: list[Change] | None = None
+
+    def as_sample(self) -> Sample:
+        """The record as a training / checking sample (its own id, instruction, response, answer)."""
+        return Sample(id=self.id, instruction=self.instruction, response=self.response, answer=self.answer,
+                      meta=self.meta)
+
+    @property
+    def changes_instruction(self) -> bool:
+        return any(r.field == "instruction" for r in self.removed)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "source_id": self.source_id, "instruction": self.instruction,
+                               "response": self.response}
+        if self.answer is not None:
+            out["answer"] = self.answer
+        if self.meta:
+            out["meta"] = self.meta
+        out["removed"] = [r.to_json() for r in self.removed]
+        if self.changes is not None:
+            out["changes"] = [c.to_json() for c in self.changes]
+        out.update(strategy=self.strategy, level=self.level, method=self.method, intervention=self.intervention,
+                   loss_start=self.loss_start, verified=self.verified)
+        return out
+
+
+def _ranges(c: FieldChecker, obj: dict[str, Any], name: str, cls: type[Removed]) -> list[Any]:
+    out = []
+    for item in c.get(obj, name, (list,), default=[]):
+        if not isinstance(item, dict):
+            c.bad(name, f"expected objects, got {type(item).__name__}")
+            return []
+        values = {
+            "field": c.get(item, "field", (str,), default="instruction"),
+            "start": c.get(item, "start", (int,), default=0),
+            "end": c.get(item, "end", (int,), default=0),
+            "text": c.get(item, "text", (str,), default=""),
+        }
+        if values["field"] not in FIELDS:
+            c.bad(f"{name}.field", f"must be one of {', '.join(FIELDS)}, got {values['field']!r}")
+        if not 0 <= values["start"] <= values["end"]:
+            c.bad(name, f"range [{values['start']}, {values['end']}) is inverted or negative")
+        if cls is Change:
+            values.update(replacement=c.get(item, "replacement", (str,), default=""),
+                          new_start=c.get(item, "new_start", (int,), default=0),
+                          new_end=c.get(item, "new_end", (int,), default=0))
+        out.append(cls(**values))
+    return out
+
+
+def counterfactual_from_json(obj: Any, where: str, problems: list[str]) -> Counterfactual | None:
+    """A validated :class:`Counterfactual`, or ``None`` with the problems appended."""
+    if not isinstance(obj, dict):
+        problems.append(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        return None
+    c = FieldChecker(where, problems)
+    rid = c.get(obj, "id", (str, int), default="")
+    rec = Counterfactual(
+        id=str(rid), source_id=c.get(obj, "source_id", (str, int), optional=True),
+        instruction=c.get(obj, "instruction", (str,), default=""), response=c.get(obj, "response", (str,), default=""),
+        removed=_ranges(c, obj, "removed", Removed) if "removed" in obj else [],
+        # provenance: written by `leaf prune`; a hand-made file may leave it out ("none")
+        strategy=c.get(obj, "strategy", (str,), optional=True, default="none"),
+        level=c.get(obj, "level", (str,), optional=True, default="instruction"),
+        method=c.get(obj, "method", (str,), optional=True, default="none"),
+        intervention=c.get(obj, "intervention", (str,), optional=True, default="none"),
+        loss_start=c.get(obj, "loss_start", (int,), optional=True),
+        verified=c.get(obj, "verified", (bool,), optional=True),
+        answer=None if obj.get("answer") is None else str(c.get(obj, "answer", (str, int, float))),
+        meta=c.get(obj, "meta", (dict,), optional=True, default={}),
+        changes=_ranges(c, obj, "changes", Change) if "changes" in obj else None,
+    )
+    for name, value, allowed in (("level", rec.level, LEVELS), ("strategy", rec.strategy, STRATEGIES),
+                                 ("intervention", rec.intervention, INTERVENTIONS)):
+        if c.ok and value not in allowed:
+            c.bad(name, f"must be one of {', '.join(allowed)}, got {value!r}")
+    for name in ("instruction", "response"):
+        if c.ok and not getattr(rec, name).strip():
+            c.bad(name, "is empty")
+    if c.ok and rec.loss_start is not None and not 0 <= rec.loss_start < len(rec.response):
+        c.bad("loss_start", f"{rec.loss_start} is outside the response (length {len(rec.response)})")
+    return rec if c.ok else None
+
+
+def read_counterfactuals(path: str | Path) -> list[Counterfactual]:
+    """Every record of a counterfactuals file, validated (duplicate ids refused)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError([f"{path}: file not found"])
+    check_schema(path, SCHEMA, SCHEMA_VERSION)
+    problems: list[str] = []
+    out: list[Counterfactual] = []
+    seen: dict[str, int] = {}
+    for lineno, obj, err in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        if err:
+            problems.append(f"{where}: {err}")
+            continue
+        rec = counterfactual_from_json(obj, where, problems)
+        if rec is None:
+            continue
+        if id_key(rec.id) in seen:
+            problems.append(f"{where}: field 'id': duplicate id {rec.id!r} (first on line {seen[id_key(rec.id)]})")
+            continue
+        seen[id_key(rec.id)] = lineno
+        out.append(rec)
+    if problems:
+        raise DataError(problems)
+    if not out:
+        raise DataError([f"{path}: no records (file is empty)"])
+    return out
+
+
+def write_counterfactuals(path: str | Path, records: list[Counterfactual]) -> None:
+    """Write the records (atomically: a temporary file renamed at the end) and their sidecar."""
+    from leaf.data.jsonl import write_sidecar
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(dumps(r.to_json()) + "\n" for r in records), encoding="utf-8")
+    tmp.replace(path)
+    write_sidecar(path, SCHEMA, SCHEMA_VERSION)
+
+
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "Change", "Counterfactual", "Removed", "counterfactual_from_json",
+           "read_counterfactuals", "write_counterfactuals"]

@@ -1,0 +1,64 @@
+"""A sample as one model sees it: token ids, which tokens are scored, which carry the loss.
+
+Everything downstream speaks in characters of the sample's own fields, so a
+:class:`View` keeps, for each scored token, the field it belongs to
+(``"instruction"``, or ``"response"`` for response-level detection) and its
+``[start, end)`` range in that field (clipped to it: template text never leaks
+into a token's span). Detection scores views; resampling reads the model's
+distribution at their tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from leaf.data.render import Rendered, encode, render
+from leaf.data.spans import Span
+
+
+@dataclass(frozen=True)
+class View:
+    """One sample as one model sees it."""
+
+    input_ids: list[int]
+    scored: list[int]  #: token indices whose saliency is read
+    offsets: list[Span]  #: per scored token, its range in its (original) field
+    targets: list[int]  #: token indices whose NLL forms the loss
+    fields: tuple[str, ...] = ()  #: per scored token, "instruction" or "response"
+
+    def field(self, i: int) -> str:
+        return self.fields[i] if self.fields else "instruction"
+
+
+def make_view(tokenizer: Any, instruction: str, response: str, *, cut: int = 0,
+              loss_start: int = 0, loss_end: int | None = None) -> tuple[View, Rendered]:
+    """Render and tokenize one sample for one model.
+
+    ``instruction`` is the (possibly cut) text the model sees; ``cut`` is added to
+    offsets so they index the original instruction. Targets are the response
+    tokens of ``[loss_start, loss_end)`` (character offsets into ``response``);
+    scored are the instruction tokens plus, when ``loss_start > 0``, the response
+    tokens before the targets.
+    """
+    end = len(response) if loss_end is None else loss_end
+    rendered = render(tokenizer, instruction, response[:end])
+    enc = encode(tokenizer, rendered.text)
+    targets = enc.tokens_in([rendered.response_to_text(loss_start, end)])
+    scored, offsets, fields = [], [], []
+    parts = [("instruction", rendered.instruction_span, cut + rendered.instruction_offset)]
+    if loss_start > 0:
+        parts.append(("response", rendered.response_to_text(0, loss_start), rendered.response_offset))
+    target_set = set(targets)
+    for name, (lo, hi), shift in parts:
+        base = shift - (rendered.instruction_span[0] if name == "instruction" else rendered.response_span[0])
+        for t in enc.tokens_in([(lo, hi)]):
+            if t in target_set:  # a token straddling the loss boundary is a target, not a context token
+                continue
+            s, e = enc.offsets[t]
+            bound = rendered.instruction_span if name == "instruction" else rendered.response_span
+            s, e = max(s, bound[0]), min(e, bound[1])
+            scored.append(t)
+            offsets.append((s + base, e + base))
+            fields.append(name)
+    return View(enc.input_ids, scored, offsets, targets, tuple(fields)), rendered
