@@ -64,7 +64,11 @@ def test_uneven_batches_keep_input_order(model_and_tok):
 def test_sampling_is_seeded(model_and_tok):
     model, tok = model_and_tok
     kw = dict(max_new_tokens=8, do_sample=True, temperature=1.5, batch_size=5)
-    assert generate(model, tok, INSTRUCTIONS, seed=1, **kw) == generate(model, tok, INSTRUCTIONS, seed=1, **kw)
+    first = generate(model, tok, INSTRUCTIONS, seed=1, **kw)
+    assert first == generate(model, tok, INSTRUCTIONS, seed=1, **kw)  # same seed, same draws
+    # and the seed matters, and sampling is not greedy decoding in disguise
+    assert first != generate(model, tok, INSTRUCTIONS, seed=2, **kw)
+    assert first != generate(model, tok, INSTRUCTIONS, max_new_tokens=8, batch_size=5)
 
 
 def test_stop_strings_truncate(model_and_tok):

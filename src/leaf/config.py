@@ -329,3 +329,28 @@ class Summary:
         import json
 
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))  # type: ignore[call-overload]
+
+
+def options_markdown(cls: type) -> str:
+    """The options of ``cls`` as a markdown table (docs keep one per command; a test keeps them current)."""
+    rows = ["| option (YAML key) | flag | default | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        meta = f.metadata
+        names = [f"`{_flag(f.name)}`", *(f"`{_flag(a)}`" for a in meta.get("aliases", ()))]
+        if is_required(f):
+            default = "required"
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f"`{f.default_factory()}`"
+        else:
+            default = f"`{f.default}`"
+        help_text = meta.get("help", "")
+        if meta.get("choices"):
+            help_text += f" (one of: {', '.join(map(str, meta['choices']))})"
+        bounds = [f">= {meta['low']}" if meta.get("low") is not None else "",
+                  f"<= {meta['high']}" if meta.get("high") is not None else ""]
+        if any(bounds):
+            help_text += f" ({', '.join(b for b in bounds if b)})"
+        rows.append(f"| `{f.name}` | {', '.join(names)} | {default} | {help_text.replace('|', '/')} |")
+    return "\n".join(rows)

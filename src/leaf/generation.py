@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from leaf.batching import pad
 from leaf.data.render import render_prompt
 
 log = logging.getLogger(__name__)
@@ -173,13 +174,8 @@ def _generate_hf(
     torch.manual_seed(seed)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress):
-        width = max(len(ids[i]) for i in batch)
-        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            n = len(ids[i])
-            input_ids[row, width - n :] = torch.tensor(ids[i], dtype=torch.long)
-            mask[row, width - n :] = 1
+        input_ids, mask = pad([ids[i] for i in batch], pad_id, side="left")
+        width = input_ids.shape[1]
         with torch.no_grad():
             seqs = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **gen_kwargs)
         texts = []

@@ -62,7 +62,8 @@ def test_detections_need_samples_and_match_by_id(tmp_path):
     assert kind == "detections"
     assert out[0].instruction == INSTR and out[0].response == RESP
     assert out[0].spans == sorted([tuple(_span("42")), tuple(_span("hint"))])
-    bad = _write(tmp_path / "bad.jsonl", [{"id": "zz", "spans": [[0, 3]]}, {"id": "a", "spans": [[0, 999]]}])
+    head = {"level": "instruction", "method": "gradient", "tokens": []}
+    bad = _write(tmp_path / "bad.jsonl", [{"id": "zz", "spans": [[0, 3]], **head}, {"id": "a", "spans": [[0, 999]], **head}])
     with pytest.raises(DataError) as err:
         load_span_samples(bad, samples)
     assert "bad.jsonl:1: field 'id'" in str(err.value)

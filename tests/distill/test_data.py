@@ -6,8 +6,8 @@ import json
 
 import pytest
 from leaf.data.records import DataError, Sample
+from leaf.batching import IGNORE_INDEX
 from leaf.distill.data import (
-    IGNORE,
     DistillCollator,
     ExampleDataset,
     TokenizerMismatch,
@@ -23,7 +23,7 @@ RESP = "First add the numbers. The answer is 8."
 
 
 def _loss_text(tok, ex):
-    return tok.decode([y for y in ex.labels if y != IGNORE])
+    return tok.decode([y for y in ex.labels if y != IGNORE_INDEX])
 
 
 @pytest.mark.parametrize(
@@ -34,11 +34,11 @@ def test_loss_covers_response_and_end_of_turn(tokenizers, style, end):
     ex = build_example(tok, Sample(1, INSTR, RESP))
     assert _loss_text(tok, ex) == RESP + end
     # every loss token lies after the prompt, and labels equal the ids there
-    first = next(i for i, y in enumerate(ex.labels) if y != IGNORE)
+    first = next(i for i, y in enumerate(ex.labels) if y != IGNORE_INDEX)
     prompt_len = len(tok(tok.apply_chat_template([{"role": "user", "content": INSTR}], tokenize=False, add_generation_prompt=True), add_special_tokens=False)["input_ids"]) if style != "none" else None
     if prompt_len is not None:
         assert first == prompt_len
-    assert all(y in (IGNORE, t) for y, t in zip(ex.labels, ex.input_ids))
+    assert all(y in (IGNORE_INDEX, t) for y, t in zip(ex.labels, ex.input_ids))
     no_eos = build_example(tok, Sample(1, INSTR, RESP), include_eos=False)
     assert _loss_text(tok, no_eos) == RESP
     assert no_eos.input_ids == ex.input_ids
@@ -100,7 +100,7 @@ def test_collator_pads_dynamically(llama_tok):
     n0 = len(exs[0].input_ids)
     assert batch["attention_mask"][0].tolist() == [1] * n0 + [0] * (longest - n0)
     assert (batch["input_ids"][0, n0:] == llama_tok.pad_token_id).all()
-    assert (batch["labels"][0, n0:] == IGNORE).all()
+    assert (batch["labels"][0, n0:] == IGNORE_INDEX).all()
     assert batch["labels"][0, :n0].tolist() == exs[0].labels
     assert batch["index"].tolist() == [0, 2]
     b8 = DistillCollator(llama_tok.pad_token_id, pad_to_multiple_of=8)([ds[0]])

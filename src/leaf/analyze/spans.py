@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from leaf.data.counterfactuals import Counterfactual, read_counterfactuals
+from leaf.data.detections import Detection, read_detections
 from leaf.data.jsonl import iter_jsonl
 from leaf.data.records import DataError, Sample, id_key, load_samples
 from leaf.data.spans import Span, merge_overlapping
@@ -115,73 +117,69 @@ def load_span_samples(data: str | Path, samples: str | Path | None = None) -> tu
         raise DataError([f"{data}: a detections file has no text; pass the samples it was made from with --samples"])
 
     out: list[SpanSample] = []
-    if kind in ("samples", "detections"):
+    other_level = 0
+    if kind == "samples":
         assert originals is not None
         for lineno, rec in records:
-            where = f"{data}:{lineno}"
-            sample = originals.get(id_key(rec.get("id")))
-            if sample is None:
-                problems.append(f"{where}: field 'id': {rec.get('id')!r} not found in {samples}")
-                continue
-            if kind == "samples":
-                spans, field = rec["meta"]["confounder_spans"], "meta.confounder_spans"
-            else:
-                if rec.get("level", "instruction") != "instruction":
-                    continue
-                spans, field = rec["spans"], "spans"
-            checked = _check_spans(spans, where, field, len(sample.instruction), problems)
+            sample = originals[id_key(rec["id"])]
+            checked = _check_spans(rec["meta"]["confounder_spans"], f"{data}:{lineno}", "meta.confounder_spans",
+                                   len(sample.instruction), problems)
             if checked is not None:
                 out.append(SpanSample(sample.id, sample.instruction, sample.response, checked))
-    else:
-        groups: dict[str, list[tuple[int, dict[str, Any]]]] = {}
-        for lineno, rec in records:
-            if rec.get("level", "instruction") != "instruction":
+    elif kind == "detections":
+        assert originals is not None
+
+        def known(det: Detection, where: str, found: list[str]) -> None:
+            sample = originals.get(id_key(det.id))
+            if sample is None:
+                found.append(f"{where}: field 'id': {det.id!r} not found in {samples}")
+            elif any(e > len(sample.instruction) for _, e in det.spans):
+                found.append(f"{where}: field 'spans': a span lies outside the instruction "
+                             f"(length {len(sample.instruction)})")
+
+        for det in read_detections(data, known):
+            if det.response_level:
+                other_level += 1
                 continue
-            groups.setdefault(id_key(rec.get("source_id", rec.get("id"))), []).append((lineno, rec))
+            sample = originals[id_key(det.id)]
+            out.append(SpanSample(sample.id, sample.instruction, sample.response, merge_overlapping(det.spans)))
+    else:
+        groups: dict[str, list[Counterfactual]] = {}
+        for rec in read_counterfactuals(data):
+            if rec.level != "instruction":
+                other_level += 1
+                continue
+            groups.setdefault(id_key(rec.source_id if rec.source_id is not None else rec.id), []).append(rec)
+        lines = {id_key(r.get("id")): n for n, r in records}
         for key, recs in groups.items():
-            lineno, first = recs[0]
-            where = f"{data}:{lineno}"
-            pieces = []
-            for ln, rec in recs:
-                removed = rec["removed"]
-                if not isinstance(removed, list) or not all(
-                    isinstance(p, dict) and isinstance(p.get("start"), int) and isinstance(p.get("end"), int)
-                    and isinstance(p.get("text"), str)
-                    for p in removed
-                ):
-                    problems.append(f"{data}:{ln}: field 'removed': expected a list of {{start, end, text}}")
-                    break
-                pieces.append((ln, rec, removed))
+            where = f"{data}:{lines[id_key(recs[0].id)]}"
+            if originals is not None:
+                sample = originals.get(key)
+                if sample is None:
+                    problems.append(f"{where}: field 'source_id': {key!r} not found in {samples}")
+                    continue
+                instruction, response, sid = sample.instruction, sample.response, sample.id
             else:
-                if originals is not None:
-                    sample = originals.get(key)
-                    if sample is None:
-                        problems.append(f"{where}: field 'source_id': {key!r} not found in {samples}")
+                # One record's pruned text plus its own removed pieces gives the original back.
+                first = recs[0]
+                instruction = restore_original(first.instruction, [r.to_json() for r in first.removed])
+                response, sid = first.response, first.source_id if first.source_id is not None else first.id
+            spans = []
+            for rec in recs:
+                for piece in rec.removed:
+                    if piece.field != "instruction":
                         continue
-                    instruction, response, sid = sample.instruction, sample.response, sample.id
-                else:
-                    # One record's pruned text plus its own removed pieces gives the original back.
-                    ln, rec, removed = pieces[0]
-                    if not isinstance(rec.get("instruction"), str) or not isinstance(rec.get("response"), str):
-                        problems.append(f"{data}:{ln}: fields 'instruction'/'response' missing")
-                        continue
-                    instruction = restore_original(rec["instruction"], removed)
-                    response, sid = rec["response"], rec.get("source_id", rec.get("id"))
-                spans = []
-                for ln, _, removed in pieces:
-                    for p in removed:
-                        if instruction[p["start"] : p["end"]] != p["text"]:
-                            problems.append(
-                                f"{data}:{ln}: field 'removed': text {p['text']!r} is not at "
-                                f"[{p['start']}, {p['end']}) of the original instruction"
-                            )
-                        spans.append((p["start"], p["end"]))
-                checked = _check_spans([list(s) for s in spans], where, "removed", len(instruction), problems)
-                if checked is not None:
-                    out.append(SpanSample(sid, instruction, response, checked))
+                    if instruction[piece.start : piece.end] != piece.text:
+                        problems.append(
+                            f"{data}:{lines[id_key(rec.id)]}: field 'removed': text {piece.text!r} is not at "
+                            f"[{piece.start}, {piece.end}) of the original instruction"
+                        )
+                    spans.append((piece.start, piece.end))
+            checked = _check_spans([list(sp) for sp in spans], where, "removed", len(instruction), problems)
+            if checked is not None:
+                out.append(SpanSample(sid, instruction, response, checked))
     if problems:
         raise DataError(problems)
-    other_level = sum(1 for _, r in records if r.get("level", "instruction") != "instruction")
     if other_level:
         log.warning("%s: skipped %d record(s) that are not instruction-level", data, other_level)
     return kind, out

@@ -112,19 +112,19 @@ def _ranges(c: FieldChecker, obj: dict[str, Any], name: str, cls: type[Removed])
             c.bad(name, f"expected objects, got {type(item).__name__}")
             return []
         values = {
-            "field": c.get(item, "field", (str,), default="instruction"),
-            "start": c.get(item, "start", (int,), default=0),
-            "end": c.get(item, "end", (int,), default=0),
-            "text": c.get(item, "text", (str,), default=""),
+            "field": c.get(item, "field", (str,), optional=True, default="instruction", label=f"{name}.field"),
+            "start": c.get(item, "start", (int,), default=0, label=f"{name}.start"),
+            "end": c.get(item, "end", (int,), default=0, label=f"{name}.end"),
+            "text": c.get(item, "text", (str,), default="", label=f"{name}.text"),
         }
         if values["field"] not in FIELDS:
             c.bad(f"{name}.field", f"must be one of {', '.join(FIELDS)}, got {values['field']!r}")
         if not 0 <= values["start"] <= values["end"]:
             c.bad(name, f"range [{values['start']}, {values['end']}) is inverted or negative")
         if cls is Change:
-            values.update(replacement=c.get(item, "replacement", (str,), default=""),
-                          new_start=c.get(item, "new_start", (int,), default=0),
-                          new_end=c.get(item, "new_end", (int,), default=0))
+            values.update(replacement=c.get(item, "replacement", (str,), default="", label=f"{name}.replacement"),
+                          new_start=c.get(item, "new_start", (int,), default=0, label=f"{name}.new_start"),
+                          new_end=c.get(item, "new_end", (int,), default=0, label=f"{name}.new_end"))
         out.append(cls(**values))
     return out
 

@@ -121,17 +121,19 @@ class FieldChecker:
         self.problems.append(f"{self.where}: field '{name}': {msg}")
 
     def get(self, obj: dict[str, Any], name: str, kinds: tuple[type, ...], *, optional: bool = False,
-            default: Any = None) -> Any:
+            default: Any = None, label: str | None = None) -> Any:
+        """``obj[name]`` checked against ``kinds``; ``label`` names a nested field in messages."""
+        label = label or name
         if name not in obj or obj[name] is None:
             if not optional:
-                self.bad(name, "missing")
+                self.bad(label, "missing")
             return default
         value = obj[name]
         if isinstance(value, bool) and bool not in kinds:
-            self.bad(name, f"must be {' or '.join(k.__name__ for k in kinds)}, got bool")
+            self.bad(label, f"must be {' or '.join(k.__name__ for k in kinds)}, got bool")
             return default
         if not isinstance(value, kinds):
-            self.bad(name, f"must be {' or '.join(k.__name__ for k in kinds)}, got {type(value).__name__}")
+            self.bad(label, f"must be {' or '.join(k.__name__ for k in kinds)}, got {type(value).__name__}")
             return default
         return value
 

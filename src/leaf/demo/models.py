@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from leaf.batching import IGNORE_INDEX, pad
 from leaf.demo.tasks import generate_mix
 
 #: Bump when the generator or the training recipe changes, to invalidate caches.
@@ -146,7 +147,7 @@ def tokenizer_corpus(cfg: DemoModelsConfig) -> list[str]:
 
 
 def encode_for_training(tokenizer: Any, records: list[dict[str, Any]]) -> list[tuple[list[int], list[int]]]:
-    """``(input_ids, labels)`` per record: labels are -100 outside the response (and its end token)."""
+    """``(input_ids, labels)`` per record: labels are ``IGNORE_INDEX`` outside the response."""
     from leaf.data.render import encode, render
 
     out = []
@@ -154,7 +155,7 @@ def encode_for_training(tokenizer: Any, records: list[dict[str, Any]]) -> list[t
         rendered = render(tokenizer, rec["instruction"], rec["response"])
         enc = encode(tokenizer, rendered.text)
         start = rendered.response_span[0]
-        labels = [tid if s >= start else -100 for tid, (s, _) in zip(enc.input_ids, enc.offsets)]
+        labels = [tid if s >= start else IGNORE_INDEX for tid, (s, _) in zip(enc.input_ids, enc.offsets)]
         out.append((enc.input_ids, labels))
     return out
 
@@ -177,7 +178,7 @@ def train(model: Any, tokenizer: Any, records: list[dict[str, Any]], spec: Model
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    pad = tokenizer.pad_token_id
+    pad_id = tokenizer.pad_token_id
     order: list[int] = []
     losses = []
     model.train()
@@ -186,10 +187,8 @@ def train(model: Any, tokenizer: Any, records: list[dict[str, Any]], spec: Model
             order += torch.randperm(len(examples), generator=gen).tolist()
         batch = [examples[i] for i in order[: spec.batch_size]]
         del order[: spec.batch_size]
-        width = max(len(ids) for ids, _ in batch)
-        ids = torch.tensor([x + [pad] * (width - len(x)) for x, _ in batch])
-        labels = torch.tensor([y + [-100] * (width - len(y)) for _, y in batch])
-        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in batch])
+        ids, mask = pad([x for x, _ in batch], pad_id)
+        labels, _ = pad([y for _, y in batch], IGNORE_INDEX)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

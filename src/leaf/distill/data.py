@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from leaf.batching import IGNORE_INDEX, pad
 from leaf.config import ConfigError
 from leaf.data.counterfactuals import read_counterfactuals
 from leaf.data.jsonl import iter_jsonl
@@ -37,7 +38,6 @@ from leaf.data.render import encode, render
 
 log = logging.getLogger(__name__)
 
-IGNORE = -100
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Example:
     """One tokenized training example.
 
     ``key`` is ``"orig:<id>"`` or ``"cf:<id>"`` (unique over a run; the teacher
-    cache is keyed by it); ``labels`` has ``IGNORE`` where no loss is taken.
+    cache is keyed by it); ``labels`` has ``IGNORE_INDEX`` where no loss is taken.
     """
 
     key: str
@@ -56,7 +56,7 @@ class Example:
     @property
     def n_loss_tokens(self) -> int:
         """Loss tokens (positions 1.. with a label; position 0 is never predicted)."""
-        return sum(1 for y in self.labels[1:] if y != IGNORE)
+        return sum(1 for y in self.labels[1:] if y != IGNORE_INDEX)
 
 
 def build_example(
@@ -81,7 +81,7 @@ def build_example(
         if after and enc.input_ids[after[0]] in special:
             loss_tokens.add(after[0])
     ids = list(enc.input_ids)
-    labels = [t if i in loss_tokens else IGNORE for i, t in enumerate(ids)]
+    labels = [t if i in loss_tokens else IGNORE_INDEX for i, t in enumerate(ids)]
     if max_length is not None and len(ids) > max_length:
         ids, labels = ids[:max_length], labels[:max_length]
     prefix = "cf" if counterfactual else "orig"
@@ -184,18 +184,8 @@ class DistillCollator:
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
-        length = max(len(it["input_ids"]) for it in items)
-        if self.pad_to_multiple_of:
-            m = self.pad_to_multiple_of
-            length = (length + m - 1) // m * m
-        ids = torch.full((len(items), length), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(items), length), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(items), length), dtype=torch.long)
-        for b, it in enumerate(items):
-            n = len(it["input_ids"])
-            ids[b, :n] = torch.tensor(it["input_ids"])
-            labels[b, :n] = torch.tensor(it["labels"])
-            mask[b, :n] = 1
+        ids, mask = pad([it["input_ids"] for it in items], self.pad_token_id, multiple_of=self.pad_to_multiple_of)
+        labels, _ = pad([it["labels"] for it in items], IGNORE_INDEX, multiple_of=self.pad_to_multiple_of)
         return {
             "input_ids": ids,
             "attention_mask": mask,
