@@ -161,17 +161,24 @@ def _token(obj: Any, c: FieldChecker, level: str) -> TokenScore | None:
     if not isinstance(obj, dict):
         c.bad("tokens", f"expected objects, got {type(obj).__name__}")
         return None
-    start, end = c.get(obj, "start", (int,), default=0), c.get(obj, "end", (int,), default=0)
+
+    def get(name: str, kinds: tuple[type, ...], **kw: Any) -> Any:
+        return c.get(obj, name, kinds, label=f"tokens.{name}", **kw)
+
+    def number(name: str) -> float | None:
+        value = get(name, (int, float), optional=True)
+        return None if value is None else float(value)
+
+    start, end = get("start", (int,), default=0), get("end", (int,), default=0)
     if c.ok and not 0 <= start <= end:
         c.bad("tokens", f"token range [{start}, {end}) is inverted or negative")
-    name = c.get(obj, "field", (str,), optional=level == "instruction", default="instruction")
+    name = get("field", (str,), optional=level == "instruction", default="instruction")
     if name not in FIELDS:
         c.bad("tokens.field", f"must be one of {', '.join(FIELDS)}, got {name!r}")
     return TokenScore(
-        text=c.get(obj, "text", (str,), default=""), start=start, end=end,
-        g_teacher=_number(c, obj, "g_teacher"), g_student=_number(c, obj, "g_student"),
-        score=_number(c, obj, "score"), flag=c.get(obj, "flag", (bool,), default=False),
-        field=name, surprisal=_number(c, obj, "surprisal"),
+        text=get("text", (str,), default=""), start=start, end=end, g_teacher=number("g_teacher"),
+        g_student=number("g_student"), score=number("score"), flag=get("flag", (bool,), default=False),
+        field=name, surprisal=number("surprisal"),
     )
 
 

@@ -1,0 +1,97 @@
+"""leaf.config: one contract for flags, YAML and keyword arguments (names, types, choices, bounds, aliases)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from leaf.config import ConfigError, add_config_arguments, build, load_yaml, make, option, options_markdown, resolve
+
+
+@dataclass
+class Toy:
+    """A config with one field of each kind."""
+
+    data: Path = option(help="input file")
+    out: Path = option(help="output file", aliases=["output_dir"])
+    tau: float = option(0.1, low=0.0, high=1.0, help="threshold")
+    mode: str = option("a", choices=("a", "b"), help="mode")
+    steps: int = option(3, low=1, help="steps")
+    names: list[str] = option(default_factory=list, help="names")
+
+    def validate(self) -> None:
+        if self.mode == "b" and self.steps > 5:
+            raise ValueError("mode b takes at most 5 steps")
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, Toy, require="--config" not in argv)
+    return parser.parse_args(argv)
+
+
+def test_config_or_keywords_never_both_and_both_checked():
+    cfg = make(Toy, kwargs={"data": "d", "out": "o"})
+    assert cfg == Toy(data=Path("d"), out=Path("o"))
+    assert make(Toy, Toy(data=Path("d"), out=Path("o"))) == cfg
+    with pytest.raises(ConfigError, match="not both"):
+        make(Toy, cfg, {"tau": 0.2})
+    # a config built in Python is checked like one from flags: bounds, choices, validate()
+    with pytest.raises(ConfigError, match="outside"):
+        make(Toy, Toy(data=Path("d"), out=Path("o"), tau=1.5))
+    with pytest.raises(ConfigError, match="not one of a, b"):
+        make(Toy, Toy(data=Path("d"), out=Path("o"), mode="c"))
+    with pytest.raises(ConfigError, match="at most 5 steps"):
+        make(Toy, Toy(data=Path("d"), out=Path("o"), mode="b", steps=9))
+    with pytest.raises(ConfigError, match="expected a Toy"):
+        make(Toy, object())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", [-0.5, 1.5, math.nan, math.inf, "nan"])
+def test_bad_numbers_are_refused_from_every_source(tmp_path, value):
+    with pytest.raises(ConfigError, match="'tau'"):
+        build(Toy, {"data": "d", "out": "o", "tau": value})
+    path = tmp_path / "c.yaml"
+    path.write_text(f"data: d\nout: o\ntau: {value}\n")
+    with pytest.raises(ConfigError, match="'tau'"):
+        build(Toy, load_yaml(path, Toy), str(path))
+    with pytest.raises(ConfigError, match="'tau'"):
+        resolve(Toy, _parse(["--data", "d", "--out", "o", "--tau", str(value)]))
+
+
+def test_unknown_names_are_refused_and_aliases_accepted(tmp_path):
+    with pytest.raises(ConfigError, match="unknown option 'ouput'"):
+        build(Toy, {"data": "d", "ouput": "o"})
+    assert build(Toy, {"data": "d", "output_dir": "o"}).out == Path("o")
+    assert build(Toy, {"data": "d", "output-dir": "o"}).out == Path("o")
+    with pytest.raises(ConfigError, match="given twice"):
+        build(Toy, {"data": "d", "out": "o", "output_dir": "p"})
+    path = tmp_path / "c.yaml"
+    path.write_text("data: d\noutput_dir: o\nmode: b\n")
+    assert resolve(Toy, _parse(["--config", str(path), "--steps", "4"])) == Toy(Path("d"), Path("o"), mode="b", steps=4)
+    assert resolve(Toy, _parse(["--data", "d", "--output-dir", "o"])).out == Path("o")
+
+
+def test_required_flags_are_required_unless_a_config_file_is_given(capsys):
+    with pytest.raises(SystemExit):
+        _parse(["--out", "o"])
+    assert "the following arguments are required: --data" in capsys.readouterr().err
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, Toy)
+    usage = parser.format_usage()
+    assert "--data DATA" in usage and "[--data DATA]" not in usage  # shown as required
+    assert "[--tau TAU]" in usage
+    help_text = parser.format_help()
+    assert "threshold (default: 0.1)" in help_text and "input file (required)" in help_text
+
+
+def test_options_table_lists_every_option_with_default_and_choices():
+    table = options_markdown(Toy).splitlines()
+    assert len(table) == 2 + 6
+    assert "| `out` | `--out`, `--output-dir` | required | output file |" in table
+    assert "| `mode` | `--mode` | `a` | mode (one of: a, b) |" in table
+    assert "| `tau` | `--tau` | `0.1` | threshold (>= 0.0, <= 1.0) |" in table
