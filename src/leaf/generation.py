@@ -34,6 +34,15 @@ BACKENDS = ("auto", "hf", "vllm")
 VLLM_CHUNK = 512  # prompts per vLLM call
 
 
+#: The decoding options that shape generations (a resumed file must match them).
+DECODING = ("do_sample", "temperature", "top_p", "seed")
+
+
+def decoding_options(config: Any) -> dict[str, Any]:
+    """The :data:`DECODING` options of any stage config that generates (label, evaluate, ...)."""
+    return {name: getattr(config, name) for name in DECODING}
+
+
 def truncate_at_stop(text: str, stop: Sequence[str] | None) -> str:
     """``text`` up to (not including) the earliest occurrence of any stop string."""
     if not stop:

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from leaf.data.detections import FIELDS, LEVELS, FieldChecker
-from leaf.data.jsonl import check_schema, dumps, iter_jsonl
-from leaf.data.records import DataError, Sample, SampleId, id_key
+from leaf.data.jsonl import dumps
+from leaf.data.records import Sample, SampleId, id_key, read_validated
 
 SCHEMA = "leaf.counterfactuals"
 SCHEMA_VERSION = 1
@@ -165,31 +165,8 @@ def counterfactual_from_json(obj: Any, where: str, problems: list[str]) -> Count
 
 def read_counterfactuals(path: str | Path) -> list[Counterfactual]:
     """Every record of a counterfactuals file, validated (duplicate ids refused)."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError([f"{path}: file not found"])
-    check_schema(path, SCHEMA, SCHEMA_VERSION)
-    problems: list[str] = []
-    out: list[Counterfactual] = []
-    seen: dict[str, int] = {}
-    for lineno, obj, err in iter_jsonl(path):
-        where = f"{path}:{lineno}"
-        if err:
-            problems.append(f"{where}: {err}")
-            continue
-        rec = counterfactual_from_json(obj, where, problems)
-        if rec is None:
-            continue
-        if id_key(rec.id) in seen:
-            problems.append(f"{where}: field 'id': duplicate id {rec.id!r} (first on line {seen[id_key(rec.id)]})")
-            continue
-        seen[id_key(rec.id)] = lineno
-        out.append(rec)
-    if problems:
-        raise DataError(problems)
-    if not out:
-        raise DataError([f"{path}: no records (file is empty)"])
-    return out
+    return read_validated(path, counterfactual_from_json, lambda r: id_key(r.id), what="id",
+                          schema=(SCHEMA, SCHEMA_VERSION))
 
 
 def write_counterfactuals(path: str | Path, records: list[Counterfactual]) -> None:

@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from leaf.data.jsonl import check_schema, iter_jsonl
-from leaf.data.records import DataError, SampleId, id_key
+from leaf.data.records import DataError, SampleId, id_key, read_validated
 from leaf.data.spans import FieldSpan, Span
 
 SCHEMA = "leaf.detections"
@@ -218,31 +217,8 @@ def read_detections(path: str | Path,
     ``check(detection, "file:line", problems)`` may add the caller's own checks
     (e.g. against the samples the detections are applied to) to the same report.
     """
-    path = Path(path)
-    if not path.exists():
-        raise DataError([f"{path}: file not found"])
-    check_schema(path, SCHEMA, SCHEMA_VERSION)
-    problems: list[str] = []
-    out: list[Detection] = []
-    seen: dict[str, int] = {}
-    for lineno, obj, err in iter_jsonl(path):
-        where = f"{path}:{lineno}"
-        if err:
-            problems.append(f"{where}: {err}")
-            continue
-        det = detection_from_json(obj, where, problems)
-        if det is None:
-            continue
-        if det.unit_key in seen:
-            problems.append(f"{where}: field 'id': duplicate record {det.unit_key!r} (first on line {seen[det.unit_key]})")
-            continue
-        seen[det.unit_key] = lineno
-        if check is not None:
-            check(det, where, problems)
-        out.append(det)
-    if problems:
-        raise DataError(problems)
-    return out
+    return read_validated(path, detection_from_json, lambda d: d.unit_key, what="record",
+                          schema=(SCHEMA, SCHEMA_VERSION), check=check)
 
 
 def detections_to_jsonl(detections: Iterable[Detection]) -> str:

@@ -19,10 +19,10 @@ field, and raises one :class:`DataError` before any model is loaded.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from leaf.data.jsonl import iter_jsonl
 
@@ -116,33 +116,63 @@ def _check_record(obj: Any, where: str, problems: list[str]) -> Sample | None:
     )
 
 
-def load_samples(path: str | Path) -> list[Sample]:
-    """Read and validate a samples file; raise :class:`DataError` listing every problem."""
+T = TypeVar("T")
+
+
+def read_validated(
+    path: str | Path,
+    parse: Callable[[Any, str, list[str]], T | None],
+    key: Callable[[T], str],
+    *,
+    what: str,
+    plural: str = "records",
+    schema: tuple[str, int] | None = None,
+    check: Callable[[T, str, list[str]], None] | None = None,
+) -> list[T]:
+    """The one reader of every record file: parse each line, refuse duplicates, report every problem.
+
+    ``parse(obj, "file:line", problems)`` returns the record or ``None`` after
+    appending its problems; ``key`` names a record for the duplicate check;
+    ``check`` adds the caller's own checks; ``schema`` (name, version) is
+    checked against the file's sidecar. Raises one :class:`DataError` listing
+    every problem of the file, each naming file, line and field.
+    """
+    from leaf.data.jsonl import check_schema
+
     path = Path(path)
     if not path.exists():
         raise DataError([f"{path}: file not found"])
+    if schema is not None:
+        check_schema(path, *schema)
     problems: list[str] = []
-    samples: list[Sample] = []
+    records: list[T] = []
     seen: dict[str, int] = {}
     for lineno, obj, err in iter_jsonl(path):
         where = f"{path}:{lineno}"
         if err:
             problems.append(f"{where}: {err}")
             continue
-        sample = _check_record(obj, where, problems)
-        if sample is None:
+        record = parse(obj, where, problems)
+        if record is None:
             continue
-        key = id_key(sample.id)
-        if key in seen:
-            problems.append(f"{where}: field 'id': duplicate id {sample.id!r} (first on line {seen[key]})")
+        k = key(record)
+        if k in seen:
+            problems.append(f"{where}: field 'id': duplicate {what} {k!r} (first on line {seen[k]})")
             continue
-        seen[key] = lineno
-        samples.append(sample)
-    if not samples and not problems:
-        problems.append(f"{path}: no samples (file is empty)")
+        seen[k] = lineno
+        if check is not None:
+            check(record, where, problems)
+        records.append(record)
+    if not records and not problems:
+        problems.append(f"{path}: no {plural} (file is empty)")
     if problems:
         raise DataError(problems)
-    return samples
+    return records
+
+
+def load_samples(path: str | Path) -> list[Sample]:
+    """Read and validate a samples file; raise :class:`DataError` listing every problem."""
+    return read_validated(path, _check_record, lambda s: id_key(s.id), what="id", plural="samples")
 
 
 def id_key(sample_id: SampleId) -> str:

@@ -70,7 +70,7 @@ def label(config: LabelConfig | None = None, **kwargs: Any) -> LabelSummary:
     """Label every sample of ``config.data`` into ``config.out``; return the counts."""
     from leaf.data.jsonl import ResumableJsonl, read_jsonl
     from leaf.checkers import get_checker
-    from leaf.generation import generate_to_jsonl, load_generator
+    from leaf.generation import decoding_options, generate_to_jsonl, load_generator
 
     cfg = make(LabelConfig, config, kwargs, "leaf.label()")
     samples = load_samples(cfg.data)
@@ -82,9 +82,7 @@ def label(config: LabelConfig | None = None, **kwargs: Any) -> LabelSummary:
         log.warning("%s: left out %d sample(s) without a gold answer", cfg.data, len(problems))
         if not samples:
             raise DataError([f"{cfg.data}: no sample has a gold answer for the {cfg.task} checker"])
-    decoding = {
-        k: v for k, v in to_dict(cfg).items() if k in ("max_new_tokens", "do_sample", "temperature", "top_p", "seed")
-    }
+    decoding = {"max_new_tokens": cfg.max_new_tokens, **decoding_options(cfg)}
     writer = ResumableJsonl(
         cfg.out,
         {**decoding, "teacher": cfg.teacher, "student": cfg.student, "task": cfg.task, "data": str(cfg.data)},
@@ -107,11 +105,8 @@ def label(config: LabelConfig | None = None, **kwargs: Any) -> LabelSummary:
             overwrite=cfg.overwrite,
             max_new_tokens=cfg.max_new_tokens,
             batch_size=cfg.batch_size,
-            do_sample=cfg.do_sample,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            seed=cfg.seed,
             progress=True,
+            **decoding_options(cfg),
         )
         del model
         gc.collect()

@@ -214,7 +214,7 @@ def _score_predictions(cfg: EvaluateConfig) -> tuple[str, str, dict[str, Any], l
 
 def _generate_and_score(cfg: EvaluateConfig, results: dict[str, Any]) -> None:
     from leaf.data.benchmarks import BENCHMARKS, load_benchmark
-    from leaf.generation import generate_to_jsonl, load_generator
+    from leaf.generation import decoding_options, generate_to_jsonl, load_generator
 
     assert cfg.model is not None and cfg.out is not None
     loaded = [
@@ -227,10 +227,7 @@ def _generate_and_score(cfg: EvaluateConfig, results: dict[str, Any]) -> None:
             "model": cfg.model,
             "benchmark": name,
             "max_new_tokens": budget,
-            "do_sample": cfg.do_sample,
-            "temperature": cfg.temperature,
-            "top_p": cfg.top_p,
-            "seed": cfg.seed,
+            **decoding_options(cfg),
         }
         records = [{"id": s.id, "instruction": s.instruction} for s in samples]
         gens = generate_to_jsonl(
@@ -242,11 +239,8 @@ def _generate_and_score(cfg: EvaluateConfig, results: dict[str, Any]) -> None:
             overwrite=cfg.overwrite,
             max_new_tokens=budget,
             batch_size=cfg.batch_size,
-            do_sample=cfg.do_sample,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            seed=cfg.seed,
             progress=True,
+            **decoding_options(cfg),
         )
         summary, recs = score(samples, gens, task, benchmark=name, workers=cfg.workers, code_timeout=cfg.code_timeout)
         results["benchmarks"][name] = summary
