@@ -175,6 +175,16 @@ def main():
         if remote.broken is None:
             _report(verdict_fd, "failed", note + "a test failed:\n" + _where(exc))
             os._exit(0)
+    if remote.broken is None:
+        # the reply to this must come next: a stray reply the candidate wrote itself is caught here
+        try:
+            send_msg(os.write, req_fd, ["end"])
+            if remote.recv() != ["end"]:
+                remote.fail("the candidate's process sent replies that were not asked for")
+        except CandidateBroken:
+            pass
+        except OSError:
+            remote.broken = "the candidate's process ended before the end of the tests"
     if remote.broken is not None:
         _report(verdict_fd, "failed", note + remote.broken)
     elif remote.calls == 0:

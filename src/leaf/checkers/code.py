@@ -72,7 +72,7 @@ def candidate_source(candidate: str, sample: Any) -> str:
 
 def build_program(candidate: str, sample: Any) -> str:
     """``prompt + code + tests`` in one text (for reading; the checker runs the tests apart, see :meth:`CodeChecker.run`)."""
-    tests = test_code(sample)
+    tests = program_tests(sample)
     program = candidate_source(candidate, sample) + "\n\n" + tests + "\n"
     if _defines_check(tests):
         program += f"\ncheck({sample.meta['entry_point']})\n"
@@ -90,7 +90,7 @@ def _defines_check(tests: str) -> bool:
     return any(isinstance(n, ast.FunctionDef) and n.name == "check" for n in ast.parse(tests).body)
 
 
-def test_code(sample: Any) -> str:
+def program_tests(sample: Any) -> str:
     """The sample's tests as Python code, checked; ``ValueError`` naming the field when malformed.
 
     ``meta.tests`` must be a non-blank string of Python or a list of non-blank strings (joined), and
@@ -193,7 +193,7 @@ class CodeChecker:
             raise ValueError(f"sample {sample.id!r}: the code task needs meta.tests (and usually meta.entry_point)")
         if isinstance(tests, list) and any(isinstance(t, dict) for t in tests):
             return self._run_cases(prediction, sample, tests)
-        code_tests = test_code(sample)
+        code_tests = program_tests(sample)
         return run_tests(
             candidate_source(prediction, sample),
             code_tests,
