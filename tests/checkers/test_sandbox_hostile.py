@@ -268,7 +268,8 @@ def test_temp_dirs_are_removed_after_hostile_payloads(checker, monkeypatch, tmp_
 # ---------------------------------------------------------------- malformed tests are data errors
 
 MALFORMED = {
-    "no entry point": ({"tests": ASSERT_F}, "meta.entry_point"),
+    "no entry point with check": ({"tests": CHECK_F}, "meta.entry_point"),
+    "no entry point, asserts call two functions": ({"tests": "assert f(2) == g(2)"}, "meta.entry_point"),
     "blank entry point": ({"tests": ASSERT_F, "entry_point": "  "}, "meta.entry_point"),
     "entry point not a name": ({"tests": ASSERT_F, "entry_point": "f; import os"}, "meta.entry_point"),
     "tests: 5": ({"tests": 5, "entry_point": "f"}, "meta.tests"),
@@ -299,7 +300,13 @@ def test_malformed_tests_are_data_errors(checker, meta, field):
         checker.run("def f(x):\n    return 2 * x\n", s)
 
 
-def test_test_code_accepts_the_usual_layouts():
+def test_asserts_calling_one_function_need_no_entry_point(checker):
+    s = Sample(id="mbpp", instruction="i", response="r", meta={"tests": [ASSERT_F, "assert f(3) == 6"]})
+    assert checker.check("def f(x):\n    return 2 * x\n", s), checker.last
+    assert not checker.check("def f(x):\n    return 4\n", s)
+
+
+def test_program_tests_accepts_the_usual_layouts():
     assert program_tests(_tiny([ASSERT_F, "assert f(3) == 6"])) == "assert f(2) == 4\nassert f(3) == 6"
     assert program_tests(_tiny(CHECK_F)) == CHECK_F
     helper = "def assertion(a, b):\n    assert a == b\n\ndef check(candidate):\n    assertion(candidate(2), 4)\n"

@@ -75,7 +75,7 @@ def build_program(candidate: str, sample: Any) -> str:
     tests = program_tests(sample)
     program = candidate_source(candidate, sample) + "\n\n" + tests + "\n"
     if _defines_check(tests):
-        program += f"\ncheck({sample.meta['entry_point']})\n"
+        program += f"\ncheck({entry_point(sample)})\n"
     return program
 
 
@@ -90,20 +90,45 @@ def _defines_check(tests: str) -> bool:
     return any(isinstance(n, ast.FunctionDef) and n.name == "check" for n in ast.parse(tests).body)
 
 
+def _called_in_asserts(tree: ast.Module) -> str | None:
+    """The one function the top-level asserts call (MBPP/AceCode style), or None."""
+    import builtins
+
+    defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    names = {
+        c.func.id
+        for a in tree.body if isinstance(a, ast.Assert)
+        for c in ast.walk(a)
+        if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)
+        and c.func.id not in defined and not hasattr(builtins, c.func.id)
+    }  # fmt: skip
+    return names.pop() if len(names) == 1 else None
+
+
+def entry_point(sample: Any) -> str:
+    """``meta.entry_point``, or the one function the asserts call when it is absent (see :func:`program_tests`)."""
+    meta = sample.meta or {}
+    entry = meta.get("entry_point")
+    if isinstance(entry, str) and entry.strip():
+        return entry.strip()
+    name = _called_in_asserts(ast.parse(program_tests(sample)))
+    assert name is not None  # program_tests refuses tests without one
+    return name
+
+
 def program_tests(sample: Any) -> str:
     """The sample's tests as Python code, checked; ``ValueError`` naming the field when malformed.
 
     ``meta.tests`` must be a non-blank string of Python or a list of non-blank strings (joined), and
     must contain an ``assert`` (or a call of an ``assert*`` helper); when it defines ``check`` that
     must be at the top level (it is then called on the entry point), otherwise some assert must run
-    at the top level. ``meta.entry_point`` must name the function (``f`` or ``Solution().f``).
+    at the top level. ``meta.entry_point`` must name the function (``f`` or ``Solution().f``); it may
+    be absent only for plain asserts that call exactly one function (AceCode/MBPP), which is then it.
     """
     meta = sample.meta or {}
     tests = meta.get("tests")
     entry = meta.get("entry_point")
-    if not isinstance(entry, str) or not entry.strip():
-        raise ValueError(f"{_where(sample)}: field 'meta.entry_point': missing (the function the tests call)")
-    if not _ENTRY.match(entry.strip()):
+    if entry is not None and (not isinstance(entry, str) or not _ENTRY.match(entry.strip())):
         raise ValueError(f"{_where(sample)}: field 'meta.entry_point': {entry!r} is not a name like f or Solution().f")
     if isinstance(tests, list):
         bad = [k for k, t in enumerate(tests) if not isinstance(t, str) or not t.strip()]
@@ -128,6 +153,11 @@ def program_tests(sample: Any) -> str:
     if not asserts:
         raise ValueError(f"{_where(sample)}: field 'meta.tests': contains no assert, so it would pass any code")
     top_check = _defines_check(tests)
+    if entry is None and (top_check or not _called_in_asserts(tree)):
+        raise ValueError(
+            f"{_where(sample)}: field 'meta.entry_point': missing (the function the tests call; it can be "
+            "left out only when the asserts call exactly one function)"
+        )
     nested_check = any(isinstance(n, ast.FunctionDef) and n.name == "check" for n in ast.walk(tree)) and not top_check
     if nested_check:
         raise ValueError(f"{_where(sample)}: field 'meta.tests': defines check() below the top level (indented?); it would never run")
@@ -197,7 +227,7 @@ class CodeChecker:
         return run_tests(
             candidate_source(prediction, sample),
             code_tests,
-            meta["entry_point"].strip(),
+            entry_point(sample),
             prompt=meta.get("prompt") or "",
             timeout=self.timeout,
             memory_mb=self.memory_mb,
