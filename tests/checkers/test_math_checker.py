@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import pytest
@@ -19,6 +20,13 @@ CASES = [
     ("18", "So she earns 18 dollars. The answer is 18 dollars.", True),
     ("1000", "The total cost is $1,000. The answer is 1,000.", True),
     ("1000", "The answer is 10,000.", False),
+    # thousands separators with a unit word or a currency sign
+    ("1080", "He pays 1,080 dollars in total. The answer is 1,080 dollars.", True),
+    ("1080", "The answer is $1,080.", True),
+    ("1080", "The answer is 1,080 km", True),
+    ("-1234.5", "The answer is -1,234.5 units.", True),
+    ("1080", "The answer is 1,008 dollars.", False),
+    ("1080", "The answer is 10,800 km", False),
     ("5", "Each box holds 5 apples, so the answer is: 5", True),
     ("5", "First 2+3=5 apples, but then he eats one, so the answer is 4.", False),
     ("-3", "The temperature dropped to \\boxed{-3} degrees.", True),
@@ -144,6 +152,52 @@ def test_pathological_expression_times_out_instead_of_hanging():
     t0 = time.monotonic()
     assert not MathChecker(timeout=1).check("\\boxed{9^{9^{9^{9^{9}}}}}", _sample("1"))
     assert time.monotonic() - t0 < 20
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("The answer is 1,080 dollars.", "1080"),
+        ("The answer is $1,080.", "1080"),
+        ("The answer is 1,080 km", "1080"),
+        ("The answer is -1,234.5 units.", "-1234.5"),
+        ("The answer is 18 dollars.", "18"),
+        ("The answer is 1,2,3.", "1,2,3"),  # not a thousands separator: a list stays a list
+    ],
+)
+def test_thousands_and_units_are_cleaned(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_missing_math_verify_is_a_one_line_error(monkeypatch):
+    from leaf.checkers import MissingExtra
+    from leaf.checkers.math import MathChecker, judge
+
+    monkeypatch.setitem(sys.modules, "math_verify", None)  # import math_verify -> ImportError
+    with pytest.raises(MissingExtra, match=r"pip install 'leaf\[eval\]'") as info:
+        MathChecker()
+    assert "\n" not in str(info.value)
+    with pytest.raises(MissingExtra, match="math-verify"):
+        judge("1", "\\boxed{1}")
+
+
+def test_a_checker_error_is_recorded_not_scored_wrong_silently(monkeypatch, caplog):
+    import math_verify
+
+    from leaf.checkers.math import MathChecker
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("verify exploded")
+
+    checker = MathChecker()
+    monkeypatch.setattr(math_verify, "verify", boom)
+    res = checker.run("\\boxed{2}", _sample("2"))
+    assert res.status == "error" and not res.passed and "verify exploded" in res.detail
+    assert checker.check("\\boxed{2}", _sample("2")) is False
+    assert checker.last.status == "error" and checker.errors == 2
+    assert "verify exploded" in caplog.text
+    monkeypatch.undo()
+    assert checker.run("\\boxed{2}", _sample("2")).status == "passed"
 
 
 def test_last_answer_statement_wins():

@@ -14,6 +14,15 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from leaf.config import ConfigError
+
+
+class MissingExtra(ConfigError):
+    """A package a checker (or benchmark) needs is not installed; the one-line message names the extra.
+
+    A ``ConfigError``, so the command line prints it as one line (no traceback) and exits with status 2.
+    """
+
 
 class Checker(Protocol):
     name: str

