@@ -253,6 +253,9 @@ def test_a_malformed_part_does_not_hide_the_others(tmp_path):
     page = _render(root)
     assert "This part could not be shown" in page.by_id("detections")["text"]
     assert page.find("table", class_="eval-table")
+    # the summary leaves the detections out, says so, and still shows the evaluation
+    assert "Left out of this summary" in page.by_id("summary")["text"]
+    assert not page.find("table", class_="summary-numbers") and page.find("table", class_="eval-summary")
 
 
 def test_templates_ship_with_the_package_and_escape():

@@ -39,7 +39,7 @@ SECTIONS = (
     ("attention", "Attention on flagged spans", "Attention"),
 )
 FOLD_ROWS = 10  # a table with more rows (or layer columns) than this is folded into <details>
-CHART_DPI = 120  # a little sharper than a plain screen, ~35 KB a chart; shown at its size in inches (96 CSS px per inch)
+CHART_DPI = 120  # a little sharper than a plain screen, ~35 KB a chart; shown at its size (96 CSS px an inch)
 
 
 @functools.lru_cache(maxsize=1)
@@ -277,7 +277,10 @@ ATTENTION_KEYS = ("share_on_span", "share_on_rest", "share_on_template", "span_d
 
 
 def attention_models(run: RunData) -> list[dict[str, Any]]:
-    """The per-model summaries of ``analysis/attention.json``: label, samples, the ATTENTION_KEYS numbers, share on spans per layer."""
+    """The per-model summaries of ``analysis/attention.json``.
+
+    Each: label, samples, the ATTENTION_KEYS numbers, and the share on spans per layer.
+    """
     models = []
     for m in (run.attention or {}).get("models", []):
         if isinstance(m, dict) and isinstance(m.get("summary"), dict):
@@ -308,32 +311,63 @@ def attention_view(run: RunData) -> dict[str, Any]:
 # --- summary and page ----------------------------------------------------------------------------
 
 
-def summary_view(run: RunData) -> dict[str, Any]:
-    """The key numbers of the run, for the top of the page; each part only when the run has it."""
-    view: dict[str, Any] = {
-        "numbers": [], "training": [], "evaluation": None, "attention": [], "problems": len(run.errors)
-    }
-    numbers = view["numbers"]
-    if run.detections is not None:
-        st = detection_stats(run.detections, run.instructions, top=0)
-        numbers += [
-            ("detection samples", fmt_num(st["samples"]), "detections"),
-            ("flagged tokens", f"{fmt_num(st['flagged_tokens'])} of {fmt_num(st['tokens'])} "
-                               f"({fmt_num(st['flagged_percent'], 1)} %)", "detections"),
-            ("samples with ≥ 1 span", f"{fmt_num(st['samples_with_spans'])} ({fmt_num(st['spans'])} spans)",
-             "detections"),
-        ]
-    if run.counterfactuals is not None:
-        st = counterfactual_stats(run.counterfactuals)
-        numbers.append(("counterfactual records", f"{st['records']} from {st['sources']} samples", "counterfactuals"))
+# What a part of the page raises when its records are not shaped as expected.
+SHAPE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError)
+
+
+def _detection_numbers(run: RunData) -> list[tuple[str, str, str]]:
+    st = detection_stats(run.detections or [], run.instructions, top=0)
+    return [
+        ("detection samples", fmt_num(st["samples"]), "detections"),
+        ("flagged tokens", f"{fmt_num(st['flagged_tokens'])} of {fmt_num(st['tokens'])} "
+                           f"({fmt_num(st['flagged_percent'], 1)} %)", "detections"),
+        ("samples with ≥ 1 span", f"{fmt_num(st['samples_with_spans'])} ({fmt_num(st['spans'])} spans)",
+         "detections"),
+    ]
+
+
+def _counterfactual_numbers(run: RunData) -> list[tuple[str, str, str]]:
+    st = counterfactual_stats(run.counterfactuals or [])
+    return [("counterfactual records", f"{st['records']} from {st['sources']} samples", "counterfactuals")]
+
+
+def _training_losses(run: RunData) -> list[tuple[str, str, str]]:
+    rows = []
     for tr in run.training:
         losses = [m["loss"] for m in tr.metrics if isinstance(m.get("loss"), (int, float))]
         if losses:
-            view["training"].append((tr.name, f"{losses[0]:.4g}", f"{losses[-1]:.4g}"))
-    if run.evaluations:
-        view["evaluation"] = evaluation_view(run)
-    if run.attention is not None:
-        view["attention"] = [(m["label"], m["numbers"][0]) for m in attention_models(run)]
+            rows.append((tr.name, f"{losses[0]:.4g}", f"{losses[-1]:.4g}"))
+    return rows
+
+
+def summary_view(run: RunData) -> dict[str, Any]:
+    """The key numbers of the run, for the top of the page; each part only when the run has it.
+
+    A part whose records are not shaped as expected is left out and named in ``unreadable``
+    (its section shows the error), so it never hides the rest of the summary.
+    """
+    view: dict[str, Any] = {"numbers": [], "training": [], "evaluation": None, "attention": [],
+                            "problems": len(run.errors), "unreadable": []}
+    parts: list[tuple[str, str, bool, Callable[[], Any]]] = [
+        ("numbers", "detections", run.detections is not None, lambda: _detection_numbers(run)),
+        ("numbers", "counterfactuals", run.counterfactuals is not None, lambda: _counterfactual_numbers(run)),
+        ("training", "training", bool(run.training), lambda: _training_losses(run)),
+        ("evaluation", "evaluation", bool(run.evaluations), lambda: evaluation_view(run)),
+        ("attention", "attention", run.attention is not None,
+         lambda: [(m["label"], m["numbers"][0]) for m in attention_models(run)]),
+    ]
+    for key, section, present, make in parts:
+        if not present:
+            continue
+        try:
+            value = make()
+        except SHAPE_ERRORS:
+            view["unreadable"].append(section)
+            continue
+        if key == "numbers":
+            view["numbers"] += value
+        else:
+            view[key] = value
     return view
 
 
@@ -341,7 +375,7 @@ def _guarded(ident: str, title: str, make: Callable[[], Markup]) -> Markup:
     """A section, or its heading and the error when its records are not shaped as expected."""
     try:
         return make()
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+    except SHAPE_ERRORS as exc:
         return render("error.html.jinja", ident=ident, title=title, error=f"{type(exc).__name__}: {exc}")
 
 
