@@ -384,11 +384,10 @@ def build_page(run: RunData, *, title: str | None = None, shown: int = 5, top: i
     from leaf import __version__
 
     makers: dict[str, Callable[[], Markup]] = {
-        "detections": lambda: render("detections.html.jinja", present=run.detections is not None,
-                                     view=detections_view(run, shown, top) if run.detections is not None else None,
-                                     top=top),
-        "counterfactuals": lambda: render("counterfactuals.html.jinja", present=run.counterfactuals is not None,
-                                          view=counterfactuals_view(run) if run.counterfactuals is not None else None),
+        "detections": lambda: render("detections.html.jinja", top=top,
+                                     view=None if run.detections is None else detections_view(run, shown, top)),
+        "counterfactuals": lambda: render("counterfactuals.html.jinja",
+                                          view=None if run.counterfactuals is None else counterfactuals_view(run)),
         "training": lambda: render("training.html.jinja", runs=training_view(run)),
         "evaluation": lambda: render("evaluation.html.jinja",
                                      view=evaluation_view(run) if run.evaluations else None),
