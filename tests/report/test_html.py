@@ -12,7 +12,6 @@ import pytest
 from leaf.cli import main
 from leaf.report import build_report
 from leaf.report.stats import detection_stats, evaluation_table, minmax, span_text
-from leaf.report.svg import line_chart, nice_ticks
 
 from .conftest import FLAGGED, SAMPLES, detection, write_run
 
@@ -86,13 +85,19 @@ def test_full_run_has_every_part_and_nothing_external(run_folder):
             if value is not None:
                 assert value.startswith("data:") or value.startswith("#"), (el["tag"], attr, value[:40])
         assert el["tag"] not in ("link", "iframe", "object", "embed")
-    imgs = page.find("img")
+    imgs = page.find("img", class_="analysis")
     written = {p.name: p.read_bytes() for p in (run_folder / "analysis").glob("*.png")}
     assert sorted(i["attrs"]["alt"] for i in imgs) == sorted(written)
     for img in imgs:
         prefix = "data:image/png;base64,"
         assert img["attrs"]["src"].startswith(prefix)
         assert base64.b64decode(img["attrs"]["src"][len(prefix):]) == written[img["attrs"]["alt"]]
+    # the training charts: PNGs drawn by matplotlib, embedded the same way
+    charts = page.find("img", class_="chart")
+    assert len(charts) == 4 and len(page.find("img")) == len(imgs) + len(charts)
+    for img in charts:
+        data = base64.b64decode(img["attrs"]["src"][len("data:image/png;base64,"):])
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and int(img["attrs"]["width"]) > 300
 
 
 def test_tokens_are_coloured_by_saliency_and_spans_marked(run_folder):
@@ -161,10 +166,13 @@ def test_statistics_and_tables(run_folder):
     # training: one chart of losses (3 series, 20 points each) and one of lr per run
     runs = page.find("div", class_="training-run")
     assert [r["attrs"]["data-run"] for r in runs] == ["train", "train-kd"]
-    lines = page.find("polyline")
-    assert len(lines) == 2 * 4
-    assert [ln["attrs"]["data-series"] for ln in lines[:4]] == ["loss", "kd_loss", "cd_loss", "lr"]
-    assert all(len(ln["attrs"]["points"].split()) == 20 for ln in lines)
+    charts = page.find("figure", class_="chart")
+    assert [(c["attrs"]["data-series"], c["attrs"]["data-points"]) for c in charts] == 2 * [
+        ("loss kd_loss cd_loss", "20 20 20"), ("lr", "20")
+    ]
+    assert [img["attrs"]["alt"] for img in page.find("img", class_="chart")] == [
+        "train: loss", "train: learning rate", "train-kd: loss", "train-kd: learning rate"
+    ]
     last = _rows(page, page.find("table", class_="last-values")[0])
     assert last[1][0] == "20" and float(last[1][2]) == pytest.approx(0.5 * (2 + 1.5) / 20 ** 0.5, rel=1e-4)
 
@@ -230,8 +238,6 @@ def test_instruction_text_without_counterfactuals_uses_meta_samples_path(tmp_pat
 def test_stats_helpers():
     assert minmax([2.0, 4.0, 3.0]) == [0.0, 1.0, 0.5]
     assert minmax([1.0, 1.0]) == [0.0, 0.0]
-    assert nice_ticks(0.0, 1.0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
-    assert nice_ticks(3.0, 97.0) == [20.0, 40.0, 60.0, 80.0]
     rec = detection(SAMPLES[0], ["hint: 42."])
     assert span_text(rec, rec["spans"][0], None) == "hint: 42."
     assert span_text(rec, [0, 7], SAMPLES[0]["instruction"]) == "Tom has"
@@ -241,19 +247,96 @@ def test_stats_helpers():
     assert cols == ["x", "y"] and rows[0]["average"] == 0.75 and rows[0]["name"] == "a"
 
 
-def test_line_chart_maps_points_into_the_plot_area():
-    svg = line_chart({"a": [(0, 0), (10, 1)], "b": [(5, float("nan")), (5, 0.5)]}, title="t <x>", width=300, height=200)
-    assert "t &lt;x&gt;" in svg
-    page = Page(svg)
-    pts = [tuple(map(float, p.split(","))) for p in page.find("polyline")[0]["attrs"]["points"].split()]
-    # plot area: x from 60 to 300-130=170, y from 28 to 200-40=160 (y grows downwards)
-    assert pts == [(60.0, 160.0), (170.0, 28.0)]
-    assert len(page.find("polyline")[1]["attrs"]["points"].split()) == 1
-
-
 def test_a_malformed_part_does_not_hide_the_others(tmp_path):
     root = write_run(tmp_path / "run", parts=("detections", "eval"))
     (root / "detections.jsonl").write_text(json.dumps({"id": 1, "spans": [[1, 2, 3]], "tokens": "oops"}) + "\n")
     page = _render(root)
     assert "This part could not be shown" in page.by_id("detections")["text"]
     assert page.find("table", class_="eval-table")
+    # the summary leaves the detections out, says so, and still shows the evaluation
+    assert "Left out of this summary" in page.by_id("summary")["text"]
+    assert not page.find("table", class_="summary-numbers") and page.find("table", class_="eval-summary")
+
+
+def test_templates_ship_with_the_package_and_escape():
+    """The page is rendered from templates found through the package loader (what an installed wheel has)."""
+    import jinja2
+
+    from leaf.report.html import environment
+
+    env = environment()
+    assert isinstance(env.loader, jinja2.PackageLoader) and env.autoescape is True
+    shipped = set(env.list_templates())
+    for name in ("report.html.jinja", "report.css.jinja", "report.js.jinja", "macros.html.jinja",
+                 "summary.html.jinja", "detections.html.jinja", "counterfactuals.html.jinja",
+                 "training.html.jinja", "evaluation.html.jinja", "attention.html.jinja", "error.html.jinja"):
+        assert name in shipped
+        env.get_template(name)  # parses
+    # a fresh loader on the package finds the same files (not a path next to this test)
+    source, filename, _ = jinja2.PackageLoader("leaf.report", "templates").get_source(env, "report.css.jinja")
+    assert ".tokrow" in source and filename.endswith("report.css.jinja")
+    assert str(env.get_template("error.html.jinja").render(ident="x", title="<t>", error="<e>")).count("&lt;") == 2
+
+
+def _ancestors(page, el):
+    """The tags (with attributes) enclosing ``el``, outermost first."""
+    stack = []
+    for e in page.elements[: page.elements.index(el) + 1]:
+        while stack and len(stack) > len(e["parents"]):
+            stack.pop()
+        stack.append(e)
+    return stack[:-1]
+
+
+def test_page_opens_with_a_summary_and_folds_the_detail(tmp_path):
+    root = write_run(tmp_path / "run")
+    # a longer run: 15 samples each with its own flagged string, a hostile training folder name, 4 figures
+    extra = [{"id": f"x{k}", "instruction": f"Add {k} and 1. Note{k}: zz{k}. Answer?"} for k in range(15)]
+    with (root / "detections.jsonl").open("a") as fh:
+        for s in extra:
+            fh.write(json.dumps(detection(s, [f"zz{s['id'][1:]}."])) + "\n")
+    (root / "train-<i>x").mkdir()
+    (root / "train-<i>x" / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n")
+    for k in range(2):
+        (root / "analysis" / f"attention_heatmap_{k + 1}_more.png").write_bytes(
+            (root / "analysis" / "attention_layers.png").read_bytes())
+    page = _render(root, shown=4, top=20)
+
+    # the summary comes first, right under the header, with the key numbers
+    sections = page.find("section")
+    assert sections[0]["attrs"]["id"] == "summary"
+    numbers = {r[0]: r[1] for r in _rows(page, page.find("table", class_="summary-numbers")[0])}
+    records = [detection(s, FLAGGED[str(s["id"])]) for s in SAMPLES] + [
+        detection(s, [f"zz{s['id'][1:]}."]) for s in extra]
+    n_tok = sum(len(r["tokens"]) for r in records)
+    n_flag = sum(t["flag"] for r in records for t in r["tokens"])
+    assert numbers["detection samples"] == "18"
+    assert numbers["flagged tokens"] == f"{n_flag} of {n_tok} ({100 * n_flag / n_tok:.1f} %)"
+    assert numbers["samples with ≥ 1 span"] == "17 (18 spans)"
+    training = _rows(page, page.find("table", class_="summary-training")[0])
+    assert training[1][0] == "train" and float(training[1][2]) == pytest.approx(0.5 * (2 + 1.5) / 20 ** 0.5, 1e-3)
+    assert training[2] == ["train-<i>x", "2", "2"]
+    assert not [e for e in page.elements if e["tag"] == "i"]  # the folder name is text, never markup
+    att = _rows(page, page.find("table", class_="summary-attention")[0])
+    assert att[1:] == [["student", "0.2100"], ["student-leaf", "0.1200"]]
+    assert _rows(page, page.find("table", class_="eval-summary")[0]) == _rows(
+        page, page.find("table", class_="eval-table")[0])
+
+    # detail folded: samples after the first, the long table of flagged strings, runs after the first,
+    # figures after the first
+    samples = page.find("div", class_="sample")
+    assert len(samples) == 4
+    folds = [page.elements[page.elements.index(s) + 1] for s in samples]
+    assert all(f["tag"] == "details" for f in folds)
+    assert ["open" in f["attrs"] for f in folds] == [True, False, False, False]
+    top = page.find("table", class_="top-strings")[0]
+    assert any(a["tag"] == "details" and "open" not in a["attrs"] for a in _ancestors(page, top))
+    assert len(_rows(page, top)) == 1 + 3 + 15
+    short = page.find("table", class_="histogram")[0]  # 2 rows: shown as is
+    assert not any(a["tag"] == "details" for a in _ancestors(page, short))
+    runs = page.find("div", class_="training-run")
+    assert ["open" in page.elements[page.elements.index(r) + 1]["attrs"] for r in runs] == [True, False, False]
+    figures = page.find("img", class_="analysis")
+    assert len(figures) == 4
+    folded = [any(a["tag"] == "details" for a in _ancestors(page, f)) for f in figures]
+    assert folded == [False, True, True, True]

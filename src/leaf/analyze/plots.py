@@ -1,4 +1,4 @@
-"""Figures of ``leaf analyze`` (matplotlib, Agg backend, PNG files).
+"""Figures of ``leaf analyze`` (PNG files, drawn through :mod:`leaf.figures`).
 
 * ``attention_layers.png`` -- left: per layer, the mean share of the response
   tokens' prompt attention that lands on flagged spans, one bar per model
@@ -9,6 +9,9 @@
   response tokens put on that token (mean over heads and response queries,
   renormalised over the prompt). Flagged tokens have red labels and a red
   bar under the panel.
+
+Each figure has a ``*_figure`` function that returns the matplotlib figure
+(for tests and for embedding) and a ``draw_*`` function that saves it.
 """
 
 from __future__ import annotations
@@ -17,30 +20,22 @@ import re
 from pathlib import Path
 from typing import Any
 
+from leaf.figures import pyplot, save, text_inches, token_label
 
-def pyplot() -> Any:
-    try:
-        import matplotlib
-    except ImportError as exc:  # pragma: no cover - only without matplotlib
-        raise ImportError("figures need matplotlib: pip install 'leaf[analysis]' (or pass --plots false)") from exc
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+__all__ = ["draw_all", "draw_heatmap", "draw_layers", "heatmap_figure", "layers_figure", "pyplot"]
 
-    return plt
+TOKEN_FONT = 7  # points, the token tick labels of a heatmap
+MAX_LABELLED = 120  # more tokens than this: no token labels (they would overlap)
 
 
-def _token_label(text: str) -> str:
-    text = text.replace("\n", "\u23ce").replace("\t", "\u21e5")
-    return text if text.strip() else repr(text)[1:-1] or "\u2423"
-
-
-def draw_layers(result: dict[str, Any], path: Path) -> None:
-    plt = pyplot()
+def layers_figure(result: dict[str, Any]) -> Any:
     import numpy as np
 
     models = [m for m in result["models"] if m["summary"]["samples"]]
-    fig, (ax, ax2) = plt.subplots(
-        1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, max(1, len(models))]}, constrained_layout=True
+    label_room = max((text_inches(m["label"], 8) for m in models), default=0.0) * 0.35  # sin(20 degrees)
+    fig, (ax, ax2) = pyplot().subplots(
+        1, 2, figsize=(11, 4 + label_room), gridspec_kw={"width_ratios": [3, max(1, len(models))]},
+        layout="constrained",
     )
     width = 0.8 / max(1, len(models))
     for k, m in enumerate(models):
@@ -59,29 +54,33 @@ def draw_layers(result: dict[str, Any], path: Path) -> None:
         values = np.array([m["summary"][key] or 0.0 for m in models])
         ax2.bar(range(len(models)), values, bottom=bottom, color=colour, label=key.replace("share_on_", ""))
         bottom += values
-    ax2.set_xticks(range(len(models)), [m["label"] for m in models], rotation=20, fontsize=8)
+    ax2.set_xticks(range(len(models)), [m["label"] for m in models], rotation=20, ha="right", fontsize=8)
     ax2.set_ylim(0, 1)
     ax2.set_title("Overall split (mean over layers)")
     ax2.legend(fontsize=8, loc="lower right")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
-def draw_heatmap(sample_id: Any, panels: list[tuple[str, dict[str, Any]]], path: Path) -> None:
-    """``panels``: (model label, per-sample record with ``tokens``) pairs."""
-    plt = pyplot()
+def heatmap_figure(sample_id: Any, panels: list[tuple[str, dict[str, Any]]]) -> Any:
+    """``panels``: (model label, per-sample record with ``tokens``) pairs; one panel each."""
     import numpy as np
 
     widest = max(len(rec["tokens"]) for _, rec in panels)
     fig_w = min(max(6.0, 0.22 * widest + 2), 40.0)
-    heights = [max(1, len(rec["tokens"][0]["attention"])) for _, rec in panels]
-    fig, axes = plt.subplots(
+    layers = [max(1, len(rec["tokens"][0]["attention"])) for _, rec in panels]
+    # Room under each panel for its token labels (rotated 90 degrees: as tall as the longest is long).
+    rooms = [
+        text_inches(max((token_label(t["text"]) for t in rec["tokens"]), key=len), TOKEN_FONT) + 0.15
+        if len(rec["tokens"]) <= MAX_LABELLED else 0.4
+        for _, rec in panels
+    ]
+    fig, axes = pyplot().subplots(
         len(panels),
         1,
-        figsize=(fig_w, 1.2 + sum(0.35 * h + 1.1 for h in heights)),
-        gridspec_kw={"height_ratios": [h + 3 for h in heights]},
+        figsize=(fig_w, 0.3 + sum(0.3 * h + 0.6 + r for h, r in zip(layers, rooms))),
+        gridspec_kw={"height_ratios": [0.3 * h + 0.6 + r for h, r in zip(layers, rooms)]},
         squeeze=False,
-        constrained_layout=True,
+        layout="constrained",
     )
     for ax, (label, rec) in zip(axes[:, 0], panels):
         tokens = rec["tokens"]
@@ -93,9 +92,11 @@ def draw_heatmap(sample_id: Any, panels: list[tuple[str, dict[str, Any]]], path:
             f"{label}: sample {sample_id} -- share on spans {rec['share_on_span']:.3f} "
             f"({rec['n_span_tokens']}/{rec['n_span_tokens'] + rec['n_rest_tokens']} instruction tokens flagged)",
             fontsize=9,
+            loc="left",
         )
-        if len(tokens) <= 120:
-            ax.set_xticks(range(len(tokens)), [_token_label(t["text"]) for t in tokens], rotation=90, fontsize=7)
+        if len(tokens) <= MAX_LABELLED:
+            ax.set_xticks(range(len(tokens)), [token_label(t["text"]) for t in tokens], rotation=90,
+                          fontsize=TOKEN_FONT)
             for tick, t in zip(ax.get_xticklabels(), tokens):
                 if t["span"]:
                     tick.set_color("#d62728")
@@ -106,8 +107,15 @@ def draw_heatmap(sample_id: Any, panels: list[tuple[str, dict[str, Any]]], path:
             if t["span"]:
                 ax.plot([j - 0.5, j + 0.5], [grid.shape[0] - 0.45] * 2, color="#d62728", lw=4, clip_on=False)
         fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01, label="attention")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
+
+
+def draw_layers(result: dict[str, Any], path: Path) -> None:
+    save(layers_figure(result), path, dpi=110)
+
+
+def draw_heatmap(sample_id: Any, panels: list[tuple[str, dict[str, Any]]], path: Path) -> None:
+    save(heatmap_figure(sample_id, panels), path, dpi=100)
 
 
 def _slug(value: Any) -> str:

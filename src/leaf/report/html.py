@@ -1,113 +1,73 @@
-"""One self-contained HTML page of a run: inline CSS/JS/SVG, PNGs as base64 data URIs.
+"""One self-contained HTML page of a run, rendered from the jinja2 templates in ``templates/``.
 
-Every piece of text from the run is escaped with :func:`html.escape`; nothing
-is loaded from outside the file, so it opens the same from disk, an e-mail or
-an archive.
+Python builds plain view models (dicts of strings and numbers) from a
+:class:`~leaf.report.load.RunData`; the templates lay them out. The
+environment escapes every value (``autoescape=True``), so text from the run is
+never markup. CSS and JavaScript are included inline and every figure is a PNG
+``data:`` URI, so the page loads nothing from outside the file.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as _dt
+import functools
 import json
 import math
-from html import escape
+import struct
+from collections.abc import Callable
 from typing import Any
 
-from leaf.report.load import RunData
+import jinja2
+from markupsafe import Markup
+
+from leaf.report.load import RunData, TrainingRun
 from leaf.report.stats import counterfactual_stats, detection_stats, evaluation_table, minmax
-from leaf.report.svg import line_chart
-
-CSS = """
-:root { --fg:#1b1f24; --muted:#5b6570; --line:#d9dee3; --bg:#ffffff; --soft:#f5f7f9; }
-* { box-sizing: border-box; }
-body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg);
-       background: var(--bg); margin: 0 auto; max-width: 1100px; padding: 24px; }
-h1 { font-size: 26px; margin: 0 0 4px; } h2 { font-size: 20px; margin: 32px 0 8px;
-     border-bottom: 1px solid var(--line); padding-bottom: 4px; } h3 { font-size: 16px; margin: 18px 0 6px; }
-.muted { color: var(--muted); } nav a { margin-right: 12px; }
-table { border-collapse: collapse; margin: 8px 0 16px; font-size: 14px; }
-th, td { border: 1px solid var(--line); padding: 4px 8px; text-align: left; vertical-align: top; }
-th { background: var(--soft); } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-td.best { font-weight: 700; }
-.missing { background: #fff8e1; border: 1px solid #f0d58c; padding: 8px 12px; border-radius: 6px; }
-.errors { background: #fdecea; border: 1px solid #f5b7b1; padding: 8px 12px; border-radius: 6px; }
-.sample { border: 1px solid var(--line); border-radius: 6px; padding: 8px 12px; margin: 10px 0; }
-.tokrow { display: grid; grid-template-columns: 110px 1fr; gap: 8px; margin: 4px 0; }
-.tokrow .label { color: var(--muted); font-size: 13px; padding-top: 2px; }
-.tokrow .text { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 13px;
-                white-space: pre-wrap; word-break: break-word; line-height: 1.9; }
-.tok { border-radius: 2px; }
-.tok.in-span { border-bottom: 2px solid #d62728; }
-.tok.flag { outline: 1px solid #7a0000; }
-.legend-box { display: inline-block; width: 14px; height: 14px; vertical-align: middle; border-radius: 2px; }
-.controls label { margin-right: 14px; font-size: 14px; }
-figure { margin: 12px 0; } figure img { max-width: 100%; border: 1px solid var(--line); }
-figcaption { color: var(--muted); font-size: 13px; }
-svg.chart { background: #fff; } svg .plot-area { fill: #fbfcfd; stroke: var(--line); }
-svg .grid { stroke: #e6e9ec; } svg .tick, svg .legend, svg .axis-label { font-size: 11px; fill: #333; }
-svg .chart-title { font-size: 13px; font-weight: 600; }
-details pre { background: var(--soft); padding: 8px; overflow-x: auto; font-size: 12px; }
-"""
-
-JS = """
-(function () {
-  var boxes = document.querySelectorAll('input[data-toggle]');
-  for (var i = 0; i < boxes.length; i++) {
-    boxes[i].addEventListener('change', function (ev) {
-      var mode = ev.target.getAttribute('data-toggle');
-      var rows = document.querySelectorAll('.tokrow[data-mode="' + mode + '"]');
-      for (var j = 0; j < rows.length; j++) { rows[j].hidden = !ev.target.checked; }
-    });
-  }
-  document.body.setAttribute('data-ready', '1');
-})();
-"""
 
 # Colour of each saliency row (RGB); intensity = value in [0, 1].
 COLOURS = {"teacher": (31, 119, 180), "student": (255, 127, 14), "d": (214, 39, 40)}
-ROW_LABELS = {"teacher": "teacher ĝ<sup>T</sup>", "student": "student ĝ<sup>S</sup>", "d": "1 − d"}
+ROW_LABELS = {
+    "teacher": Markup("teacher ĝ<sup>T</sup>"),
+    "student": Markup("student ĝ<sup>S</sup>"),
+    "d": Markup("1 − d"),
+}
+SECTIONS = (
+    ("detections", "Detections", "Detections"),
+    ("counterfactuals", "Counterfactual samples", "Counterfactuals"),
+    ("training", "Training", "Training"),
+    ("evaluation", "Evaluation", "Evaluation"),
+    ("attention", "Attention on flagged spans", "Attention"),
+)
+FOLD_ROWS = 10  # a table with more rows (or layer columns) than this is folded into <details>
+CHART_DPI = 120  # a little sharper than a plain screen, ~35 KB a chart; shown at its size (96 CSS px an inch)
 
 
-def _e(value: Any) -> str:
-    return escape(str(value), quote=True)
+@functools.lru_cache(maxsize=1)
+def environment() -> jinja2.Environment:
+    """The templates shipped in ``leaf/report/templates``; every ``{{ value }}`` is HTML-escaped."""
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("leaf.report", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["num"] = fmt_num
+    env.globals["FOLD_ROWS"] = FOLD_ROWS
+    return env
 
 
-def _num(value: Any, digits: int = 3) -> str:
+def render(template: str, **context: Any) -> Markup:
+    return Markup(environment().get_template(template).render(**context))
+
+
+def fmt_num(value: Any, digits: int = 3) -> str:
+    """A number for a table cell: floats to ``digits`` places, missing or non-finite as "–"."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
-    return _e(value)
-
-
-def _table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
-    """``rows`` hold ready HTML cells (``<td>...</td>``)."""
-    head = "".join(f"<th>{h}</th>" for h in header)
-    body = "".join("<tr>" + "".join(r) + "</tr>" for r in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def _kv_table(pairs: list[tuple[str, Any]], cls: str = "") -> str:
-    return _table(["", "value"], [[f"<th>{_e(k)}</th>", f'<td class="num">{_num(v)}</td>'] for k, v in pairs], cls)
-
-
-def _missing(what: str) -> str:
-    return f'<p class="missing">Not in this run: <code>{_e(what)}</code></p>'
-
-
-# --- detections ----------------------------------------------------------------------------------
-
-
-def _token_html(text: str, mode: str, value: float, tok: dict[str, Any], in_span: bool) -> str:
-    r, g, b = COLOURS[mode]
-    cls = "tok" + (" flag" if tok.get("flag") else "") + (" in-span" if in_span else "")
-    title = (
-        f"g_teacher={_num(tok.get('g_teacher'), 4)} g_student={_num(tok.get('g_student'), 4)} "
-        f"d={_num(tok.get('score'), 4)}" + (" flagged" if tok.get("flag") else "")
-    )
-    style = f"background:rgba({r},{g},{b},{max(0.0, min(1.0, value)):.3f})"
-    return f'<span class="{cls}" style="{style}" title="{_e(title)}">{_e(text)}</span>'
+    return str(value)
 
 
 def _as_float(value: Any) -> float:
@@ -118,8 +78,24 @@ def _as_float(value: Any) -> float:
     return v if math.isfinite(v) else 0.0
 
 
-def sample_html(record: dict[str, Any], instruction: str | None) -> str:
-    """The instruction of one detection record, three times: coloured by ĝ^T, ĝ^S and 1 − d."""
+def png_image(data: bytes, dpi: float | None = None) -> dict[str, Any]:
+    """``src`` (a data URI) and, for a figure drawn at ``dpi``, the CSS ``width`` that shows it at its size."""
+    image: dict[str, Any] = {"src": "data:image/png;base64," + base64.b64encode(data).decode("ascii"), "width": None}
+    if dpi and data[12:16] == b"IHDR":
+        image["width"] = round(struct.unpack(">I", data[16:20])[0] * 96 / dpi)
+    return image
+
+
+# --- detections ----------------------------------------------------------------------------------
+
+
+def sample_view(record: dict[str, Any], instruction: str | None) -> dict[str, Any]:
+    """One detection record, ready to show: its instruction three times, tokens coloured by ĝ^T, ĝ^S and 1 − d.
+
+    The one place that reads a detection record's tokens and spans for display.
+    Each row is a list of pieces: ``{"text"}`` for the text between tokens, plus
+    ``cls``, ``style`` and ``title`` for a token.
+    """
     tokens = sorted(
         (t for t in record.get("tokens", []) if isinstance(t, dict) and "start" in t and "end" in t),
         key=lambda t: int(t["start"]),
@@ -130,304 +106,301 @@ def sample_html(record: dict[str, Any], instruction: str | None) -> str:
         "student": minmax([_as_float(t.get("g_student")) for t in tokens]),
         "d": [1.0 - _as_float(t.get("score")) for t in tokens],
     }
+    truncated = int(record.get("truncated") or 0)
     rows = []
     for mode in ("teacher", "student", "d"):
-        pieces, last = [], int(record.get("truncated") or 0)
-        if last:
-            pieces.append(f'<span class="muted">[{last} characters cut] </span>')
+        pieces: list[dict[str, str]] = []
+        last = truncated
+        r, g, b = COLOURS[mode]
         for tok, value in zip(tokens, values[mode]):
             start, end = int(tok["start"]), int(tok["end"])
             if start > last:  # the text between tokens (whitespace, usually)
-                gap = instruction[last:start] if instruction is not None else " "
-                pieces.append(_e(gap))
+                pieces.append({"text": instruction[last:start] if instruction is not None else " "})
             in_span = any(start < e and end > s for s, e in spans)
-            text = instruction[start:end] if instruction is not None else str(tok.get("text", ""))
-            pieces.append(_token_html(text, mode, value, tok, in_span))
+            pieces.append({
+                "text": instruction[start:end] if instruction is not None else str(tok.get("text", "")),
+                "cls": "tok" + (" flag" if tok.get("flag") else "") + (" in-span" if in_span else ""),
+                "style": f"background:rgba({r},{g},{b},{max(0.0, min(1.0, value)):.3f})",
+                "title": (
+                    f"g_teacher={fmt_num(tok.get('g_teacher'), 4)} g_student={fmt_num(tok.get('g_student'), 4)} "
+                    f"d={fmt_num(tok.get('score'), 4)}" + (" flagged" if tok.get("flag") else "")
+                ),
+            })
             last = max(last, end)
         if instruction is not None and last < len(instruction):
-            pieces.append(_e(instruction[last:]))
-        rows.append(
-            f'<div class="tokrow" data-mode="{mode}"><div class="label">{ROW_LABELS[mode]}</div>'
-            f'<div class="text">{"".join(pieces)}</div></div>'
-        )
-    n_flag = sum(1 for t in tokens if t.get("flag"))
-    head = (
-        f'<div class="muted">sample <b>{_e(record.get("id"))}</b> · method {_e(record.get("method", "?"))} · '
-        f"{len(tokens)} tokens, {n_flag} flagged, {len(spans)} span(s) · loss teacher "
-        f'{_num(record.get("loss_teacher"))}, student {_num(record.get("loss_student"))}</div>'
-    )
-    return f'<div class="sample" data-id="{_e(record.get("id"))}">{head}{"".join(rows)}</div>'
+            pieces.append({"text": instruction[last:]})
+        rows.append({"mode": mode, "label": ROW_LABELS[mode], "pieces": pieces})
+    return {
+        "id": str(record.get("id")),
+        "method": str(record.get("method", "?")),
+        "tokens": len(tokens),
+        "flagged": sum(1 for t in tokens if t.get("flag")),
+        "spans": len(spans),
+        "loss_teacher": record.get("loss_teacher"),
+        "loss_student": record.get("loss_student"),
+        "truncated": truncated,
+        "rows": rows,
+    }
 
 
-def detections_section(run: RunData, shown: int, top: int) -> str:
-    if run.detections is None:
-        return '<section id="detections"><h2>Detections</h2>' + _missing("detections.jsonl") + "</section>"
-    recs = run.detections
+def detections_view(run: RunData, shown: int, top: int) -> dict[str, Any]:
+    recs = run.detections or []
     st = detection_stats(recs, run.instructions, top=top)
-    pairs = [
-        ("samples", st["samples"]),
-        ("methods", ", ".join(f"{k}: {v}" for k, v in st["methods"].items())),
-        ("tokens analysed", st["tokens"]),
-        ("flagged tokens", st["flagged_tokens"]),
-        ("flagged tokens (%)", st["flagged_percent"]),
-        ("spans", st["spans"]),
-        ("samples with ≥ 1 span", st["samples_with_spans"]),
-        ("spans per sample (mean)", st["spans_per_sample_mean"]),
-        ("spans per sample (median)", st["spans_per_sample_median"]),
-        ("spans per sample (max)", st["spans_per_sample_max"]),
-        ("span length, characters (mean)", st["span_chars_mean"]),
-        ("samples with truncated instruction", st["truncated_samples"]),
-        ("teacher loss (mean)", st["loss_teacher_mean"]),
-        ("student loss (mean)", st["loss_student_mean"]),
-    ]
-    parts = ['<section id="detections"><h2>Detections</h2>', '<div id="detection-stats">', _kv_table(pairs, "stats")]
-    hist = st["spans_per_sample_histogram"]
-    if hist:
-        parts.append("<h3>Spans per sample</h3>")
-        parts.append(
-            _table(
-                ["spans", "samples"],
-                [[f'<td class="num">{_e(k)}</td>', f'<td class="num">{_e(v)}</td>'] for k, v in hist.items()],
-                "histogram",
-            )
-        )
-    parts.append("</div>")
-    parts.append(f"<h3>Most frequent flagged strings (top {top})</h3>")
-    if st["top_strings"]:
-        parts.append(
-            _table(
-                ["string", "count"],
-                [[f"<td><code>{_e(s)}</code></td>", f'<td class="num">{n}</td>'] for s, n in st["top_strings"]],
-                "top-strings",
-            )
-        )
-    else:
-        parts.append("<p>No span flagged.</p>")
     settings = (run.detections_meta or {}).get("settings") if isinstance(run.detections_meta, dict) else None
-    if settings:
-        parts.append(
-            "<details><summary>detection settings (detections.jsonl.meta.json)</summary>"
-            f"<pre>{_e(json.dumps(settings, indent=1, ensure_ascii=False))}</pre></details>"
-        )
     chosen = ([r for r in recs if r.get("spans")] + [r for r in recs if not r.get("spans")])[:shown]
-    parts.append(f'<h3>Samples ({len(chosen)} of {len(recs)}, those with spans first)</h3>')
-    parts.append(
-        '<p class="controls">'
-        + "".join(
-            f'<label><input type="checkbox" checked data-toggle="{m}"> '
-            f'<span class="legend-box" style="background:rgb{COLOURS[m]}"></span> {ROW_LABELS[m]}</label>'
-            for m in ("teacher", "student", "d")
-        )
-        + "</p>"
-        '<p class="muted">Colour intensity: min-max normalised gradient saliency of the teacher and of the student, '
-        "and 1 − d (d = normalised ĝ<sup>T</sup> − ĝ<sup>S</sup>; dark red = the student is far more sensitive than "
-        "the teacher). Flagged tokens are outlined; flagged spans are underlined in red. Hover a token for its values."
-        + (
-            " Where a sample's original instruction was not found (see docs/report.md), its tokens are joined "
-            "with single spaces."
-            if any(str(r.get("id")) not in run.instructions for r in chosen)
-            else ""
-        )
-        + "</p>"
-    )
-    parts.append('<div id="samples">')
-    for rec in chosen:
-        parts.append(sample_html(rec, run.instructions.get(str(rec.get("id")))))
-    parts.append("</div></section>")
-    return "".join(parts)
+    return {
+        "stats": st,
+        "pairs": [
+            ("samples", st["samples"]),
+            ("methods", ", ".join(f"{k}: {v}" for k, v in st["methods"].items())),
+            ("tokens analysed", st["tokens"]),
+            ("flagged tokens", st["flagged_tokens"]),
+            ("flagged tokens (%)", st["flagged_percent"]),
+            ("spans", st["spans"]),
+            ("samples with ≥ 1 span", st["samples_with_spans"]),
+            ("spans per sample (mean)", st["spans_per_sample_mean"]),
+            ("spans per sample (median)", st["spans_per_sample_median"]),
+            ("spans per sample (max)", st["spans_per_sample_max"]),
+            ("span length, characters (mean)", st["span_chars_mean"]),
+            ("samples with truncated instruction", st["truncated_samples"]),
+            ("teacher loss (mean)", st["loss_teacher_mean"]),
+            ("student loss (mean)", st["loss_student_mean"]),
+        ],
+        "settings": json.dumps(settings, indent=1, ensure_ascii=False) if settings else None,
+        "legend": [(m, f"rgb{COLOURS[m]}", ROW_LABELS[m]) for m in ("teacher", "student", "d")],
+        "total": len(recs),
+        "samples": [sample_view(r, run.instructions.get(str(r.get("id")))) for r in chosen],
+        "spaces_only": any(str(r.get("id")) not in run.instructions for r in chosen),
+    }
 
 
-def counterfactuals_section(run: RunData) -> str:
-    if run.counterfactuals is None:
-        return (
-            '<section id="counterfactuals"><h2>Counterfactual samples</h2>'
-            + _missing("counterfactuals.jsonl")
-            + "</section>"
-        )
-    st = counterfactual_stats(run.counterfactuals)
+def counterfactuals_view(run: RunData) -> dict[str, Any]:
+    st = counterfactual_stats(run.counterfactuals or [])
     fmt = lambda d: ", ".join(f"{k}: {v}" for k, v in d.items())  # noqa: E731
-    pairs = [
-        ("records", st["records"]),
-        ("source samples", st["sources"]),
-        ("strategy", fmt(st["strategy"])),
-        ("level", fmt(st["level"])),
-        ("verified", fmt(st["verified"])),
-        ("removed characters per record (mean)", st["removed_chars_mean"]),
-    ]
-    return '<section id="counterfactuals"><h2>Counterfactual samples</h2>' + _kv_table(pairs, "stats") + "</section>"
+    return {
+        "stats": st,
+        "pairs": [
+            ("records", st["records"]),
+            ("source samples", st["sources"]),
+            ("strategy", fmt(st["strategy"])),
+            ("level", fmt(st["level"])),
+            ("verified", fmt(st["verified"])),
+            ("removed characters per record (mean)", st["removed_chars_mean"]),
+        ],
+    }
 
 
 # --- training, evaluation, attention -------------------------------------------------------------
 
 
-def training_section(run: RunData) -> str:
-    parts = ['<section id="training"><h2>Training</h2>']
-    if not run.training:
-        return parts[0] + _missing("train*/metrics.jsonl") + "</section>"
+def training_series(tr: TrainingRun) -> tuple[str, dict[str, list[tuple[float, float]]], dict[str, list]]:
+    """The x axis name, the loss curves and the learning-rate curve of one training folder."""
+    x_key = "step" if any("step" in m for m in tr.metrics) else None
+
+    def xs(i: int, m: dict[str, Any]) -> float:
+        return _as_float(m.get("step")) if x_key else float(i)
+
+    losses = {
+        key: [(xs(i, m), m[key]) for i, m in enumerate(tr.metrics) if isinstance(m.get(key), (int, float))]
+        for key in ("loss", "kd_loss", "cd_loss")
+    }
+    lr = [(xs(i, m), m["lr"]) for i, m in enumerate(tr.metrics) if isinstance(m.get("lr"), (int, float))]
+    return x_key or "logging step", {k: v for k, v in losses.items() if v}, {"lr": lr} if lr else {}
+
+
+def chart(series: dict[str, list[tuple[float, float]]], title: str, x_label: str, height: float) -> dict[str, Any]:
+    """A training chart drawn by matplotlib (:func:`leaf.figures.line_chart`) as a PNG to embed."""
+    from leaf import figures
+
+    fig = figures.line_chart(series, title=title, x_label=x_label, height=height)
+    return {
+        **png_image(figures.to_bytes(fig, dpi=CHART_DPI), CHART_DPI),
+        "alt": title,
+        "series": " ".join(series),
+        "points": " ".join(str(len(v)) for v in series.values()),
+    }
+
+
+def training_view(run: RunData) -> list[dict[str, Any]]:
+    runs = []
     for tr in run.training:
-        parts.append(f'<div class="training-run" data-run="{_e(tr.name)}"><h3>{_e(tr.name)}</h3>')
+        view: dict[str, Any] = {"name": tr.name, "charts": [], "last": None, "config": None}
+        runs.append(view)
         if not tr.metrics:
-            parts.append("<p>metrics.jsonl is empty.</p></div>")
             continue
-        x_key = "step" if any("step" in m for m in tr.metrics) else None
-        def xs(i: int, m: dict[str, Any]) -> float:
-            return _as_float(m.get("step")) if x_key else float(i)
-        losses = {
-            key: [(xs(i, m), m[key]) for i, m in enumerate(tr.metrics) if isinstance(m.get(key), (int, float))]
-            for key in ("loss", "kd_loss", "cd_loss")
-        }
-        losses = {k: v for k, v in losses.items() if v}
+        x_label, losses, lr = training_series(tr)
         if losses:
-            parts.append(line_chart(losses, title=f"{tr.name}: loss", x_label=x_key or "logging step"))
-        lr = [(xs(i, m), m["lr"]) for i, m in enumerate(tr.metrics) if isinstance(m.get("lr"), (int, float))]
+            view["charts"].append(chart(losses, f"{tr.name}: loss", x_label, 3.0))
         if lr:
-            parts.append(line_chart({"lr": lr}, title=f"{tr.name}: learning rate", x_label=x_key or "logging step",
-                                    height=200))
+            view["charts"].append(chart(lr, f"{tr.name}: learning rate", x_label, 2.2))
         last = tr.metrics[-1]
         keys = [k for k in ("step", "epoch", "loss", "kd_loss", "cd_loss", "lr", "tokens_per_s") if k in last]
-        parts.append("<p class='muted'>last logged values</p>")
-        cells = [
-            f'<td class="num">{f"{last[k]:.5g}" if isinstance(last[k], float) else _num(last[k])}</td>'
-            for k in keys
-        ]
-        parts.append(_table([_e(k) for k in keys], [cells], "last-values"))
+        view["last"] = [(k, f"{last[k]:.5g}" if isinstance(last[k], float) else fmt_num(last[k])) for k in keys]
         if tr.config:
-            parts.append(
-                "<details><summary>leaf_config.json</summary>"
-                f"<pre>{_e(json.dumps(tr.config, indent=1, ensure_ascii=False))}</pre></details>"
-            )
-        parts.append("</div>")
-    parts.append("</section>")
-    return "".join(parts)
+            view["config"] = json.dumps(tr.config, indent=1, ensure_ascii=False)
+    return runs
 
 
-def evaluation_section(run: RunData) -> str:
-    head = '<section id="evaluation"><h2>Evaluation</h2>'
-    if not run.evaluations:
-        return head + _missing("eval/*.json") + "</section>"
+def evaluation_view(run: RunData) -> dict[str, Any]:
     columns, rows = evaluation_table(run.evaluations)
     best = {c: max((r["cells"][c]["accuracy"] for r in rows if c in r["cells"]), default=None) for c in columns}
     best_avg = max((r["average"] for r in rows if r["average"] is not None), default=None)
     body = []
     for r in rows:
-        cells = [f'<td title="{_e(r["file"])}.json">{_e(r["name"])}</td>']
+        cells = []
         for c in columns:
             res = r["cells"].get(c)
             if res is None:
-                cells.append('<td class="num">–</td>')
+                cells.append({"text": "–", "best": False, "title": None})
                 continue
             acc = float(res["accuracy"])
-            cls = "num best" if acc == best[c] and len(rows) > 1 else "num"
-            tip = f'{res.get("correct", "?")}/{res.get("total", "?")} correct · task {res.get("task", "?")}'
-            cells.append(f'<td class="{cls}" title="{_e(tip)}">{100 * acc:.2f}</td>')
+            cells.append({
+                "text": f"{100 * acc:.2f}",
+                "best": acc == best[c] and len(rows) > 1,
+                "title": f'{res.get("correct", "?")}/{res.get("total", "?")} correct · task {res.get("task", "?")}',
+            })
         avg = r["average"]
-        cls = "num best" if avg is not None and avg == best_avg and len(rows) > 1 else "num"
-        cells.append(
-            f'<td class="{cls}" title="mean over {len(r["cells"])} benchmark(s)">'
-            f'{"–" if avg is None else f"{100 * avg:.2f}"}</td>'
-        )
-        body.append(cells)
-    table = _table(["model"] + [_e(c) for c in columns] + ["average"], body, "eval-table")
-    note = "Accuracy (%) per benchmark (pass@1 for code); best of each column in bold; hover a cell for counts."
-    if len({frozenset(r["cells"]) for r in rows}) > 1:
-        note += " Rows cover different benchmarks, so their averages are not comparable."
-    return f'{head}<p class="muted">{note}</p>{table}</section>'
+        cells.append({
+            "text": "–" if avg is None else f"{100 * avg:.2f}",
+            "best": avg is not None and avg == best_avg and len(rows) > 1,
+            "title": f"mean over {len(r['cells'])} benchmark(s)",
+        })
+        body.append({"name": r["name"], "file": r["file"], "cells": cells})
+    return {
+        "columns": columns,
+        "rows": body,
+        "mixed": len({frozenset(r["cells"]) for r in rows}) > 1,
+    }
 
 
-def attention_section(run: RunData) -> str:
-    head = '<section id="attention"><h2>Attention on flagged spans</h2>'
-    parts = [head]
-    att = run.attention
-    if att is None:
-        parts.append(_missing("analysis/attention.json"))
-    else:
-        models = [m for m in att.get("models", []) if isinstance(m, dict) and isinstance(m.get("summary"), dict)]
-        rows = []
-        for m in models:
+ATTENTION_KEYS = ("share_on_span", "share_on_rest", "share_on_template", "span_density_ratio", "span_token_fraction")
+
+
+def attention_models(run: RunData) -> list[dict[str, Any]]:
+    """The per-model summaries of ``analysis/attention.json``.
+
+    Each: label, samples, the ATTENTION_KEYS numbers, and the share on spans per layer.
+    """
+    models = []
+    for m in (run.attention or {}).get("models", []):
+        if isinstance(m, dict) and isinstance(m.get("summary"), dict):
             s = m["summary"]
-            rows.append(
-                [f"<td>{_e(m.get('label'))}</td>", f'<td class="num">{_num(s.get("samples"))}</td>']
-                + [f'<td class="num">{_num(s.get(k), 4)}</td>' for k in
-                   ("share_on_span", "share_on_rest", "share_on_template", "span_density_ratio", "span_token_fraction")]
-            )
-        parts.append(
-            '<p class="muted">Of the attention that response tokens put on the prompt (mean over heads, response '
-            "tokens and layers): the share on flagged spans, on the rest of the instruction and on template tokens; "
-            "the per-token ratio is attention per span token over attention per other instruction token "
-            "(1 = no preference); the last column is the fraction of instruction tokens that are flagged.</p>"
-        )
-        parts.append(
-            _table(["model", "samples", "share on spans", "share on rest", "share on template",
-                    "per-token ratio span/rest", "flagged token fraction"], rows, "attention-table")
-        )
-        depth = max((len(m["summary"].get("per_layer", {}).get("share_on_span", [])) for m in models), default=0)
-        if depth:
-            layer_rows = []
-            for m in models:
-                vals = m["summary"]["per_layer"]["share_on_span"]
-                layer_rows.append([f"<td>{_e(m.get('label'))}</td>"] + [
-                    f'<td class="num">{_num(vals[i], 4) if i < len(vals) else "–"}</td>' for i in range(depth)
-                ])
-            parts.append("<h3>Share on spans per layer</h3>")
-            parts.append(_table(["model"] + [str(i) for i in range(depth)], layer_rows, "attention-layers"))
-    if run.figures:
-        for name, data in run.figures:
-            uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-            parts.append(f'<figure><img src="{uri}" alt="{_e(name)}"><figcaption>{_e(name)}</figcaption></figure>')
-    elif att is not None:
-        parts.append("<p>No figures (analysis/*.png) in this run.</p>")
-    parts.append("</section>")
-    return "".join(parts)
+            models.append({
+                "label": str(m.get("label")),
+                "samples": s.get("samples"),
+                "numbers": [s.get(k) for k in ATTENTION_KEYS],
+                "per_layer": list(s.get("per_layer", {}).get("share_on_span", []) or []),
+            })
+    return models
 
 
-def _guarded(ident: str, title: str, make: Any) -> str:
+def attention_view(run: RunData) -> dict[str, Any]:
+    models = attention_models(run) if run.attention is not None else []
+    return {
+        "present": run.attention is not None,
+        "models": models,
+        "depth": max((len(m["per_layer"]) for m in models), default=0),
+        # the per-layer overview first, then the heatmaps (folded after the first figure)
+        "figures": [
+            {**png_image(data), "alt": name}
+            for name, data in sorted(run.figures, key=lambda f: not f[0].startswith("attention_layers"))
+        ],
+    }
+
+
+# --- summary and page ----------------------------------------------------------------------------
+
+
+# What a part of the page raises when its records are not shaped as expected.
+SHAPE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError)
+
+
+def _detection_numbers(run: RunData) -> list[tuple[str, str, str]]:
+    st = detection_stats(run.detections or [], run.instructions, top=0)
+    return [
+        ("detection samples", fmt_num(st["samples"]), "detections"),
+        ("flagged tokens", f"{fmt_num(st['flagged_tokens'])} of {fmt_num(st['tokens'])} "
+                           f"({fmt_num(st['flagged_percent'], 1)} %)", "detections"),
+        ("samples with ≥ 1 span", f"{fmt_num(st['samples_with_spans'])} ({fmt_num(st['spans'])} spans)",
+         "detections"),
+    ]
+
+
+def _counterfactual_numbers(run: RunData) -> list[tuple[str, str, str]]:
+    st = counterfactual_stats(run.counterfactuals or [])
+    return [("counterfactual records", f"{st['records']} from {st['sources']} samples", "counterfactuals")]
+
+
+def _training_losses(run: RunData) -> list[tuple[str, str, str]]:
+    rows = []
+    for tr in run.training:
+        losses = [m["loss"] for m in tr.metrics if isinstance(m.get("loss"), (int, float))]
+        if losses:
+            rows.append((tr.name, f"{losses[0]:.4g}", f"{losses[-1]:.4g}"))
+    return rows
+
+
+def summary_view(run: RunData) -> dict[str, Any]:
+    """The key numbers of the run, for the top of the page; each part only when the run has it.
+
+    A part whose records are not shaped as expected is left out and named in ``unreadable``
+    (its section shows the error), so it never hides the rest of the summary.
+    """
+    view: dict[str, Any] = {"numbers": [], "training": [], "evaluation": None, "attention": [],
+                            "problems": len(run.errors), "unreadable": []}
+    parts: list[tuple[str, str, bool, Callable[[], Any]]] = [
+        ("numbers", "detections", run.detections is not None, lambda: _detection_numbers(run)),
+        ("numbers", "counterfactuals", run.counterfactuals is not None, lambda: _counterfactual_numbers(run)),
+        ("training", "training", bool(run.training), lambda: _training_losses(run)),
+        ("evaluation", "evaluation", bool(run.evaluations), lambda: evaluation_view(run)),
+        ("attention", "attention", run.attention is not None,
+         lambda: [(m["label"], m["numbers"][0]) for m in attention_models(run)]),
+    ]
+    for key, section, present, make in parts:
+        if not present:
+            continue
+        try:
+            value = make()
+        except SHAPE_ERRORS:
+            view["unreadable"].append(section)
+            continue
+        if key == "numbers":
+            view["numbers"] += value
+        else:
+            view[key] = value
+    return view
+
+
+def _guarded(ident: str, title: str, make: Callable[[], Markup]) -> Markup:
     """A section, or its heading and the error when its records are not shaped as expected."""
     try:
         return make()
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-        return (
-            f'<section id="{ident}"><h2>{_e(title)}</h2><p class="errors">This part could not be shown: '
-            f"{_e(type(exc).__name__)}: {_e(exc)} (are the files in the format of docs/report.md?)</p></section>"
-        )
+    except SHAPE_ERRORS as exc:
+        return render("error.html.jinja", ident=ident, title=title, error=f"{type(exc).__name__}: {exc}")
 
 
 def build_page(run: RunData, *, title: str | None = None, shown: int = 5, top: int = 20) -> str:
     """The whole page as a string."""
     from leaf import __version__
 
-    title = title or f"LeaF run: {run.root.name}"
-    when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    sections = [
-        _guarded("detections", "Detections", lambda: detections_section(run, shown, top)),
-        _guarded("counterfactuals", "Counterfactual samples", lambda: counterfactuals_section(run)),
-        _guarded("training", "Training", lambda: training_section(run)),
-        _guarded("evaluation", "Evaluation", lambda: evaluation_section(run)),
-        _guarded("attention", "Attention on flagged spans", lambda: attention_section(run)),
-    ]
-    notes = ""
-    if run.missing:
-        notes += (
-            '<div id="missing" class="missing"><b>Not in this run</b> (each part of the page is optional):<ul>'
-            + "".join(f"<li><code>{_e(m)}</code></li>" for m in run.missing)
-            + "</ul></div>"
-        )
-    if run.errors:
-        notes += (
-            '<div id="errors" class="errors"><b>Problems reading the run</b>:<ul>'
-            + "".join(f"<li>{_e(m)}</li>" for m in run.errors[:50])
-            + (f"<li>... and {len(run.errors) - 50} more</li>" if len(run.errors) > 50 else "")
-            + "</ul></div>"
-        )
-    nav = "".join(
-        f'<a href="#{k}">{v}</a>'
-        for k, v in (("detections", "Detections"), ("counterfactuals", "Counterfactuals"), ("training", "Training"),
-                     ("evaluation", "Evaluation"), ("attention", "Attention"))
-    )
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>"
-        f"<header><h1>{_e(title)}</h1><p class=\"muted\">run folder <code>{_e(run.root)}</code> · "
-        f"generated {when} by leaf {_e(__version__)}</p><nav>{nav}</nav></header>"
-        f"{notes}{''.join(sections)}<script>{JS}</script></body></html>\n"
-    )
+    makers: dict[str, Callable[[], Markup]] = {
+        "detections": lambda: render("detections.html.jinja", top=top,
+                                     view=None if run.detections is None else detections_view(run, shown, top)),
+        "counterfactuals": lambda: render("counterfactuals.html.jinja",
+                                          view=None if run.counterfactuals is None else counterfactuals_view(run)),
+        "training": lambda: render("training.html.jinja", runs=training_view(run)),
+        "evaluation": lambda: render("evaluation.html.jinja",
+                                     view=evaluation_view(run) if run.evaluations else None),
+        "attention": lambda: render("attention.html.jinja", view=attention_view(run)),
+    }
+    return environment().get_template("report.html.jinja").render(
+        title=title or f"LeaF run: {run.root.name}",
+        root=str(run.root),
+        when=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        version=__version__,
+        nav=[("summary", "Summary")] + [(ident, short) for ident, _, short in SECTIONS],
+        summary=_guarded("summary", "Summary", lambda: render("summary.html.jinja", view=summary_view(run))),
+        missing=run.missing,
+        errors=run.errors,
+        sections=[_guarded(ident, heading, makers[ident]) for ident, heading, _ in SECTIONS],
+    ) + "\n"
