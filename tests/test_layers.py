@@ -71,20 +71,27 @@ def violations(root: Path = ROOT) -> list[str]:
         src = module_name(path, root)
         src_part = part_of(src)
         assert src_part in LAYERS, f"{path}: {src_part!r} has no layer; add it to LAYERS and docs/architecture.md"
-        for line, target, names in imports(path, root):
-            dst_part = part_of(target)
-            where = f"{path.relative_to(root.parent)}:{line}: {src} imports {target}"
-            if dst_part == src_part:
-                continue
-            if target == "leaf" and names == ["__version__"]:
-                continue  # the version string, a constant
-            if LAYERS[dst_part] > LAYERS[src_part]:
-                found.append(f"{where} (layer {LAYERS[dst_part]} above {LAYERS[src_part]})")
-            elif LAYERS[dst_part] == LAYERS[src_part] and dst_part in STAGES:
-                found.append(f"{where} (one stage importing another)")
-            private = [n for n in names if n.startswith("_")]
-            if private:
-                found.append(f"{where}: private name(s) {', '.join(private)} of another package")
+        for line, module, names in imports(path, root):
+            # `from leaf import figures` imports the module leaf.figures
+            for target in ([f"leaf.{n}" for n in names] if module == "leaf" else [module]):
+                found += _check(path, root, line, src, src_part, target, names)
+    return found
+
+
+def _check(path: Path, root: Path, line: int, src: str, src_part: str, target: str, names: list[str]) -> list[str]:
+    """The rule for one import of ``target`` by module ``src``."""
+    dst_part = part_of(target)
+    where = f"{path.relative_to(root.parent)}:{line}: {src} imports {target}"
+    if dst_part == src_part or target == "leaf.__version__":  # within a package; the version string
+        return []
+    found = []
+    if LAYERS[dst_part] > LAYERS[src_part]:
+        found.append(f"{where} (layer {LAYERS[dst_part]} above {LAYERS[src_part]})")
+    elif LAYERS[dst_part] == LAYERS[src_part] and dst_part in STAGES:
+        found.append(f"{where} (one stage importing another)")
+    private = [n for n in names if n.startswith("_")]
+    if private:
+        found.append(f"{where}: private name(s) {', '.join(private)} of another package")
     return found
 
 

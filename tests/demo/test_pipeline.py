@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from golden import digest
+from .golden import digest
 
 from leaf.cli import main
 from leaf.demo.pipeline import ARMS, SPLITS, DemoConfig

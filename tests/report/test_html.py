@@ -14,6 +14,7 @@ from leaf.report import build_report
 from leaf.report.stats import detection_stats, evaluation_table, minmax, span_text
 
 from .conftest import FLAGGED, SAMPLES, detection, write_run
+from leaf.data.detections import as_detection
 
 
 class Page(HTMLParser):
@@ -238,10 +239,10 @@ def test_instruction_text_without_counterfactuals_uses_meta_samples_path(tmp_pat
 def test_stats_helpers():
     assert minmax([2.0, 4.0, 3.0]) == [0.0, 1.0, 0.5]
     assert minmax([1.0, 1.0]) == [0.0, 0.0]
-    rec = detection(SAMPLES[0], ["hint: 42."])
-    assert span_text(rec, rec["spans"][0], None) == "hint: 42."
+    rec = as_detection(detection(SAMPLES[0], ["hint: 42."]))
+    assert span_text(rec, rec.spans[0], None) == "hint: 42."
     assert span_text(rec, [0, 7], SAMPLES[0]["instruction"]) == "Tom has"
-    st = detection_stats([rec, detection(SAMPLES[2], [])])
+    st = detection_stats([rec, as_detection(detection(SAMPLES[2], []))])
     assert st["samples_with_spans"] == 1 and st["spans_per_sample_histogram"] == {0: 1, 1: 1}
     cols, rows = evaluation_table([("a", {"benchmarks": {"x": {"accuracy": 0.5}, "y": {"accuracy": 1.0}}})])
     assert cols == ["x", "y"] and rows[0]["average"] == 0.75 and rows[0]["name"] == "a"

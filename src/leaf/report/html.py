@@ -21,6 +21,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
+from leaf.data.detections import Detection
 from leaf.report.load import RunData, TrainingRun
 from leaf.report.stats import counterfactual_stats, detection_stats, evaluation_table, minmax
 
@@ -89,41 +90,38 @@ def png_image(data: bytes, dpi: float | None = None) -> dict[str, Any]:
 # --- detections ----------------------------------------------------------------------------------
 
 
-def sample_view(record: dict[str, Any], instruction: str | None) -> dict[str, Any]:
+def sample_view(record: Detection, instruction: str | None) -> dict[str, Any]:
     """One detection record, ready to show: its instruction three times, tokens coloured by ĝ^T, ĝ^S and 1 − d.
 
     The one place that reads a detection record's tokens and spans for display.
     Each row is a list of pieces: ``{"text"}`` for the text between tokens, plus
     ``cls``, ``style`` and ``title`` for a token.
     """
-    tokens = sorted(
-        (t for t in record.get("tokens", []) if isinstance(t, dict) and "start" in t and "end" in t),
-        key=lambda t: int(t["start"]),
-    )
-    spans = [(int(s), int(e)) for s, e in record.get("spans", [])]
+    tokens = sorted(record.tokens_of("instruction"), key=lambda t: t.start)
+    spans = record.spans
     values = {
-        "teacher": minmax([_as_float(t.get("g_teacher")) for t in tokens]),
-        "student": minmax([_as_float(t.get("g_student")) for t in tokens]),
-        "d": [1.0 - _as_float(t.get("score")) for t in tokens],
+        "teacher": minmax([_as_float(t.g_teacher) for t in tokens]),
+        "student": minmax([_as_float(t.g_student) for t in tokens]),
+        "d": [1.0 - _as_float(t.score) for t in tokens],
     }
-    truncated = int(record.get("truncated") or 0)
+    truncated = record.truncated
     rows = []
     for mode in ("teacher", "student", "d"):
         pieces: list[dict[str, str]] = []
         last = truncated
         r, g, b = COLOURS[mode]
         for tok, value in zip(tokens, values[mode]):
-            start, end = int(tok["start"]), int(tok["end"])
+            start, end = tok.start, tok.end
             if start > last:  # the text between tokens (whitespace, usually)
                 pieces.append({"text": instruction[last:start] if instruction is not None else " "})
             in_span = any(start < e and end > s for s, e in spans)
             pieces.append({
-                "text": instruction[start:end] if instruction is not None else str(tok.get("text", "")),
-                "cls": "tok" + (" flag" if tok.get("flag") else "") + (" in-span" if in_span else ""),
+                "text": instruction[start:end] if instruction is not None else tok.text,
+                "cls": "tok" + (" flag" if tok.flag else "") + (" in-span" if in_span else ""),
                 "style": f"background:rgba({r},{g},{b},{max(0.0, min(1.0, value)):.3f})",
                 "title": (
-                    f"g_teacher={fmt_num(tok.get('g_teacher'), 4)} g_student={fmt_num(tok.get('g_student'), 4)} "
-                    f"d={fmt_num(tok.get('score'), 4)}" + (" flagged" if tok.get("flag") else "")
+                    f"g_teacher={fmt_num(tok.g_teacher, 4)} g_student={fmt_num(tok.g_student, 4)} "
+                    f"d={fmt_num(tok.score, 4)}" + (" flagged" if tok.flag else "")
                 ),
             })
             last = max(last, end)
@@ -131,23 +129,23 @@ def sample_view(record: dict[str, Any], instruction: str | None) -> dict[str, An
             pieces.append({"text": instruction[last:]})
         rows.append({"mode": mode, "label": ROW_LABELS[mode], "pieces": pieces})
     return {
-        "id": str(record.get("id")),
-        "method": str(record.get("method", "?")),
+        "id": str(record.id),
+        "method": record.method,
         "tokens": len(tokens),
-        "flagged": sum(1 for t in tokens if t.get("flag")),
+        "flagged": sum(1 for t in tokens if t.flag),
         "spans": len(spans),
-        "loss_teacher": record.get("loss_teacher"),
-        "loss_student": record.get("loss_student"),
+        "loss_teacher": record.loss_teacher,
+        "loss_student": record.loss_student,
         "truncated": truncated,
         "rows": rows,
     }
 
 
 def detections_view(run: RunData, shown: int, top: int) -> dict[str, Any]:
-    recs = run.detections or []
+    recs = run.records("detections")
     st = detection_stats(recs, run.instructions, top=top)
     settings = (run.detections_meta or {}).get("settings") if isinstance(run.detections_meta, dict) else None
-    chosen = ([r for r in recs if r.get("spans")] + [r for r in recs if not r.get("spans")])[:shown]
+    chosen = ([r for r in recs if r.spans] + [r for r in recs if not r.spans])[:shown]
     return {
         "stats": st,
         "pairs": [
@@ -169,13 +167,13 @@ def detections_view(run: RunData, shown: int, top: int) -> dict[str, Any]:
         "settings": json.dumps(settings, indent=1, ensure_ascii=False) if settings else None,
         "legend": [(m, f"rgb{COLOURS[m]}", ROW_LABELS[m]) for m in ("teacher", "student", "d")],
         "total": len(recs),
-        "samples": [sample_view(r, run.instructions.get(str(r.get("id")))) for r in chosen],
-        "spaces_only": any(str(r.get("id")) not in run.instructions for r in chosen),
+        "samples": [sample_view(r, run.instructions.get(str(r.id))) for r in chosen],
+        "spaces_only": any(str(r.id) not in run.instructions for r in chosen),
     }
 
 
 def counterfactuals_view(run: RunData) -> dict[str, Any]:
-    st = counterfactual_stats(run.counterfactuals or [])
+    st = counterfactual_stats(run.records("counterfactuals"))
     fmt = lambda d: ", ".join(f"{k}: {v}" for k, v in d.items())  # noqa: E731
     return {
         "stats": st,
@@ -316,7 +314,7 @@ SHAPE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError)
 
 
 def _detection_numbers(run: RunData) -> list[tuple[str, str, str]]:
-    st = detection_stats(run.detections or [], run.instructions, top=0)
+    st = detection_stats(run.records("detections"), run.instructions, top=0)
     return [
         ("detection samples", fmt_num(st["samples"]), "detections"),
         ("flagged tokens", f"{fmt_num(st['flagged_tokens'])} of {fmt_num(st['tokens'])} "
@@ -327,7 +325,7 @@ def _detection_numbers(run: RunData) -> list[tuple[str, str, str]]:
 
 
 def _counterfactual_numbers(run: RunData) -> list[tuple[str, str, str]]:
-    st = counterfactual_stats(run.counterfactuals or [])
+    st = counterfactual_stats(run.records("counterfactuals"))
     return [("counterfactual records", f"{st['records']} from {st['sources']} samples", "counterfactuals")]
 
 
@@ -349,8 +347,8 @@ def summary_view(run: RunData) -> dict[str, Any]:
     view: dict[str, Any] = {"numbers": [], "training": [], "evaluation": None, "attention": [],
                             "problems": len(run.errors), "unreadable": []}
     parts: list[tuple[str, str, bool, Callable[[], Any]]] = [
-        ("numbers", "detections", run.detections is not None, lambda: _detection_numbers(run)),
-        ("numbers", "counterfactuals", run.counterfactuals is not None, lambda: _counterfactual_numbers(run)),
+        ("numbers", "detections", run.has("detections"), lambda: _detection_numbers(run)),
+        ("numbers", "counterfactuals", run.has("counterfactuals"), lambda: _counterfactual_numbers(run)),
         ("training", "training", bool(run.training), lambda: _training_losses(run)),
         ("evaluation", "evaluation", bool(run.evaluations), lambda: evaluation_view(run)),
         ("attention", "attention", run.attention is not None,
@@ -385,9 +383,9 @@ def build_page(run: RunData, *, title: str | None = None, shown: int = 5, top: i
 
     makers: dict[str, Callable[[], Markup]] = {
         "detections": lambda: render("detections.html.jinja", top=top,
-                                     view=None if run.detections is None else detections_view(run, shown, top)),
+                                     view=None if not run.has("detections") else detections_view(run, shown, top)),
         "counterfactuals": lambda: render("counterfactuals.html.jinja",
-                                          view=None if run.counterfactuals is None else counterfactuals_view(run)),
+                                          view=None if not run.has("counterfactuals") else counterfactuals_view(run)),
         "training": lambda: render("training.html.jinja", runs=training_view(run)),
         "evaluation": lambda: render("evaluation.html.jinja",
                                      view=evaluation_view(run) if run.evaluations else None),

@@ -15,12 +15,17 @@ instead of the part, so one bad file never hides the rest of a run.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from leaf.data.counterfactuals import Counterfactual, read_counterfactuals
+from leaf.data.detections import Detection, read_detections
 from leaf.data.jsonl import iter_jsonl
-from leaf.data.records import id_key
+from leaf.data.records import DataError, id_key
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -35,9 +40,9 @@ class RunData:
     """What was found in a run folder (``None`` / empty = absent) and what went wrong."""
 
     root: Path
-    detections: list[dict[str, Any]] | None = None
+    detections: list[Detection] | None = None
     detections_meta: dict[str, Any] | None = None
-    counterfactuals: list[dict[str, Any]] | None = None
+    counterfactuals: list[Counterfactual] | None = None
     training: list[TrainingRun] = field(default_factory=list)
     evaluations: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     attention: dict[str, Any] | None = None
@@ -45,6 +50,17 @@ class RunData:
     instructions: dict[str, str] = field(default_factory=dict)  # sample id -> instruction text
     missing: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    unreadable: dict[str, str] = field(default_factory=dict)  #: part -> why its file was left out
+
+    def has(self, part: str) -> bool:
+        """Is the part's file in the run (read, or present but unreadable)?"""
+        return getattr(self, part) is not None or part in self.unreadable
+
+    def records(self, part: str) -> list[Any]:
+        """The part's typed records; ``ValueError`` naming the problem when its file could not be read."""
+        if part in self.unreadable:
+            raise ValueError(self.unreadable[part])
+        return list(getattr(self, part) or [])
 
 
 def _jsonl(path: Path, errors: list[str]) -> list[dict[str, Any]] | None:
@@ -55,6 +71,16 @@ def _jsonl(path: Path, errors: list[str]) -> list[dict[str, Any]] | None:
             continue
         rows.append(obj)
     return rows
+
+
+def _records(read: Callable[[Path], list[T]], path: Path, run: RunData, part: str) -> list[T] | None:
+    """A record file through its typed reader; a malformed file is left out and its problems listed."""
+    try:
+        return read(path)
+    except DataError as exc:
+        run.errors.extend(f"{p} (file left out)" for p in exc.problems)
+        run.unreadable[part] = exc.problems[0]
+        return None
 
 
 def _json(path: Path, errors: list[str]) -> Any:
@@ -85,7 +111,7 @@ def load_run(root: str | Path, samples: str | Path | None = None) -> RunData:
 
     det = root / "detections.jsonl"
     if det.is_file():
-        run.detections = _jsonl(det, run.errors)
+        run.detections = _records(read_detections, det, run, "detections")
         meta = det.with_name(det.name + ".meta.json")
         if meta.is_file():
             run.detections_meta = _json(meta, run.errors)
@@ -94,7 +120,7 @@ def load_run(root: str | Path, samples: str | Path | None = None) -> RunData:
 
     cf = root / "counterfactuals.jsonl"
     if cf.is_file():
-        run.counterfactuals = _jsonl(cf, run.errors)
+        run.counterfactuals = _records(read_counterfactuals, cf, run, "counterfactuals")
     else:
         run.missing.append("counterfactuals.jsonl (leaf prune)")
 
@@ -130,14 +156,10 @@ def load_run(root: str | Path, samples: str | Path | None = None) -> RunData:
             run.errors.append(f"{png}: not a PNG file (skipped)")
 
     # Instruction texts, to show the exact text between detection tokens.
-    if run.counterfactuals:
-        for row in run.counterfactuals:
-            try:
-                if row.get("level", "instruction") == "instruction":
-                    original = restore_original(row["instruction"], row["removed"])
-                    run.instructions[id_key(row.get("source_id", row.get("id")))] = original
-            except (KeyError, TypeError, ValueError):
-                continue
+    for rec in run.counterfactuals or []:
+        if rec.level == "instruction" and rec.intervention in ("delete", "none"):
+            original = restore_original(rec.instruction, [r.to_json() for r in rec.removed])
+            run.instructions[id_key(rec.source_id if rec.source_id is not None else rec.id)] = original
     candidates = [Path(samples)] if samples else []
     settings = (run.detections_meta or {}).get("settings", {}) if isinstance(run.detections_meta, dict) else {}
     for key in ("data", "samples"):

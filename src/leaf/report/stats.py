@@ -8,56 +8,58 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from leaf.data.counterfactuals import Counterfactual
+from leaf.data.detections import Detection
+
 
 def minmax(values: Sequence[float]) -> list[float]:
-    """Scale to [0, 1] (all equal -> all 0)."""
-    if not values:
-        return []
-    lo, hi = min(values), max(values)
-    if hi <= lo:
-        return [0.0 for _ in values]
-    return [(v - lo) / (hi - lo) for v in values]
+    """Scale to [0, 1] with the detection rule's own normalisation (:func:`leaf.detect.decision.minmax`);
+    a constant or non-finite vector -> all 0."""
+    import torch
+
+    from leaf.detect.decision import minmax as normalise
+
+    scaled = normalise(torch.tensor(values, dtype=torch.float64)) if values else None
+    return [0.0 for _ in values] if scaled is None else scaled.tolist()
 
 
-def span_text(record: dict[str, Any], span: Sequence[int], instruction: str | None) -> str:
+def span_text(record: Detection, span: Sequence[int], instruction: str | None) -> str:
     """The text of ``span``: from the instruction when known, else from the tokens it covers."""
     start, end = int(span[0]), int(span[1])
     if instruction is not None:
         return instruction[start:end]
     pieces, last = [], None
-    for tok in record.get("tokens", []):
-        if tok["end"] > start and tok["start"] < end:
-            if last is not None and tok["start"] > last:
+    for tok in record.tokens:
+        if tok.end > start and tok.start < end:
+            if last is not None and tok.start > last:
                 pieces.append(" ")
-            pieces.append(tok["text"])
-            last = tok["end"]
+            pieces.append(tok.text)
+            last = tok.end
     return "".join(pieces).strip()
 
 
-def detection_stats(
-    records: list[dict[str, Any]], instructions: dict[str, str] | None = None, top: int = 20
-) -> dict[str, Any]:
+def detection_stats(records: list[Detection], instructions: dict[str, str] | None = None, top: int = 20) -> dict[str, Any]:
     """Counts over a detections file: tokens, flagged share, spans per sample, frequent flagged strings."""
     instructions = instructions or {}
-    n_tokens = sum(len(r.get("tokens", [])) for r in records)
-    n_flagged = sum(1 for r in records for t in r.get("tokens", []) if t.get("flag"))
-    spans_per = [len(r.get("spans", [])) for r in records]
-    lengths = [int(e) - int(s) for r in records for s, e in r.get("spans", [])]
+    n_tokens = sum(len(r.tokens) for r in records)
+    n_flagged = sum(1 for r in records for t in r.tokens if t.flag)
+    spans_per = [len(r.spans) for r in records]
+    lengths = [e - s for r in records for s, e in r.spans]
     strings: Counter[str] = Counter()
     for r in records:
-        instruction = instructions.get(str(r.get("id")))
-        for span in r.get("spans", []):
+        instruction = instructions.get(str(r.id))
+        for span in r.spans:
             text = " ".join(span_text(r, span, instruction).split())
             if text:
                 strings[text] += 1
-    losses = {
-        key: statistics.fmean(vals) if vals else None
-        for key in ("loss_teacher", "loss_student")
-        for vals in [[float(r[key]) for r in records if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]]
-    }
+    losses = {}
+    for key in ("loss_teacher", "loss_student"):
+        values = [getattr(r, key) for r in records]
+        finite = [v for v in values if v is not None and math.isfinite(v)]
+        losses[key] = statistics.fmean(finite) if finite else None
     return {
         "samples": len(records),
-        "methods": dict(Counter(str(r.get("method", "?")) for r in records)),
+        "methods": dict(Counter(r.method for r in records)),
         "tokens": n_tokens,
         "flagged_tokens": n_flagged,
         "flagged_percent": 100.0 * n_flagged / n_tokens if n_tokens else None,
@@ -68,20 +70,20 @@ def detection_stats(
         "samples_with_spans": sum(1 for n in spans_per if n),
         "spans_per_sample_histogram": dict(sorted(Counter(spans_per).items())),
         "span_chars_mean": statistics.fmean(lengths) if lengths else None,
-        "truncated_samples": sum(1 for r in records if r.get("truncated")),
+        "truncated_samples": sum(1 for r in records if r.truncated),
         "top_strings": strings.most_common(top),
         **{f"{k}_mean": v for k, v in losses.items()},
     }
 
 
-def counterfactual_stats(records: list[dict[str, Any]]) -> dict[str, Any]:
-    removed_chars = [sum(int(p["end"]) - int(p["start"]) for p in r.get("removed", [])) for r in records]
+def counterfactual_stats(records: list[Counterfactual]) -> dict[str, Any]:
+    removed_chars = [sum(p.end - p.start for p in r.removed) for r in records]
     return {
         "records": len(records),
-        "sources": len({str(r.get("source_id")) for r in records}),
-        "strategy": dict(Counter(str(r.get("strategy", "?")) for r in records)),
-        "level": dict(Counter(str(r.get("level", "?")) for r in records)),
-        "verified": dict(Counter(str(r.get("verified")).lower() for r in records)),
+        "sources": len({str(r.source_id) for r in records}),
+        "strategy": dict(Counter(r.strategy for r in records)),
+        "level": dict(Counter(r.level for r in records)),
+        "verified": dict(Counter(str(r.verified).lower() for r in records)),
         "removed_chars_mean": statistics.fmean(removed_chars) if removed_chars else None,
     }
 
