@@ -95,3 +95,29 @@ def test_options_table_lists_every_option_with_default_and_choices():
     assert "| `out` | `--out`, `--output-dir` | required | output file |" in table
     assert "| `mode` | `--mode` | `a` | mode (one of: a, b) |" in table
     assert "| `tau` | `--tau` | `0.1` | threshold (>= 0.0, <= 1.0) |" in table
+
+
+@pytest.mark.parametrize(
+    ("argv", "flags"),
+    [
+        (["detect", "--teacher", "t", "--student", "s", "--data", "{f}", "--out", "{f}"], "--out {f} is the input --data"),
+        (["prune", "--data", "{d}", "--detections", "{f}", "--out", "{f}"], "--out {f} is the input --detections"),
+        (["label", "--teacher", "t", "--student", "s", "--data", "{f}", "--task", "exact", "--out", "{link}"],
+         "is the input --data"),
+        (["evaluate", "--predictions", "{f}", "--task", "exact", "--out", "{f}"], "is the input --predictions"),
+        (["data", "convert", "--dataset", "x={f}", "--out", "{rel}"], "is the input --dataset"),
+        (["report", "--run", "{d}", "--out", "{f}"], "is a file of the run folder"),
+    ],
+)
+def test_an_output_that_is_an_input_is_refused_whatever_overwrite_says(tmp_path, monkeypatch, capsys, argv, flags):
+    from leaf.cli import main
+
+    f = tmp_path / "in.jsonl"
+    f.write_text('{"id": 1, "instruction": "q", "response": "a"}\n')
+    (tmp_path / "link.jsonl").symlink_to(f)
+    monkeypatch.chdir(tmp_path)
+    names = {"f": str(f), "d": str(tmp_path), "link": str(tmp_path / "link.jsonl"), "rel": "./in.jsonl"}
+    before = f.read_bytes()
+    assert main([a.format(**names) for a in argv] + (["--overwrite"] if argv[0] in ("detect", "label") else [])) == 2
+    assert flags.format(**names) in capsys.readouterr().err
+    assert f.read_bytes() == before

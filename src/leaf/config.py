@@ -54,6 +54,7 @@ def option(
     aliases: typing.Sequence[str] = (),
     low: float | None = None,
     high: float | None = None,
+    role: str | None = None,
     default_factory: Any = dataclasses.MISSING,
 ) -> Any:
     """A dataclass field with CLI metadata.
@@ -61,9 +62,14 @@ def option(
     ``help`` is shown by ``--help``; ``choices`` and the inclusive bounds
     ``low`` / ``high`` are checked for flags, YAML and keyword arguments alike;
     ``aliases`` are other names of the field (flags, YAML keys, keyword arguments).
+    ``role`` is ``"input"`` or ``"output"`` for paths: an output that resolves to
+    an input (symlinks and relative paths included) is refused, whatever
+    ``--overwrite`` says.
     """
+    if role not in (None, "input", "output"):
+        raise ValueError(f"role must be input or output, got {role!r}")
     names = tuple(a.lstrip("-").replace("-", "_") for a in aliases)
-    metadata = {"help": help, "choices": choices, "aliases": names, "low": low, "high": high}
+    metadata = {"help": help, "choices": choices, "aliases": names, "low": low, "high": high, "role": role}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -203,6 +209,7 @@ def build(cls: type[T], values: dict[str, Any], source: str = "arguments") -> T:
     missing = [_flag(f.name) for f in dataclasses.fields(cls) if f.init and f.name not in kwargs and is_required(f)]
     if missing:
         raise ConfigError(f"{source}: missing required option(s): {', '.join(missing)}")
+    _check_outputs(cls, kwargs, source)
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if callable(validate):
@@ -231,6 +238,34 @@ def _check_value(f: dataclasses.Field, value: Any, source: str) -> None:  # type
             if (low is not None and item < low) or (high is not None and item > high):
                 bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
                 raise ConfigError(f"{source}: option {f.name!r}: {item!r} is outside {bounds}")
+
+
+def _paths(value: Any) -> list[Path]:
+    """The local paths named by an option value (``NAME=PATH`` specs included; hub names are not paths)."""
+    out = []
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        if item is None:
+            continue
+        text = str(item).split("=", 1)[1] if isinstance(item, str) and "=" in str(item) else str(item)
+        out.append(Path(text).expanduser())
+    return out
+
+
+def _check_outputs(cls: type, values: dict[str, Any], source: str) -> None:
+    """Refuse an output path that resolves to an input path: a run must never destroy what it reads."""
+    roles = {f.name: f.metadata.get("role") for f in dataclasses.fields(cls) if f.init}
+    inputs = {name: [p.resolve() for p in _paths(values.get(name))] for name, r in roles.items() if r == "input"}
+    for name, role in roles.items():
+        if role != "output":
+            continue
+        for out in _paths(values.get(name)):
+            target = out.resolve()
+            for in_name, paths in inputs.items():
+                if target in paths:
+                    raise ConfigError(
+                        f"{source}: {_flag(name)} {out} is the input {_flag(in_name)}: refusing to overwrite an "
+                        "input (choose another output path)"
+                    )
 
 
 def make(cls: type[T], config: T | None = None, kwargs: dict[str, Any] | None = None, where: str = "") -> T:

@@ -14,10 +14,10 @@ class AnalyzeConfig:
     """Options of ``leaf analyze``."""
 
     model: list[str] = option(help="model directory or hub id; repeat the flag (or list several) to compare models")
-    data: Path = option(help="detections.jsonl, counterfactuals.jsonl, or samples with meta.confounder_spans")
-    out: Path = option(help="output folder (attention.json, attention_samples.jsonl, PNGs)")
+    data: Path = option(role="input", help="detections.jsonl, counterfactuals.jsonl, or samples with meta.confounder_spans")
+    out: Path = option(role="output", help="output folder (attention.json, attention_samples.jsonl, PNGs)")
     samples: Path | None = option(
-        None, help="the original samples (needed for a detections file; optional for counterfactuals)"
+        None, role="input", help="the original samples (needed for a detections file; optional for counterfactuals)"
     )
     label: list[str] | None = option(None, help="one display name per --model (default: the folder name)")
     max_samples: int | None = option(None, help="analyse at most this many samples (in file order)")

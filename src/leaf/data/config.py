@@ -12,10 +12,10 @@ from leaf.config import option
 class ConvertConfig:
     """Options of ``leaf data convert``."""
 
-    dataset: str = option(
+    dataset: str = option(role="input",
         help="numinamath-cot, acecode-87k, hotpotqa or any hub id; NAME=PATH for a local copy; or a local PATH"
     )
-    out: Path = option(help="output sample JSONL", aliases=["to"])
+    out: Path = option(role="output", help="output sample JSONL", aliases=["to"])
     field: str | None = option(
         None,
         help="column mapping, e.g. instruction=problem,response=solution,answer=final "

@@ -51,7 +51,7 @@ ATTENTION_ARMS = ("pre_kd", "kd", "leaf_instr", "leaf_oracle", "leaf_resample")
 class DemoConfig:
     """Options of ``leaf demo`` (CLI flags, YAML keys and API arguments alike)."""
 
-    out: Path = option(Path("leaf-demo"), help="output folder (results.json, table.md, report.html, seed-*/)")
+    out: Path = option(Path("leaf-demo"), role="output", help="output folder (results.json, table.md, report.html, seed-*/)")
     quick: bool = option(False, help="smoke run: tiny models and sets, one seed (about 25 s, plus 30 s to build its models once)")
     seeds: int | None = option(None, help="number of seeds (default 3; --quick: 1)")
     n_train: int | None = option(None, help="distillation pool: problems per family (default 500; quick 80)")

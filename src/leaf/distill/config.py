@@ -18,12 +18,12 @@ class DistillConfig:
     """Options of ``leaf distill`` (flags, YAML keys and ``distill()`` keyword arguments)."""
 
     student: str = option(help="student model: local folder or hub id")
-    out: Path = option(help="run folder: checkpoints, metrics.jsonl/csv, final model, leaf_config.json; rerunning "
+    out: Path = option(role="output", help="run folder: checkpoints, metrics.jsonl/csv, final model, leaf_config.json; rerunning "
                        "with the same folder and settings resumes from its last checkpoint", aliases=["output_dir"])
     teacher: str | None = option(None, help="teacher model (not needed with --teacher-cache)")
-    data: Path | None = option(None, help="original samples (JSONL); give this and/or --counterfactuals")
-    counterfactuals: Path | None = option(None, help="counterfactual records from `leaf prune` (JSONL)")
-    teacher_cache: Path | None = option(None, help="folder written by `leaf cache-teacher`: train without loading the teacher")
+    data: Path | None = option(None, role="input", help="original samples (JSONL); give this and/or --counterfactuals")
+    counterfactuals: Path | None = option(None, role="input", help="counterfactual records from `leaf prune` (JSONL)")
+    teacher_cache: Path | None = option(None, role="input", help="folder written by `leaf cache-teacher`: train without loading the teacher")
     lam: float = option(0.5, low=0.0, high=1.0, help="lambda: weight of L_kd (originals); 1 - lambda weighs L_cd (counterfactuals)", aliases=["lambda"])
     temperature: float = option(1.0, low=1e-6, help="softmax temperature T of the KL (loss scaled by T^2)")
     alpha: float = option(0.0, low=0.0, help="weight of an extra cross-entropy on the reference response")
@@ -80,9 +80,9 @@ class CacheConfig:
     """Options of ``leaf cache-teacher``."""
 
     teacher: str = option(help="teacher model: local folder or hub id")
-    out: Path = option(help="cache folder (manifest.json + safetensors shards)")
-    data: Path | None = option(None, help="original samples (JSONL)")
-    counterfactuals: Path | None = option(None, help="counterfactual records (JSONL)")
+    out: Path = option(role="output", help="cache folder (manifest.json + safetensors shards)")
+    data: Path | None = option(None, role="input", help="original samples (JSONL)")
+    counterfactuals: Path | None = option(None, role="input", help="counterfactual records (JSONL)")
     tokenizer: str | None = option(None, help="tokenizer (and chat template) to render with: give the STUDENT's; default the teacher's")
     top_k: int = option(64, low=1, help="teacher log-probs kept per token")
     temperature: float = option(1.0, low=1e-6, help="temperature T of the cached log-probs (training must use the same)")

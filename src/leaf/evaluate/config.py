@@ -17,18 +17,18 @@ class EvaluateConfig:
 
     model: str | None = option(None, help="model to evaluate (local directory or hub id)")
     benchmark: list[str] = option(
-        default_factory=list,
+        role="input", default_factory=list,
         help="benchmarks: NAME (gsm8k, math500, olympiadbench, humaneval, humaneval-plus, leetcode, livecodebench, "
         "hotpotqa, 2wikimultihopqa, musique), NAME=PATH (a local copy) or a sample JSONL file (with --task)",
     )
-    out: Path | None = option(None, help="results JSON (generations go to <out stem>.generations/<benchmark>.jsonl)")
+    out: Path | None = option(None, role="output", help="results JSON (generations go to <out stem>.generations/<benchmark>.jsonl)")
     task: str | None = option(
         None, help="answer checker for sample files / predictions", choices=TASKS
     )
     predictions: Path | None = option(
-        None, help="score these generations (JSONL with id + prediction) instead of generating"
+        None, role="input", help="score these generations (JSONL with id + prediction) instead of generating"
     )
-    compare: list[Path] = option(default_factory=list, help="print a table comparing these results files and exit")
+    compare: list[Path] = option(role="input", default_factory=list, help="print a table comparing these results files and exit")
     name: str | None = option(None, help="row label of this model in tables (default: --model)")
     max_new_tokens: int | None = option(None, help="generation budget (default: per benchmark, 512-2048)")
     batch_size: int = option(8, low=1, help="prompts per generation batch")
@@ -63,9 +63,9 @@ class LabelConfig:
 
     teacher: str = option(help="teacher model (local directory or hub id)")
     student: str = option(help="student model (local directory or hub id)")
-    data: Path = option(help="samples JSONL (leaf's sample format)")
+    data: Path = option(role="input", help="samples JSONL (leaf's sample format)")
     task: str = option(help="answer checker", choices=TASKS)
-    out: Path = option(help="labelled JSONL (input records + teacher/student generations and verdicts)")
+    out: Path = option(role="output", help="labelled JSONL (input records + teacher/student generations and verdicts)")
     max_new_tokens: int = option(1024, help="generation budget per answer")
     batch_size: int = option(8, low=1, help="prompts per generation batch")
     backend: str = option("auto", help="generation backend", choices=BACKENDS)

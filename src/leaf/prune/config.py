@@ -16,9 +16,9 @@ from leaf.prune.interventions import INTERVENTIONS
 class PruneConfig:
     """Options of ``leaf prune`` (CLI flags, YAML keys and API arguments alike)."""
 
-    data: Path = option(help="the original samples (JSONL)")
-    detections: Path = option(help="detections from `leaf detect` (instruction or response level)")
-    out: Path = option(help="output counterfactual records (JSONL); a summary goes to OUT.summary.json")
+    data: Path = option(role="input", help="the original samples (JSONL)")
+    detections: Path = option(role="input", help="detections from `leaf detect` (instruction or response level)")
+    out: Path = option(role="output", help="output counterfactual records (JSONL); a summary goes to OUT.summary.json")
     strategy: str = option("span", choices=STRATEGIES,
                            help="span: one record per flagged span (the paper's); collective: all spans at once")
     max_spans: int | None = option(None, low=1, help="use at most N spans per detection (the most confounding first)")
