@@ -56,3 +56,16 @@ def test_data_convert_is_a_sub_action(capsys):
     with pytest.raises(SystemExit):
         build_parser(["data"]).parse_args(["data"])
     assert "ACTION" in capsys.readouterr().err
+
+
+def test_missing_model_and_output_folder_problems_are_one_line(tmp_path, capsys):
+    data = tmp_path / "in.jsonl"
+    data.write_text(json.dumps({"id": 1, "instruction": "q", "response": "a"}) + "\n")
+    assert main(["detect", "--teacher", str(tmp_path / "nope"), "--student", str(tmp_path / "nope"),
+                 "--data", str(data), "--out", str(tmp_path / "d.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nope: cannot load the tokenizer" in err
+    (tmp_path / "dir.jsonl").mkdir()
+    assert main(["tiny", "--out", str(tmp_path / "t"), "--data", str(tmp_path / "dir.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Is a directory" in err and "Traceback" not in err

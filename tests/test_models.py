@@ -32,3 +32,19 @@ def test_load_model_is_frozen_in_eval_mode_and_loads_what_was_saved(tmp_path, ll
     assert all(p.requires_grad for p in trainable.parameters())
     tok = load_tokenizer(str(tmp_path))
     assert tok.is_fast and tok.pad_token is not None
+
+
+def test_folders_that_hold_no_model_are_one_line_errors(tmp_path, llama_tok):
+    import pytest
+
+    from leaf.config import ConfigError
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match=r"empty: cannot load the tokenizer \("):
+        load_tokenizer(str(empty))
+    tokenizer_only = tmp_path / "tok"
+    llama_tok.save_pretrained(tokenizer_only)
+    with pytest.raises(ConfigError, match=r"tok: cannot load the model \(") as err:
+        load_model(str(tokenizer_only))
+    assert "\n" not in str(err.value)

@@ -272,4 +272,4 @@ def generate_to_jsonl(
     if todo:
         generate(model, tokenizer, [r[instruction_field] for r in todo], on_batch=write, **generate_kwargs)
     wanted = {str(r["id"]) for r in records}
-    return {str(r["id"]): r[field] for r in read_jsonl(out) if str(r["id"]) in wanted}
+    return {str(r["id"]): r[field] for r in read_jsonl(writer.commit()) if str(r["id"]) in wanted}

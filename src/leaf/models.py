@@ -14,7 +14,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from leaf.config import ConfigError
+
 DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+class ModelFolderError(ConfigError):
+    """A model or tokenizer could not be loaded from what the user named: one line, naming it."""
+
+    def __init__(self, name: str, what: str, exc: Exception) -> None:
+        first = " ".join(str(exc).strip().split("\n", 1)[0].split()) or type(exc).__name__
+        super().__init__(f"{name}: cannot load the {what} ({first})")
 
 
 def resolve_device(name: str) -> str:
@@ -50,7 +60,10 @@ def load_tokenizer(name_or_path: str) -> Any:
     """A fast tokenizer (leaf needs offset mappings) with a pad token."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(name_or_path)
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelFolderError(name_or_path, "tokenizer", exc) from None
     if not getattr(tok, "is_fast", False):
         raise ValueError(f"{name_or_path}: no fast tokenizer available; leaf needs offset mappings")
     if tok.pad_token is None:
@@ -76,7 +89,10 @@ def load_model(
         kwargs["device_map"] = device_map
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelFolderError(name_or_path, "model", exc) from None
     if device_map is None:
         model.to(device)
     model.eval()

@@ -241,7 +241,7 @@ def analyze(config: AnalyzeConfig | None = None, **kwargs: Any) -> AnalyzeSummar
         )
 
     stored: dict[str, dict[str, Any]] = {}
-    for rec in read_jsonl(out_dir / SAMPLES_FILE):
+    for rec in read_jsonl(writer.commit()):
         stored[rec["key"]] = {k: v for k, v in rec.items() if k not in ("key", "model")}
     for entry in models:
         records = [stored[_key(entry["label"], s.id)] for s in samples]

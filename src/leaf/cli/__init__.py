@@ -34,8 +34,9 @@ from leaf.data.jsonl import SettingsMismatch
 from leaf.data.records import DataError
 from leaf.data.render import TemplateError
 
-#: Errors that are the user's to fix: printed as one clear message, exit status 2.
-USER_ERRORS = (DataError, ConfigError, SettingsMismatch, TemplateError)
+#: Errors that are the user's to fix: printed as one clear message, exit status 2. OSError covers what
+#: the file system says about the paths given (missing, a folder, no permission, no space).
+USER_ERRORS = (DataError, ConfigError, SettingsMismatch, TemplateError, OSError)
 
 
 def load_object(path: str) -> Any:
@@ -115,7 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         name = " ".join(v for k, v in vars(args).items() if k == "command" or k.endswith("_action"))
-        print(f"leaf {name}: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split("\n", 1)[0].split()) if isinstance(exc, OSError) else str(exc)
+        print(f"leaf {name}: error: {message}", file=sys.stderr)
         return 2
 
 

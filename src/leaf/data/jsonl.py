@@ -8,7 +8,10 @@ A long job writes its results with :class:`ResumableJsonl`:
 * :attr:`done` holds the keys already written; the job skips them;
 * each :meth:`write_batch` appends whole lines and flushes them to disk, so a
   crash loses at most the batch in flight; a half-written last line (the crash
-  happened mid-write) is cut off when the file is reopened.
+  happened mid-write) is cut off when the file is reopened;
+* ``overwrite=True`` never deletes the existing output up front: the new run
+  writes to ``<out>.new`` and :meth:`commit` renames it over the old file at
+  the end, so a run that dies leaves the earlier output as it was.
 """
 
 from __future__ import annotations
@@ -52,13 +55,15 @@ class ResumableJsonl:
         schema: str | None = None,
         schema_version: int | None = None,
     ) -> None:
-        self.path = Path(path)
+        self.final = Path(path)
+        # --overwrite writes beside the old output and replaces it only when the run completes
+        self.path = self.final.with_name(self.final.name + ".new") if overwrite else self.final
         self.key = key
         self.settings = json.loads(dumps(settings))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         meta = meta_path(self.path)
         if overwrite:
-            self.path.unlink(missing_ok=True)
+            self.path.unlink(missing_ok=True)  # a stale staging file of an earlier interrupted --overwrite
             meta.unlink(missing_ok=True)
         if self.path.exists() and meta.exists():
             old = json.loads(meta.read_text(encoding="utf-8"))
@@ -83,15 +88,30 @@ class ResumableJsonl:
             self._repair_and_scan()
 
     def _repair_and_scan(self) -> None:
+        from leaf.data.records import DataError
+
         data = self.path.read_bytes()
         end = data.rfind(b"\n") + 1  # keep only complete lines
         if end != len(data):
             with self.path.open("r+b") as fh:
                 fh.truncate(end)
             data = data[:end]
-        for line in data.decode("utf-8").splitlines():
-            if line.strip():
+        for lineno, line in enumerate(data.split(b"\n"), start=1):
+            if not line.strip():
+                continue
+            try:
                 self.done.add(str(json.loads(line)[self.key]))
+            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+                raise DataError([f"{self.path}:{lineno}: not a record this command wrote (bad JSON or no "
+                                 f"{self.key!r}); use another output path or --overwrite"]) from None
+
+    def commit(self) -> Path:
+        """Put the finished output in place (``--overwrite``: replace the old one now); return its path."""
+        if self.path != self.final:
+            os.replace(meta_path(self.path), meta_path(self.final))
+            os.replace(self.path, self.final)
+            self.path = self.final
+        return self.final
 
     def write_batch(self, records: Iterable[dict[str, Any]]) -> int:
         """Append records whose key is not yet written; return how many were written."""
@@ -111,16 +131,32 @@ class ResumableJsonl:
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any, str | None]]:
-    """Yield ``(line_number, object, error)`` for each non-blank line of a JSONL file."""
+    """Yield ``(line_number, object, error)`` for each non-blank line of a JSONL file.
+
+    A line that is not UTF-8, not JSON, or holds a lone surrogate (text no
+    later stage could write back) gives an error instead of an object.
+    """
     path = Path(path)
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield lineno, None, f"not valid UTF-8 (byte {exc.start + 1} of the line)"
+                continue
             if not line.strip():
                 continue
             try:
-                yield lineno, json.loads(line), None
+                obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 yield lineno, None, f"bad JSON: {exc.msg} (column {exc.colno})"
+                continue
+            try:
+                json.dumps(obj, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError as exc:
+                yield lineno, None, f"a string holds a lone surrogate ({exc.object[exc.start]!r}), which is not text"
+                continue
+            yield lineno, obj, None
 
 
 def check_schema(path: str | Path, schema: str, version: int) -> None:

@@ -111,6 +111,7 @@ def detect(config: DetectConfig | None = None, **kwargs: Any) -> DetectSummary:
     summary.resumed = sum(1 for p in prepared if p.key in writer.done)
     _write_skipped(cfg.out, summary.skipped)
     if not todo:
+        writer.commit()
         return summary
 
     from leaf.detect.scoring import DetectionScorer
@@ -128,6 +129,7 @@ def detect(config: DetectConfig | None = None, **kwargs: Any) -> DetectSummary:
         summary.written += writer.write_batch([d.to_json() for d in detections])
         bar.update(len(batch))
     bar.close()
+    writer.commit()
     return summary
 
 

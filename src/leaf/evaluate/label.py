@@ -118,7 +118,7 @@ def label(config: LabelConfig | None = None, **kwargs: Any) -> LabelSummary:
             rec[f"{role}_generation"] = text
             rec[f"{role}_correct"] = bool(checker.check(text, s))
         writer.write_batch([rec])
-    by_id = {id_key(r["id"]): r for r in read_jsonl(cfg.out)}
+    by_id = {id_key(r["id"]): r for r in read_jsonl(writer.commit())}
     labelled = [by_id[id_key(s.id)] for s in samples]
     n = len(labelled)
     t = sum(r["teacher_correct"] for r in labelled)
