@@ -211,7 +211,7 @@ KILLERS = {
     "pidfd via a re-imported posix": "import sys, signal\ndel sys.modules['posix']\nimport posix\nsignal.pidfd_send_signal(posix.pidfd_open(posix.getppid()), 9)\n",
     "pidfd via importlib.reload": "import importlib, os, signal\nimportlib.reload(os)\nsignal.pidfd_send_signal(os.pidfd_open(os.getppid()), 9)\n",
     "os.kill the parent": "import os\nos.kill(os.getppid(), 9)\n",
-    "os.kill every pid": "import os\nfor p in range(2, 5000):\n    try:\n        os.kill(p, 9)\n    except Exception:\n        pass\n",
+    "os.kill every pid": "import os\nfor p in range(2, 5000):\n    try:\n        if p != os.getpid():\n            os.kill(p, 9)\n    except Exception:\n        pass\n",
     "killpg of the parent's group": "import os\nos.killpg(os.getpgid(os.getppid()), 9)\n",
     "kill(0) and kill(-1)": "import os\nfor p in (0, -1):\n    try:\n        os.kill(p, 9)\n    except Exception:\n        pass\n",
     "SIGKILL own group": "import os\nos.killpg(0, 9)\n",

@@ -8,6 +8,7 @@ import pytest
 
 from leaf.cli import main
 from leaf.data.jsonl import read_jsonl
+from leaf.data.records import DataError
 from leaf.checkers import get_checker
 from leaf.generation import generate
 from leaf.evaluate.run import compare_table, evaluate, generations_path
@@ -173,3 +174,30 @@ def test_other_settings_on_the_same_output_are_refused(tmp_path, tiny_dir, sampl
     assert main([*base, "--max-new-tokens", "5"]) == 2
     assert "other settings" in capsys.readouterr().err
     assert main([*base, "--max-new-tokens", "5", "--overwrite"]) == 0
+
+
+def test_predictions_with_duplicate_or_bad_ids_are_refused(tmp_path):
+    preds = tmp_path / "p.jsonl"
+    preds.write_text('{"id": 1, "prediction": "The answer is 2.", "answer": "2"}\n'
+                     '{"id": "1", "prediction": "The answer is 3.", "answer": "2"}\n'
+                     '{"id": [1], "prediction": "x", "answer": "2"}\n')
+    with pytest.raises(DataError) as err:
+        evaluate(predictions=preds, task="exact", out=tmp_path / "r.json")
+    assert "p.jsonl:2: field 'id': duplicate id '1' (first on line 1)" in str(err.value)
+    assert "p.jsonl:3: field 'id': must be str or int, got list" in str(err.value)
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_results_of_another_model_or_a_damaged_file_are_never_dropped(tmp_path):
+    preds = tmp_path / "p.jsonl"
+    preds.write_text('{"id": 1, "prediction": "The answer is 2.", "answer": "2"}\n')
+    out = tmp_path / "r.json"
+    first = evaluate(predictions=preds, task="exact", out=out, name="A").results
+    assert first["benchmarks"]["p"]["accuracy"] == 1.0
+    before = out.read_bytes()
+    with pytest.raises(DataError, match="holds the results of model 'A'"):
+        evaluate(predictions=preds, task="exact", out=out, name="B")
+    assert out.read_bytes() == before
+    out.write_text("")  # as a kill during a non-atomic write would have left it
+    with pytest.raises(DataError, match="exists but is not a results file"):
+        evaluate(predictions=preds, task="exact", out=out, name="A")

@@ -179,7 +179,7 @@ def analyze(config: AnalyzeConfig | None = None, **kwargs: Any) -> AnalyzeSummar
     from tqdm.auto import tqdm
 
     from leaf.analyze.spans import load_span_samples
-    from leaf.data.jsonl import ResumableJsonl, read_jsonl
+    from leaf.data.jsonl import ResumableJsonl, read_jsonl, write_atomic
     from leaf.data.records import id_key
     from leaf.models import load_model, load_tokenizer
 
@@ -259,7 +259,7 @@ def analyze(config: AnalyzeConfig | None = None, **kwargs: Any) -> AnalyzeSummar
         from leaf.analyze.plots import draw_all
 
         result["figures"] = draw_all(result, out_dir)
-    (out_dir / RESULT_FILE).write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_atomic(out_dir / RESULT_FILE, json.dumps(result, indent=1, ensure_ascii=False) + "\n")
     return AnalyzeSummary(out_dir, result)
 
 

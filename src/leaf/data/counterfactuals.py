@@ -171,13 +171,9 @@ def read_counterfactuals(path: str | Path) -> list[Counterfactual]:
 
 def write_counterfactuals(path: str | Path, records: list[Counterfactual]) -> None:
     """Write the records (atomically: a temporary file renamed at the end) and their sidecar."""
-    from leaf.data.jsonl import write_sidecar
+    from leaf.data.jsonl import write_atomic, write_sidecar
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(dumps(r.to_json()) + "\n" for r in records), encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, "".join(dumps(r.to_json()) + "\n" for r in records))
     write_sidecar(path, SCHEMA, SCHEMA_VERSION)
 
 

@@ -82,7 +82,7 @@ class ResumableJsonl:
         stamp = {} if schema is None else {"schema": schema, "schema_version": schema_version}
         if self.path.exists() and schema is not None:
             check_schema(self.path, schema, schema_version or 1)
-        meta.write_text(dumps({"settings": self.settings, **stamp}) + "\n", encoding="utf-8")
+        write_atomic(meta, dumps({"settings": self.settings, **stamp}) + "\n")
         self.done: set[str] = set()
         if self.path.exists():
             self._repair_and_scan()
@@ -185,7 +185,27 @@ def check_schema(path: str | Path, schema: str, version: int) -> None:
 
 def write_sidecar(path: str | Path, schema: str, version: int, **extra: Any) -> None:
     """``<path>.meta.json`` naming the record kind and schema version of a whole-file output."""
-    meta_path(path).write_text(dumps({"schema": schema, "schema_version": version, **extra}) + "\n", encoding="utf-8")
+    write_atomic(meta_path(path), dumps({"schema": schema, "schema_version": version, **extra}) + "\n")
+
+
+def write_atomic(path: str | Path, text: str) -> Path:
+    """Write a whole-file output so that a reader (or a crash) sees the old file or the new one, never half.
+
+    The text goes to a temporary file in the same folder, is flushed to disk,
+    and is renamed over ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

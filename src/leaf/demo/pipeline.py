@@ -28,7 +28,7 @@ from typing import Any
 from leaf.config import Summary, make, to_dict
 from leaf.data.counterfactuals import Counterfactual, read_counterfactuals, write_counterfactuals
 from leaf.data.detections import Detection, detections_to_jsonl, read_detections
-from leaf.data.jsonl import dumps, read_jsonl
+from leaf.data.jsonl import dumps, read_jsonl, write_atomic
 from leaf.data.spans import overlaps
 from leaf.demo.config import ARMS, ATTENTION_ARMS, CF_SETS, SPLITS, DemoConfig
 from leaf.demo.metrics import detection_quality, mean_std
@@ -238,7 +238,7 @@ def _cached_eval(path: Path, name: str, model: Path | str, tests: dict[str, list
         return {s: b["accuracy"] for s, b in json.loads(path.read_text())["benchmarks"].items()}
     result = evaluate_model(model, tests)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"model": name, "benchmarks": result}, indent=2) + "\n")
+    write_atomic(path, json.dumps({"model": name, "benchmarks": result}, indent=2) + "\n")
     return {s: b["accuracy"] for s, b in result.items()}
 
 
@@ -316,7 +316,7 @@ def demo(config: DemoConfig | None = None, **kwargs: Any) -> DemoSummary:
     if marker.exists() and json.loads(marker.read_text()) != json.loads(dumps(settings)):
         raise ValueError(f"{out} holds a demo run with other settings; use another --out or --overwrite")
     out.mkdir(parents=True, exist_ok=True)
-    marker.write_text(dumps(settings) + "\n")
+    write_atomic(marker, dumps(settings) + "\n")
 
     timer = Timer()
     t0 = time.perf_counter()
@@ -337,9 +337,9 @@ def demo(config: DemoConfig | None = None, **kwargs: Any) -> DemoSummary:
         "summary": summary,
         "timings": {**timer.seconds, "total": time.perf_counter() - t0},
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_atomic(out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
     table = markdown_table(summary)
-    (out / "table.md").write_text(table)
+    write_atomic(out / "table.md", table)
     if cfg.report and (out / "seed-0" / "report.html").exists():
         shutil.copyfile(out / "seed-0" / "report.html", out / "report.html")
     return DemoSummary(out, results, table)

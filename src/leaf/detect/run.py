@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from leaf.data.jsonl import write_atomic
 from leaf.config import Summary, make, to_dict
 from leaf.data import detections as detection_schema
 from leaf.data.jsonl import ResumableJsonl, dumps
@@ -136,7 +137,7 @@ def detect(config: DetectConfig | None = None, **kwargs: Any) -> DetectSummary:
 def _write_skipped(out: Path, skipped: list[tuple[Any, str]]) -> None:
     path = Path(out).with_name(Path(out).name + ".skipped.jsonl")
     if skipped:
-        path.write_text("".join(dumps({"id": i, "reason": r}) + "\n" for i, r in skipped), encoding="utf-8")
+        write_atomic(path, "".join(dumps({"id": i, "reason": r}) + "\n" for i, r in skipped))
     else:
         path.unlink(missing_ok=True)
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from leaf.data.jsonl import write_atomic
 from leaf.config import ConfigError, Summary, make, to_dict
 from leaf.distill.config import CacheConfig
 
@@ -119,7 +120,7 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
     teacher = load_model(config.teacher, dtype=config.dtype, device=config.device, device_map=config.device_map)
     vocab = model_vocab_size(teacher)
     manifest = {**settings, "vocab_size": vocab, "examples": len(examples), "tokens": sum(e.n_loss_tokens for e in examples), "complete": False, "config": to_dict(config)}
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    write_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
 
     store = getattr(torch, config.store_dtype)
     collate = DistillCollator(tokenizer.pad_token_id)
@@ -167,7 +168,7 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
     bar.close()
     manifest["mean_tail_mass"] = _mean_tail_mass(out)
     manifest["complete"] = True
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    write_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
     return CacheSummary(out, manifest["examples"], manifest["tokens"], manifest["mean_tail_mass"])
 
 

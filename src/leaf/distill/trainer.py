@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from leaf.data.jsonl import write_atomic
 from leaf.config import Summary, field_names, make, to_dict
 from leaf.data.jsonl import SettingsMismatch
 from leaf.distill.config import DistillConfig
@@ -468,7 +469,7 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
             "effective_batch": config.batch_size * config.grad_accum * args.world_size,
             "torch": torch.__version__,
         }
-        (out / CONFIG_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+        write_atomic(out / CONFIG_FILE, json.dumps(record, indent=2, default=str) + "\n")
     return trainer
 
 

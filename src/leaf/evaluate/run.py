@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from leaf.config import Summary, make, to_dict
+from leaf.data.jsonl import write_atomic
+from leaf.data.predictions import read_predictions
 from leaf.data.records import DataError, Sample, id_key
 from leaf.evaluate.config import EvaluateConfig
 
@@ -95,48 +97,6 @@ def score(
     return summary, records
 
 
-def read_predictions(path: str | Path) -> list[dict[str, Any]]:
-    """Prediction lines: ``id`` and ``prediction`` (or ``generation``), each checked."""
-    from leaf.data.jsonl import iter_jsonl
-
-    path = Path(path)
-    if not path.exists():
-        raise DataError([f"{path}: file not found"])
-    rows, problems = [], []
-    for lineno, obj, err in iter_jsonl(path):
-        where = f"{path}:{lineno}"
-        if err:
-            problems.append(f"{where}: {err}")
-            continue
-        if not isinstance(obj, dict):
-            problems.append(f"{where}: expected a JSON object")
-            continue
-        if "id" not in obj:
-            problems.append(f"{where}: field 'id': missing")
-        text = obj.get("prediction", obj.get("generation"))
-        if not isinstance(text, str):
-            problems.append(f"{where}: field 'prediction': missing or not a string")
-        else:
-            obj["prediction"] = text
-        rows.append(obj)
-    if problems:
-        raise DataError(problems)
-    return rows
-
-
-def _samples_from_predictions(rows: list[dict[str, Any]]) -> list[Sample]:
-    return [
-        Sample(
-            id=r["id"],
-            instruction=str(r.get("instruction") or "(not given)"),
-            response=str(r.get("response") or "(not given)"),
-            answer=None if r.get("answer") is None else str(r["answer"]),
-            meta=r.get("meta") or {},
-        )
-        for r in rows
-    ]
-
-
 # ----------------------------------------------------------------------------- evaluation
 
 
@@ -171,23 +131,31 @@ def evaluate(config: EvaluateConfig | None = None, **kwargs: Any) -> EvaluateSum
         results["records"] = [r for r in results["records"] if r.get("benchmark") != name] + records
     else:
         _generate_and_score(cfg, results)
-    cfg.out.parent.mkdir(parents=True, exist_ok=True)
     results["config"] = to_dict(cfg)
-    cfg.out.write_text(json.dumps(results, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    write_atomic(cfg.out, json.dumps(results, ensure_ascii=False, indent=1) + "\n")
     return EvaluateSummary(cfg.out, results)
 
 
 def _load_existing(out: Path, model: str) -> dict[str, Any]:
-    """Earlier results of the same model in ``out`` are kept; benchmarks run again are replaced."""
-    if out.exists():
-        try:
-            old = json.loads(out.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            old = None
-        if isinstance(old, dict) and old.get("model") == model and isinstance(old.get("benchmarks"), dict):
-            old.setdefault("records", [])
-            return old
-    return {"model": model, "benchmarks": {}, "records": []}
+    """Earlier results of the same model in ``out`` are kept (benchmarks run again are replaced).
+
+    A results file holds one model: writing another model's results into it is
+    refused rather than dropping what it holds, and so is a file that is not a
+    results file (a damaged one is never silently started afresh).
+    """
+    if not out.exists():
+        return {"model": model, "benchmarks": {}, "records": []}
+    try:
+        old = json.loads(out.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError([f"{out}: exists but is not a results file ({exc}); move it away or choose another --out"]) from None
+    if not (isinstance(old, dict) and isinstance(old.get("benchmarks"), dict) and isinstance(old.get("records", []), list)):
+        raise DataError([f"{out}: exists but is not a results file (no 'benchmarks'); choose another --out"])
+    if old.get("model") != model:
+        raise DataError([f"{out}: holds the results of model {old.get('model')!r}; the results of {model!r} go to "
+                         "another --out (compare them with --compare)"])
+    old.setdefault("records", [])
+    return old
 
 
 def _score_predictions(cfg: EvaluateConfig) -> tuple[str, str, dict[str, Any], list[dict[str, Any]]]:
@@ -195,7 +163,7 @@ def _score_predictions(cfg: EvaluateConfig) -> tuple[str, str, dict[str, Any], l
 
     assert cfg.predictions is not None
     rows = read_predictions(cfg.predictions)
-    preds = {id_key(r["id"]): r["prediction"] for r in rows}
+    preds = {id_key(r.id): r.prediction for r in rows}
     if cfg.benchmark:
         if len(cfg.benchmark) != 1:
             raise DataError(["--predictions scores one --benchmark at a time"])
@@ -207,7 +175,7 @@ def _score_predictions(cfg: EvaluateConfig) -> tuple[str, str, dict[str, Any], l
         assert cfg.task is not None
         task = cfg.task
         name = cfg.predictions.name.removesuffix(".jsonl")
-        samples = _samples_from_predictions(rows)
+        samples = [r.as_sample() for r in rows]
     summary, records = score(samples, preds, task, benchmark=name, workers=cfg.workers, code_timeout=cfg.code_timeout)
     return name, task, summary, records
 

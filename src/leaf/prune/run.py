@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from leaf.data.jsonl import write_atomic
 from leaf.config import Summary, make
 from leaf.data.counterfactuals import Counterfactual, write_counterfactuals
 from leaf.data.detections import Detection, read_detections
@@ -118,7 +119,7 @@ def prune(config: PruneConfig | None = None, **kwargs: Any) -> PruneSummary:
     write_counterfactuals(out, records)
     summary.records_written = len(records)
     summary_path = out.with_name(out.name + ".summary.json")
-    summary_path.write_text(json.dumps(summary.__dict__, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_atomic(summary_path, json.dumps(summary.__dict__, indent=2, ensure_ascii=False) + "\n")
     return summary
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from leaf.data.jsonl import write_atomic
 from leaf.config import Summary, make
 from leaf.data.records import DataError
 from leaf.report.config import ReportConfig
@@ -42,8 +43,7 @@ def write_report(config: ReportConfig | None = None, **kwargs: Any) -> ReportSum
         raise DataError([f"{config.run}: run folder not found"])
     run = load_run(config.run, config.samples)
     out = Path(config.out) if config.out else Path(config.run) / "report.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(build_page(run, title=config.title, shown=config.shown, top=config.top), encoding="utf-8")
+    write_atomic(out, build_page(run, title=config.title, shown=config.shown, top=config.top))
     return ReportSummary(out, out.stat().st_size, list(run.missing), list(run.errors))
 
 
