@@ -225,3 +225,87 @@ def test_every_step_mixes_originals_and_counterfactuals(distill_setup, tmp_path)
                counterfactuals=distill_setup / "cf.jsonl")
     assert isinstance(build_trainer(DistillConfig(**cfg, output_dir=tmp_path / "a"))._get_train_sampler(), InterleavedSampler)
     assert not isinstance(build_trainer(DistillConfig(**cfg, output_dir=tmp_path / "b", mix="shuffle"))._get_train_sampler(), InterleavedSampler)
+
+
+# ----------------------------------------------------------------------------
+# Chunked output heads in the trainer: equal to the full-logit path, never (N, V) logits.
+# ----------------------------------------------------------------------------
+
+
+def _loss_and_grads(trainer, batch):
+    trainer.model.zero_grad(set_to_none=True)
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    return loss.item(), grads
+
+
+def _use_full_logits(trainer):
+    """Switch the trainer to its full-logit path (the implementation before chunked heads)."""
+    trainer._chunked_head = (trainer.accelerator.unwrap_model(trainer.model), None)
+    trainer._teacher_chunked_head = (None,)
+
+
+def _logit_rows(*modules):
+    """Rows of every output-head call that computed logits (the hidden-state capture computes none)."""
+    seen = []
+
+    def hook(module, args, out):
+        if out.shape[-1] > 0:
+            seen.append(args[0].reshape(-1, args[0].shape[-1]).shape[0])
+
+    return seen, [m.register_forward_hook(hook) for m in modules]
+
+
+@pytest.mark.parametrize("temperature, alpha", [(1.0, 0.0), (1.5, 0.3)])
+def test_chunked_head_loss_and_gradients_equal_full_logit_path(distill_setup, tmp_path, temperature, alpha):
+    from leaf.distill.trainer import build_trainer
+
+    cfg = DistillConfig(
+        student=str(distill_setup / "student"), teacher=str(distill_setup / "teacher"), data=distill_setup / "d.jsonl",
+        counterfactuals=distill_setup / "cf.jsonl", output_dir=tmp_path / "x", lam=0.4, alpha=alpha,
+        temperature=temperature, kl_chunk_size=5,
+    )
+    trainer = build_trainer(cfg)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(12)])
+    n_loss = int((batch["labels"][:, 1:] != -100).sum())
+    trainer._student_head(trainer.model), trainer._teacher_head()  # their one-time checks are not counted
+    seen, hooks = _logit_rows(trainer.model.lm_head, trainer.teacher.lm_head)
+    try:
+        loss, grads = _loss_and_grads(trainer, batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert trainer._chunked_head[1] is not None and trainer._keep_ok is True
+    assert max(seen) <= 5  # never more than one chunk of logits, student or teacher
+    assert sum(seen) == 2 * n_loss + 2 * n_loss  # student forward + recompute, teacher forward + recompute
+    _use_full_logits(trainer)
+    want, want_grads = _loss_and_grads(trainer, batch)
+    assert loss == pytest.approx(want, rel=1e-5)
+    assert set(grads) == set(want_grads) and len(grads) > 0
+    for name in grads:
+        torch.testing.assert_close(grads[name], want_grads[name], rtol=1e-5, atol=1e-7)
+
+
+def test_chunked_head_with_topk_cache_equals_full_logit_path(distill_setup, tmp_path):
+    from leaf.distill.cache import CacheConfig, build_cache
+    from leaf.distill.trainer import build_trainer
+
+    cache = build_cache(CacheConfig(
+        teacher=str(distill_setup / "teacher"), tokenizer=str(distill_setup / "student"), data=distill_setup / "d.jsonl",
+        counterfactuals=distill_setup / "cf.jsonl", out=tmp_path / "cache", top_k=16, temperature=2.0,
+    ))
+    cfg = DistillConfig(
+        student=str(distill_setup / "student"), teacher_cache=cache, data=distill_setup / "d.jsonl",
+        counterfactuals=distill_setup / "cf.jsonl", output_dir=tmp_path / "x", lam=0.3, alpha=0.2, temperature=2.0,
+        kl_chunk_size=4,
+    )
+    trainer = build_trainer(cfg)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(12)])
+    loss, grads = _loss_and_grads(trainer, batch)
+    assert trainer._chunked_head[1] is not None
+    _use_full_logits(trainer)
+    want, want_grads = _loss_and_grads(trainer, batch)
+    assert loss == pytest.approx(want, rel=1e-5)
+    for name in grads:
+        torch.testing.assert_close(grads[name], want_grads[name], rtol=1e-5, atol=1e-7)
