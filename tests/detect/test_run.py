@@ -130,6 +130,17 @@ def test_batched_detection_equals_one_at_a_time(models, data, tmp_path):
                 assert ta[key] == pytest.approx(tb[key], rel=1e-4)
 
 
+def test_gradient_checkpointing_gives_the_same_detections(models, data, tmp_path):
+    plain = read_jsonl(_run(models, data, tmp_path / "a.jsonl", batch_size=4).out)
+    ckpt = read_jsonl(_run(models, data, tmp_path / "b.jsonl", batch_size=4, gradient_checkpointing=True).out)
+    assert [r["spans"] for r in plain] == [r["spans"] for r in ckpt]
+    for ra, rb in zip(plain, ckpt):
+        for ta, tb in zip(ra["tokens"], rb["tokens"]):
+            assert ta["flag"] == tb["flag"]
+            for key in ("g_teacher", "g_student"):
+                assert ta[key] == pytest.approx(tb[key], rel=1e-4)
+
+
 def test_left_truncation_keeps_offsets_in_the_original_instruction(models, data, tmp_path):
     out = tmp_path / "trunc.jsonl"
     summary = _run(models, data, out, max_length=40, truncation="left")

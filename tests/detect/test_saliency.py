@@ -82,12 +82,27 @@ def test_batched_equals_unbatched(llama_tok, tiny_llama):
         assert (sal_b[b, len(seq):] == 0).all()
 
 
-def test_no_parameter_gradient_is_allocated(llama_tok, tiny_llama):
+def test_no_parameter_gradient_is_computed(llama_tok, tiny_llama):
+    """Autograd computes no gradient for any parameter, not merely leaves .grad empty.
+
+    A hook on every parameter fires whenever backward computes that parameter's
+    gradient (through .backward() or torch.autograd.grad alike); the hooks are
+    first shown to fire on a pass that does take parameter gradients.
+    """
     model = copy.deepcopy(tiny_llama).train()  # even a trainable model in train mode
     for p in model.parameters():
         p.requires_grad_(True)
+    computed: list[str] = []
+    for name, p in model.named_parameters():
+        p.register_hook(lambda g, name=name: computed.append(name))
     ids, targets = _item(llama_tok, *PAIRS[1])
-    embedding_saliency(model, *pad_batch([ids], [targets], llama_tok.pad_token_id))
+    batch = pad_batch([ids], [targets], llama_tok.pad_token_id)
+    model(input_ids=batch[0]).logits.sum().backward()  # the hooks do see parameter gradients
+    assert len(computed) == sum(1 for _ in model.parameters())
+    computed.clear()
+    model.zero_grad(set_to_none=True)
+    sal, _ = embedding_saliency(model, *batch)
+    assert sal.abs().sum() > 0 and computed == []
     assert all(p.grad is None for p in model.parameters())
 
 
@@ -110,3 +125,186 @@ def test_rejects_position_zero_target_and_empty_targets(llama_tok, tiny_llama):
         embedding_saliency(tiny_llama, *pad_batch([ids], [[0, *targets]], 0))
     with pytest.raises(ValueError, match="at least one target"):
         embedding_saliency(tiny_llama, *pad_batch([ids], [[]], 0))
+
+
+# ----------------------------------------------------------------------------
+# Chunked output head: equal to the previous full-range implementation.
+# ----------------------------------------------------------------------------
+
+
+def _old_embedding_saliency(model, input_ids, attention_mask, target_mask):
+    """The implementation before chunked output heads (logits for every position in [lo, hi) of the batch)."""
+    import torch.nn.functional as F
+
+    target_mask = target_mask.bool() & attention_mask.bool()
+    n_targets = target_mask.sum(1)
+    with torch.enable_grad():
+        embeds = model.get_input_embeddings()(input_ids).detach().requires_grad_(True)
+        predicting = target_mask[:, 1:].any(0).nonzero().squeeze(1)
+        lo, hi = int(predicting.min()), int(predicting.max()) + 1
+        logits = model(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False,
+                       logits_to_keep=torch.arange(lo, hi)).logits
+        targets = input_ids[:, lo + 1 : hi + 1]
+        mask = target_mask[:, lo + 1 : hi + 1]
+        nll = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
+        loss = (nll * mask).sum(1) / n_targets
+        (grad,) = torch.autograd.grad(loss.sum(), embeds)
+    return (grad.float().norm(dim=-1) * attention_mask).detach(), loss.detach()
+
+
+@torch.no_grad()
+def _old_token_surprisal(model, input_ids, attention_mask, positions):
+    import torch.nn.functional as F
+
+    positions = positions.bool().clone()
+    positions[:, 0] = False
+    out = torch.zeros(input_ids.shape, dtype=torch.float32)
+    predicting = positions[:, 1:].any(0).nonzero().squeeze(1)
+    lo, hi = int(predicting.min()), int(predicting.max()) + 1
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                   logits_to_keep=torch.arange(lo, hi)).logits
+    out[:, lo + 1 : hi + 1] = F.cross_entropy(logits.float().transpose(1, 2), input_ids[:, lo + 1 : hi + 1], reduction="none")
+    return out * positions
+
+
+def _mixed_batch(vocab, seed=0):
+    """A short sample (short prompt, short response) next to a long one (long prompt, long response)."""
+    g = torch.Generator().manual_seed(seed)
+    seqs = [torch.randint(3, vocab, (n,), generator=g).tolist() for n in (9, 57, 23)]
+    targets = [list(range(4, 9)), list(range(30, 57)), list(range(2, 12))]  # response spans end at different places
+    return pad_batch(seqs, targets, 0), seqs, targets
+
+
+def _rel(a, b):
+    return float(((a - b).abs() / b.abs().clamp_min(1e-12)).max())
+
+
+def _head_rows(model):
+    """Record the number of rows of every output-head call (list filled by a forward hook)."""
+    from leaf.heads import output_head
+
+    output_head(model)  # its one-time check against the model's own logits runs first
+    seen = []
+
+    def hook(module, args, out):
+        if out.shape[-1] > 0:  # not the capture of the hidden states, which computes no logits
+            seen.append(args[0].reshape(-1, args[0].shape[-1]).shape[0])
+
+    return seen, model.get_output_embeddings().register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("chunk", [None, 4])
+def test_chunked_head_equals_previous_implementation_on_mixed_lengths(tiny_llama, chunk):
+    (ids, att, tgt), _, _ = _mixed_batch(tiny_llama.config.vocab_size)
+    want_sal, want_loss = _old_embedding_saliency(tiny_llama, ids, att, tgt)
+    seen, handle = _head_rows(tiny_llama)
+    try:
+        sal, loss = embedding_saliency(tiny_llama, ids, att, tgt, chunk_size=chunk)
+    finally:
+        handle.remove()
+    assert _rel(loss, want_loss) <= 1e-5
+    nz = want_sal > 0
+    assert (sal[~nz] == 0).all() and _rel(sal[nz], want_sal[nz]) <= 1e-5
+    # the head saw only the samples' own predicting positions (5 + 27 + 10), never a [lo, hi) range x batch
+    n = int(tgt.sum())
+    if chunk:
+        assert max(seen) <= chunk and sum(seen) == 2 * n  # forward + the backward's recomputation
+    else:
+        assert sum(seen) == 2 * n
+
+
+def test_token_surprisal_equals_previous_implementation_on_mixed_lengths(tiny_llama, monkeypatch):
+    from leaf.detect import saliency
+    from leaf.detect.saliency import token_surprisal
+
+    (ids, att, tgt), _, _ = _mixed_batch(tiny_llama.config.vocab_size, seed=1)
+    want = _old_token_surprisal(tiny_llama, ids, att, tgt)
+    got = token_surprisal(tiny_llama, ids, att, tgt)
+    assert (got[want == 0] == 0).all()
+    assert _rel(got[want > 0], want[want > 0]) <= 1e-5
+    # an element budget of 3 positions x vocabulary bounds the logits held at once
+    import leaf.heads
+
+    monkeypatch.setattr(leaf.heads, "LOSS_CHUNK_ELEMENTS", 3 * tiny_llama.config.vocab_size)
+    seen, handle = _head_rows(tiny_llama)
+    try:
+        again = token_surprisal(tiny_llama, ids, att, tgt)
+    finally:
+        handle.remove()
+    assert max(seen) == 3 and sum(seen) == int(tgt.sum())
+    torch.testing.assert_close(again, got, rtol=1e-6, atol=0)
+
+
+def test_gradient_checkpointing_gives_equal_results(tiny_llama):
+    (ids, att, tgt), _, _ = _mixed_batch(tiny_llama.config.vocab_size, seed=2)
+    sal, loss = embedding_saliency(tiny_llama, ids, att, tgt)
+    layer = tiny_llama.model.layers[0]
+    sal_gc, loss_gc = embedding_saliency(tiny_llama, ids, att, tgt, gradient_checkpointing=True)
+    assert "forward" not in layer.__dict__  # the wrapper is removed afterwards
+    torch.testing.assert_close(sal_gc, sal, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(loss_gc, loss, rtol=1e-6, atol=0)
+    assert all(p.grad is None for p in tiny_llama.parameters())
+
+
+def test_gradient_checkpointing_recomputes_the_layers(tiny_llama):
+    """Each decoder layer's MLP starts twice (forward + recomputation) with checkpointing, once without.
+
+    (A pre-hook: the recomputation stops early, inside the MLP, once the last saved tensor is rebuilt.)"""
+    (ids, att, tgt), _, _ = _mixed_batch(tiny_llama.config.vocab_size, seed=2)
+    runs = []
+    mlp = tiny_llama.model.layers[0].mlp
+    embedding_saliency(tiny_llama, ids, att, tgt)  # the one-time head check is not counted
+    handle = mlp.register_forward_pre_hook(lambda *a: runs.append(1))
+    try:
+        embedding_saliency(tiny_llama, ids, att, tgt)
+        plain = len(runs)
+        embedding_saliency(tiny_llama, ids, att, tgt, gradient_checkpointing=True)
+    finally:
+        handle.remove()
+    assert plain == 1 and len(runs) - plain == 2
+
+
+def _tiny_gemma3(vocab, softcap):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, max_position_embeddings=256, sliding_window=8,
+        final_logit_softcapping=softcap, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    torch.manual_seed(3)
+    return Gemma3ForCausalLM(config).eval()
+
+
+def test_gemma3_final_logit_softcapping_is_applied(tiny_llama):
+    vocab = tiny_llama.config.vocab_size
+    (ids, att, tgt), _, _ = _mixed_batch(vocab, seed=4)
+    model = _tiny_gemma3(vocab, softcap=0.5)  # a tiny cap: very different logits without it
+    from leaf.detect.saliency import token_surprisal
+
+    want_sal, want_loss = _old_embedding_saliency(model, ids, att, tgt)
+    sal, loss = embedding_saliency(model, ids, att, tgt)
+    assert _rel(loss, want_loss) <= 1e-5
+    nz = want_sal > 0
+    assert _rel(sal[nz], want_sal[nz]) <= 1e-5
+    want = _old_token_surprisal(model, ids, att, tgt)
+    got = token_surprisal(model, ids, att, tgt)
+    assert _rel(got[want > 0], want[want > 0]) <= 1e-5
+
+
+def test_unknown_final_logit_transform_is_refused(llama_tok):
+    from transformers import LlamaForCausalLM
+
+    from leaf.tiny import build_model
+
+    class Scaled(LlamaForCausalLM):
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            out.logits = out.logits * 2.0
+            return out
+
+    base = build_model(llama_tok, hidden_size=16, num_layers=1)
+    model = Scaled(base.config).eval()
+    ids, targets = _item(llama_tok, *PAIRS[1])
+    with pytest.raises(NotImplementedError, match="final transform"):
+        embedding_saliency(model, *pad_batch([ids], [targets], llama_tok.pad_token_id))

@@ -215,3 +215,80 @@ def test_topk_cache_exact_when_k_is_vocab_and_bounded_otherwise():
     bucket.sum().backward()
     approx.loss.backward()
     torch.testing.assert_close(x.grad, y.grad, rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------
+# chunked_head_kl: the same loss from hidden states, no full logits.
+# ----------------------------------------------------------------------------
+
+
+def _head_case(seed=0, N=13, H=6, V=17, Vt=19, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(N, H, generator=g, dtype=dtype)
+    weight = torch.randn(V, H, generator=g, dtype=dtype)
+    t_hidden = torch.randn(N, H + 2, generator=g, dtype=dtype)
+    t_weight = torch.randn(Vt, H + 2, generator=g, dtype=dtype)  # teacher with padded vocabulary, other width
+    w_kl = torch.rand(N, generator=g)
+    labels = torch.randint(0, V, (N,), generator=g)
+    w_ce = torch.rand(N, generator=g)
+    return hidden, weight, t_hidden, t_weight, w_kl, labels, w_ce
+
+
+@pytest.mark.parametrize("temperature", [1.0, 1.7])
+@pytest.mark.parametrize("with_ce", [False, True])
+@pytest.mark.parametrize("teacher_kind", ["fn", "dense", "topk"])
+def test_chunked_head_kl_equals_distill_loss_on_full_logits(temperature, with_ce, teacher_kind):
+    from leaf.distill.losses import chunked_head_kl
+
+    hidden, weight, t_hidden, t_weight, w_kl, labels, w_ce = _head_case()
+    V = weight.shape[0]
+    t_logits = t_hidden @ t_weight.T
+    rows = torch.arange(hidden.shape[0])
+    topk = torch.log_softmax(t_logits[:, :V] / temperature, -1).topk(5, dim=-1)
+    make = {
+        "fn": lambda: (lambda sl: t_hidden[sl] @ t_weight.T),
+        "dense": lambda: DenseTeacher(t_logits, rows),
+        "topk": lambda: TopKTeacher(topk.values, topk.indices),
+    }[teacher_kind]
+    kw = dict(labels=labels if with_ce else None, w_ce=w_ce if with_ce else None, temperature=temperature, vocab_size=V)
+
+    h_ref, w_ref = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+    ref_teacher = DenseTeacher(t_logits, rows) if teacher_kind == "fn" else make()
+    ref = distill_loss(h_ref @ w_ref.T, rows, ref_teacher, w_kl, chunk_size=None, **kw)
+    ref.loss.backward()
+    for chunk, budget in ((None, None), (1, None), (4, None), (100, 3 * V)):
+        h, w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+        got = chunked_head_kl(h, w, make(), w_kl, chunk_size=chunk, max_elements=budget, **kw)
+        got.loss.backward()
+        assert got.loss.item() == pytest.approx(ref.loss.item(), rel=1e-5)
+        torch.testing.assert_close(got.kl, ref.kl, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got.ce, ref.ce, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(h.grad, h_ref.grad, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_head_kl_never_projects_more_than_a_chunk():
+    """The student head and the teacher see at most ``chunk`` rows per call; backward recomputes each chunk once."""
+    from leaf.distill.losses import chunked_head_kl
+
+    hidden, weight, t_hidden, t_weight, w_kl, _, _ = _head_case(N=23)
+    student_rows, teacher_rows = [], []
+
+    def head(h):
+        student_rows.append(h.shape[0])
+        return h @ weight.T
+
+    def teacher(sl):
+        teacher_rows.append(sl.stop - sl.start)
+        return t_hidden[sl] @ t_weight.T
+
+    h = hidden.clone().requires_grad_(True)
+    parts = chunked_head_kl(h, head, teacher, w_kl, chunk_size=5)
+    assert max(student_rows) == 5 and sum(student_rows) == 23
+    parts.loss.backward()
+    assert max(student_rows) == 5 and sum(student_rows) == 2 * 23  # recomputed in backward, not kept
+    assert max(teacher_rows) == 5 and sum(teacher_rows) == 2 * 23
+    with torch.no_grad():  # no backward to come: nothing is recomputed
+        student_rows.clear()
+        chunked_head_kl(hidden, head, teacher, w_kl, chunk_size=5)
+        assert sum(student_rows) == 23

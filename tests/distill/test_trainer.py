@@ -53,7 +53,7 @@ def _independent_first_step_loss(setup, lam, temperature):
 
 
 def test_first_step_loss_matches_independent_computation_and_outputs(distill_setup, tmp_path):
-    out = _run(distill_setup, tmp_path / "run", lam=0.3, temperature=2.0, per_device_batch_size=12, grad_accum=1, max_steps=1, kl_chunk_size=7)
+    out = _run(distill_setup, tmp_path / "run", lam=0.3, temperature=2.0, batch_size=12, grad_accum=1, max_steps=1, kl_chunk_size=7)
     expected, kd, cd = _independent_first_step_loss(distill_setup, 0.3, 2.0)
     (row,) = _metrics(out)
     assert row["loss"] == pytest.approx(expected, rel=1e-4)
@@ -73,13 +73,13 @@ def test_first_step_loss_matches_independent_computation_and_outputs(distill_set
 
 
 def test_plain_kd_without_counterfactuals(distill_setup, tmp_path):
-    out = _run(distill_setup, tmp_path / "kd", counterfactuals=None, per_device_batch_size=8, max_steps=1, grad_accum=1)
+    out = _run(distill_setup, tmp_path / "kd", counterfactuals=None, batch_size=8, max_steps=1, grad_accum=1)
     (row,) = _metrics(out)
     assert row["cd_loss"] == 0.0
     # default lambda 0.5, but with no counterfactuals the KD term gets all the weight
     assert row["loss"] == pytest.approx(row["kd_loss"], rel=1e-6)
     assert json.loads((out / "leaf_config.json").read_text())["_run"]["lambda_used"] == 1.0
-    lam1 = _run(distill_setup, tmp_path / "kd1", counterfactuals=None, lam=1.0, per_device_batch_size=8, max_steps=1, grad_accum=1)
+    lam1 = _run(distill_setup, tmp_path / "kd1", counterfactuals=None, lam=1.0, batch_size=8, max_steps=1, grad_accum=1)
     assert _metrics(lam1)[0]["loss"] == pytest.approx(row["loss"], rel=1e-6)
 
 
@@ -89,8 +89,8 @@ def _weights(out):
 
 def test_gradient_accumulation_1x4_equals_4x1(distill_setup, tmp_path):
     common = dict(max_steps=1, optim="sgd", learning_rate=0.5, lr_scheduler="constant", warmup_steps=0, max_grad_norm=0.0, alpha=0.5)
-    a = _weights(_run(distill_setup, tmp_path / "a", per_device_batch_size=4, grad_accum=1, **common))
-    b = _weights(_run(distill_setup, tmp_path / "b", per_device_batch_size=1, grad_accum=4, **common))
+    a = _weights(_run(distill_setup, tmp_path / "a", batch_size=4, grad_accum=1, **common))
+    b = _weights(_run(distill_setup, tmp_path / "b", batch_size=1, grad_accum=4, **common))
     start = load_file(str(distill_setup / "student" / "model.safetensors"))
     moved = max((a[k] - start[k]).abs().max().item() for k in a)
     assert moved > 1e-4  # the step did change the weights
@@ -99,7 +99,7 @@ def test_gradient_accumulation_1x4_equals_4x1(distill_setup, tmp_path):
 
 
 def test_resumed_run_reaches_same_weights(distill_setup, tmp_path):
-    common = dict(max_steps=4, save_steps=2, per_device_batch_size=2, grad_accum=1, learning_rate=1e-2, warmup_steps=1)
+    common = dict(max_steps=4, save_steps=2, batch_size=2, grad_accum=1, learning_rate=1e-2, warmup_steps=1)
     full = _run(distill_setup, tmp_path / "full", **common)
     part = tmp_path / "part"
     part.mkdir()
@@ -146,7 +146,7 @@ def test_config_validation():
 
 
 def test_lora_run_saves_merged_model(distill_setup, tmp_path):
-    out = _run(distill_setup, tmp_path / "lora", lora_r=4, max_steps=1, per_device_batch_size=4, grad_accum=1, learning_rate=1e-2)
+    out = _run(distill_setup, tmp_path / "lora", lora_r=4, max_steps=1, batch_size=4, grad_accum=1, learning_rate=1e-2)
     w = _weights(out)
     assert not any("lora" in k for k in w)
     start = load_file(str(distill_setup / "student" / "model.safetensors"))
@@ -183,7 +183,7 @@ def test_two_process_cpu_run_matches_one_process(distill_setup, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_info = json.loads((ddp / "leaf_config.json").read_text())["_run"]
     assert run_info["processes"] == 2 and run_info["backend"] == "gloo" and run_info["distributed_type"] == "MULTI_CPU"
-    one = _run(distill_setup, tmp_path / "one", per_device_batch_size=4, grad_accum=1, max_steps=2)
+    one = _run(distill_setup, tmp_path / "one", batch_size=4, grad_accum=1, max_steps=2)
     m2, m1 = _metrics(ddp), _metrics(one)
     assert len(m2) == 2
     for key in ("loss", "kd_loss", "cd_loss", "grad_norm"):
@@ -228,7 +228,7 @@ def test_cli_refuses_teacher_with_other_tokenizer(distill_setup, tmp_path, capsy
 
 def test_every_step_mixes_originals_and_counterfactuals(distill_setup, tmp_path):
     # 8 originals + 4 counterfactuals, steps of 3 examples: the interleaved order gives each step one counterfactual
-    out = _run(distill_setup, tmp_path / "mix", per_device_batch_size=3, grad_accum=1, epochs=2)
+    out = _run(distill_setup, tmp_path / "mix", batch_size=3, grad_accum=1, epochs=2)
     rows = _metrics(out)
     assert len(rows) == 8
     assert all(r["kd_loss"] > 0 and r["cd_loss"] > 0 for r in rows)
@@ -239,3 +239,87 @@ def test_every_step_mixes_originals_and_counterfactuals(distill_setup, tmp_path)
                counterfactuals=distill_setup / "cf.jsonl")
     assert isinstance(build_trainer(DistillConfig(**cfg, out=tmp_path / "a"))._get_train_sampler(), InterleavedSampler)
     assert not isinstance(build_trainer(DistillConfig(**cfg, out=tmp_path / "b", mix="shuffle"))._get_train_sampler(), InterleavedSampler)
+
+
+# ----------------------------------------------------------------------------
+# Chunked output heads in the trainer: equal to the full-logit path, never (N, V) logits.
+# ----------------------------------------------------------------------------
+
+
+def _loss_and_grads(trainer, batch):
+    trainer.model.zero_grad(set_to_none=True)
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    return loss.item(), grads
+
+
+def _use_full_logits(trainer):
+    """Switch the trainer to its full-logit path (the implementation before chunked heads)."""
+    trainer._chunked_head = (trainer.accelerator.unwrap_model(trainer.model), None)
+    trainer._teacher_chunked_head = (None,)
+
+
+def _logit_rows(*modules):
+    """Rows of every output-head call that computed logits (the hidden-state capture computes none)."""
+    seen = []
+
+    def hook(module, args, out):
+        if out.shape[-1] > 0:
+            seen.append(args[0].reshape(-1, args[0].shape[-1]).shape[0])
+
+    return seen, [m.register_forward_hook(hook) for m in modules]
+
+
+@pytest.mark.parametrize("temperature, alpha", [(1.0, 0.0), (1.5, 0.3)])
+def test_chunked_head_loss_and_gradients_equal_full_logit_path(distill_setup, tmp_path, temperature, alpha):
+    from leaf.distill.trainer import build_trainer
+
+    cfg = DistillConfig(
+        student=str(distill_setup / "student"), teacher=str(distill_setup / "teacher"), data=distill_setup / "d.jsonl",
+        counterfactuals=distill_setup / "cf.jsonl", out=tmp_path / "x", lam=0.4, alpha=alpha,
+        temperature=temperature, kl_chunk_size=5,
+    )
+    trainer = build_trainer(cfg)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(12)])
+    n_loss = int((batch["labels"][:, 1:] != -100).sum())
+    trainer._student_head(trainer.model), trainer._teacher_head()  # their one-time checks are not counted
+    seen, hooks = _logit_rows(trainer.model.lm_head, trainer.teacher.lm_head)
+    try:
+        loss, grads = _loss_and_grads(trainer, batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert trainer._chunked_head[1] is not None and trainer._keep_ok is True
+    assert max(seen) <= 5  # never more than one chunk of logits, student or teacher
+    assert sum(seen) == 2 * n_loss + 2 * n_loss  # student forward + recompute, teacher forward + recompute
+    _use_full_logits(trainer)
+    want, want_grads = _loss_and_grads(trainer, batch)
+    assert loss == pytest.approx(want, rel=1e-5)
+    assert set(grads) == set(want_grads) and len(grads) > 0
+    for name in grads:
+        torch.testing.assert_close(grads[name], want_grads[name], rtol=1e-5, atol=1e-7)
+
+
+def test_chunked_head_with_topk_cache_equals_full_logit_path(distill_setup, tmp_path):
+    from leaf.distill.cache import CacheConfig, build_cache
+    from leaf.distill.trainer import build_trainer
+
+    cache = build_cache(CacheConfig(
+        teacher=str(distill_setup / "teacher"), tokenizer=str(distill_setup / "student"), data=distill_setup / "d.jsonl",
+        counterfactuals=distill_setup / "cf.jsonl", out=tmp_path / "cache", top_k=16, temperature=2.0,
+    )).out
+    cfg = DistillConfig(
+        student=str(distill_setup / "student"), teacher_cache=cache, data=distill_setup / "d.jsonl",
+        counterfactuals=distill_setup / "cf.jsonl", out=tmp_path / "x", lam=0.3, alpha=0.2, temperature=2.0,
+        kl_chunk_size=4,
+    )
+    trainer = build_trainer(cfg)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(12)])
+    loss, grads = _loss_and_grads(trainer, batch)
+    assert trainer._chunked_head[1] is not None
+    _use_full_logits(trainer)
+    want, want_grads = _loss_and_grads(trainer, batch)
+    assert loss == pytest.approx(want, rel=1e-5)
+    for name in grads:
+        torch.testing.assert_close(grads[name], want_grads[name], rtol=1e-5, atol=1e-7)

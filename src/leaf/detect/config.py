@@ -49,6 +49,9 @@ class DetectConfig:
     )
     projection: str = option("mean", choices=RULES,
                              help="how teacher scores are carried onto student tokens when tokenizers differ")
+    gradient_checkpointing: bool = option(
+        False, help="recompute decoder activations in the backward pass: memory grows about linearly with length "
+                    "(same results, slower)")
     overwrite: bool = option(False, help="start over instead of resuming an existing --out")
     progress: bool = option(True, help="show a progress bar")
 

@@ -11,9 +11,17 @@ Cost discipline (the reference implementation does none of this):
 * model parameters stay frozen: the backward pass computes input gradients
   only, no weight gradient is ever allocated;
 * eval mode (no dropout), so scores are deterministic;
-* logits are computed only for the positions that predict a target token
-  (``logits_to_keep``), not for the whole prompt, and upcast to fp32 one chunk
-  at a time.
+* no full-vocabulary logits tensor ever exists. The model runs up to its final
+  hidden states (the input of its output head, captured with
+  :func:`final_hidden_states`); the hidden states of each sample's *own*
+  predicting positions are packed into one ``(N, H)`` tensor; the output head
+  (with any final logit soft-capping / scaling, :class:`OutputHead`) is
+  applied :func:`chunk_rows` positions at a time, and each chunk's logits are
+  recomputed in the backward pass instead of kept (:func:`chunked_nll`). At
+  most ``chunk_rows(V)`` positions x vocabulary of logits exist at once,
+  whatever the mix of sample lengths in the batch;
+* optionally (``gradient_checkpointing=True``) the decoder layers' activations
+  are recomputed in the backward pass too (:func:`checkpointed_layers`).
 
 Which tokens are scored and which tokens the loss covers are both free: the
 caller reads the saliency of any positions it likes and passes any target mask
@@ -23,41 +31,32 @@ later response segment, scores read on instruction + earlier segments).
 
 from __future__ import annotations
 
-import functools
-import inspect
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-#: Positions whose fp32 log-softmax is materialised at once.
-LOSS_CHUNK = 1024
+from leaf.batching import pad
+from leaf.heads import (
+    LOSS_CHUNK,
+    LOSS_CHUNK_ELEMENTS,
+    OutputHead,
+    checkpointed_layers,
+    chunk_rows,
+    chunked_nll,
+    final_hidden_states,
+    output_head,
+)
 
-
-def _supports_logits_to_keep(model: Any) -> bool:
-    return _forward_takes_logits_to_keep(type(model))
-
-
-@functools.lru_cache(maxsize=None)
-def _forward_takes_logits_to_keep(cls: type) -> bool:
-    try:
-        return "logits_to_keep" in inspect.signature(cls.forward).parameters
-    except (TypeError, ValueError):  # pragma: no cover - exotic wrappers
-        return False
-
-
-def _predicting_range(target_mask: torch.Tensor) -> tuple[int, int]:
-    """``[lo, hi)`` of the positions whose logits predict a target (logits at p predict token p + 1)."""
-    predicting = target_mask[:, 1:].any(0).nonzero().squeeze(1)
-    return int(predicting.min()), int(predicting.max()) + 1
+# ----------------------------------------------------------------------------
+# Saliency and surprisal.
+# ----------------------------------------------------------------------------
 
 
-def _logits_between(model: Any, lo: int, hi: int, **inputs: Any) -> torch.Tensor:
-    """Logits at positions ``[lo, hi)`` only, through ``logits_to_keep`` where the model has it."""
-    if _supports_logits_to_keep(model):
-        device = model.get_input_embeddings().weight.device
-        return model(**inputs, use_cache=False, logits_to_keep=torch.arange(lo, hi, device=device)).logits
-    return model(**inputs, use_cache=False).logits[:, lo:hi]
+def _predicting(mask: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` bool: positions whose logits predict a True position of ``mask`` (p predicts p + 1)."""
+    out = torch.zeros_like(mask)
+    out[:, :-1] = mask[:, 1:]
+    return out
 
 
 def embedding_saliency(
@@ -65,6 +64,8 @@ def embedding_saliency(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     target_mask: torch.Tensor,
+    gradient_checkpointing: bool = False,
+    chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token saliency and per-sample loss for a right-padded batch.
 
@@ -74,6 +75,10 @@ def embedding_saliency(
         attention_mask: ``[B, T]`` 1 for real tokens, 0 for padding.
         target_mask: ``[B, T]`` bool, True where token ``t`` is a target whose NLL
             (given tokens ``< t``) enters the loss. Position 0 cannot be a target.
+        gradient_checkpointing: recompute the decoder layers' activations in the
+            backward pass (less memory, about one more forward pass of time).
+        chunk_size: positions per output-head chunk (default :data:`LOSS_CHUNK`,
+            always capped by :data:`LOSS_CHUNK_ELEMENTS` logits).
 
     Returns:
         ``(saliency, loss)``: ``saliency`` ``[B, T]`` float32, the L2 norm of the
@@ -90,17 +95,15 @@ def embedding_saliency(
     if (n_targets == 0).any():
         raise ValueError("every sample needs at least one target token")
 
-    with torch.enable_grad():
+    head = output_head(model)
+    keep = _predicting(target_mask)
+    b_idx, t_idx = keep.nonzero(as_tuple=True)  # row-major: the order of the packed hidden states
+    targets = input_ids[b_idx, t_idx + 1]
+    with torch.enable_grad(), checkpointed_layers(model, gradient_checkpointing):
         embeds = model.get_input_embeddings()(input_ids).detach().requires_grad_(True)
-        lo, hi = _predicting_range(target_mask)
-        logits = _logits_between(model, lo, hi, inputs_embeds=embeds, attention_mask=attention_mask)
-        targets = input_ids[:, lo + 1 : hi + 1]
-        mask = target_mask[:, lo + 1 : hi + 1]
-        nll_sum = torch.zeros(input_ids.shape[0], device=device, dtype=torch.float32)
-        for s in range(0, hi - lo, LOSS_CHUNK):
-            chunk = logits[:, s : s + LOSS_CHUNK].float()
-            nll = F.cross_entropy(chunk.transpose(1, 2), targets[:, s : s + LOSS_CHUNK], reduction="none")
-            nll_sum = nll_sum + (nll * mask[:, s : s + LOSS_CHUNK]).sum(1)
+        hidden = final_hidden_states(model, keep, head, inputs_embeds=embeds, attention_mask=attention_mask)
+        nll = chunked_nll(head, hidden, targets.to(hidden.device), chunk_size).to(device)
+        nll_sum = torch.zeros(input_ids.shape[0], device=device, dtype=torch.float32).index_add(0, b_idx, nll)
         loss = nll_sum / n_targets
         (grad,) = torch.autograd.grad(loss.sum(), embeds)
     saliency = grad.float().norm(dim=-1) * attention_mask
@@ -116,21 +119,20 @@ def pad_batch(
 
     Returns ``(input_ids, attention_mask, target_mask)`` ready for :func:`embedding_saliency`.
     """
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    att = torch.zeros((len(sequences), width), dtype=torch.long)
-    tgt = torch.zeros((len(sequences), width), dtype=torch.bool)
-    for b, (seq, tg) in enumerate(zip(sequences, targets)):
-        ids[b, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        att[b, : len(seq)] = 1
+    ids, att = pad(sequences, pad_id)
+    tgt = torch.zeros(ids.shape, dtype=torch.bool)
+    for b, tg in enumerate(targets):
         tgt[b, tg] = True
     return ids, att, tgt
 
 
 @torch.no_grad()
 def token_surprisal(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    positions: torch.Tensor) -> torch.Tensor:
-    """``-log p(x_t | x_<t)`` in nats at the ``[B, T]`` bool ``positions`` (0 elsewhere and at t = 0)."""
+                    positions: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+    """``-log p(x_t | x_<t)`` in nats at the ``[B, T]`` bool ``positions`` (0 elsewhere and at t = 0).
+
+    Logits exist for at most :func:`chunk_rows` positions at a time (see :func:`embedding_saliency`).
+    """
     device = model.get_input_embeddings().weight.device
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     positions = positions.to(device).bool().clone()
@@ -138,11 +140,10 @@ def token_surprisal(model: Any, input_ids: torch.Tensor, attention_mask: torch.T
     out = torch.zeros(input_ids.shape, dtype=torch.float32, device=device)
     if not positions.any():
         return out.cpu()
-    lo, hi = _predicting_range(positions)
-    logits = _logits_between(model, lo, hi, input_ids=input_ids, attention_mask=attention_mask)
-    for s in range(0, hi - lo, LOSS_CHUNK):
-        chunk = logits[:, s : s + LOSS_CHUNK].float()
-        nll = F.cross_entropy(chunk.transpose(1, 2), input_ids[:, lo + 1 + s : lo + 1 + s + chunk.shape[1]],
-                              reduction="none")
-        out[:, lo + 1 + s : lo + 1 + s + chunk.shape[1]] = nll
-    return (out * positions).cpu()
+    head = output_head(model)
+    keep = _predicting(positions)
+    b_idx, t_idx = keep.nonzero(as_tuple=True)
+    hidden = final_hidden_states(model, keep, head, input_ids=input_ids, attention_mask=attention_mask)
+    nll = chunked_nll(head, hidden, input_ids[b_idx, t_idx + 1].to(hidden.device), chunk_size)
+    out[b_idx, t_idx + 1] = nll.to(device)
+    return out.cpu()

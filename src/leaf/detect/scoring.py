@@ -17,7 +17,8 @@ from leaf.detect.decision import (
     whitespace_mask,
 )
 from leaf.detect.methods import NEEDS_SURPRISAL, MethodContext, apply_method
-from leaf.detect.prepare import Prepared, View
+from leaf.data.views import View
+from leaf.detect.prepare import Prepared
 from leaf.detect.projection import project_scores
 from leaf.detect.saliency import embedding_saliency, pad_batch, token_surprisal
 
@@ -26,10 +27,11 @@ def _round(x: float | None) -> float | None:
     return None if x is None else float(f"{x:.6g}")
 
 
-def model_saliency(model: Any, views: list[View], pad_id: int) -> tuple[list[torch.Tensor], list[float]]:
+def model_saliency(model: Any, views: list[View], pad_id: int,
+                   gradient_checkpointing: bool = False) -> tuple[list[torch.Tensor], list[float]]:
     """Saliency of each view's scored tokens (one pass for the batch) and its loss."""
     ids, att, tgt = pad_batch([v.input_ids for v in views], [v.targets for v in views], pad_id)
-    sal, loss = embedding_saliency(model, ids, att, tgt)
+    sal, loss = embedding_saliency(model, ids, att, tgt, gradient_checkpointing=gradient_checkpointing)
     sal = sal.cpu()
     return [sal[b, v.scored] for b, v in enumerate(views)], loss.cpu().tolist()
 
@@ -66,6 +68,7 @@ class DetectionScorer:
     projection: str = "mean"
     method: str = "gradient"
     seed: int = 0
+    gradient_checkpointing: bool = False
 
     @classmethod
     def load(cls, cfg: Any, tokenizers: dict[str, Any]) -> DetectionScorer:
@@ -79,11 +82,12 @@ class DetectionScorer:
         )
         student = load_model(cfg.student, dtype=cfg.dtype, device=cfg.device)
         pads = {name: tok.pad_token_id or 0 for name, tok in tokenizers.items()}
-        return cls(teacher, student, pads, cfg.rule, cfg.projection, cfg.method, cfg.seed)
+        return cls(teacher, student, pads, cfg.rule, cfg.projection, cfg.method, cfg.seed, cfg.gradient_checkpointing)
 
     def score_batch(self, batch: list[Prepared]) -> list[Detection]:
-        g_t, loss_t = model_saliency(self.teacher, [p.views["teacher"] for p in batch], self.pad_ids["teacher"])
-        g_s, loss_s = model_saliency(self.student, [p.views["student"] for p in batch], self.pad_ids["student"])
+        ckpt = self.gradient_checkpointing
+        g_t, loss_t = model_saliency(self.teacher, [p.views["teacher"] for p in batch], self.pad_ids["teacher"], ckpt)
+        g_s, loss_s = model_saliency(self.student, [p.views["student"] for p in batch], self.pad_ids["student"], ckpt)
         surprisal = None
         if self.method in NEEDS_SURPRISAL:
             surprisal = model_surprisal(self.student, [p.views["student"] for p in batch], self.pad_ids["student"])

@@ -27,6 +27,13 @@ the cross-entropy) into one buffer of the logits' own dtype. Backward just
 scales that buffer. Chunked and unchunked results are equal up to float
 rounding (the tests check values and gradients).
 
+:func:`chunked_head_kl` goes one step further: it takes the student's final
+hidden states ``(N, H)`` and its output head instead of logits, and the
+teacher as a function giving one chunk's logits (or the top-k cache). Each
+chunk of positions is projected, scored and, in the backward pass, projected
+again (``torch.utils.checkpoint``): no ``(N, V)`` logits of either model ever
+exist, only ``chunk x V`` at a time.
+
 Teacher targets come either from live teacher logits (:class:`DenseTeacher`) or
 from a cache of the teacher's top-k log-probs (:class:`TopKTeacher`). For the
 cache, the teacher mass outside the top k (the *tail*) is kept as one bucket:
@@ -46,10 +53,14 @@ proportion to the student's own tail probabilities.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 # ----------------------------------------------------------------------------
 # Reference formulas (readable, unchunked, autograd): used by tests and docs.
@@ -222,24 +233,29 @@ class _ChunkedDistill(torch.autograd.Function):
     def forward(ctx, student_logits, rows, teacher, labels, w_kl, w_ce, temperature, chunk_size, vocab):  # type: ignore[override]
         flat = student_logits.reshape(-1, student_logits.shape[-1])
         device = flat.device
-        n = rows.numel()
-        grad = torch.zeros_like(flat) if flat.requires_grad else None
+        # rows None: every row, in order (the chunked-head path: the logits are exactly the chunk's rows)
+        n = rows.numel() if rows is not None else flat.shape[0]
+        step = chunk_size if chunk_size and chunk_size > 0 else max(n, 1)
+        whole = rows is None and step >= n and vocab == flat.shape[-1]  # the gradient is g itself: no extra buffer
+        grad = torch.zeros_like(flat) if flat.requires_grad and not whole else None
         kl_out = torch.zeros(n, dtype=torch.float32, device=device)
         ce_out = torch.zeros(n, dtype=torch.float32, device=device)
         want_ce = labels is not None
-        step = chunk_size if chunk_size and chunk_size > 0 else max(n, 1)
         total = torch.zeros((), dtype=torch.float32, device=device)
         for start in range(0, n, step):
             sl = slice(start, min(start + step, n))
-            r = rows[sl]
-            z = flat[r, :vocab].float()  # the only fp32 copy of student logits: one chunk
+            r = rows[sl] if rows is not None else sl
+            z = flat[r, :vocab].float()  # the only fp32 copy of student logits: one chunk (may alias flat: no in-place ops)
             y = labels[sl].long().unsqueeze(-1) if want_ce else None
             if want_ce and temperature != 1.0:
                 lq1 = torch.log_softmax(z, dim=-1)  # cross-entropy is at T = 1
                 ce = -lq1.gather(-1, y).squeeze(-1)
                 g_ce = lq1.exp_()
                 del lq1
-            lq = torch.log_softmax(z.div_(temperature) if temperature != 1.0 else z, dim=-1)
+            if temperature != 1.0:
+                shared = z.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()
+                z = z / temperature if shared else z.div_(temperature)
+            lq = torch.log_softmax(z, dim=-1)
             del z
             if want_ce and temperature == 1.0:
                 ce = -lq.gather(-1, y).squeeze(-1)
@@ -265,6 +281,8 @@ class _ChunkedDistill(torch.autograd.Function):
                 g.scatter_add_(-1, y, -wc.unsqueeze(-1))
             if grad is not None:
                 grad[r, :vocab] = g.to(grad.dtype)
+            elif whole and flat.requires_grad:
+                grad = g.to(flat.dtype)
             del g
         ctx.save_for_backward(grad if grad is not None else torch.empty(0))
         ctx.shape = student_logits.shape
@@ -313,6 +331,114 @@ def distill_loss(
         student_logits, rows, teacher, labels, w_kl, w_ce, float(temperature), chunk_size, vocab
     )
     return LossParts(total, kl, ce)
+
+
+# ----------------------------------------------------------------------------
+# The chunked loss from hidden states: no full logits for student or teacher.
+# ----------------------------------------------------------------------------
+
+#: Default cap on the logits (positions x vocabulary) of one chunk of :func:`chunked_head_kl`
+#: (2**24 = 64 MiB in fp32; about five such buffers exist per chunk).
+HEAD_CHUNK_ELEMENTS = 2**24
+
+
+class _LogitsTeacher:
+    """Teacher logits of exactly one chunk's rows (computed for that chunk only)."""
+
+    def __init__(self, logits: Tensor) -> None:
+        self.logits = logits
+
+    def log_probs(self, chunk: slice, vocab: int, temperature: float, device: torch.device, student_lp: Tensor) -> Tensor:
+        z = self.logits[:, :vocab].to(device).float()
+        return torch.log_softmax(z / temperature if temperature != 1.0 else z, dim=-1)
+
+
+TeacherLogitsFn = Callable[[slice], Tensor]
+
+
+def _chunk_teacher(teacher: DenseTeacher | TopKTeacher | TeacherLogitsFn, sl: slice) -> Any:
+    if isinstance(teacher, TopKTeacher):
+        return TopKTeacher(teacher.logprobs[sl], teacher.ids[sl])
+    if isinstance(teacher, DenseTeacher):
+        return DenseTeacher(teacher.logits, teacher.rows[sl])
+    with torch.no_grad():
+        return _LogitsTeacher(teacher(sl))
+
+
+def _head_kl_chunk(head, hidden, sl, teacher, labels, w_kl, w_ce, temperature, vocab):  # type: ignore[no-untyped-def]
+    logits = head(hidden)
+    return _ChunkedDistill.apply(
+        logits, None, _chunk_teacher(teacher, sl), None if labels is None else labels[sl], w_kl[sl],
+        None if w_ce is None else w_ce[sl], temperature, None, vocab or logits.shape[-1],
+    )
+
+
+def chunked_head_kl(
+    student_hidden: Tensor,
+    student_head: Tensor | Callable[[Tensor], Tensor],
+    teacher: DenseTeacher | TopKTeacher | TeacherLogitsFn,
+    w_kl: Tensor,
+    *,
+    labels: Tensor | None = None,
+    w_ce: Tensor | None = None,
+    temperature: float = 1.0,
+    chunk_size: int | None = 1024,
+    vocab_size: int | None = None,
+    max_elements: int | None = None,
+) -> LossParts:
+    """:func:`distill_loss` computed from the student's final hidden states, one chunk of positions at a time.
+
+    Neither model's logits exist for more than one chunk of positions: each
+    chunk projects its ``(c, H)`` student hidden states through the output
+    head, gets the teacher's log-probs for the same ``c`` tokens, and runs the
+    same per-token math as :func:`distill_loss`. With gradients on, the chunk
+    runs under ``torch.utils.checkpoint``: its logits (student and teacher) are
+    dropped after the forward pass and recomputed in the backward pass, where
+    the gradient flows into ``student_hidden`` and the head's parameters.
+
+    Args:
+        student_hidden: ``(N, H)`` the student's final hidden states at the
+            predicting position of each loss token (the input of its output head).
+        student_head: ``(V_s, H)`` output weight (``F.linear``), or a callable
+            ``(c, H) -> (c, V_s)`` logits (e.g. :class:`leaf.detect.saliency.OutputHead`,
+            which adds final logit soft-capping; its ``vocab`` sizes the chunks).
+        teacher: a :class:`TopKTeacher` (``N`` rows), a :class:`DenseTeacher`, or a
+            callable ``slice -> (c, V_t)`` teacher logits of those loss tokens
+            (e.g. the teacher's head on its hidden states; called under no_grad).
+        w_kl, labels, w_ce, temperature, vocab_size: as in :func:`distill_loss`.
+        chunk_size: at most this many tokens per chunk (``None`` / ``0``: no limit) ...
+        max_elements: ... and at most this many logits per chunk (default :data:`HEAD_CHUNK_ELEMENTS`).
+    """
+    if labels is not None and w_ce is None:
+        raise ValueError("labels given without w_ce")
+    if isinstance(student_head, Tensor):
+        weight = student_head
+        head: Callable[[Tensor], Tensor] = lambda h: F.linear(h, weight)  # noqa: E731
+        head_vocab = weight.shape[0]
+    else:
+        head = student_head
+        head_vocab = int(getattr(student_head, "vocab", 0) or 0)
+    n = student_hidden.shape[0]
+    budget = HEAD_CHUNK_ELEMENTS if max_elements is None else max_elements
+    step = chunk_size if chunk_size and chunk_size > 0 else max(n, 1)
+    if vocab_size or head_vocab:
+        step = max(1, min(step, budget // (vocab_size or head_vocab)))
+    total = student_hidden.new_zeros((), dtype=torch.float32)
+    kls, ces = [], []
+    for start in range(0, n, step):
+        sl = slice(start, min(start + step, n))
+        args = (head, student_hidden[sl], sl, teacher, labels, w_kl, w_ce, float(temperature), vocab_size)
+        if torch.is_grad_enabled():
+            t, kl, ce = checkpoint(_head_kl_chunk, *args, use_reentrant=False)
+        else:
+            t, kl, ce = _head_kl_chunk(*args)
+        total = total + t
+        kls.append(kl)
+        ces.append(ce)
+    if not kls:
+        empty = student_hidden.new_zeros(0, dtype=torch.float32)
+        return LossParts(total, empty, empty)
+    return LossParts(total, torch.cat(kls), torch.cat(ces))
 
 
 def loss_rows(labels: Tensor) -> tuple[Tensor, Tensor]:

@@ -122,28 +122,39 @@ class DistillTrainer(Trainer):
         B, L = labels.shape
         rows, targets = loss_rows(labels)
         is_cf = is_cf_row[rows // L]
-        # Project only the loss positions through the LM head (logits_to_keep = boolean mask; transformers >= 5):
-        # logits are (N, V) in the row-major order of `rows`. Models without it give (B, L, V) logits.
+        # Only the loss positions matter (logits_to_keep = boolean mask; transformers >= 5): rows come in the
+        # row-major order of `rows`. Models without it give (B, L, ...) outputs, indexed by `rows`.
         keep = torch.zeros_like(labels, dtype=torch.bool)
         keep[:, :-1] = labels[:, 1:] != -100
-        out = self._forward(model, inputs, keep)
-        logits = out.logits
-        selected = logits.dim() == 2
-        student_rows = torch.arange(rows.numel(), device=rows.device) if selected else rows
         w_kl, w_ce = hybrid_token_weights(is_cf, self.lam, n_kd, n_cd, self.alpha, n_ce=n_kd + n_cd)
-        if topk_lp is not None:
-            target = TopKTeacher(topk_lp, topk_ids)
-        else:
-            if self.teacher is None:
-                raise RuntimeError("no teacher and no cached teacher targets in the batch")
-            t_logits = self._teacher_logits(inputs, keep)
-            t_rows = student_rows if t_logits.dim() == 2 else rows
-            target = DenseTeacher(t_logits.reshape(-1, t_logits.shape[-1]), t_rows)
-        parts = distill_loss(
-            logits, student_rows, target, w_kl * scale,
+        loss_kw = dict(
             labels=targets if self.alpha else None, w_ce=w_ce * scale if self.alpha else None,
             temperature=self.temperature, chunk_size=self.kl_chunk_size, vocab_size=self.vocab_size,
         )
+        if topk_lp is None and self.teacher is None:
+            raise RuntimeError("no teacher and no cached teacher targets in the batch")
+        from leaf.distill.losses import chunked_head_kl
+
+        head = self._student_head(model)
+        if head is not None:
+            # Chunked output heads: the student gives its final hidden states at the loss positions (N, H), the
+            # teacher a function of a chunk of them; no (N, V) logits of either model exist (see chunked_head_kl).
+            out, hidden = self._forward(model, inputs, keep, head)
+            target: Any = TopKTeacher(topk_lp, topk_ids) if topk_lp is not None else self._teacher_logits(inputs, keep, chunked=True)
+            parts = chunked_head_kl(hidden, head, target, w_kl * scale, **loss_kw)
+        else:
+            # Full-logit path (DeepSpeed / FSDP, or a model whose logits are not head(hidden)): (N, V) logits.
+            out = self._forward(model, inputs, keep)
+            logits = out.logits
+            selected = logits.dim() == 2
+            student_rows = torch.arange(rows.numel(), device=rows.device) if selected else rows
+            if topk_lp is not None:
+                target = TopKTeacher(topk_lp, topk_ids)
+            else:
+                t_logits = self._teacher_logits(inputs, keep)
+                t_rows = student_rows if t_logits.dim() == 2 else rows
+                target = DenseTeacher(t_logits.reshape(-1, t_logits.shape[-1]), t_rows)
+            parts = distill_loss(logits, student_rows, target, w_kl * scale, **loss_kw)
         with torch.no_grad():
             cf = is_cf.float()
             kd = (parts.kl * (1 - cf)).sum() / n_kd.clamp(min=1)
@@ -154,34 +165,105 @@ class DistillTrainer(Trainer):
         loss = parts.loss
         return (loss, out) if return_outputs else loss
 
-    def _forward(self, model: Any, inputs: dict[str, Any], keep: Any) -> Any:
-        """Student forward; with ``logits_to_keep=keep`` when the model supports a boolean mask."""
-        kwargs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "use_cache": False}
-        if self._keep_ok is not False:
+    def _student_head(self, model: Any) -> Any:
+        """The student's :class:`~leaf.detect.saliency.OutputHead` for the chunked loss; None = full-logit path.
+
+        DeepSpeed and FSDP shard the head's weight outside its own forward, so they keep full logits, as does a
+        model whose logits are not its output head of its hidden states plus a known final transform (warned once).
+        """
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return None
+        from leaf.heads import output_head
+
+        student = self.accelerator.unwrap_model(model)
+        cached = getattr(self, "_chunked_head", None)
+        if cached is None or cached[0] is not student:
             try:
-                out = model(**kwargs, logits_to_keep=keep)
-                if out.logits.dim() == 2 and out.logits.shape[0] == int(keep.sum()):
-                    self._keep_ok = True
-                    return out
+                head = output_head(student)
+            except NotImplementedError as exc:
+                log.warning("chunked output head unavailable (%s); computing full logits", exc)
+                head = None
+            self._chunked_head = cached = (student, head)
+        return cached[1]
+
+    def _hidden_rows(self, model: Any, module: Any, kwargs: dict[str, Any], keep: Any) -> Any:
+        """``(N, H)`` final hidden states at ``keep`` of one forward of ``model`` (its output head ``module`` computes nothing)."""
+        from leaf.heads import capture_head_input
+
+        with capture_head_input(module) as store:
+            out = model(**kwargs, logits_to_keep=keep) if self._keep_ok else model(**kwargs)
+        hidden = store.get("hidden")
+        if hidden is None:
+            raise RuntimeError(f"{type(model).__name__}'s forward did not call its output head")
+        if hidden.dim() == 3:
+            hidden = hidden[keep.to(hidden.device)]
+        return out, hidden
+
+    def _forward(self, model: Any, inputs: dict[str, Any], keep: Any, head: Any = None) -> Any:
+        """Student forward; with ``logits_to_keep=keep`` when the model supports a boolean mask.
+
+        With ``head`` (chunked path): ``(output, hidden)``, the final hidden states ``(N, H)`` at ``keep``
+        and no logits computed; without: the output with its logits.
+        """
+        kwargs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "use_cache": False}
+        n = int(keep.sum())
+        if self._keep_ok is None:
+            self._keep_ok = True  # try the mask once
+            try:
+                if head is not None:
+                    out, hidden = self._hidden_rows(model, head.module, kwargs, keep)
+                    if hidden.shape[0] == n and out.logits.dim() == 2:
+                        return out, hidden
+                else:
+                    out = model(**kwargs, logits_to_keep=keep)
+                    if out.logits.dim() == 2 and out.logits.shape[0] == n:
+                        return out
             except (TypeError, IndexError, RuntimeError) as exc:
-                if self._keep_ok:
-                    raise
                 log.info("logits_to_keep mask unsupported (%s); computing full logits", exc)
             self._keep_ok = False
-        return model(**kwargs)
+        if head is not None:
+            return self._hidden_rows(model, head.module, kwargs, keep)
+        return model(**kwargs, logits_to_keep=keep) if self._keep_ok else model(**kwargs)
 
-    def _teacher_logits(self, inputs: dict[str, Any], keep: Any) -> Any:
+    def _teacher_logits(self, inputs: dict[str, Any], keep: Any, chunked: bool = False) -> Any:
+        """The live teacher's logits (full-logit path), or with ``chunked`` a function ``slice -> (c, V_t)``
+        logits of those loss tokens, computed from the teacher's final hidden states one chunk at a time."""
         from leaf.models import input_device
 
         teacher = self.teacher
         dev = input_device(teacher) if not self.is_deepspeed_enabled else self.args.device
         kwargs = {"input_ids": inputs["input_ids"].to(dev), "attention_mask": inputs["attention_mask"].to(dev), "use_cache": False}
+        head = self._teacher_head() if chunked else None
         with torch.no_grad():
+            if head is not None:
+                _, hidden = self._hidden_rows(teacher, head.module, kwargs, keep.to(dev))
+                return lambda sl: head(hidden[sl])
             if self._keep_ok:
                 out = teacher(**kwargs, logits_to_keep=keep.to(dev)).logits
                 if out.dim() == 2:
                     return out
-            return teacher(**kwargs).logits
+            out = teacher(**kwargs).logits
+        if chunked:  # the teacher keeps full logits: serve chunks of its loss rows
+            flat = out.reshape(-1, out.shape[-1]) if out.dim() == 3 else out
+            idx = keep.to(dev).reshape(-1).nonzero().squeeze(1) if out.dim() == 3 else None
+            return lambda sl: flat[sl] if idx is None else flat[idx[sl]]
+        return out
+
+    def _teacher_head(self) -> Any:
+        """The teacher's output head for chunked logits; None for DeepSpeed / FSDP or an unknown logit transform."""
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return None
+        from leaf.heads import output_head
+
+        cached = getattr(self, "_teacher_chunked_head", None)
+        if cached is None:
+            try:
+                head = output_head(self.teacher)
+            except NotImplementedError as exc:
+                log.warning("teacher: chunked output head unavailable (%s); computing full logits", exc)
+                head = None
+            self._teacher_chunked_head = cached = (head,)
+        return cached[0]
 
     # -- metrics -------------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
