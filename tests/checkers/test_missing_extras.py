@@ -27,5 +27,5 @@ def test_math_checker_without_math_verify_names_the_extra(monkeypatch):
     from leaf.checkers import get_checker
 
     monkeypatch.setitem(sys.modules, "math_verify", None)
-    with pytest.raises(MissingExtra, match=r"math-verify.*pip install 'leaf\[eval\]'"):
+    with pytest.raises(MissingExtra, match=r"math-verify.*pip install 'math-verify>=0.7' \(a dependency of leaf"):
         get_checker("math")

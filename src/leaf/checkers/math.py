@@ -17,7 +17,8 @@ expression can never hang the caller.
 
 Errors are never hidden as wrong answers. Without math-verify, building a
 :class:`MathChecker` (or judging) raises :class:`~leaf.checkers.MissingExtra`
-(one line: ``pip install 'leaf[eval]'``). :meth:`MathChecker.run` returns a
+(one line naming ``pip install 'math-verify>=0.7'``, a core dependency of leaf).
+:meth:`MathChecker.run` returns a
 :class:`MathResult` whose ``status`` is ``"passed"``, ``"failed"`` (a readable
 answer that is not equivalent, or no answer at all), ``"error"`` (math-verify
 raised; ``detail`` says what) or ``"timeout"``; ``check`` returns
@@ -42,7 +43,8 @@ _HASH = re.compile(r"####\s*(.+)")
 _ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*(?:[:=]\s*)?", re.IGNORECASE)
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _NUMBER_UNIT = re.compile(r"^(-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?)\s+[A-Za-z][A-Za-z ]*$")
-_EXTRA = "pip install 'leaf[eval]'"
+# math-verify is a core dependency of leaf: a broken environment lacks it, and the checker must not run without it
+_EXTRA = "pip install 'math-verify>=0.7' (a dependency of leaf: reinstall leaf)"
 
 
 def clean_answer(ans: str) -> str:
