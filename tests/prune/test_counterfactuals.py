@@ -77,3 +77,13 @@ def test_response_level_record_targets_the_later_segment():
     (both,), _ = _build(SAMPLE, det, strategy="collective")
     assert both["response"][both["loss_start"]:] == "Step 2: The answer is 3."
     assert both["level"] == "response"
+
+
+def test_intervention_none_writes_the_analysed_sample_unchanged():
+    (rec,), dropped = _build(SAMPLE, DET, intervention="none")
+    assert dropped == [] and rec["id"] == "5#orig" and rec["source_id"] == SAMPLE.id
+    assert (rec["instruction"], rec["response"], rec["removed"]) == (SAMPLE.instruction, SAMPLE.response, [])
+    assert (rec["strategy"], rec["intervention"], rec["method"], rec["loss_start"]) == ("none", "none", "gradient", None)
+    # a detection without spans still gives its sample: re-weighting keeps every analysed sample
+    (same,), _ = _build(SAMPLE, {**DET, "spans": []}, intervention="none")
+    assert same["instruction"] == SAMPLE.instruction

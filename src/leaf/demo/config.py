@@ -22,6 +22,7 @@ CF_SETS: dict[str, tuple[str, str, str]] = {
     "gradient_resample": ("det_gradient", "span", "resample"),
     "oracle_mask": ("det_oracle", "span", "mask"),
     "oracle_resample": ("det_oracle", "span", "resample"),
+    "selected": ("det_gradient", "span", "none"),
 }
 
 #: Arms: name -> counterfactual sets used (None: no training; "extra": compute-matched originals).

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from leaf.config import Summary, make, to_dict
-from leaf.data.counterfactuals import Counterfactual, read_counterfactuals, write_counterfactuals
+from leaf.data.counterfactuals import read_counterfactuals, write_counterfactuals
 from leaf.data.detections import Detection, detections_to_jsonl, read_detections
 from leaf.data.jsonl import dumps, read_jsonl, write_atomic
 from leaf.data.spans import overlaps
@@ -70,18 +70,6 @@ def oracle_detections(gradient: list[Detection], pool: dict[str, dict[str, Any]]
         spans = pool[str(det.id)]["meta"].get("confounder_spans") or []
         tokens = [replace(t, flag=bool(t.text.strip()) and overlaps(t.start, t.end, spans)) for t in det.tokens]
         out.append(replace(det, method="oracle", tokens=tokens, spans=[(s, e) for s, e in spans]))
-    return out
-
-
-def selected_records(detections: list[Detection], pool: dict[str, dict[str, Any]]) -> list[Counterfactual]:
-    """The analysed samples themselves, unpruned, in counterfactual-record form (a control)."""
-    out = []
-    for det in detections:
-        rec = pool[str(det.id)]
-        out.append(Counterfactual(id=f"{det.id}#orig", source_id=det.id, instruction=rec["instruction"],
-                                  response=rec["response"], removed=[], strategy="none", level="instruction",
-                                  method="none", intervention="none", answer=rec.get("answer"),
-                                  meta=rec.get("meta") or {}))
     return out
 
 
@@ -171,11 +159,7 @@ def run_seed(seed: int, cfg: DemoConfig, models: Any, out: Path, timer: Timer) -
     needed = {s for arm in cfg.arms if isinstance(ARMS[arm], list) for s in ARMS[arm]}
     cf_counts: dict[str, int] = {}
     with timer("prune"):
-        if "selected" in needed:
-            selected = selected_records(gradient, by_id)
-            write_counterfactuals(out / "cf_selected.jsonl", selected)
-            cf_counts["selected"] = len(selected)
-        for name in sorted(needed - {"selected"}):
+        for name in sorted(needed):
             stem, strategy, intervention = CF_SETS[name]
             summary = prune(data=labelled, detections=out / f"{stem}.jsonl", out=out / f"cf_{name}.jsonl",
                             strategy=strategy, intervention=intervention, student=student, seed=seed)

@@ -23,8 +23,9 @@ class PruneConfig:
                            help="span: one record per flagged span (the paper's); collective: all spans at once")
     max_spans: int | None = option(None, low=1, help="use at most N spans per detection (the most confounding first)")
     intervention: str = option("delete", choices=INTERVENTIONS,
-                               help="delete the flagged tokens (the paper's), mask them with a placeholder, or "
-                                    "resample them from a model's next-token distribution (same kind)")
+                               help="delete the flagged tokens (the paper's), mask them with a placeholder, "
+                                    "resample them from a model's next-token distribution (same kind), or none: the "
+                                    "analysed samples unchanged (re-weighting; docs/distill.md says when to use which)")
     mask_token: str | None = option(None, help="mask placeholder (default: the student tokenizer's mask/unk "
                                                "token, else [MASK])")
     resample_from: str = option("student", choices=("student", "teacher"),

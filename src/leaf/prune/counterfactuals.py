@@ -80,6 +80,8 @@ def build_records(
         raise ValueError(f"unknown strategy {strategy!r}; use one of {STRATEGIES}")
     if intervention not in INTERVENTIONS:
         raise ValueError(f"unknown intervention {intervention!r}; use one of {INTERVENTIONS}")
+    if intervention == "none":
+        return [unpruned_record(sample, det)], []
     if intervention != "delete" and replacer is None:
         raise ValueError(f"the {intervention} intervention needs a replacer")
     spans = choose_spans(det, max_spans)
@@ -103,6 +105,23 @@ def build_records(
         else:
             records.append(rec)
     return records, dropped
+
+
+def unpruned_record(sample: Sample, det: Detection) -> Counterfactual:
+    """The analysed sample itself, unchanged, as a second-term record: re-weighting, with no intervention.
+
+    It separates what pruning does from what giving the samples the student
+    gets wrong more weight does (``lambda`` splits the loss between the terms).
+    Instruction level only: a response-level detection names a segment whose
+    unpruned record is the sample with its loss on that segment.
+    """
+    response, loss_start = sample.response, None
+    if det.response_level:
+        assert det.loss_start is not None and det.loss_end is not None
+        response, loss_start = sample.response[: det.loss_end], det.loss_start
+    return Counterfactual(id=f"{det.unit_key}#orig", source_id=sample.id, instruction=sample.instruction,
+                          response=response, removed=[], strategy="none", level=det.level, method=det.method,
+                          intervention="none", loss_start=loss_start, answer=sample.answer, meta=sample.meta)
 
 
 def _record(sample: Sample, det: Detection, group: list[FieldSpan], rid: str, strategy: str) -> Counterfactual | Dropped:

@@ -33,7 +33,7 @@ from leaf.data.detections import Detection, TokenScore
 from leaf.data.spans import FieldSpan
 from leaf.data.views import make_view
 
-INTERVENTIONS = ("delete", "mask", "resample")
+INTERVENTIONS = ("delete", "mask", "resample", "none")
 REPLACEABLE = ("digits", "word", "mixed")
 
 
