@@ -111,3 +111,24 @@ def test_cache_is_resumable_and_checked(distill_setup, sharp_teacher, tmp_path):
         _first_loss(distill_setup, tmp_path / "t2", teacher_cache=part, temperature=2.0)
     with pytest.raises(ConfigError, match="examples differ"):
         _first_loss(distill_setup, tmp_path / "noeos", teacher_cache=part, include_eos=False)
+
+
+def test_cache_refuses_a_tokenizer_of_another_vocabulary_and_a_top_k_beyond_it(distill_setup, tmp_path):
+    from leaf.tiny import build_tokenizer
+
+    other = tmp_path / "other-tok"
+    build_tokenizer(["completely different words here"] * 5, style="llama3", vocab_size=200).save_pretrained(other)
+    with pytest.raises(ConfigError, match="token-level KL needs one shared vocabulary"):
+        build_cache(teacher=str(distill_setup / "teacher"), tokenizer=str(other), data=distill_setup / "d.jsonl",
+                    out=tmp_path / "c")
+    with pytest.raises(ConfigError, match="--top-k 100000 is more than the"):
+        build_cache(teacher=str(distill_setup / "teacher"), data=distill_setup / "d.jsonl", out=tmp_path / "c",
+                    top_k=100000)
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_cache_that_keeps_little_of_the_mass_is_flagged(distill_setup, tmp_path, caplog):
+    summary = build_cache(teacher=str(distill_setup / "teacher"), data=distill_setup / "d.jsonl", out=tmp_path / "c",
+                          top_k=2, temperature=5.0)
+    assert summary.mean_tail_mass > 0.1
+    assert "raise --top-k" in caplog.text

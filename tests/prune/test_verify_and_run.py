@@ -133,7 +133,8 @@ def test_cli_verify_with_real_models_and_checker(files, tmp_path, capsys, monkey
     assert read_jsonl(out) == []
     # the answers were kept on disk, one per record and role: a rerun resumes from them
     answers = read_jsonl(tmp_path / "cf.jsonl.verify-student.jsonl")
-    assert sorted(r["id"] for r in answers) == ["a#s0", "a#s1", "b#s0"]
+    assert sorted(r["id"].split("@")[0] for r in answers) == ["a#s0", "a#s1", "b#s0"]
+    pruned = {r["id"]: r["instruction"] for r in answers}
     stamp = (tmp_path / "cf.jsonl.verify-teacher.jsonl").read_bytes()
 
     import leaf.generation as generation
@@ -146,3 +147,32 @@ def test_cli_verify_with_real_models_and_checker(files, tmp_path, capsys, monkey
                  "--teacher", str(tmp_path / "teacher"), "--student", str(tmp_path / "student"),
                  "--task", "exact", "--max-new-tokens", "4"]) == 0
     assert (tmp_path / "cf.jsonl.verify-teacher.jsonl").read_bytes() == stamp
+    # answers are keyed by the text answered: detections that prune other text are answered anew, never judged
+    # on the old answers of the same record id
+    rows = [json.loads(x) for x in dets.read_text().splitlines()]
+    for row in rows:
+        row["spans"] = [[0, 1]] if row["spans"] else []
+    dets.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    generated = []
+    monkeypatch.setattr(generation, "generate", lambda m, t, instructions, **kw: (
+        generated.extend(instructions), kw["on_batch"](list(range(len(instructions))), ["x"] * len(instructions)))[0])
+    assert main(["prune", "--data", str(data), "--detections", str(dets), "--out", str(out), "--verify",
+                 "--teacher", str(tmp_path / "teacher"), "--student", str(tmp_path / "student"),
+                 "--task", "exact", "--max-new-tokens", "4"]) == 0
+    assert generated and not set(generated) & set(pruned.values())
+
+
+def test_detections_made_on_other_text_are_refused(files, tmp_path, capsys):
+    data, dets = files
+    rows = [json.loads(x) for x in data.read_text().splitlines()]
+    rows[0]["instruction"] = "Ann, who is 12, has 3 pears."  # same id, other text: the offsets no longer fit
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "cf.jsonl"
+    assert main(["prune", "--data", str(data), "--detections", str(dets), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "det.jsonl:1: field 'tokens': token 0" in err and "were the detections made on other data?" in err
+    assert not out.exists()
+    bad = [{**json.loads(x), "spans": [[5, 2]]} for x in dets.read_text().splitlines()]
+    dets.write_text("".join(json.dumps(r) + "\n" for r in bad))
+    assert main(["prune", "--data", str(data), "--detections", str(dets), "--out", str(out)]) == 2
+    assert "field 'spans': span [5, 2] is empty, inverted or negative" in capsys.readouterr().err

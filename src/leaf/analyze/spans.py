@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from leaf.data.counterfactuals import Counterfactual, read_counterfactuals
-from leaf.data.detections import Detection, read_detections
+from leaf.data.detections import Detection, mismatch, read_detections
 from leaf.data.jsonl import iter_jsonl
 from leaf.data.records import DataError, Sample, id_key, load_samples
 from leaf.data.spans import Span, merge_overlapping
@@ -133,9 +133,8 @@ def load_span_samples(data: str | Path, samples: str | Path | None = None) -> tu
             sample = originals.get(id_key(det.id))
             if sample is None:
                 found.append(f"{where}: field 'id': {det.id!r} not found in {samples}")
-            elif any(e > len(sample.instruction) for _, e in det.spans):
-                found.append(f"{where}: field 'spans': a span lies outside the instruction "
-                             f"(length {len(sample.instruction)})")
+            elif (why := mismatch(det, sample.instruction, sample.response)) is not None:
+                found.append(f"{where}: {why}: were the detections made on other data?")
 
         for det in read_detections(data, known):
             if det.response_level:

@@ -231,6 +231,22 @@ __all__ = ["SCHEMA", "SCHEMA_VERSION", "Detection", "FieldChecker", "TokenScore"
            "detections_to_jsonl"]
 
 
+def mismatch(det: Detection, instruction: str, response: str) -> str | None:
+    """Why ``det`` was not made on this sample's text (``None`` when it fits): every span inside its field,
+    and every token's text where its offsets say. Detections applied to other text would cut the wrong
+    characters; this refuses them instead."""
+    texts = {"instruction": instruction, "response": response}
+    for name, spans, text in (("spans", det.spans, instruction), ("response_spans", det.response_spans, response)):
+        bad = [sp for sp in spans if sp[1] > len(text)]
+        if bad:
+            return f"field '{name}': span {list(bad[0])} is outside the sample's text (length {len(text)})"
+    for i, t in enumerate(det.tokens):
+        if texts[t.field][t.start : t.end] != t.text:
+            return (f"field 'tokens': token {i} {t.text!r} is not at [{t.start}, {t.end}) of the sample's {t.field} "
+                    f"(there: {texts[t.field][t.start : t.end]!r})")
+    return None
+
+
 def as_detection(obj: dict[str, Any], where: str = "detection") -> Detection:
     """A :class:`Detection` from a JSON-like dict (API callers, tests); raises :class:`DataError` if invalid."""
     problems: list[str] = []

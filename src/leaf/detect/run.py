@@ -87,6 +87,9 @@ def detect(config: DetectConfig | None = None, **kwargs: Any) -> DetectSummary:
     """
     cfg = make(DetectConfig, config, kwargs, "leaf.detect()")
     samples = select_samples(load_samples(cfg.data), cfg.select)  # fails before any model is loaded
+    if not samples:
+        log.warning("%s: --select %s leaves no sample to analyse (is the data labelled as you think?)", cfg.data,
+                    cfg.select)
 
     from leaf.models import load_tokenizer
 

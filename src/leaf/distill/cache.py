@@ -38,6 +38,8 @@ from leaf.distill.config import CacheConfig
 log = logging.getLogger(__name__)
 
 FORMAT = "leaf-teacher-cache/1"
+#: Mean teacher probability outside the cached top k above which a cache is almost surely not what was wanted.
+TAIL_MASS_WARNING = 0.1
 MANIFEST_FIELDS = (
     "format", "teacher", "tokenizer_hash", "data_hash", "examples_hash", "k", "temperature",
     "vocab_size", "include_eos", "max_length", "store_dtype", "examples", "tokens", "mean_tail_mass",
@@ -82,13 +84,24 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
     from safetensors.torch import save_file
     from tqdm import tqdm
 
-    from leaf.distill.data import DistillCollator, load_examples, model_vocab_size, tokenizer_fingerprint
+    from leaf.distill.data import (
+        DistillCollator,
+        check_tokenizers,
+        load_examples,
+        model_vocab_size,
+        tokenizer_fingerprint,
+    )
     from leaf.distill.losses import loss_rows
     from leaf.models import input_device, load_model, load_tokenizer
 
     config = make(CacheConfig, config, kwargs, "leaf.distill.build_cache()")
     out = Path(config.out)
     tokenizer = load_tokenizer(config.tokenizer or config.teacher)
+    if config.tokenizer and config.tokenizer != config.teacher:
+        # the cached ids are the teacher's: the student's tokenizer must name the same tokens (as live distill checks)
+        check_tokenizers(tokenizer, load_tokenizer(config.teacher))
+    if config.top_k > len(tokenizer):
+        raise ConfigError(f"--top-k {config.top_k} is more than the {len(tokenizer)} tokens of the vocabulary")
     examples = load_examples(tokenizer, config.data, config.counterfactuals, include_eos=config.include_eos, max_length=config.max_length)
     settings = {
         "format": FORMAT,
@@ -167,6 +180,10 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
         next_shard += 1
     bar.close()
     manifest["mean_tail_mass"] = _mean_tail_mass(out)
+    if manifest["mean_tail_mass"] > TAIL_MASS_WARNING:
+        log.warning("%s: the top %d keep only %.0f%% of the teacher's probability on average (the KL treats the "
+                    "rest as one bucket); raise --top-k or check --temperature", out, config.top_k,
+                    100 * (1 - manifest["mean_tail_mass"]))
     manifest["complete"] = True
     write_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
     return CacheSummary(out, manifest["examples"], manifest["tokens"], manifest["mean_tail_mass"])

@@ -12,7 +12,7 @@ from typing import Any
 from leaf.data.jsonl import write_atomic
 from leaf.config import Summary, make
 from leaf.data.counterfactuals import Counterfactual, write_counterfactuals
-from leaf.data.detections import Detection, read_detections
+from leaf.data.detections import Detection, mismatch, read_detections
 from leaf.data.records import DataError, Sample, id_key, load_samples
 from leaf.prune.config import PruneConfig
 from leaf.prune.counterfactuals import Replacer, build_records
@@ -61,13 +61,8 @@ def load_detections(path: Path, samples: dict[str, Sample]) -> list[Detection]:
         sample = samples.get(id_key(det.id))
         if sample is None:
             problems.append(f"{where}: field 'id': {det.id!r} is not in the samples file")
-            return
-        for name, spans, text in (("spans", det.spans, sample.instruction),
-                                  ("response_spans", det.response_spans, sample.response)):
-            bad = [sp for sp in spans if sp[1] > len(text)]
-            if bad:
-                problems.append(f"{where}: field '{name}': span {list(bad[0])} is outside the sample's text "
-                                f"(length {len(text)}): were the detections made on another version of the data?")
+        elif (why := mismatch(det, sample.instruction, sample.response)) is not None:
+            problems.append(f"{where}: {why}: were the detections made on other data?")
 
     return read_detections(path, against_samples)
 
@@ -153,8 +148,13 @@ def _live_verifier(cfg: PruneConfig) -> tuple[Any, Any]:
     """Generation with the real models and the task's checker.
 
     Answers are appended to ``OUT.verify-<role>.jsonl`` batch by batch, so an
-    interrupted ``--verify`` resumes without generating them again.
+    interrupted ``--verify`` resumes without generating them again. They are
+    keyed by the record id *and* a hash of the instruction answered: a rerun
+    after the detections (and so the pruned text) changed generates anew
+    instead of judging the new text on old answers.
     """
+    import hashlib
+
     from leaf.checkers import get_checker
     from leaf.generation import generate_to_jsonl
     from leaf.models import load_model, load_tokenizer
@@ -162,13 +162,17 @@ def _live_verifier(cfg: PruneConfig) -> tuple[Any, Any]:
     checker = get_checker(cfg.task)
     out = Path(cfg.out)
 
+    def text_key(record: dict[str, Any]) -> str:
+        return f"{record['id']}@{hashlib.sha256(record['instruction'].encode('utf-8')).hexdigest()[:16]}"
+
     def answer(role: str, records: list[dict[str, Any]]) -> list[str]:
         path = cfg.teacher if role == "teacher" else cfg.student
         assert path is not None
         model, tok = load_model(path, dtype=cfg.dtype, device=cfg.device), load_tokenizer(path)
         settings = {"model": path, "max_new_tokens": cfg.max_new_tokens, "dtype": cfg.dtype}
-        got = generate_to_jsonl(model, tok, records, out.with_name(f"{out.name}.verify-{role}.jsonl"),
+        keyed = [{**r, "id": text_key(r)} for r in records]
+        got = generate_to_jsonl(model, tok, keyed, out.with_name(f"{out.name}.verify-{role}.jsonl"),
                                 settings=settings, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
-        return [got[str(r["id"])] for r in records]
+        return [got[r["id"]] for r in keyed]
 
     return answer, checker.check
