@@ -5,13 +5,19 @@
 * :func:`pad` -- pad lists of ids (or labels) to one width, on the right (training,
   scoring) or on the left (generation), with the attention mask;
 * :func:`loss_positions` -- which positions of a ``(B, L)`` label batch predict
-  a loss token (position ``p`` predicts token ``p + 1``).
+  a loss token (position ``p`` predicts token ``p + 1``);
+* :func:`halving` -- run a batch, and on running out of memory halve it and
+  retry down to one item, skipping (with its reason) an item that alone does
+  not fit. Detection, teacher caching and generation all batch through it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 #: Label of a token that carries no loss.
 IGNORE_INDEX = -100
@@ -38,9 +44,47 @@ def pad(sequences: Sequence[Sequence[int]], value: int, *, side: str = "right",
     return ids, mask
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A CUDA out-of-memory error, or the CPU allocator failing to allocate."""
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def halving(items: Sequence[T], run: Callable[[list[T]], list[R]],
+            skip: Callable[[T, str], None]) -> list[R | None]:
+    """``run(items)`` (one result per item); on running out of memory, halve the batch and retry.
+
+    Down to a single item: an item that alone runs out of memory is passed to
+    ``skip(item, reason)`` and its result is ``None``; the rest go on. Any other
+    error propagates.
+    """
+    try:
+        return list(run(list(items)))
+    except (RuntimeError, MemoryError) as exc:
+        if not (isinstance(exc, MemoryError) or is_out_of_memory(exc)):
+            raise
+        _free_cached_memory()
+        if len(items) == 1:
+            skip(items[0], f"out of memory even alone ({' '.join(str(exc).split())[:120]})")
+            return [None]
+        half = len(items) // 2
+        return halving(items[:half], run, skip) + halving(items[half:], run, skip)
+
+
+def _free_cached_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def loss_positions(labels: Any) -> Any:
     """``(B, L - 1)`` bool: position ``p`` predicts the loss token ``p + 1``."""
     return labels[:, 1:] != IGNORE_INDEX
 
 
-__all__ = ["IGNORE_INDEX", "loss_positions", "pad"]
+__all__ = ["IGNORE_INDEX", "halving", "is_out_of_memory", "loss_positions", "pad"]

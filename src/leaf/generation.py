@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from leaf.batching import pad
+from leaf.batching import halving, pad
 from leaf.data.render import render_prompt
 
 log = logging.getLogger(__name__)
@@ -182,19 +182,25 @@ def _generate_hf(
     out: list[str | None] = [None] * len(ids)
     torch.manual_seed(seed)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress):
+    def run(batch: list[int]) -> list[str]:
         input_ids, mask = pad([ids[i] for i in batch], pad_id, side="left")
         width = input_ids.shape[1]
         with torch.no_grad():
             seqs = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **gen_kwargs)
         texts = []
-        for row, i in enumerate(batch):
-            new = seqs[row, width:].tolist()
-            text = tokenizer.decode(_until_eos(new, eos), skip_special_tokens=True)
-            out[i] = truncate_at_stop(text, stop)
-            texts.append(out[i])
+        for row in range(len(batch)):
+            text = tokenizer.decode(_until_eos(seqs[row, width:].tolist(), eos), skip_special_tokens=True)
+            texts.append(truncate_at_stop(text, stop))
         if on_batch is not None:
             on_batch(list(batch), texts)
+        return texts
+
+    def skip(i: int, reason: str) -> None:
+        log.warning("prompt %d not generated: %s", i, reason)
+
+    for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress):
+        for i, text in zip(batch, halving(batch, run, skip)):
+            out[i] = text
     return [t if t is not None else "" for t in out]
 
 

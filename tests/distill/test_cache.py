@@ -132,3 +132,27 @@ def test_a_cache_that_keeps_little_of_the_mass_is_flagged(distill_setup, tmp_pat
                           top_k=2, temperature=5.0)
     assert summary.mean_tail_mass > 0.1
     assert "raise --top-k" in caplog.text
+
+
+def test_an_example_that_runs_out_of_memory_alone_is_skipped_and_named(distill_setup, tmp_path, monkeypatch):
+    import leaf.heads as heads
+
+    real = heads.final_hidden_states
+    longest = max(len(e.input_ids) for e in load_examples(load_tokenizer(str(distill_setup / "teacher")),
+                                                          distill_setup / "d.jsonl"))
+
+    def small_memory(model, keep, head=None, **inputs):
+        if inputs["input_ids"].shape[0] > 2 or inputs["input_ids"].shape[1] == longest:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(model, keep, head, **inputs)
+
+    monkeypatch.setattr(heads, "final_hidden_states", small_memory)
+    summary = build_cache(teacher=str(distill_setup / "teacher"), data=distill_setup / "d.jsonl", out=tmp_path / "c",
+                          batch_size=8)
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert len(manifest["skipped"]) >= 1 and manifest["complete"]
+    cache = TeacherCache.open(tmp_path / "c")
+    assert all(k not in cache.index for k in manifest["skipped"]) and len(cache.index) == summary.examples - len(manifest["skipped"])
+    with pytest.raises(ConfigError, match="skipped when they ran out of memory even alone"):
+        tok = load_tokenizer(str(distill_setup / "teacher"))
+        cache.check(tok, load_examples(tok, distill_setup / "d.jsonl"), 1.0)

@@ -92,6 +92,8 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
         tokenizer_fingerprint,
     )
     from leaf.distill.losses import loss_rows
+    from leaf.batching import halving, loss_positions
+    from leaf.heads import chunk_rows, final_hidden_states
     from leaf.models import input_device, load_model, load_tokenizer
 
     config = make(CacheConfig, config, kwargs, "leaf.distill.build_cache()")
@@ -136,6 +138,44 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
     write_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
 
     store = getattr(torch, config.store_dtype)
+    head = _output_head(teacher)
+    skipped: list[str] = []
+
+    def topk_of(items: list[Any]) -> list[tuple[Any, Any]]:
+        """Teacher top-k log-probs of each item's loss tokens; logits exist for one chunk of positions at a time."""
+        batch = collate([{"input_ids": e.input_ids, "labels": e.labels, "counterfactual": e.counterfactual,
+                          "index": 0} for e in items])
+        dev = input_device(teacher)
+        labels = batch["labels"]
+        inputs = {"input_ids": batch["input_ids"].to(dev), "attention_mask": batch["attention_mask"].to(dev)}
+        with torch.no_grad():
+            if head is not None:  # final hidden states of the loss positions only, the head a chunk at a time
+                keep = torch.zeros_like(labels, dtype=torch.bool)
+                keep[:, :-1] = loss_positions(labels)
+                hidden = final_hidden_states(teacher, keep.to(dev), head, **inputs)
+                n_rows, logits_of = hidden.shape[0], lambda sl: head(hidden[sl])
+            else:  # an unknown final logit transform: the model's own logits
+                flat = teacher(**inputs, use_cache=False).logits.flatten(0, 1)
+                rows, _ = loss_rows(labels)
+                n_rows, logits_of = rows.numel(), lambda sl: flat[rows[sl].to(flat.device)]
+            step = chunk_rows(vocab)
+            lps, ids = [], []
+            for c0 in range(0, n_rows, step):  # one chunk of fp32 log-probs at a time
+                z = logits_of(slice(c0, c0 + step)).float()
+                lp, ix = torch.log_softmax(z / config.temperature, dim=-1).topk(config.top_k, dim=-1)
+                lps.append(lp.to(store).cpu())
+                ids.append(ix.to(torch.int32).cpu())
+        lp_all, ids_all = torch.cat(lps), torch.cat(ids)
+        out, start = [], 0
+        for n in loss_positions(labels).sum(1).tolist():
+            out.append((lp_all[start : start + n], ids_all[start : start + n]))
+            start += n
+        return out
+
+    def skip(example: Any, reason: str) -> None:
+        log.warning("example %s not cached: %s", example.key, reason)
+        skipped.append(example.key)
+
     collate = DistillCollator(tokenizer.pad_token_id)
     next_shard = max((int(p.stem.split("-")[1]) for p in _shards(out)), default=-1) + 1
     bar = tqdm(total=len(todo), desc="teacher top-k", unit="ex", disable=not todo)
@@ -145,26 +185,14 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
         order = sorted(range(len(shard)), key=lambda i: len(shard[i].input_ids))  # less padding
         for b0 in range(0, len(order), config.batch_size):
             items = [shard[i] for i in order[b0 : b0 + config.batch_size]]
-            batch = collate([{"input_ids": e.input_ids, "labels": e.labels, "counterfactual": e.counterfactual, "index": 0} for e in items])
-            dev = input_device(teacher)
-            with torch.no_grad():
-                logits = teacher(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev), use_cache=False).logits
-            B, L = batch["labels"].shape
-            rows, _ = loss_rows(batch["labels"])
-            flat = logits.view(B * L, -1)
-            lps, ids = [], []
-            for c0 in range(0, rows.numel(), 1024):  # one chunk of fp32 log-probs at a time
-                z = flat[rows[c0 : c0 + 1024].to(flat.device)].float()
-                lp, ix = torch.log_softmax(z / config.temperature, dim=-1).topk(config.top_k, dim=-1)
-                lps.append(lp.to(store).cpu())
-                ids.append(ix.to(torch.int32).cpu())
-            lp_all, ids_all = torch.cat(lps), torch.cat(ids)
-            counts = (batch["labels"][:, 1:] != -100).sum(1).tolist()
-            start = 0
-            for e, n in zip(items, counts):
-                per_key[e.key] = (lp_all[start : start + n], ids_all[start : start + n])
-                start += n
+            for e, got in zip(items, halving(items, topk_of, skip)):
+                if got is not None:
+                    per_key[e.key] = got
             bar.update(len(items))
+        if any(e.key not in per_key for e in shard):
+            shard = [e for e in shard if e.key in per_key]  # skipped examples are left out (and counted)
+            if not shard:
+                continue
         keys = [e.key for e in shard]
         offsets = torch.tensor([0] + [per_key[k][0].shape[0] for k in keys]).cumsum(0)
         tensors = {
@@ -185,8 +213,20 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
                     "rest as one bucket); raise --top-k or check --temperature", out, config.top_k,
                     100 * (1 - manifest["mean_tail_mass"]))
     manifest["complete"] = True
+    manifest["skipped"] = skipped
     write_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
     return CacheSummary(out, manifest["examples"], manifest["tokens"], manifest["mean_tail_mass"])
+
+
+def _output_head(model: Any) -> Any:
+    """The model's chunkable output head, or ``None`` for an unknown final logit transform (full logits then)."""
+    from leaf.heads import output_head
+
+    try:
+        return output_head(model)
+    except NotImplementedError as exc:
+        log.warning("chunked output head unavailable (%s); caching from full logits", exc)
+        return None
 
 
 def _mean_tail_mass(out: Path) -> float:
@@ -251,7 +291,9 @@ class TeacherCache:
             problems.append(f"the cache holds log-probs at temperature {m['temperature']}, training asks for {temperature}")
         missing = [e.key for e in examples if e.key not in self.index]
         if missing:
-            problems.append(f"{len(missing)} example(s) are not in the cache, e.g. {missing[:3]}")
+            oom = set(m.get("skipped", [])) & set(missing)
+            why = f" ({len(oom)} skipped when they ran out of memory even alone)" if oom else ""
+            problems.append(f"{len(missing)} example(s) are not in the cache{why}, e.g. {missing[:3]}")
         if problems:
             raise ConfigError(f"{self.root}: cannot train from this teacher cache: " + "; ".join(problems))
 

@@ -112,6 +112,10 @@ def label(config: LabelConfig | None = None, **kwargs: Any) -> LabelSummary:
         gc.collect()
     checker = get_checker(cfg.task, timeout=cfg.code_timeout) if cfg.task == "code" else get_checker(cfg.task)
     for s in todo:
+        missing = [role for role in ("teacher", "student") if id_key(s.id) not in gens[role]]
+        if missing:  # generation ran out of memory on this prompt even alone: leave it unlabelled, say so
+            log.warning("sample %r left unlabelled: no %s generation", s.id, " or ".join(missing))
+            continue
         rec = s.to_json()
         for role in ("teacher", "student"):
             text = gens[role][id_key(s.id)]
@@ -119,7 +123,7 @@ def label(config: LabelConfig | None = None, **kwargs: Any) -> LabelSummary:
             rec[f"{role}_correct"] = bool(checker.check(text, s))
         writer.write_batch([rec])
     by_id = {id_key(r["id"]): r for r in read_jsonl(writer.commit())}
-    labelled = [by_id[id_key(s.id)] for s in samples]
+    labelled = [by_id[id_key(s.id)] for s in samples if id_key(s.id) in by_id]
     n = len(labelled)
     t = sum(r["teacher_correct"] for r in labelled)
     st = sum(r["student_correct"] for r in labelled)
