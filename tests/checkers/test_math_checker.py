@@ -176,7 +176,7 @@ def test_missing_math_verify_is_a_one_line_error(monkeypatch):
     from leaf.checkers.math import MathChecker, judge
 
     monkeypatch.setitem(sys.modules, "math_verify", None)  # import math_verify -> ImportError
-    with pytest.raises(MissingExtra, match=r"pip install 'leaf\[eval\]'") as info:
+    with pytest.raises(MissingExtra, match=r"pip install 'math-verify>=0.7'") as info:
         MathChecker()
     assert "\n" not in str(info.value)
     with pytest.raises(MissingExtra, match="math-verify"):

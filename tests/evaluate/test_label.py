@@ -99,7 +99,7 @@ def test_label_marks_teacher_and_student(tmp_path, pair):
 def test_label_refuses_samples_without_gold(tmp_path, pair):
     data = tmp_path / "in.jsonl"
     data.write_text(json.dumps({"id": 7, "instruction": "i", "response": "r"}) + "\n")
-    with pytest.raises(DataError, match="sample 7: field 'answer'"):
+    with pytest.raises(DataError, match=r"in.jsonl:1: field 'answer': missing"):
         label(teacher=str(pair[0]), student=str(pair[1]), data=data, task="qa", out=tmp_path / "o.jsonl")
 
 

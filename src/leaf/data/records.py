@@ -38,7 +38,10 @@ class DataError(ValueError):
         self.problems = problems
         shown = problems[:20]
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        super().__init__(f"{len(problems)} problem(s) in input data:\n  " + "\n  ".join(shown) + more)
+        if len(problems) == 1:  # the usual case: one line naming file, line and field
+            super().__init__(problems[0])
+        else:
+            super().__init__(f"{len(problems)} problems in input data:\n  " + "\n  ".join(shown) + more)
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,15 @@ def read_validated(
     if problems:
         raise DataError(problems)
     return records
+
+
+def line_numbers(path: str | Path) -> dict[str, int]:
+    """``{id: line}`` of a record file, to name the line of a problem found after reading."""
+    out: dict[str, int] = {}
+    for lineno, obj, _err in iter_jsonl(path):
+        if isinstance(obj, dict) and isinstance(obj.get("id"), (str, int)):
+            out.setdefault(id_key(obj["id"]), lineno)
+    return out
 
 
 def load_samples(path: str | Path) -> list[Sample]:

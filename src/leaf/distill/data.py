@@ -33,7 +33,7 @@ from leaf.batching import IGNORE_INDEX, pad
 from leaf.config import ConfigError
 from leaf.data.counterfactuals import read_counterfactuals
 from leaf.data.jsonl import iter_jsonl
-from leaf.data.records import DataError, Sample, id_key, load_samples
+from leaf.data.records import DataError, Sample, id_key, line_numbers, load_samples
 from leaf.data.render import encode, render
 
 log = logging.getLogger(__name__)
@@ -89,16 +89,8 @@ def build_example(
     return ex if ex.n_loss_tokens > 0 else None
 
 
-def _line_numbers(path: Path) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for lineno, obj, _err in iter_jsonl(path):
-        if isinstance(obj, dict) and "id" in obj:
-            out.setdefault(id_key(obj["id"]), lineno)
-    return out
-
-
 def _check_loss_start(samples: Sequence[Sample], path: Path) -> list[int | None]:
-    lines = _line_numbers(path)
+    lines = line_numbers(path)
     problems, starts = [], []
     for s in samples:
         where = f"{path}:{lines.get(id_key(s.id), '?')}"

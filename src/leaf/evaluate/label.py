@@ -26,7 +26,7 @@ from typing import Any
 
 from leaf.config import Summary, make, to_dict
 from leaf.evaluate.config import LabelConfig
-from leaf.data.records import DataError, Sample, id_key, load_samples
+from leaf.data.records import DataError, Sample, id_key, line_numbers, load_samples
 
 log = logging.getLogger(__name__)
 
@@ -36,19 +36,17 @@ def _ungradable(samples: list[Sample], task: str, where: Path) -> dict[str, str]
     from leaf.checkers.math import MathChecker
 
     problems = {}
+    lines = line_numbers(where)
     for s in samples:
+        at = f"{where}:{lines.get(id_key(s.id), '?')}"
         if task == "code":
             if not (s.meta or {}).get("tests"):
-                problems[id_key(s.id)] = (
-                    f"{where}: sample {s.id!r}: field 'meta.tests': missing (the code checker needs it)"
-                )
+                problems[id_key(s.id)] = f"{at}: field 'meta.tests': missing (the code checker needs it)"
         elif task == "math":
             if MathChecker().gold(s) is None:
-                problems[id_key(s.id)] = (
-                    f"{where}: sample {s.id!r}: field 'answer': missing (and no marked answer in 'response')"
-                )
+                problems[id_key(s.id)] = f"{at}: field 'answer': missing (and no marked answer in 'response')"
         elif s.answer is None:
-            problems[id_key(s.id)] = f"{where}: sample {s.id!r}: field 'answer': missing"
+            problems[id_key(s.id)] = f"{at}: field 'answer': missing"
     return problems
 
 
@@ -76,7 +74,7 @@ def label(config: LabelConfig | None = None, **kwargs: Any) -> LabelSummary:
     samples = load_samples(cfg.data)
     problems = _ungradable(samples, cfg.task, cfg.data)
     if problems and not cfg.skip_ungradable:
-        raise DataError([*problems.values(), "(pass --skip-ungradable to leave such samples out)"])
+        raise DataError([f"{p} (--skip-ungradable leaves such samples out)" for p in problems.values()])
     if problems:
         samples = [s for s in samples if id_key(s.id) not in problems]
         log.warning("%s: left out %d sample(s) without a gold answer", cfg.data, len(problems))
