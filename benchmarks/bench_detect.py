@@ -20,6 +20,13 @@ measured in the same run.
 
     python benchmarks/bench_detect.py            # both configurations, as in docs/benchmarks.md
     python benchmarks/bench_detect.py --quick    # a fast smoke run
+    python benchmarks/bench_detect.py --device cuda --dtype bfloat16 --config gpu   # on a GPU
+
+On a GPU (``--device cuda``): models and inputs live there in ``--dtype``
+(SDPA attention as on CPU), times are taken after ``torch.cuda.synchronize``,
+peak memory is ``torch.cuda.max_memory_allocated`` above the allocation at
+entry (in this process), and the matrix-product reference runs in ``--dtype``
+at 8192 x 8192. ``--dry-run`` checks the arguments and prints the plan.
 """
 
 from __future__ import annotations
@@ -47,24 +54,42 @@ CONFIGS = {
     # ~2M parameters, 64-token samples: per-call overhead dominates
     "small": dict(hidden=192, layers=2, heads=4, inter=528, vocab=8000, seq=64, resp=16, samples=128,
                   batch_sizes=(1, 8, 16, 32, 64)),
+    # for a GPU: Llama-3.2-1B's shape (1.24B parameters, GQA 32/8, vocab 128,256, tied), 1,024-token samples
+    "gpu": dict(hidden=2048, layers=16, heads=32, kv_heads=8, inter=8192, vocab=128256, seq=1024, resp=512,
+                samples=64, batch_sizes=(1, 8, 16)),
 }
+CPU_CONFIGS = ("medium", "small")
+
+#: Where and in which dtype the models run (``--device`` / ``--dtype``).
+DEVICE = torch.device("cpu")
+DTYPE = torch.float32
+
+
+def cuda() -> bool:
+    return DEVICE.type == "cuda"
+
+
+def sync() -> None:
+    if cuda():
+        torch.cuda.synchronize(DEVICE)
 
 
 def build(cfg: dict) -> LlamaForCausalLM:
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=cfg["vocab"], hidden_size=cfg["hidden"], intermediate_size=cfg["inter"],
-        num_hidden_layers=cfg["layers"], num_attention_heads=cfg["heads"], num_key_value_heads=cfg["heads"],
-        max_position_embeddings=2 * cfg["seq"], tie_word_embeddings=True,
+        num_hidden_layers=cfg["layers"], num_attention_heads=cfg["heads"],
+        num_key_value_heads=cfg.get("kv_heads", cfg["heads"]), max_position_embeddings=2 * cfg["seq"],
+        tie_word_embeddings=True,
     )
-    return LlamaForCausalLM._from_config(config, attn_implementation="sdpa")
+    return LlamaForCausalLM._from_config(config, attn_implementation="sdpa").to(DEVICE, DTYPE)
 
 
 def samples(cfg: dict) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     # lengths vary by up to 10 % so batching pays for some padding, as on real data
     lengths = torch.randint(int(cfg["seq"] * 0.9), cfg["seq"] + 1, (cfg["samples"],), generator=g)
-    return [torch.randint(0, cfg["vocab"], (int(n),), generator=g) for n in lengths]
+    return [torch.randint(0, cfg["vocab"], (int(n),), generator=g).to(DEVICE) for n in lengths]
 
 
 def naive(model: LlamaForCausalLM, seqs: list[torch.Tensor], resp: int) -> list[torch.Tensor]:
@@ -94,9 +119,9 @@ def ours(model: LlamaForCausalLM, seqs: list[torch.Tensor], resp: int, batch_siz
         idx = order[b : b + batch_size]
         chunk = [seqs[i] for i in idx]
         width = max(len(s) for s in chunk)
-        ids = torch.zeros(len(chunk), width, dtype=torch.long)
-        att = torch.zeros(len(chunk), width, dtype=torch.long)
-        tgt = torch.zeros(len(chunk), width, dtype=torch.bool)
+        ids = torch.zeros(len(chunk), width, dtype=torch.long, device=DEVICE)
+        att = torch.zeros(len(chunk), width, dtype=torch.long, device=DEVICE)
+        tgt = torch.zeros(len(chunk), width, dtype=torch.bool, device=DEVICE)
         for i, s in enumerate(chunk):
             ids[i, : len(s)] = s
             att[i, : len(s)] = 1
@@ -114,21 +139,30 @@ def timed(fn, *args) -> tuple[float, list]:
     """Best of :data:`REPEATS` timings (the least disturbed by other work on the machine)."""
     best, result = float("inf"), None
     for _ in range(REPEATS):
+        sync()
         t0 = time.perf_counter()
         result = fn(*args)
+        sync()
         best = min(best, time.perf_counter() - t0)
     return best, result
 
 
 def peak_mib(fn, *args) -> float:
+    if cuda():  # GPU allocations above the level at entry
+        sync()
+        torch.cuda.reset_peak_memory_stats(DEVICE)
+        base = torch.cuda.memory_allocated(DEVICE)
+        fn(*args)
+        sync()
+        return (torch.cuda.max_memory_allocated(DEVICE) - base) / 2**20
     with PeakMemory() as mem:
         fn(*args)
     return mem.peak_mib
 
 
-def memory_run(cfg: dict) -> dict:
-    """Peak memory of naive and of leaf at each batch size (call under EXACT_RSS_ENV)."""
-    model = build(cfg)
+def memory_run(cfg: dict, model: LlamaForCausalLM | None = None) -> dict:
+    """Peak memory of naive and of leaf at each batch size (on CPU: call under EXACT_RSS_ENV)."""
+    model = model if model is not None else build(cfg)
     seqs = samples(cfg)[: max(cfg["batch_sizes"])]
     naive(model, seqs[:1], cfg["resp"])
     ours(model, seqs[:1], cfg["resp"], 1)
@@ -155,14 +189,18 @@ def detection_flops(cfg: dict, seqs: list[torch.Tensor], n_params_layers: int) -
 
 
 def matmul_flops_per_s(n: int = 2048, reps: int = 5, trials: int = 3) -> float:
-    """Best of a few timings of a large fp32 matrix product: the machine's practical peak."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    """Best of a few timings of a large matrix product (fp32 on CPU; --dtype at 8192 on a GPU): the practical peak."""
+    if cuda():
+        n, reps = 8192, 20
+    a, b = torch.randn(n, n, device=DEVICE, dtype=DTYPE), torch.randn(n, n, device=DEVICE, dtype=DTYPE)
     a @ b
     best = 0.0
     for _ in range(trials):
+        sync()
         t0 = time.perf_counter()
         for _ in range(reps):
             a @ b
+        sync()
         best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0))
     return best
 
@@ -178,13 +216,13 @@ def run_config(name: str, cfg: dict) -> dict:
 
     peak_before = matmul_flops_per_s()
     t_naive, ref = timed(naive, model, seqs, cfg["resp"])
-    memory = memory_in_child(name, cfg)
+    memory = memory_run(cfg, model) if cuda() else memory_in_child(name, cfg)
     m_naive = memory["naive"]
     rows = []
     for bs in cfg["batch_sizes"]:
         t, got = timed(ours, model, seqs, cfg["resp"], bs)
         m = memory["leaf"][bs]
-        err = max(float(((a - b).abs() / b.abs().clamp_min(1e-12)).max()) for a, b in zip(got, ref))
+        err = max(float(((a.float() - b.float()).abs() / b.float().abs().clamp_min(1e-12)).max()) for a, b in zip(got, ref))
         rows.append({"batch_size": bs, "seconds": t, "samples_per_s": len(seqs) / t, "peak_mib": m,
                      "max_rel_diff_vs_naive": err})
     peak = max(peak_before, matmul_flops_per_s())
@@ -205,6 +243,11 @@ def run_config(name: str, cfg: dict) -> dict:
         "leaf_gflops_best": achieved / 1e9,
         "flops_share_of_matmul": achieved / peak,
         "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(DEVICE) if cuda() else "cpu",
+        "dtype": str(DTYPE).removeprefix("torch."),
+        "tokens_per_s_best": best["samples_per_s"] * sum(len(s) for s in seqs) / len(seqs),
+        "peak_memory": "cuda max_memory_allocated above entry" if cuda() else "rss above entry",
+        "cuda_max_memory_allocated_mib": torch.cuda.max_memory_allocated(DEVICE) / 2**20 if cuda() else None,
     }
 
 
@@ -215,8 +258,21 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     ap.add_argument("--samples", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--memory-child", choices=list(CONFIGS), default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model weights' dtype")
+    ap.add_argument("--dry-run", action="store_true", help="check the arguments, print the plan, run nothing")
     args = ap.parse_args()
-    global REPEATS
+    global REPEATS, DEVICE, DTYPE
+    if not (args.device == "cpu" or args.device.startswith("cuda")):
+        ap.error(f"--device {args.device}: use cpu or cuda[:N]")
+    DEVICE, DTYPE = torch.device(args.device), getattr(torch, args.dtype)
+    names = ([*CPU_CONFIGS] if not cuda() else ["gpu"]) if args.config == "all" else [args.config]
+    if args.dry_run:
+        print(f"bench_detect: configs {', '.join(names)}, device {args.device}, dtype {args.dtype}, sdpa attention, "
+              f"{'1 timing' if args.quick else f'best of {REPEATS}'}, json {args.json}")
+        return
+    if cuda() and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA GPU here")
     if args.quick:
         REPEATS = 1
     if args.memory_child:
@@ -225,7 +281,6 @@ def main() -> None:
         cfg["batch_sizes"] = tuple(b for b in cfg["batch_sizes"] if b <= cfg["samples"])
         print(json.dumps(memory_run(cfg)))
         return
-    names = list(CONFIGS) if args.config == "all" else [args.config]
     results = []
     for name in names:
         cfg = dict(CONFIGS[name])
@@ -243,7 +298,7 @@ def main() -> None:
                   f"peak {row['peak_mib']:.0f} MiB, max rel diff vs naive {row['max_rel_diff_vs_naive']:.1e}")
         print(f"throughput ratio (best batch {r['best_batch_size']}): {r['throughput_ratio_best']:.2f}x; "
               f"memory ratio at batch 1: {r['memory_ratio_bs1']:.2f}x")
-        print(f"fp32 matmul {r['matmul_gflops']:.1f} GFLOP/s; leaf {r['leaf_gflops_best']:.1f} GFLOP/s "
+        print(f"{r['dtype']} matmul {r['matmul_gflops']:.1f} GFLOP/s; leaf {r['leaf_gflops_best']:.1f} GFLOP/s "
               f"= {r['flops_share_of_matmul']:.0%} of it")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

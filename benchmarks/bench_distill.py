@@ -24,6 +24,15 @@ Arms (same data, batch size, steps, fp32, CPU):
 Throughput: tokens (non-padding, student input) per second over the timed
 steps (the first step is warm-up and not timed). Memory: peak RSS of the
 child, and the increase over its RSS just before training started.
+
+On a GPU: ``--precision bf16`` (bf16 autocast, float32 master weights, the
+teacher in bf16; SDPA attention) with the leaf arms (``--arms leaf-live
+leaf-cache``); the trainer takes the GPU by itself. Each result then also
+holds ``cuda_peak_mib`` (``torch.cuda.max_memory_allocated`` during training)
+and the student's / teacher's parameter counts, from which ``achieved_tflops``
+= tokens/s x (6 N_student + 2 N_teacher, live arm only). ``--student-size`` /
+``--teacher-size HIDDEN:LAYERS`` make the models bigger (a new --root).
+``--dry-run`` checks the arguments and prints the plan.
 """
 
 from __future__ import annotations
@@ -56,7 +65,7 @@ def _current_rss_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def setup(root: Path, n: int, seed: int = 0) -> None:
+def setup(root: Path, n: int, seed: int = 0, sizes: tuple[tuple[int, int], tuple[int, int]] = ((256, 4), (128, 2))) -> None:
     """Tokenizer, teacher, student (vocab padded to 32k) and n samples with ~250-token responses."""
     import torch
 
@@ -66,8 +75,10 @@ def setup(root: Path, n: int, seed: int = 0) -> None:
     text = lambda k: " ".join(rng.choice(WORDS) for _ in range(k))  # noqa: E731
     samples = [{"id": i, "instruction": text(60) + "?", "response": text(220) + "."} for i in range(n)]
     tok = build_tokenizer(DEFAULT_CORPUS + [s["response"] for s in samples[:50]], style="llama3", vocab_size=2000)
-    for name, hidden, layers, s in (("teacher", 256, 4, 0), ("student", 128, 2, 1)):
-        model = build_model(tok, hidden_size=hidden, num_layers=layers, seed=s)
+    (t_hidden, t_layers), (s_hidden, s_layers) = sizes
+    for name, hidden, layers, s in (("teacher", t_hidden, t_layers, 0), ("student", s_hidden, s_layers, 1)):
+        # head_dim 64 from 256 up (flash-attention sizes); the default shapes keep their 4 heads
+        model = build_model(tok, hidden_size=hidden, num_layers=layers, seed=s, num_heads=max(4, hidden // 64))
         model.resize_token_embeddings(VOCAB, mean_resizing=False)
         with torch.no_grad():  # a peaked teacher, like a trained LM (so top-k captures most mass)
             if name == "teacher":
@@ -96,7 +107,7 @@ def _timer_callback(timer: _Timer):
     return TimeSteps()
 
 
-def run_leaf(root: Path, steps: int, batch: int, cache: bool) -> dict:
+def run_leaf(root: Path, steps: int, batch: int, cache: bool, precision: str = "fp32") -> dict:
     from leaf.distill.trainer import DistillConfig, build_trainer
 
     out = Path(tempfile.mkdtemp())
@@ -104,7 +115,7 @@ def run_leaf(root: Path, steps: int, batch: int, cache: bool) -> dict:
         student=str(root / "student"), teacher=None if cache else str(root / "teacher"),
         teacher_cache=(root / "cache") if cache else None, data=root / "data.jsonl", out=out,
         batch_size=batch, grad_accum=1, max_steps=steps, save_steps=10**6, warmup_steps=0,
-        precision="fp32", logging_steps=10**6, kl_chunk_size=1024,
+        precision=precision, logging_steps=10**6, kl_chunk_size=1024,
     )
     timer = _Timer()
     trainer = build_trainer(cfg, callbacks=[_timer_callback(timer)])
@@ -121,11 +132,22 @@ def _train(trainer, timer: _Timer, steps: int, batch: int) -> dict:
     import torch
 
     base = _current_rss_mb()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     trainer.train()
     dt = timer.t[-1] - timer.t[0]
     tps = _tokens_per_sample(trainer, 10**6)
     samples = (steps - 1) * batch
+    n_student = sum(p.numel() for p in trainer.model.parameters())
+    teacher = getattr(trainer, "teacher", None)
+    n_teacher = sum(p.numel() for p in teacher.parameters()) if teacher is not None else 0
+    flops_per_token = 6 * n_student + 2 * n_teacher
     return {
+        "student_params": n_student,
+        "teacher_params": n_teacher,
+        "achieved_tflops": samples * tps / dt * flops_per_token / 1e12,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
         "samples_per_s": samples / dt,
         "tokens_per_s": samples * tps / dt,
         "mean_tokens_per_sample": tps,
@@ -194,16 +216,24 @@ def run_loss(mode: str, tokens: int = 4096, rows: int = 4) -> dict:
     return {"loss": loss.item(), "seconds": dt, "peak_increase_mb": _rss_mb() - base, "logits_mb": student.numel() * 4 / 2**20}
 
 
-def child(arm: str, root: Path, steps: int, batch: int) -> dict:
+def child(arm: str, root: Path, steps: int, batch: int, precision: str = "fp32") -> dict:
     if arm == "leaf-live":
-        return run_leaf(root, steps, batch, cache=False)
+        return run_leaf(root, steps, batch, cache=False, precision=precision)
     if arm == "leaf-cache":
-        return run_leaf(root, steps, batch, cache=True)
+        return run_leaf(root, steps, batch, cache=True, precision=precision)
     if arm == "trl-gkd":
         return run_trl(root, steps, batch)
     if arm.startswith("loss-"):
         return run_loss(arm.split("-", 1)[1])
     raise ValueError(arm)
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        hidden, layers = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use HIDDEN:LAYERS, e.g. 1024:8") from None
+    return hidden, layers
 
 
 def main() -> None:
@@ -217,17 +247,29 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=None, help="reuse a folder made by an earlier run")
     ap.add_argument("--arms", nargs="+", default=["loss-chunked", "loss-unchunked", "loss-autograd", "leaf-live", "leaf-cache", "trl-gkd"])
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="leaf arms: fp32, or bf16 autocast (GPU)")
+    ap.add_argument("--student-size", type=_size, default=(128, 2), metavar="HIDDEN:LAYERS", help="student shape (default 128:2)")
+    ap.add_argument("--teacher-size", type=_size, default=(256, 4), metavar="HIDDEN:LAYERS", help="teacher shape (default 256:4)")
+    ap.add_argument("--dry-run", action="store_true", help="check the arguments, print the plan, run nothing")
     args = ap.parse_args()
+    known = {"loss-chunked", "loss-unchunked", "loss-autograd", "leaf-live", "leaf-cache", "trl-gkd"}
+    if set(args.arms) - known:
+        ap.error(f"unknown arms {sorted(set(args.arms) - known)}; use {sorted(known)}")
+    if args.dry_run:
+        print(f"bench_distill: arms {' '.join(args.arms)}, precision {args.precision}, student {args.student_size}, "
+              f"teacher {args.teacher_size} (hidden, layers), {args.samples} samples, batch {args.batch}, {args.steps} steps, "
+              f"out {args.out}")
+        return
     import torch
 
     torch.set_num_threads(args.threads)
     if args._child:
-        print("RESULT " + json.dumps(child(args._child, args.root, args.steps, args.batch)))
+        print("RESULT " + json.dumps(child(args._child, args.root, args.steps, args.batch, args.precision)))
         return
 
     root = args.root or Path(tempfile.mkdtemp(prefix="leaf-bench-"))
     if not (root / "data.jsonl").exists():
-        setup(root, args.samples)
+        setup(root, args.samples, sizes=(args.teacher_size, args.student_size))
     if "leaf-cache" in args.arms and not (root / "cache" / "manifest.json").exists():
         from leaf.distill.cache import CacheConfig, build_cache
 
@@ -239,7 +281,7 @@ def main() -> None:
     for arm in args.arms:
         best = None
         for _ in range(1 if arm.startswith("loss-") else args.repeats):
-            cmd = [sys.executable, __file__, "--_child", arm, "--root", str(root), "--steps", str(args.steps), "--batch", str(args.batch), "--threads", str(args.threads)]
+            cmd = [sys.executable, __file__, "--_child", arm, "--root", str(root), "--steps", str(args.steps), "--batch", str(args.batch), "--threads", str(args.threads), "--precision", args.precision]
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
             if proc.returncode != 0 or not line:

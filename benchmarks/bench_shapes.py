@@ -33,6 +33,12 @@ model weights exist before the measurement starts and are not counted.
 Throughput: one timing each (``--repeats``), in this process, normal allocator.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_shapes.py --json benchmarks/results/bench_shapes_cpu.json
+
+On a GPU (``--device cuda --dtype bfloat16``, SDPA attention as on CPU): every
+tensor is made on the GPU (``torch.set_default_device``), peak memory is
+``torch.cuda.max_memory_allocated`` above the allocation at the start of each
+run (no child process), and times are taken after ``torch.cuda.synchronize``.
+``--dry-run`` checks the arguments and prints the plan without running.
 """
 
 from __future__ import annotations
@@ -102,7 +108,7 @@ def build(name: str, seed: int, vocab: int | None = None) -> torch.nn.Module:
                              "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM)}[arch]
     torch.manual_seed(seed)
     model = model_cls._from_config(config_cls(**cfg), attn_implementation="sdpa")
-    return model.eval().requires_grad_(False)
+    return model.to(DTYPE).eval().requires_grad_(False)
 
 
 def shape_note(name: str) -> str:
@@ -171,13 +177,13 @@ def new_distill_step(student, teacher, ids, att, keep, w_kl):  # type: ignore[no
 
 
 def batch(lengths: list[int], responses: list[int], vocab: int, seed: int = 0):  # type: ignore[no-untyped-def]
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device="cpu").manual_seed(seed)
     width = max(lengths)
     ids = torch.zeros(len(lengths), width, dtype=torch.long)
     att = torch.zeros(len(lengths), width, dtype=torch.long)
     tgt = torch.zeros(len(lengths), width, dtype=torch.bool)
     for b, (n, r) in enumerate(zip(lengths, responses)):
-        ids[b, :n] = torch.randint(3, vocab, (n,), generator=g)
+        ids[b, :n] = torch.randint(3, vocab, (n,), generator=g, device="cpu")
         att[b, :n] = 1
         tgt[b, n - r : n] = True
     return ids, att, tgt
@@ -230,6 +236,26 @@ def scenario_inputs():  # type: ignore[no-untyped-def]
     return out
 
 
+#: Where and in which dtype the models run (``--device`` / ``--dtype``); CPU float32 by default.
+DTYPE = torch.float32
+CUDA = False
+
+
+def sync() -> None:
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+def cuda_peak_mib(run, impl) -> float:  # type: ignore[no-untyped-def]
+    """GPU peak allocated above the allocation at entry, MiB (weights exist before and are not counted)."""
+    sync()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    run(impl)
+    sync()
+    return round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)
+
+
 def warm_up() -> None:
     """First calls (thread pools, the output-head check) on small inputs, outside any measurement."""
     for name in ("llama-3.2-1b",):
@@ -270,7 +296,23 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--skip-timing", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model weights' dtype")
+    ap.add_argument("--dry-run", action="store_true", help="check the arguments, print the plan, run nothing")
     args = ap.parse_args()
+    global DTYPE, CUDA
+    DTYPE = getattr(torch, args.dtype)
+    CUDA = args.device.startswith("cuda")
+    if not CUDA and args.device != "cpu":
+        ap.error(f"--device {args.device}: use cpu or cuda[:N]")
+    if args.dry_run:
+        print(f"bench_shapes: device {args.device}, dtype {args.dtype}, sdpa attention, repeats {args.repeats}, "
+              f"memory {'torch.cuda.max_memory_allocated' if CUDA else 'RSS in a child process'}, json {args.json}")
+        return
+    if CUDA:
+        if not torch.cuda.is_available():
+            ap.error("--device cuda: no CUDA GPU here")
+        torch.set_default_device(args.device)
     if args.memory_child:
         print(json.dumps(memory_child()))
         return
@@ -278,9 +320,14 @@ def main() -> None:
     for name in PUBLISHED:
         print("shape:", shape_note(name))
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--memory-child"], env={**os.environ, **EXACT_RSS_ENV},
-                          check=True, stdout=subprocess.PIPE, text=True)
-    mem = json.loads(proc.stdout.strip().splitlines()[-1])
+    if CUDA:
+        warm_up()
+        mem = {f"{name}/{impl}": cuda_peak_mib(run, impl) for name, run in scenario_inputs()
+               for impl in (("after",) if name.startswith("a_qwen") else ("before", "after"))}
+    else:
+        proc = subprocess.run([sys.executable, __file__, "--memory-child"], env={**os.environ, **EXACT_RSS_ENV},
+                              check=True, stdout=subprocess.PIPE, text=True)
+        mem = json.loads(proc.stdout.strip().splitlines()[-1])
     t_mem = time.perf_counter() - t0
 
     times: dict[str, float] = {}
@@ -290,15 +337,19 @@ def main() -> None:
             for impl in ("after",) if name.startswith("a_qwen") else ("before", "after"):
                 best = float("inf")
                 for _ in range(args.repeats):
+                    sync()
                     t = time.perf_counter()
                     run(impl)
+                    sync()
                     best = min(best, time.perf_counter() - t)
                 times[f"{name}/{impl}"] = round(best, 3)
                 print(f"time {name} {impl}: {best:.2f} s", flush=True)
 
     full_logits_mib = sum(DISTILL["response"] for _ in DISTILL["lengths"]) * PUBLISHED[DISTILL["model"]]["vocab_size"] * 4 / 2**20
     results: dict = {"shapes": {n: shape_note(n) for n in PUBLISHED}, "peak_mib": mem, "seconds": times,
-                     "threads": torch.get_num_threads(), "torch": torch.__version__, "agreement": agreement()}
+                     "threads": torch.get_num_threads(), "torch": torch.__version__, "agreement": agreement(),
+                     "device": torch.cuda.get_device_name() if CUDA else "cpu", "dtype": args.dtype,
+                     "peak_memory": "cuda max_memory_allocated" if CUDA else "rss"}
     ratios = {}
     for impl in ("before", "after"):
         ratios[impl] = {

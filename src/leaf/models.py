@@ -5,18 +5,34 @@ nothing else is special-cased. ``dtype`` is ``float32``, ``bfloat16``,
 ``float16`` or ``auto`` (bfloat16 on a CUDA device that has it, else
 float32); ``device`` a torch device string or ``auto`` (``cuda`` when present,
 else ``cpu``); ``device_map`` (e.g. ``"auto"``) places a model too large for
-one device across several, through accelerate, and then ``device`` is ignored.
+one device across several, through accelerate, and then ``device`` is ignored;
+``max_memory`` caps what that placement may use per device (see
+:func:`parse_max_memory` for the ``"0=70GiB,1=70GiB,cpu=100GiB"`` format) and
+implies ``device_map="auto"`` when no map is given.
 Every command shares these meanings, so ``--device`` and ``--dtype`` read the
 same everywhere.
+
+Before loading, :func:`load_model` estimates the weights' memory from the
+model's config (parameters counted on the meta device, times the dtype's bytes)
+and refuses, in one line (:class:`ModelTooLarge`), a model that cannot fit in
+what its placement has: the free memory of the GPU, the sum of ``max_memory``,
+or host RAM for ``cpu``.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from leaf.config import ConfigError
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
+GIB = 2**30
+#: Units of a --max-memory size, as accelerate reads them (GB = 10^9 bytes, GiB = 2^30).
+SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+              "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+#: What a --max-memory key may name: a GPU index (or cuda:N), cpu, mps, disk (accelerate's keys).
+MEMORY_KEYS = ("cpu", "mps", "disk")
 
 
 class ModelFolderError(ConfigError):
@@ -25,6 +41,177 @@ class ModelFolderError(ConfigError):
     def __init__(self, name: str, what: str, exc: Exception) -> None:
         first = " ".join(str(exc).strip().split("\n", 1)[0].split()) or type(exc).__name__
         super().__init__(f"{name}: cannot load the {what} ({first})")
+
+
+class ModelTooLarge(ConfigError):
+    """A model's weights cannot fit where they would be placed: one line naming the memory needed and available."""
+
+
+def parse_size(text: str) -> int:
+    """``"70GiB"`` -> bytes; units B, KB, MB, GB, TB (powers of 10) and KiB, MiB, GiB, TiB (powers of 2)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    unit = (m.group(2) or "B").upper() if m else ""
+    if not m or unit not in SIZE_UNITS:
+        raise ConfigError(f"memory size {text!r}: use a number and a unit, e.g. 70GiB or 80GB")
+    return int(float(m.group(1)) * SIZE_UNITS[unit])
+
+
+def parse_max_memory(spec: str | dict[Any, Any] | None) -> dict[int | str, int] | None:
+    """``"0=70GiB,1=70GiB,cpu=100GiB"`` -> ``{0: 75161927680, 1: 75161927680, "cpu": 107374182400}``.
+
+    The dict accelerate's ``max_memory`` takes: comma-separated ``device=size`` pairs, a device
+    being a GPU index (``0`` or ``cuda:0``), ``cpu``, ``mps`` or ``disk``; sizes as
+    :func:`parse_size` reads them. A dict is checked and converted the same way; ``None`` and
+    an empty string give ``None``.
+    """
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        return None
+    pairs: list[tuple[Any, Any]]
+    if isinstance(spec, dict):
+        pairs = list(spec.items())
+    else:
+        pairs = []
+        for part in spec.split(","):
+            key, eq, size = part.partition("=")
+            if not eq or not key.strip() or not size.strip():
+                raise ConfigError(f"max_memory {spec!r}: {part.strip()!r} is not device=size (e.g. 0=70GiB,cpu=100GiB)")
+            pairs.append((key.strip(), size.strip()))
+    out: dict[int | str, int] = {}
+    for key, size in pairs:
+        name = str(key).lower()
+        dev: int | str
+        if isinstance(key, int) or name.isdigit():
+            dev = int(key)
+        elif name.startswith("cuda:") and name[5:].isdigit():
+            dev = int(name[5:])
+        elif name in MEMORY_KEYS:
+            dev = name
+        else:
+            raise ConfigError(f"max_memory: unknown device {key!r}; use a GPU index (0, cuda:1), cpu, mps or disk")
+        if dev in out:
+            raise ConfigError(f"max_memory: device {key!r} given twice")
+        out[dev] = size if isinstance(size, int) and not isinstance(size, bool) else parse_size(str(size))
+    return out
+
+
+def free_memory(device: str) -> int | None:
+    """Bytes free on ``device`` now: a CUDA GPU's free memory, host RAM available for ``cpu``; ``None`` if unknown."""
+    if device == "cpu":
+        try:
+            import psutil
+
+            return int(psutil.virtual_memory().available)
+        except ImportError:
+            try:
+                with open("/proc/meminfo") as f:
+                    info = dict(line.split(":", 1) for line in f)
+                return int(info["MemAvailable"].split()[0]) * 1024
+            except (OSError, KeyError, ValueError):
+                return None
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        index = int(device.split(":", 1)[1]) if ":" in device else torch.cuda.current_device()
+        return int(torch.cuda.mem_get_info(index)[0])
+    return None
+
+
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def weight_bytes(name_or_path: str, dtype: str = "auto", device: str = "auto") -> tuple[int, str] | None:
+    """(bytes, dtype name) of a model's weights in ``dtype``, from its config alone (no weights read).
+
+    Parameters are counted on the meta device (``from_config`` under accelerate's
+    ``init_empty_weights``). ``None`` for a quantised model (its bytes per parameter
+    are not the dtype's). A config that cannot be read is a :class:`ModelFolderError`.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelFolderError(name_or_path, "model", exc) from None
+    if getattr(config, "quantization_config", None):
+        return None
+    try:
+        from accelerate import init_empty_weights
+    except ImportError:  # pragma: no cover - accelerate ships with the training extra
+        init_empty_weights = None
+    ctx = init_empty_weights() if init_empty_weights is not None else torch.device("meta")
+    with ctx:
+        model = AutoModelForCausalLM.from_config(config)
+    n = sum(p.numel() for p in model.parameters())
+    dt = torch_dtype(dtype, device)
+    return n * dt.itemsize, str(dt).removeprefix("torch.")
+
+
+def placement_memory(
+    device: str, device_map: str | dict[str, Any] | None, max_memory: dict[int | str, int] | None
+) -> tuple[int, str] | None:
+    """(bytes available, how to say where) for a placement; ``None`` when it cannot be told (explicit maps, mps)."""
+    if max_memory:
+        where = ", ".join(f"{'cuda:' if isinstance(k, int) else ''}{k} {v / GIB:.0f} GiB" for k, v in max_memory.items())
+        return sum(max_memory.values()), f"--max-memory allows {sum(max_memory.values()) / GIB:.0f} GiB ({where})"
+    if isinstance(device_map, dict):
+        return None
+    if device_map is not None:  # auto / balanced / sequential: every GPU, then host RAM (accelerate offloads there)
+        names = [f"cuda:{i}" for i in range(gpu_count())] + ["cpu"]
+        free = [free_memory(n) for n in names]
+        if any(f is None for f in free):
+            return None
+        total = sum(f for f in free if f is not None)
+        gpus = f"{len(names) - 1} GPU(s) and host RAM" if len(names) > 1 else "host RAM"
+        return total, f"{gpus} have {total / GIB:.0f} GiB free"
+    free = free_memory(device)
+    if free is None:
+        return None
+    return free, f"{device} has {free / GIB:.0f} GiB free"
+
+
+def check_fits(
+    name_or_path: str,
+    *,
+    dtype: str = "auto",
+    device: str = "auto",
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: str | dict[Any, Any] | None = None,
+    what: str = "model",
+    hint: str | None = None,
+) -> None:
+    """Refuse, with :class:`ModelTooLarge`, weights larger than the memory of their placement.
+
+    Weights only: activations, gradients and caches come on top, so passing this check
+    is necessary, not sufficient. Skipped under DeepSpeed ZeRO-3 (weights are partitioned
+    as they load) and where the available memory cannot be told.
+    """
+    try:
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        if is_deepspeed_zero3_enabled():
+            return
+    except ImportError:  # pragma: no cover
+        pass
+    device = resolve_device(device)
+    limits = parse_max_memory(max_memory)
+    if limits and device_map is None:
+        device_map = "auto"
+    need = weight_bytes(name_or_path, dtype, device)
+    have = placement_memory(device, device_map, limits)
+    if need is None or have is None or need[0] <= have[0]:
+        return
+    if hint is None:
+        hint = ("raise max_memory, add devices or use a smaller dtype" if device_map is not None
+                else "use device_map='auto' (with max_memory) or a smaller dtype")
+    raise ModelTooLarge(
+        f"{what} {name_or_path}: needs about {need[0] / GIB:.0f} GiB of weights in {need[1]}; {have[1]}: {hint}"
+    )
 
 
 def resolve_device(name: str) -> str:
@@ -77,16 +264,31 @@ def load_model(
     dtype: str = "auto",
     device: str = "auto",
     device_map: str | dict[str, Any] | None = None,
+    max_memory: str | dict[Any, Any] | None = None,
     attn_implementation: str | None = None,
     trainable: bool = False,
+    what: str = "model",
+    hint: str | None = None,
 ) -> Any:
-    """A causal LM in eval mode; frozen (``requires_grad=False``) unless ``trainable``."""
+    """A causal LM in eval mode; frozen (``requires_grad=False``) unless ``trainable``.
+
+    ``max_memory`` (a ``"0=70GiB,cpu=100GiB"`` string or accelerate's dict) caps each
+    device of the placement and implies ``device_map="auto"``. A model whose weights
+    cannot fit is refused before loading (:func:`check_fits`; ``what`` and ``hint``
+    word that one-line error: ``"teacher"``, the flags to change).
+    """
     from transformers import AutoModelForCausalLM
 
     device = resolve_device(device)
+    limits = parse_max_memory(max_memory)
+    if limits and device_map is None:
+        device_map = "auto"
+    check_fits(name_or_path, dtype=dtype, device=device, device_map=device_map, max_memory=limits, what=what, hint=hint)
     kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype, device)}
     if device_map is not None:
         kwargs["device_map"] = device_map
+    if limits:
+        kwargs["max_memory"] = limits
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:

@@ -47,6 +47,9 @@ class DetectConfig:
     teacher_device_map: str | None = option(
         None, help="place the teacher across devices with accelerate (e.g. auto); overrides --teacher-device"
     )
+    max_memory: str | None = option(
+        None, help="cap per device for the teacher's placement (implies --teacher-device-map auto): comma-separated device=size, a device being a GPU index, cpu or disk, a size in GiB/GB/MiB/MB (e.g. 0=70GiB,1=70GiB,cpu=100GiB)"
+    )
     projection: str = option("mean", choices=RULES,
                              help="how teacher scores are carried onto student tokens when tokenizers differ")
     gradient_checkpointing: bool = option(

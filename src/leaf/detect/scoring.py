@@ -79,6 +79,9 @@ class DetectionScorer:
             dtype=cfg.dtype,
             device=cfg.teacher_device or cfg.device,
             device_map=cfg.teacher_device_map,
+            max_memory=cfg.max_memory,
+            what="teacher",
+            hint="use --teacher-device-map auto (with --max-memory) or a smaller --dtype",
         )
         student = load_model(cfg.student, dtype=cfg.dtype, device=cfg.device)
         pads = {name: tok.pad_token_id or 0 for name, tok in tokenizers.items()}

@@ -132,7 +132,9 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
         done.update(_shard_keys(p))
     todo = [ex for ex in examples if ex.key not in done]
 
-    teacher = load_model(config.teacher, dtype=config.dtype, device=config.device, device_map=config.device_map)
+    teacher = load_model(config.teacher, dtype=config.dtype, device=config.device, device_map=config.device_map,
+                         max_memory=config.max_memory, what="teacher",
+                         hint="use --device-map auto (with --max-memory) or a smaller --dtype")
     vocab = model_vocab_size(teacher)
     manifest = {**settings, "vocab_size": vocab, "examples": len(examples), "tokens": sum(e.n_loss_tokens for e in examples), "complete": False, "config": to_dict(config)}
     write_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")

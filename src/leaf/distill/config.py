@@ -47,6 +47,7 @@ class DistillConfig:
     teacher_dtype: str = option("auto", help="teacher weights' dtype; auto = bfloat16 when training in bf16, else float32", choices=["auto", "float32", "bfloat16", "float16"])
     teacher_device: str | None = option(None, help="device of the teacher (default: the student's)")
     teacher_device_map: str | None = option(None, help="device_map of the teacher, e.g. auto (spread over GPUs)")
+    teacher_max_memory: str | None = option(None, help="cap per device for the teacher's placement (implies --teacher-device-map auto): comma-separated device=size, a device being a GPU index, cpu or disk, a size in GiB/GB/MiB/MB (e.g. 0=70GiB,1=70GiB,cpu=100GiB)", aliases=["max_memory"])
     gradient_checkpointing: bool = option(False, help="recompute activations in backward (less memory)")
     lora_r: int = option(0, help="LoRA rank (0 = full fine-tuning); needs peft")
     lora_alpha: int = option(16, help="LoRA alpha")
@@ -94,6 +95,7 @@ class CacheConfig:
     dtype: str = option("auto", help="teacher weights' dtype (auto: bfloat16 on GPU, float32 on CPU)", choices=["auto", "float32", "bfloat16", "float16"])
     device: str = option("auto", help="device of the teacher (auto: cuda if present, else cpu)")
     device_map: str | None = option(None, help="device_map of the teacher, e.g. auto")
+    max_memory: str | None = option(None, help="cap per device for the teacher's placement (implies --device-map auto): comma-separated device=size, a device being a GPU index, cpu or disk, a size in GiB/GB/MiB/MB (e.g. 0=70GiB,1=70GiB,cpu=100GiB)")
     overwrite: bool = option(False, help="discard an existing cache written with other settings")
 
     def validate(self) -> None:

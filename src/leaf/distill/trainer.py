@@ -501,7 +501,10 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
         teacher_dtype = config.teacher_dtype
         if teacher_dtype == "auto":
             teacher_dtype = "bfloat16" if args.bf16 else "float32"
-        teacher = load_model(config.teacher, dtype=teacher_dtype, device="cpu", device_map=config.teacher_device_map)
+        teacher = load_model(config.teacher, dtype=teacher_dtype, device="cpu", device_map=config.teacher_device_map,
+                             max_memory=config.teacher_max_memory, what="teacher",
+                             hint="use --teacher-device-map auto (with --max-memory), DeepSpeed ZeRO-3, "
+                                  "--teacher-cache or a smaller --teacher-dtype")
 
     # One kind of example only: its term gets all the weight (no counterfactuals = plain KD, whatever lambda says).
     n_cf = sum(e.counterfactual for e in examples)
