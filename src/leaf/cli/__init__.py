@@ -55,12 +55,15 @@ class Command:
     run: str = ""  #: "module:function", called with the config; returns a summary with ``.line()``
     children: tuple[Command, ...] = field(default_factory=tuple)  #: sub-actions (``leaf data convert``)
 
-    def add_to(self, sub: Any, require: bool) -> None:
+    def add_to(self, sub: Any, require: bool, argv: Sequence[str]) -> None:
+        """Add this command; its options (and the imports they need) only when ``argv`` names it."""
         parser = sub.add_parser(self.name, help=self.help, description=self.help)
+        if self.name not in argv:  # `leaf --help` and other commands: the name and help are enough
+            return
         if self.children:
             actions = parser.add_subparsers(dest=f"{self.name}_action", metavar="ACTION", required=True)
             for child in self.children:
-                child.add_to(actions, require)
+                child.add_to(actions, require, argv)
             return
         add_config_arguments(parser, load_object(self.config), require=require)
         parser.set_defaults(_command=self)
@@ -95,7 +98,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in _commands():
-        command.add_to(sub, require)
+        command.add_to(sub, require, argv)
     return parser
 
 

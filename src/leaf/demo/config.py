@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from leaf.config import option
+from leaf.detect.decision import DEFAULT_TAU
 
 SPLITS = ("confounded", "counterfactual", "clean")
 
@@ -61,7 +62,7 @@ class DemoConfig:
     batch_size: int = option(16, help="examples per optimiser step (every arm)")
     learning_rate: float = option(1e-3, help="peak learning rate of every arm (tiny models want more than 1e-5)")
     lam: float = option(0.5, help="lambda of the LeaF arms (weight of L_kd; 1 - lambda on L_cd)", aliases=["lambda"])
-    tau: float = option(0.10, help="detection threshold on the normalised saliency difference")
+    tau: float = option(DEFAULT_TAU, low=0.0, high=1.0, help="detection threshold on the normalised saliency difference")
     taus: list[float] = option(default_factory=lambda: [0.05, 0.10, 0.15, 0.20, 0.30],
                                help="thresholds at which detection quality is also reported")
     select: str = option("student-wrong", choices=("student-wrong", "all"),

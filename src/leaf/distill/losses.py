@@ -62,6 +62,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from leaf.batching import loss_positions
+
 # ----------------------------------------------------------------------------
 # Reference formulas (readable, unchunked, autograd): used by tests and docs.
 # ----------------------------------------------------------------------------
@@ -449,7 +451,7 @@ def loss_rows(labels: Tensor) -> tuple[Tensor, Tensor]:
     the token ids, both ``(N,)`` in row-major order.
     """
     batch, length = labels.shape
-    mask = labels[:, 1:] != -100
+    mask = loss_positions(labels)
     b, t = mask.nonzero(as_tuple=True)
     rows = b * length + t
     return rows, labels[:, 1:][b, t]

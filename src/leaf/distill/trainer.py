@@ -32,6 +32,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from leaf.data.jsonl import write_atomic
+from leaf.batching import loss_positions
 from leaf.config import Summary, field_names, make, to_dict
 from leaf.data.jsonl import SettingsMismatch
 from leaf.distill.config import DistillConfig
@@ -125,7 +126,7 @@ class DistillTrainer(Trainer):
         # Only the loss positions matter (logits_to_keep = boolean mask; transformers >= 5): rows come in the
         # row-major order of `rows`. Models without it give (B, L, ...) outputs, indexed by `rows`.
         keep = torch.zeros_like(labels, dtype=torch.bool)
-        keep[:, :-1] = labels[:, 1:] != -100
+        keep[:, :-1] = loss_positions(labels)
         w_kl, w_ce = hybrid_token_weights(is_cf, self.lam, n_kd, n_cd, self.alpha, n_ce=n_kd + n_cd)
         loss_kw = dict(
             labels=targets if self.alpha else None, w_ce=w_ce * scale if self.alpha else None,
@@ -285,7 +286,7 @@ class DistillTrainer(Trainer):
 
 def _token_counts(labels: Any, is_cf_row: Any) -> Any:
     """``[n_kd, n_cd]``: loss tokens of originals and counterfactuals in a ``(B, L)`` label batch."""
-    has = (labels[:, 1:] != -100).sum(1)
+    has = loss_positions(labels).sum(1)
     cf = is_cf_row.bool().to(has.device)
     return torch.stack([has[~cf].sum(), has[cf].sum()]).long().cpu()
 
