@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from leaf.data.counterfactuals import Counterfactual, read_counterfactuals
-from leaf.data.detections import Detection, mismatch, read_detections
+from leaf.data.detections import read_detections_of
 from leaf.data.jsonl import iter_jsonl
 from leaf.data.records import DataError, Sample, id_key, load_samples
 from leaf.data.spans import Span, merge_overlapping
@@ -129,14 +129,7 @@ def load_span_samples(data: str | Path, samples: str | Path | None = None) -> tu
     elif kind == "detections":
         assert originals is not None
 
-        def known(det: Detection, where: str, found: list[str]) -> None:
-            sample = originals.get(id_key(det.id))
-            if sample is None:
-                found.append(f"{where}: field 'id': {det.id!r} not found in {samples}")
-            elif (why := mismatch(det, sample.instruction, sample.response)) is not None:
-                found.append(f"{where}: {why}: were the detections made on other data?")
-
-        for det in read_detections(data, known):
+        for det in read_detections_of(data, originals):
             if det.response_level:
                 other_level += 1
                 continue

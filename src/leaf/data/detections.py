@@ -19,12 +19,12 @@ use the typed attributes, never ``.get`` fallbacks. Files written by
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from leaf.data.records import DataError, SampleId, id_key, read_validated
+from leaf.data.records import DataError, Sample, SampleId, id_key, read_validated
 from leaf.data.spans import FieldSpan, Span
 
 SCHEMA = "leaf.detections"
@@ -245,6 +245,20 @@ def mismatch(det: Detection, instruction: str, response: str) -> str | None:
             return (f"field 'tokens': token {i} {t.text!r} is not at [{t.start}, {t.end}) of the sample's {t.field} "
                     f"(there: {texts[t.field][t.start : t.end]!r})")
     return None
+
+
+def read_detections_of(path: str | Path, samples: Mapping[str, Sample]) -> list[Detection]:
+    """Detections checked against the samples they are applied to (``{id_key: Sample}``), in the same report:
+    every record must name one of them and fit its text (:func:`mismatch`)."""
+
+    def against_samples(det: Detection, where: str, problems: list[str]) -> None:
+        sample = samples.get(id_key(det.id))
+        if sample is None:
+            problems.append(f"{where}: field 'id': {det.id!r} is not in the samples file")
+        elif (why := mismatch(det, sample.instruction, sample.response)) is not None:
+            problems.append(f"{where}: {why}: were the detections made on other data?")
+
+    return read_detections(path, against_samples)
 
 
 def as_detection(obj: dict[str, Any], where: str = "detection") -> Detection:

@@ -12,7 +12,7 @@ from typing import Any
 from leaf.data.jsonl import write_atomic
 from leaf.config import Summary, make
 from leaf.data.counterfactuals import Counterfactual, write_counterfactuals
-from leaf.data.detections import Detection, mismatch, read_detections
+from leaf.data.detections import Detection, read_detections_of
 from leaf.data.records import DataError, Sample, id_key, load_samples
 from leaf.prune.config import PruneConfig
 from leaf.prune.counterfactuals import Replacer, build_records
@@ -51,27 +51,11 @@ class PruneSummary(Summary):
              if self.top_pruned else "")
 
 
-def load_detections(path: Path, samples: dict[str, Sample]) -> list[Detection]:
-    """Read detections and check them against the samples they are applied to.
-
-    Every record must name a sample of the samples file and every span must lie
-    inside that sample's field; otherwise the problem is reported as file:line.
-    """
-    def against_samples(det: Detection, where: str, problems: list[str]) -> None:
-        sample = samples.get(id_key(det.id))
-        if sample is None:
-            problems.append(f"{where}: field 'id': {det.id!r} is not in the samples file")
-        elif (why := mismatch(det, sample.instruction, sample.response)) is not None:
-            problems.append(f"{where}: {why}: were the detections made on other data?")
-
-    return read_detections(path, against_samples)
-
-
 def prune(config: PruneConfig | None = None, **kwargs: Any) -> PruneSummary:
     """Write counterfactual records; see :class:`PruneConfig`."""
     cfg = make(PruneConfig, config, kwargs, "leaf.prune()")
     samples = {id_key(s.id): s for s in load_samples(cfg.data)}
-    detections = load_detections(Path(cfg.detections), samples)
+    detections = read_detections_of(cfg.detections, samples)
     summary = PruneSummary(samples=len(samples), detections=len(detections))
     replacer = _replacer(cfg)
     records: list[Counterfactual] = []
