@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from leaf.batching import IGNORE_INDEX, halving, loss_positions, pad
+from leaf.batching import IGNORE_INDEX, halving, length_batches, loss_positions, pad
 
 
 def test_pad_right_and_left_with_masks():
@@ -49,3 +49,24 @@ def test_generation_halves_its_batch_on_out_of_memory(monkeypatch, tiny_llama, l
 
     monkeypatch.setattr(tiny_llama, "generate", small_memory)
     assert generate(tiny_llama, llama_tok, prompts, max_new_tokens=4, batch_size=4) == want
+
+
+def test_length_batches_bound_count_and_padded_tokens():
+    lengths = [64, 2048, 70, 1460, 300, 64, 900, 2048, 128]
+    batches = length_batches(lengths, batch_size=4, max_tokens=2100)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))  # every item exactly once
+    for b in batches:
+        assert len(b) <= 4
+        assert max(lengths[i] for i in b) * len(b) <= 2100 or len(b) == 1  # a too-long item stands alone
+    assert [lengths[i] for i in batches[0]] == [64, 64, 70, 128]  # similar lengths together
+    assert length_batches(lengths, batch_size=4) == [sorted(range(9), key=lambda i: (lengths[i], i))[k:k + 4]
+                                                     for k in (0, 4, 8)]
+    assert length_batches([5, 5, 5], 2, longest_first=True) == [[0, 1], [2]]
+
+
+def test_generation_with_a_token_budget_gives_the_same_answers(tiny_llama, llama_tok):
+    from leaf.generation import generate
+
+    prompts = ["What is 2 plus 2?", "Name a fruit that is yellow and long, please, if you can.", "Hi.", "Count."]
+    want = generate(tiny_llama, llama_tok, prompts, max_new_tokens=4, batch_size=4)
+    assert generate(tiny_llama, llama_tok, prompts, max_new_tokens=4, batch_size=4, max_tokens_per_batch=40) == want

@@ -6,6 +6,8 @@
   scoring) or on the left (generation), with the attention mask;
 * :func:`loss_positions` -- which positions of a ``(B, L)`` label batch predict
   a loss token (position ``p`` predicts token ``p + 1``);
+* :func:`length_batches` -- group items of similar length into batches bounded in
+  count and, optionally, in padded tokens (``--max-tokens-per-batch``);
 * :func:`halving` -- run a batch, and on running out of memory halve it and
   retry down to one item, skipping (with its reason) an item that alone does
   not fit. Detection, teacher caching and generation all batch through it.
@@ -42,6 +44,30 @@ def pad(sequences: Sequence[Sequence[int]], value: int, *, side: str = "right",
         ids[row, cols] = torch.as_tensor(list(seq), dtype=torch.long)
         mask[row, cols] = 1
     return ids, mask
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None, *,
+                   longest_first: bool = False) -> list[list[int]]:
+    """Indices grouped into batches of similar length: at most ``batch_size`` items, and, with ``max_tokens``,
+    at most that many tokens once padded (items x the longest item). Items are sorted by length (ties: input
+    order), so a batch pads little; an item longer than ``max_tokens`` is a batch of its own. The grouping
+    depends only on the lengths, so a resumed run rebuilds the same batches."""
+    if batch_size < 1 or (max_tokens is not None and max_tokens < 1):
+        raise ValueError("batch_size and max_tokens must be >= 1")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i] if longest_first else lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    widest = 0
+    for i in order:
+        wider = max(widest, lengths[i])
+        if current and (len(current) >= batch_size or (max_tokens is not None and wider * (len(current) + 1) > max_tokens)):
+            batches.append(current)
+            current, wider = [], lengths[i]
+        current.append(i)
+        widest = wider
+    if current:
+        batches.append(current)
+    return batches
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -87,4 +113,4 @@ def loss_positions(labels: Any) -> Any:
     return labels[:, 1:] != IGNORE_INDEX
 
 
-__all__ = ["IGNORE_INDEX", "halving", "is_out_of_memory", "loss_positions", "pad"]
+__all__ = ["IGNORE_INDEX", "halving", "is_out_of_memory", "length_batches", "loss_positions", "pad"]

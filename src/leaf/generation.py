@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from leaf.batching import halving, pad
+from leaf.batching import halving, length_batches, pad
 from leaf.data.render import render_prompt
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,7 @@ def generate(
     *,
     max_new_tokens: int = 256,
     batch_size: int = 8,
+    max_tokens_per_batch: int | None = None,
     do_sample: bool = False,
     temperature: float = 1.0,
     top_p: float = 1.0,
@@ -125,6 +126,9 @@ def generate(
 
     ``on_batch(indices, texts)`` is called as each batch finishes (indices into
     ``instructions``), which is how :func:`generate_to_jsonl` writes as it goes.
+    Batches hold prompts of similar length, at most ``batch_size`` of them and,
+    with ``max_tokens_per_batch``, at most that many tokens counting the prompt
+    and the tokens to generate; a batch that runs out of memory halves itself.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
@@ -133,8 +137,10 @@ def generate(
     ids = _encode_prompts(tokenizer, instructions)
     if is_vllm_model(model):
         return _generate_vllm(model, ids, max_new_tokens, do_sample, temperature, top_p, stop, seed, on_batch)
+    batches = length_batches([len(x) + max_new_tokens for x in ids], batch_size, max_tokens_per_batch,
+                             longest_first=True)
     return _generate_hf(
-        model, tokenizer, ids, max_new_tokens, batch_size, do_sample, temperature, top_p, stop, seed, on_batch, progress
+        model, tokenizer, ids, max_new_tokens, batches, do_sample, temperature, top_p, stop, seed, on_batch, progress
     )
 
 
@@ -143,7 +149,7 @@ def _generate_hf(
     tokenizer: Any,
     ids: list[list[int]],
     max_new_tokens: int,
-    batch_size: int,
+    batches: list[list[int]],
     do_sample: bool,
     temperature: float,
     top_p: float,
@@ -178,10 +184,8 @@ def _generate_hf(
     if stop:
         gen_kwargs.update(stop_strings=list(stop), tokenizer=tokenizer)
 
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     out: list[str | None] = [None] * len(ids)
     torch.manual_seed(seed)
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     def run(batch: list[int]) -> list[str]:
         input_ids, mask = pad([ids[i] for i in batch], pad_id, side="left")
         width = input_ids.shape[1]

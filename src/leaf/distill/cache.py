@@ -92,7 +92,7 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
         tokenizer_fingerprint,
     )
     from leaf.distill.losses import loss_rows
-    from leaf.batching import halving, loss_positions
+    from leaf.batching import halving, length_batches, loss_positions
     from leaf.heads import chunk_rows, final_hidden_states
     from leaf.models import input_device, load_model, load_tokenizer
 
@@ -184,9 +184,8 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
     for s0 in range(0, len(todo), config.shard_size):
         shard = todo[s0 : s0 + config.shard_size]
         per_key: dict[str, tuple[Any, Any]] = {}
-        order = sorted(range(len(shard)), key=lambda i: len(shard[i].input_ids))  # less padding
-        for b0 in range(0, len(order), config.batch_size):
-            items = [shard[i] for i in order[b0 : b0 + config.batch_size]]
+        for group in length_batches([len(e.input_ids) for e in shard], config.batch_size, config.max_tokens_per_batch):
+            items = [shard[i] for i in group]
             for e, got in zip(items, halving(items, topk_of, skip)):
                 if got is not None:
                     per_key[e.key] = got

@@ -90,6 +90,9 @@ class CacheConfig:
     include_eos: bool = option(True, help="also cache the end-of-turn token after the response")
     max_length: int = option(4096, help="truncate rendered examples to this many tokens")
     batch_size: int = option(8, low=1, help="examples per teacher forward")
+    max_tokens_per_batch: int | None = option(
+        None, low=1, help="also cap each teacher forward at this many tokens once padded (batches of similar-length "
+                          "examples)")
     shard_size: int = option(1024, help="examples per shard file")
     store_dtype: str = option("float32", help="dtype of stored log-probs", choices=["float32", "float16", "bfloat16"])
     dtype: str = option("auto", help="teacher weights' dtype (auto: bfloat16 on GPU, float32 on CPU)", choices=["auto", "float32", "bfloat16", "float16"])

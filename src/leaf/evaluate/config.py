@@ -32,6 +32,9 @@ class EvaluateConfig:
     name: str | None = option(None, help="row label of this model in tables (default: --model)")
     max_new_tokens: int | None = option(None, help="generation budget (default: per benchmark, 512-2048)")
     batch_size: int = option(8, low=1, help="prompts per generation batch")
+    max_tokens_per_batch: int | None = option(
+        None, low=1, help="also cap each batch at this many tokens once padded (prompt + generated): batches of "
+                          "similar-length prompts, many short ones or few long ones")
     backend: str = option(
         "auto", help="generation backend: vllm when installed and a GPU is present", choices=BACKENDS
     )
@@ -68,6 +71,9 @@ class LabelConfig:
     out: Path = option(role="output", help="labelled JSONL (input records + teacher/student generations and verdicts)")
     max_new_tokens: int = option(1024, help="generation budget per answer")
     batch_size: int = option(8, low=1, help="prompts per generation batch")
+    max_tokens_per_batch: int | None = option(
+        None, low=1, help="also cap each batch at this many tokens once padded (prompt + generated): batches of "
+                          "similar-length prompts, many short ones or few long ones")
     backend: str = option("auto", help="generation backend", choices=BACKENDS)
     dtype: str = option("auto", help="model dtype", choices=DTYPES)
     device: str = option("auto", help="torch device for the transformers backend (auto: cuda if present)")

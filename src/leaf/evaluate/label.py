@@ -103,6 +103,7 @@ def label(config: LabelConfig | None = None, **kwargs: Any) -> LabelSummary:
             overwrite=cfg.overwrite,
             max_new_tokens=cfg.max_new_tokens,
             batch_size=cfg.batch_size,
+            max_tokens_per_batch=cfg.max_tokens_per_batch,
             progress=True,
             **decoding_options(cfg),
         )

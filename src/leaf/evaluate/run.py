@@ -207,6 +207,7 @@ def _generate_and_score(cfg: EvaluateConfig, results: dict[str, Any]) -> None:
             overwrite=cfg.overwrite,
             max_new_tokens=budget,
             batch_size=cfg.batch_size,
+            max_tokens_per_batch=cfg.max_tokens_per_batch,
             progress=True,
             **decoding_options(cfg),
         )
