@@ -243,8 +243,38 @@ def torch_dtype(name: str, device: str = "auto") -> Any:
         raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}") from None
 
 
+class TokenizerOffsetsError(ConfigError):
+    """The loaded tokenizer's offsets do not cover the text it encodes: spans would be wrong."""
+
+
+#: Encoded once at load time; every character of it must lie in some token's offsets.
+OFFSETS_PROBE = "Offsets probe: The quick brown fox jumps over 13 lazy dogs, (x + y) * 2 = 42."
+
+
+def check_offsets(tok: Any, name_or_path: str) -> None:
+    """Stop with :class:`TokenizerOffsetsError` when ``tok``'s offsets miss part of a known string.
+
+    Transformers may load a tokenizer saved beside a model as its own class for
+    that architecture (a custom tokenizer next to a qwen2 model becomes
+    ``Qwen2Tokenizer``), whose offsets then cover little of the text: every
+    sample would be skipped or scored on the wrong characters.
+    """
+    enc = tok(OFFSETS_PROBE, add_special_tokens=False, return_offsets_mapping=True)
+    covered = [False] * len(OFFSETS_PROBE)
+    for s, e in enc["offset_mapping"]:
+        for i in range(max(s, 0), min(e, len(OFFSETS_PROBE))):
+            covered[i] = True
+    missed = [c for c, ok in zip(OFFSETS_PROBE, covered) if not ok and not c.isspace()]
+    if missed:
+        raise TokenizerOffsetsError(
+            f"{name_or_path}: the tokenizer loaded as {type(tok).__name__} gives offsets that miss "
+            f"{len(missed)} of {len(OFFSETS_PROBE)} characters of a probe string; leaf needs offsets that cover "
+            "the text (transformers may have replaced a custom tokenizer with its own class for this architecture)"
+        )
+
+
 def load_tokenizer(name_or_path: str) -> Any:
-    """A fast tokenizer (leaf needs offset mappings) with a pad token."""
+    """A fast tokenizer (leaf needs offset mappings) with a pad token, whose offsets cover its input."""
     from transformers import AutoTokenizer
 
     try:
@@ -253,6 +283,7 @@ def load_tokenizer(name_or_path: str) -> Any:
         raise ModelFolderError(name_or_path, "tokenizer", exc) from None
     if not getattr(tok, "is_fast", False):
         raise ValueError(f"{name_or_path}: no fast tokenizer available; leaf needs offset mappings")
+    check_offsets(tok, name_or_path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

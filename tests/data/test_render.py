@@ -80,3 +80,63 @@ def test_template_that_rewrites_content_is_refused(tokenizers):
             render(tok, "hello there", "ok fine")
     finally:
         tok.chat_template = original
+
+
+# A DeepSeek-R1-like template: it drops the reasoning of the assistant turn and
+# its generation prompt opens the think block.
+R1_LIKE = (
+    "{% for m in messages %}{% if m.role == 'user' %}<|User|>{{ m.content }}"
+    "{% else %}{% set c = m.content %}{% if '</think>' in c %}{% set c = c.split('</think>')[-1] %}{% endif %}"
+    "<|Assistant|>{{ c }}<|end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|Assistant|><think>\n{% endif %}"
+)
+
+
+@pytest.fixture()
+def r1_tok(tokenizers):
+    import copy
+
+    tok = copy.deepcopy(tokenizers["chatml"])
+    tok.chat_template = R1_LIKE
+    return tok
+
+
+def test_reasoning_template_falls_back_to_prompt_then_response(r1_tok):
+    response = "2 and 2 make 4.\n</think>\n\nThe answer is 4."
+    with pytest.raises(TemplateError, match="rewrites the response"):
+        render(r1_tok, "What is 2 + 2?", response, "template")
+    r = render(r1_tok, "What is 2 + 2?", response)  # auto
+    assert r.mode == "prompt-then-response"
+    assert r.text == "<|User|>What is 2 + 2?<|Assistant|><think>\n" + response + "<|end|>\n"
+    assert r.prompt == render_prompt(r1_tok, "What is 2 + 2?") and r.text.startswith(r.prompt)
+    assert r.text[slice(*r.instruction_span)] == "What is 2 + 2?"
+    assert r.text[slice(*r.response_span)] == response
+    # a response without a think block renders verbatim through the template itself
+    plain = render(r1_tok, "Q?", "A.")
+    assert plain.mode == "template" and plain.text == "<|User|>Q?<|Assistant|>A.<|end|>\n"
+    # forcing the documented rendering gives it for every sample
+    forced = render(r1_tok, "Q?", "A.", "prompt-then-response")
+    assert forced.mode == "prompt-then-response" and forced.text == "<|User|>Q?<|Assistant|><think>\nA.<|end|>\n"
+    with pytest.raises(ValueError, match="render mode"):
+        render(r1_tok, "Q?", "A.", "verbatim")
+
+
+def test_prompt_then_response_views_score_the_instruction_and_target_the_response(r1_tok):
+    response = "think</think>The answer is 4."
+    view, rendered = make_view(r1_tok, "What is 2 + 2?", response)
+    assert rendered.mode == "prompt-then-response"
+    assert "".join("What is 2 + 2?"[s:e] for s, e in dict.fromkeys(view.offsets)) == "What is 2 + 2?"
+    enc = encode(r1_tok, rendered.text)
+    covered = "".join(rendered.text[slice(*enc.offsets[t])] for t in view.targets)
+    assert response in covered and not view.uncovered
+    with pytest.raises(TemplateError):
+        make_view(r1_tok, "What is 2 + 2?", response, render_mode="template")
+
+
+def test_template_that_raises_is_a_template_error(tokenizers):
+    import copy
+
+    tok = copy.deepcopy(tokenizers["chatml"])
+    tok.chat_template = "{{ raise_exception('roles must alternate') }}"
+    with pytest.raises(TemplateError, match="roles must alternate"):
+        render(tok, "hi", "ok")

@@ -42,6 +42,25 @@ def test_degenerate_inputs_give_no_flags_and_no_nan(g_t, g_s):
     assert not flag_percentile(d, 50, eligible).any()
 
 
+def test_missing_teacher_scores_are_left_out_and_never_flagged():
+    g_t, g_s = T(1.0, 3.0, 2.0, 3.0), T(10.0, 0.0, 5.0, 0.0)
+    # no missing token: exactly the plain computation (the byte-identical path)
+    torch.testing.assert_close(confounder_scores(g_t, g_s, torch.zeros(4, dtype=torch.bool)), confounder_scores(g_t, g_s))
+    # a fifth token without a teacher score (NaN): the others are normalised as before, it gets NaN
+    missing = torch.tensor([False, False, False, False, True])
+    d = confounder_scores(torch.cat([g_t, T(float("nan"))]), torch.cat([g_s, T(99.0)]), missing)
+    torch.testing.assert_close(d[:4], T(0.0, 1.0, 0.5, 1.0))
+    assert torch.isnan(d[4])
+    eligible = torch.ones(5, dtype=torch.bool)  # even if a caller forgets to mask it, it is never flagged
+    assert flag_threshold(d, 1.0, eligible).tolist() == [True] * 4 + [False]
+    assert flag_percentile(d, 100, eligible, cap=1.0).tolist() == [True] * 4 + [False]
+    # before this rule a zero teacher score there read as "student-specific" and was flagged
+    d_zero = confounder_scores(torch.cat([g_t, T(0.0)]), torch.cat([g_s, T(99.0)]))
+    assert flag_threshold(d_zero, 0.1, eligible)[4]
+    # fewer than two tokens with a teacher score: degenerate
+    assert confounder_scores(T(1.0, float("nan")), T(1.0, 2.0), torch.tensor([False, True])) is None
+
+
 def test_threshold_is_inclusive_and_respects_eligibility():
     d = T(0.0, 0.1, 0.10000001, 0.05, 1.0)
     eligible = torch.tensor([True, True, True, False, True])

@@ -24,8 +24,12 @@ def test_max_rule():
 
 def test_identity_and_uncovered_tokens():
     assert project_scores(SRC, G, SRC).tolist() == G.tolist()
-    # a destination token no source token overlaps gets 0
-    assert project_scores([(0, 3)], torch.tensor([5.0]), [(0, 3), (3, 5)]).tolist() == [5.0, 0.0]
+    # a destination token no source token overlaps is missing (NaN), not 0
+    out = project_scores([(0, 3)], torch.tensor([5.0]), [(0, 3), (3, 5)])
+    assert out[0] == 5.0 and torch.isnan(out[1])
+    for rule in ("mean", "max"):  # a gap inside the text (an NFC-folded combining mark) is missing too
+        out = project_scores([(0, 3), (4, 6)], torch.tensor([1.0, 2.0]), [(0, 3), (3, 4), (4, 6)], rule)
+        assert out[0] == 1.0 and torch.isnan(out[1]) and out[2] == 2.0
 
 
 def test_unknown_rule():

@@ -216,3 +216,70 @@ def test_config_file_and_flag_override(models, data, tmp_path, capsys):
 def test_tau_and_percentile_are_exclusive():
     with pytest.raises(ValueError, match="either --tau or --percentile"):
         DetectConfig(teacher="t", student="s", data="d", out="o", tau=0.1, percentile=5).validate()
+
+
+def test_a_sample_the_template_cannot_render_is_skipped_with_its_reason(models, tmp_path):
+    from pathlib import Path
+
+    from leaf.models import load_tokenizer
+
+    # the student's tokenizer gets a reasoning template that drops the think block (as DeepSeek-R1's does)
+    student = tmp_path / "r1_student"
+    Path(student).mkdir()
+    for f in Path(models["student"]).iterdir():
+        (student / f.name).write_bytes(f.read_bytes())
+    tok = load_tokenizer(models["student"])
+    tok.chat_template = (
+        "{% for m in messages %}{% if m.role == 'user' %}<|start_header_id|>user<|end_header_id|>{{ m.content }}"
+        "{% else %}{% set c = m.content %}{% if '</think>' in c %}{% set c = c.split('</think>')[-1] %}{% endif %}"
+        "<|start_header_id|>assistant<|end_header_id|>{{ c }}<|eot_id|>{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>{% endif %}"
+    )
+    tok.save_pretrained(student)
+    data = tmp_path / "think.jsonl"
+    rows = [dict(SAMPLES[0], id="plain"), dict(SAMPLES[4], id="think", response="6 sevens.</think>The answer is 42.")]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "think_out.jsonl"
+    summary = detect(teacher=models["teacher"], student=str(student), data=data, out=out, progress=False,
+                     render="template")
+    assert [sid for sid, _ in summary.skipped] == ["think"] and summary.written == 1
+    side = read_jsonl(tmp_path / "think_out.jsonl.skipped.jsonl")
+    assert side[0]["id"] == "think" and side[0]["reason"].startswith("student: ") and "rewrites" in side[0]["reason"]
+    # auto (the default): the think sample is rendered prompt-then-response and scored
+    auto = detect(teacher=models["teacher"], student=str(student), data=data, out=tmp_path / "auto.jsonl",
+                  progress=False)
+    assert not auto.skipped and auto.written == 2
+    assert not (tmp_path / "auto.jsonl.skipped.jsonl").exists()
+    # resuming under another render mode is refused (the setting is in the sidecar unless auto)
+    with pytest.raises(Exception, match="render"):
+        detect(teacher=models["teacher"], student=str(student), data=data, out=out, progress=False)
+
+
+def test_a_tokenizer_whose_offsets_miss_the_text_stops_the_run(models, data, tmp_path, capsys):
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+    from tokenizers import models as tk_models
+    from transformers import PreTrainedTokenizerFast
+
+    from leaf.config import ConfigError
+    from leaf.models import TokenizerOffsetsError
+
+    # a sentencepiece-style (Metaspace) tokenizer saved beside a qwen2 model: transformers
+    # loads it as Qwen2Tokenizer, a byte-level class, and the offsets go wrong
+    tk = Tokenizer(tk_models.BPE())
+    tk.pre_tokenizer, tk.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    tk.train_from_iterator([s["instruction"] for s in SAMPLES] * 2,
+                           trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>"], show_progress=False))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>")
+    folder = tmp_path / "custom_qwen2"
+    build_model(tok, arch="qwen2", hidden_size=16, num_layers=1, num_heads=2).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    capsys.readouterr()  # drop the progress bar of save_pretrained
+    with pytest.raises(TokenizerOffsetsError) as err:
+        detect(teacher=models["teacher"], student=str(folder), data=data, out=tmp_path / "o.jsonl", progress=False)
+    assert isinstance(err.value, ConfigError)
+    assert str(folder) in str(err.value) and "Qwen2Tokenizer" in str(err.value)
+    code = main(["detect", "--teacher", models["teacher"], "--student", str(folder), "--data", str(data),
+                 "--out", str(tmp_path / "o.jsonl")])
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "Qwen2Tokenizer" in lines[0]
+    assert not (tmp_path / "o.jsonl").exists()

@@ -11,6 +11,18 @@ template that trims the contents (LLaMA-3's does) is handled by locating the
 trimmed text inside the original field; one that rewrites them otherwise is
 refused with a clear error instead of producing wrong offsets.
 
+Reasoning templates (Qwen3, DeepSeek-R1) rewrite the assistant turn: they move
+or drop a ``<think>...</think>`` block of the response, so the response cannot
+be rendered verbatim. For them :func:`render` has a second, documented
+rendering, ``mode="prompt-then-response"``: the template's generation prompt
+(``add_generation_prompt=True``, exactly what :func:`render_prompt` gives and
+what :mod:`leaf.generation` feeds the model), then the response verbatim, then
+the text the template closes an assistant turn with (:func:`turn_end`; the
+end-of-turn token, e.g. ``<|im_end|>\n``). ``mode="auto"`` (the default) uses the
+template's own rendering and falls back to prompt-then-response only when the
+template does not reproduce the sample verbatim; ``mode="template"`` never
+falls back.
+
 :func:`encode` tokenizes the rendered text with a fast tokenizer's offset
 mapping and returns the token indices that overlap given character spans. No
 token is ever decoded to find a position.
@@ -30,6 +42,10 @@ PLAIN_TEMPLATE = "{bos}### Instruction:\n{instruction}\n\n### Response:\n{respon
 
 _SENTINEL_I = "\u2063LEAFINSTRUCTION\u2063"
 _SENTINEL_R = "\u2063LEAFRESPONSE\u2063"
+
+
+#: How a sample is rendered (see the module docstring).
+RENDER_MODES = ("auto", "template", "prompt-then-response")
 
 
 class TemplateError(ValueError):
@@ -54,6 +70,7 @@ class Rendered:
     response_span: Span
     instruction_offset: int = 0
     response_offset: int = 0
+    mode: str = "template"  #: "template" or "prompt-then-response": how ``text`` was made
 
     def instruction_to_text(self, start: int, end: int) -> Span:
         """Map a ``[start, end)`` range of the instruction field into ``text`` (clipped)."""
@@ -78,11 +95,16 @@ def _messages(instruction: str, response: str | None) -> list[dict[str, str]]:
 
 
 def _apply(tokenizer: Any, instruction: str, response: str | None) -> str:
-    return tokenizer.apply_chat_template(
-        _messages(instruction, response),
-        tokenize=False,
-        add_generation_prompt=response is None,
-    )
+    from jinja2.exceptions import TemplateError as JinjaError
+
+    try:
+        return tokenizer.apply_chat_template(
+            _messages(instruction, response),
+            tokenize=False,
+            add_generation_prompt=response is None,
+        )
+    except JinjaError as exc:  # raise_exception() inside a template, or a template bug
+        raise TemplateError(f"the chat template fails: {exc}") from None
 
 
 def _locate(real: str, pattern: str, sentinel: str, content: str, what: str) -> tuple[Span, int]:
@@ -105,8 +127,17 @@ def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def render(tokenizer: Any, instruction: str, response: str) -> Rendered:
-    """Render a training pair and locate its instruction and response."""
+def render(tokenizer: Any, instruction: str, response: str, mode: str = "auto") -> Rendered:
+    """Render a training pair and locate its instruction and response.
+
+    ``mode``: ``"template"`` (the chat template's own rendering, verbatim or
+    refused), ``"prompt-then-response"`` (generation prompt + response verbatim +
+    :func:`turn_end`), or ``"auto"``: the first, else the second when the template
+    does not reproduce the sample verbatim. Without a chat template both modes
+    give the same :data:`PLAIN_TEMPLATE` text.
+    """
+    if mode not in RENDER_MODES:
+        raise ValueError(f"unknown render mode {mode!r}; use one of {RENDER_MODES}")
     if not has_chat_template(tokenizer):
         bos = tokenizer.bos_token or ""
         eos = tokenizer.eos_token or ""
@@ -116,7 +147,21 @@ def render(tokenizer: Any, instruction: str, response: str) -> Rendered:
         r0 = i0 + len(instruction) + len(mid)
         text = head + instruction + mid + response + eos
         return Rendered(text, text[:r0], (i0, i0 + len(instruction)), (r0, r0 + len(response)))
+    if mode == "prompt-then-response":
+        return _render_prompt_then_response(tokenizer, instruction, response)
+    try:
+        return _render_template(tokenizer, instruction, response)
+    except TemplateError as exc:
+        if mode == "template":
+            raise
+        try:
+            return _render_prompt_then_response(tokenizer, instruction, response)
+        except TemplateError as second:
+            raise TemplateError(f"{exc}; prompt-then-response: {second}") from None
 
+
+def _render_template(tokenizer: Any, instruction: str, response: str) -> Rendered:
+    """The chat template's own rendering of (user, assistant), verbatim or trimmed."""
     full = _apply(tokenizer, instruction, response)
     # The instruction: vary only the user turn, keep the real response.
     i_span, i_off = _locate(full, _apply(tokenizer, _SENTINEL_I, response), _SENTINEL_I, instruction, "instruction")
@@ -125,6 +170,30 @@ def render(tokenizer: Any, instruction: str, response: str) -> Rendered:
         raise TemplateError("the chat template places the response before the instruction")
     prompt = _apply(tokenizer, instruction, None)
     return Rendered(full, prompt, i_span, r_span, i_off, r_off)
+
+
+def _render_prompt_then_response(tokenizer: Any, instruction: str, response: str) -> Rendered:
+    """Generation prompt, then the response verbatim, then the template's end of turn."""
+    prompt = _apply(tokenizer, instruction, None)
+    i_span, i_off = _locate(prompt, _apply(tokenizer, _SENTINEL_I, None), _SENTINEL_I, instruction, "instruction")
+    r0 = len(prompt)
+    text = prompt + response + turn_end(tokenizer)
+    return Rendered(text, prompt, i_span, (r0, r0 + len(response)), i_off, 0, "prompt-then-response")
+
+
+def turn_end(tokenizer: Any) -> str:
+    """The text the chat template puts after an assistant reply (its end-of-turn token and what follows).
+
+    Found by rendering a placeholder reply (which every template renders
+    verbatim); the tokenizer's EOS token when even that fails.
+    """
+    try:
+        pattern = _apply(tokenizer, "hi", _SENTINEL_R)
+    except TemplateError:
+        pattern = ""
+    if pattern.count(_SENTINEL_R) == 1:
+        return pattern.split(_SENTINEL_R)[1]
+    return tokenizer.eos_token or ""
 
 
 def render_prompt(tokenizer: Any, instruction: str) -> str:

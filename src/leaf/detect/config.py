@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from leaf.config import option
+from leaf.data.render import RENDER_MODES
 from leaf.detect.decision import DEFAULT_TAU, PERCENTILE_CAP
 from leaf.detect.methods import METHODS
 from leaf.detect.prepare import TRUNCATION_POLICIES
@@ -57,6 +58,11 @@ class DetectConfig:
                     "(same results, slower)")
     overwrite: bool = option(False, help="start over instead of resuming an existing --out")
     progress: bool = option(True, help="show a progress bar")
+    render: str = option("auto", choices=RENDER_MODES,
+                         help="how samples are rendered: the chat template verbatim (template), the generation prompt "
+                              "then the response verbatim then the end-of-turn token (prompt-then-response, for "
+                              "reasoning templates that rewrite the assistant turn), or auto: template, else "
+                              "prompt-then-response for a sample the template cannot render verbatim")
 
     def validate(self) -> None:
         if self.tau is not None and self.percentile is not None:

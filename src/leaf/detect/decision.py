@@ -15,6 +15,12 @@ Given teacher and student saliencies ``g_T``, ``g_S`` over the analysed tokens
 Degenerate inputs -- a single token, constant scores, an all-zero gradient,
 non-finite values -- carry no contrast to compare, so they give *no* flags
 (and ``None`` scores), never NaN.
+
+Tokens whose teacher score is *missing* (no teacher token covers their
+characters, see :mod:`leaf.detect.projection`) are left out of steps 1-3: the
+normalisations run over the other tokens only, and a missing token gets a NaN
+score and is never eligible for a flag. With no missing token the computation
+is exactly the one above.
 """
 
 from __future__ import annotations
@@ -47,21 +53,40 @@ def minmax(x: torch.Tensor) -> torch.Tensor | None:
     return (x - lo) / span
 
 
-def confounder_scores(g_teacher: torch.Tensor, g_student: torch.Tensor) -> torch.Tensor | None:
-    """``d = minmax(minmax(g_T) - minmax(g_S))`` over the analysed tokens, or ``None`` if degenerate."""
+def confounder_scores(g_teacher: torch.Tensor, g_student: torch.Tensor,
+                      missing: torch.Tensor | None = None) -> torch.Tensor | None:
+    """``d = minmax(minmax(g_T) - minmax(g_S))`` over the analysed tokens, or ``None`` if degenerate.
+
+    ``missing`` (bool, optional) marks tokens without a teacher score: they are
+    left out of every normalisation and get ``NaN``; ``None`` if fewer than two
+    tokens remain or the rest is degenerate.
+    """
     if g_teacher.shape != g_student.shape:
         raise ValueError(f"saliency shapes differ: {tuple(g_teacher.shape)} vs {tuple(g_student.shape)}")
+    if missing is not None and bool(missing.any()):
+        present = ~missing
+        d = confounder_scores(g_teacher[present], g_student[present])
+        if d is None:
+            return None
+        out = torch.full(g_teacher.shape, float("nan"), dtype=d.dtype)
+        out[present] = d
+        return out
     gt, gs = minmax(g_teacher), minmax(g_student)
     if gt is None or gs is None:
         return None
     return minmax(gt - gs)
 
 
+def scored(scores: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
+    """Eligible tokens that have a score (a missing teacher score gives NaN, never a flag)."""
+    return eligible & ~torch.isnan(scores)
+
+
 def flag_threshold(scores: torch.Tensor | None, tau: float, eligible: torch.Tensor) -> torch.Tensor:
     """Flag eligible tokens with ``score <= tau``."""
     if scores is None:
         return torch.zeros_like(eligible, dtype=torch.bool)
-    return (scores <= tau) & eligible
+    return (scores <= tau) & scored(scores, eligible)
 
 
 def flag_percentile(
@@ -76,6 +101,8 @@ def flag_percentile(
     eligible scores; the cap keeps a sample whose scores are all high from
     having its "least bad" tokens flagged anyway.
     """
+    if scores is not None:
+        eligible = scored(scores, eligible)
     if scores is None or not eligible.any():
         return torch.zeros_like(eligible, dtype=torch.bool)
     q = torch.quantile(scores[eligible].double(), percent / 100.0)

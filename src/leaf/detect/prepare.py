@@ -21,6 +21,18 @@ Long samples follow an explicit policy (``truncation``):
   instruction. If the response alone does not fit, the sample is skipped.
 * ``"skip"`` -- skip every sample that does not fit.
 
+Before any tokenisation the instruction is cut on characters to at most
+``max_length * CHARS_PER_TOKEN`` (16): a 10 MB instruction is never tokenised
+whole. Tokenizers average 3-5 characters per token on English and code and
+1-2 on CJK, so the kept tail still holds several times ``max_length`` tokens
+and the token-boundary cut above decides the final start in practice (only
+text whose tokens average more than 16 characters -- long runs of one
+repeated character -- can end up shorter than ``max_length``). The cut counts
+in ``cut``; under ``"skip"`` such an instruction is skipped.
+
+A sample the chat template cannot render (it rewrites the sample and, under
+``render_mode="auto"``, the prompt-then-response rendering fails too; see
+:func:`leaf.data.render.render`) is skipped with the template's reason.
 Skipped samples are reported with a reason, never dropped silently.
 """
 
@@ -31,9 +43,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from leaf.data.records import Sample
+from leaf.data.render import TemplateError
 from leaf.data.views import View, make_view
 
 TRUNCATION_POLICIES = ("left", "skip")
+
+#: Characters kept per token of ``max_length`` by the cut made before tokenising.
+CHARS_PER_TOKEN = 16
 
 
 @dataclass(frozen=True)
@@ -44,6 +60,11 @@ class Prepared:
     key: str = ""  #: unique output key (the sample id, or id@segment at response level)
     loss_start: int = 0  #: response characters [loss_start, loss_end) form the loss
     loss_end: int | None = None
+
+    @property
+    def uncovered(self) -> dict[str, int]:
+        """Per model, characters of the scored text that none of its tokens covers (0 for most tokenizers)."""
+        return {name: v.n_uncovered for name, v in self.views.items()}
 
 
 @dataclass(frozen=True)
@@ -61,6 +82,7 @@ def prepare(
     loss_start: int = 0,
     loss_end: int | None = None,
     key: str | None = None,
+    render_mode: str = "auto",
 ) -> Prepared | Skipped:
     """Views of ``sample`` for every named tokenizer, fitted to ``max_length``.
 
@@ -69,12 +91,20 @@ def prepare(
     if truncation not in TRUNCATION_POLICIES:
         raise ValueError(f"unknown truncation policy {truncation!r}; use one of {TRUNCATION_POLICIES}")
     cut = 0
+    if max_length and len(sample.instruction) > max_length * CHARS_PER_TOKEN:
+        if truncation == "skip":
+            return Skipped(sample, f"instruction of {len(sample.instruction)} characters > max_length {max_length} "
+                                   f"x {CHARS_PER_TOKEN} characters per token")
+        cut = len(sample.instruction) - max_length * CHARS_PER_TOKEN
     for _ in range(16):  # each round cuts at least one token; a few rounds suffice in practice
         instruction = sample.instruction[cut:]
-        views = {
-            name: make_view(tok, instruction, sample.response, cut=cut, loss_start=loss_start, loss_end=loss_end)[0]
-            for name, tok in tokenizers.items()
-        }
+        views = {}
+        for name, tok in tokenizers.items():
+            try:
+                views[name] = make_view(tok, instruction, sample.response, cut=cut, loss_start=loss_start,
+                                        loss_end=loss_end, render_mode=render_mode)[0]
+            except TemplateError as exc:
+                return Skipped(sample, f"{name}: {exc}")
         for name, v in views.items():
             if not v.scored:
                 return Skipped(sample, f"{name}: no instruction token left")

@@ -10,9 +10,14 @@ student's tokens by character overlap. For a student token covering characters
 * ``rule="max"``: the largest ``g_j`` among overlapping teacher tokens -- the
   teacher's strongest reliance anywhere in that stretch of text.
 
-A student token that no teacher token overlaps (possible only where one
-tokenizer drops characters the other keeps) gets 0. When both tokenizations
-have identical offsets the projection is the identity.
+A student token that no teacher token overlaps -- possible only where one
+tokenizer leaves characters uncovered that the other covers, e.g. a combining
+accent that Qwen's NFC normaliser folds into the previous letter -- gets
+``NaN``: the teacher has no score there (*missing*, not zero: a zero would read
+as "the teacher ignores this token" and make it look student-specific). The
+decision rule (:func:`leaf.detect.decision.confounder_scores`) leaves missing
+tokens out and never flags them. When both
+tokenizations have identical offsets the projection is the identity.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ def project_scores(
         raise ValueError(f"unknown projection rule {rule!r}; use one of {RULES}")
     if list(src_offsets) == list(dst_offsets):
         return src_scores.clone()
-    out = torch.zeros(len(dst_offsets), dtype=src_scores.dtype)
+    out = torch.full((len(dst_offsets),), float("nan"), dtype=src_scores.dtype)
     j0 = 0
     for i, (s, e) in enumerate(dst_offsets):
         # offsets are sorted by start: skip src tokens that end before this one starts
@@ -50,7 +55,7 @@ def project_scores(
                 values.append(src_scores[j])
             j += 1
         if not values:
-            continue
+            continue  # no teacher token here: missing (NaN)
         vals = torch.stack(values)
         if rule == "max":
             out[i] = vals.max()
@@ -58,3 +63,4 @@ def project_scores(
             w = torch.tensor(weights, dtype=src_scores.dtype)
             out[i] = (w * vals).sum() / w.sum()
     return out
+

@@ -35,12 +35,14 @@ class DetectSummary(Summary):
     with_spans: int = 0
     flagged_tokens: int = 0
     scored_tokens: int = 0
+    uncovered: int = 0  #: units with characters some model's tokens do not cover (OUT.uncovered.jsonl)
 
     def line(self) -> str:
         share = self.flagged_tokens / self.scored_tokens if self.scored_tokens else 0.0
+        gaps = f"; {self.uncovered} with characters a tokenizer does not cover" if self.uncovered else ""
         return (
             f"{self.samples} samples: {self.written} written, {self.resumed} already done, "
-            f"{len(self.skipped)} skipped; {self.with_spans} with spans; "
+            f"{len(self.skipped)} skipped{gaps}; {self.with_spans} with spans; "
             f"{self.flagged_tokens}/{self.scored_tokens} tokens flagged ({share:.1%}) -> {self.out}"
         )
 
@@ -61,13 +63,15 @@ def _settings(cfg: DetectConfig) -> dict[str, Any]:
         s["segments"] = cfg.segments
     if cfg.method == "random":
         s["seed"] = cfg.seed
+    if cfg.render != "auto":  # absent when auto, so files written before the option existed still resume
+        s["render"] = cfg.render
     s.update(cfg.rule, data_sha256=_file_hash(Path(cfg.data)))
     return s
 
 
 def units(sample: Sample, tokenizers: dict[str, Any], cfg: DetectConfig) -> list[Prepared | Skipped]:
     """What is scored for one sample: itself, or one unit per later response segment."""
-    fit = {"max_length": cfg.max_length, "truncation": cfg.truncation}
+    fit = {"max_length": cfg.max_length, "truncation": cfg.truncation, "render_mode": cfg.render}
     if cfg.level == "instruction":
         return [prepare(sample, tokenizers, **fit)]
     segs = segment_response(sample.response, cfg.segments)
@@ -103,6 +107,8 @@ def detect(config: DetectConfig | None = None, **kwargs: Any) -> DetectSummary:
                 summary.skipped.append((s.id, p.reason))
             else:
                 prepared.append(p)
+    uncovered = [p for p in prepared if any(p.uncovered.values())]
+    summary.uncovered = len(uncovered)
 
     key = "key" if cfg.level == "response" else "id"
     writer = ResumableJsonl(cfg.out, _settings(cfg), key=key, overwrite=cfg.overwrite, schema=detection_schema.SCHEMA,
@@ -114,6 +120,7 @@ def detect(config: DetectConfig | None = None, **kwargs: Any) -> DetectSummary:
     todo = [b for b in batches if any(p.key not in writer.done for p in b)]
     summary.resumed = sum(1 for p in prepared if p.key in writer.done)
     _write_skipped(cfg.out, summary.skipped)
+    _write_uncovered(cfg.out, uncovered, with_key=cfg.level == "response")
     if not todo:
         writer.commit()
         return summary
@@ -141,6 +148,23 @@ def _write_skipped(out: Path, skipped: list[tuple[Any, str]]) -> None:
     path = Path(out).with_name(Path(out).name + ".skipped.jsonl")
     if skipped:
         write_atomic(path, "".join(dumps({"id": i, "reason": r}) + "\n" for i, r in skipped))
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _write_uncovered(out: Path, units: list[Prepared], with_key: bool) -> None:
+    """``OUT.uncovered.jsonl``: per unit, characters of its scored text that a model's tokens do not cover."""
+    path = Path(out).with_name(Path(out).name + ".uncovered.jsonl")
+    lines = []
+    for p in units:
+        rec: dict[str, Any] = {"id": p.sample.id}
+        if with_key:
+            rec["key"] = p.key
+        rec["uncovered"] = p.uncovered
+        rec["ranges"] = {name: [list(r) for r in v.uncovered] for name, v in p.views.items() if v.uncovered}
+        lines.append(dumps(rec) + "\n")
+    if lines:
+        write_atomic(path, "".join(lines))
     else:
         path.unlink(missing_ok=True)
 

@@ -27,6 +27,11 @@ def _round(x: float | None) -> float | None:
     return None if x is None else float(f"{x:.6g}")
 
 
+def _round_missing(x: float) -> float | None:
+    """A teacher score or ``d`` that may be missing (NaN: no teacher token here) -> ``None``."""
+    return None if x != x else _round(x)
+
+
 def model_saliency(model: Any, views: list[View], pad_id: int,
                    gradient_checkpointing: bool = False) -> tuple[list[torch.Tensor], list[float]]:
     """Saliency of each view's scored tokens (one pass for the batch) and its loss."""
@@ -110,17 +115,20 @@ class DetectionScorer:
             return [(s + shift, e + shift) if v.field(i) == "response" else (s, e) for i, (s, e) in enumerate(v.offsets)]
 
         gt = project_scores(axis(vt), g_t, axis(vs), self.projection)
+        # NaN after projection = no teacher token over this student token (a cross-tokenizer
+        # gap): missing, never flagged. NaN in the teacher's own scores stays degenerate.
+        missing = torch.isnan(gt) if bool(torch.isfinite(g_t).all()) else torch.zeros_like(gt, dtype=torch.bool)
         texts = {"instruction": p.sample.instruction, "response": p.sample.response}
         token_texts = [texts[vs.field(i)][s:e] for i, (s, e) in enumerate(vs.offsets)]
-        eligible = ~whitespace_mask(token_texts)
-        d = confounder_scores(gt, g_s)
+        eligible = ~whitespace_mask(token_texts) & ~missing
+        d = confounder_scores(gt, g_s, missing)
         ctx = MethodContext(p.key, gradient_flags(d, eligible, self.rule), eligible, surprisal, self.seed)
         flags = apply_method(self.method, ctx)
         response_level = p.loss_start > 0
         tokens = [
             TokenScore(
-                text=token_texts[i], start=s, end=e, g_teacher=_round(float(gt[i])), g_student=_round(float(g_s[i])),
-                score=None if d is None else _round(float(d[i])), flag=bool(flags[i]), field=vs.field(i),
+                text=token_texts[i], start=s, end=e, g_teacher=_round_missing(float(gt[i])), g_student=_round(float(g_s[i])),
+                score=None if d is None else _round_missing(float(d[i])), flag=bool(flags[i]), field=vs.field(i),
                 surprisal=None if surprisal is None else _round(float(surprisal[i])),
             )
             for i, (s, e) in enumerate(vs.offsets)
