@@ -283,3 +283,29 @@ def test_a_tokenizer_whose_offsets_miss_the_text_stops_the_run(models, data, tmp
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1 and "Qwen2Tokenizer" in lines[0]
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_token_budget_and_out_of_memory_batches_give_the_same_detections(models, data, tmp_path, monkeypatch):
+    from leaf.detect.scoring import DetectionScorer
+
+    plain = read_jsonl(_run(models, data, tmp_path / "a.jsonl", batch_size=8).out)
+    budget = read_jsonl(_run(models, data, tmp_path / "b.jsonl", batch_size=8, max_tokens_per_batch=200).out)
+    real = DetectionScorer.score_batch
+    sizes = []
+
+    def small_memory(self, batch):
+        sizes.append(len(batch))
+        if len(batch) > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 1.00 GiB (injected)")
+        return real(self, batch)
+
+    monkeypatch.setattr(DetectionScorer, "score_batch", small_memory)
+    halved = read_jsonl(_run(models, data, tmp_path / "c.jsonl", batch_size=8).out)
+    assert max(sizes) > 2 and sizes.count(max(sizes)) >= 1 and min(sizes) <= 2
+    for other in (budget, halved):
+        by_id = {r["id"]: r for r in other}
+        assert set(by_id) == {r["id"] for r in plain}
+        for rec in plain:
+            assert [t["flag"] for t in rec["tokens"]] == [t["flag"] for t in by_id[rec["id"]]["tokens"]]
+            for ta, tb in zip(rec["tokens"], by_id[rec["id"]]["tokens"]):
+                assert ta["g_student"] == pytest.approx(tb["g_student"], rel=1e-4)

@@ -39,6 +39,9 @@ class DetectConfig:
     select: str = option("all", help="which samples: all, or student-wrong (teacher right, student wrong)",
                          choices=("all", "student-wrong"))
     batch_size: int = option(8, low=1, help="samples per forward/backward pass")
+    max_tokens_per_batch: int | None = option(
+        None, low=1, help="also cap each batch at this many tokens once padded: batches of similar lengths, many "
+                          "short samples or few long ones")
     max_length: int = option(2048, help="maximum tokens of a rendered sample")
     truncation: str = option("left", choices=TRUNCATION_POLICIES,
                              help="over-long samples: cut the instruction from the left, or skip them")

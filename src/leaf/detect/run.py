@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from leaf.data.jsonl import write_atomic
+from leaf.batching import halving, length_batches
 from leaf.config import Summary, make, to_dict
 from leaf.data import detections as detection_schema
 from leaf.data.jsonl import ResumableJsonl, dumps
@@ -65,6 +66,8 @@ def _settings(cfg: DetectConfig) -> dict[str, Any]:
         s["seed"] = cfg.seed
     if cfg.render != "auto":  # absent when auto, so files written before the option existed still resume
         s["render"] = cfg.render
+    if cfg.max_tokens_per_batch is not None:  # the batches' composition (absent: as before the option existed)
+        s["max_tokens_per_batch"] = cfg.max_tokens_per_batch
     s.update(cfg.rule, data_sha256=_file_hash(Path(cfg.data)))
     return s
 
@@ -113,10 +116,11 @@ def detect(config: DetectConfig | None = None, **kwargs: Any) -> DetectSummary:
     key = "key" if cfg.level == "response" else "id"
     writer = ResumableJsonl(cfg.out, _settings(cfg), key=key, overwrite=cfg.overwrite, schema=detection_schema.SCHEMA,
                             schema_version=detection_schema.SCHEMA_VERSION)
-    # Fixed batch composition (sorted by length, then input order) so a resumed run
-    # recomputes a half-written batch with the same neighbours and the same numbers.
-    order = sorted(range(len(prepared)), key=lambda i: (len(prepared[i].views["student"].input_ids), i))
-    batches = [[prepared[i] for i in order[b : b + cfg.batch_size]] for b in range(0, len(order), cfg.batch_size)]
+    # Fixed batch composition (by length, then input order; bounded in count and padded tokens) so a resumed
+    # run recomputes a half-written batch with the same neighbours and the same numbers.
+    lengths = [max(len(v.input_ids) for v in p.views.values()) for p in prepared]
+    batches = [[prepared[i] for i in group]
+               for group in length_batches(lengths, cfg.batch_size, cfg.max_tokens_per_batch)]
     todo = [b for b in batches if any(p.key not in writer.done for p in b)]
     summary.resumed = sum(1 for p in prepared if p.key in writer.done)
     _write_skipped(cfg.out, summary.skipped)
@@ -130,9 +134,14 @@ def detect(config: DetectConfig | None = None, **kwargs: Any) -> DetectSummary:
     scorer = DetectionScorer.load(cfg, tokenizers)
     from tqdm.auto import tqdm
 
+    def skip(p: Prepared, reason: str) -> None:
+        log.warning("sample %r skipped: %s", p.sample.id, reason)
+        summary.skipped.append((p.sample.id, reason))
+
     bar = tqdm(total=sum(len(b) for b in todo), desc="detect", unit="sample", disable=not cfg.progress)
     for batch in todo:
-        detections = [d for d in scorer.score_batch(batch) if d.unit_key not in writer.done]
+        scored = halving(batch, scorer.score_batch, skip)  # halves a batch that runs out of memory
+        detections = [d for d in scored if d is not None and d.unit_key not in writer.done]
         for det in detections:
             summary.scored_tokens += len(det.tokens)
             summary.flagged_tokens += sum(t.flag for t in det.tokens)
@@ -141,6 +150,9 @@ def detect(config: DetectConfig | None = None, **kwargs: Any) -> DetectSummary:
         bar.update(len(batch))
     bar.close()
     writer.commit()
+    _write_skipped(cfg.out, summary.skipped)
+    if summary.samples and len({sid for sid, _ in summary.skipped}) == summary.samples:
+        log.warning("every sample was skipped (reasons in %s.skipped.jsonl)", Path(cfg.out).name)
     return summary
 
 
