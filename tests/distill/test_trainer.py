@@ -323,3 +323,20 @@ def test_chunked_head_with_topk_cache_equals_full_logit_path(distill_setup, tmp_
     assert loss == pytest.approx(want, rel=1e-5)
     for name in grads:
         torch.testing.assert_close(grads[name], want_grads[name], rtol=1e-5, atol=1e-7)
+
+
+def test_cli_is_quiet_by_default_and_verbose_on_request(distill_setup, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("LEAF_VERBOSE", raising=False)
+    argv = ["distill", "--student", str(distill_setup / "student"), "--teacher", str(distill_setup / "teacher"),
+            "--data", str(distill_setup / "d.jsonl"), "--max-steps", "2", "--batch-size", "4", "--grad-accum", "1"]
+    assert main([*argv, "--out", str(tmp_path / "quiet")]) == 0
+    quiet = capsys.readouterr()
+    assert "'loss'" not in quiet.out + quiet.err and "Loading weights" not in quiet.err
+    assert "trained 2 steps" in quiet.out
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()  # what the quiet run turned off, as a fresh `leaf -v` process has it
+    hf_logging.set_verbosity_warning()
+    assert main(["-v", *argv, "--out", str(tmp_path / "loud")]) == 0
+    loud = capsys.readouterr()
+    assert "'loss'" in loud.out + loud.err

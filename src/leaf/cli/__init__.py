@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -113,6 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command is None:
         parser.print_help()
         return 2
+    os.environ["LEAF_VERBOSE"] = str(args.verbose)  # read by code that would print (the Trainer's log lines)
+    if not args.verbose:
+        _quiet_libraries()
     try:
         return command(args)
     except USER_ERRORS as exc:
@@ -122,6 +126,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(exc).split("\n", 1)[0].split()) if isinstance(exc, OSError) else str(exc)
         print(f"leaf {name}: error: {message}", file=sys.stderr)
         return 2
+
+
+def _quiet_libraries() -> None:
+    """Without ``-v``: no per-load "Loading weights" / "Writing model shards" bars or library chatter.
+
+    leaf's own progress bars (one per long step) and warnings stay.
+    """
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 if __name__ == "__main__":  # pragma: no cover

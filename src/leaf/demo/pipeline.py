@@ -174,6 +174,7 @@ def run_seed(seed: int, cfg: DemoConfig, models: Any, out: Path, timer: Timer) -
     for arm in cfg.arms:
         spec = ARMS[arm]
         eval_path = out / "eval" / f"{arm}.json"
+        log.info("seed %d, arm %s%s", seed, arm, " (done)" if eval_path.exists() else "")
         model_dir: Path | str = student
         if spec is not None and not eval_path.exists():
             train_dir = out / f"train-{arm}"
@@ -249,22 +250,36 @@ def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     return {"accuracy": acc, "detection": det, "detection_by_tau": taus, "attention": att}
 
 
+def _cell(v: dict[str, float], scale: float, digits: int) -> str:
+    """``mean ± std`` over seeds; the mean alone when there is one seed (no spread to show)."""
+    mean = f"{scale * v['mean']:.{digits}f}"
+    return mean if v["n"] < 2 else f"{mean} ± {scale * v['std']:.{digits}f}"
+
+
+#: What the table's rows and columns mean (printed under it).
+LEGEND = (
+    "Columns: test sets -- confounded (the planted value is the answer, as in training), counterfactual (it never "
+    "is), clean (no planted value). Rows: arms (docs/demo.md): pre_kd the student before distillation, kd plain "
+    "distillation, kd_selected the analysed samples unpruned (re-weighting), leaf_* LeaF with the named detection "
+    "or intervention, oracle_* the ground-truth spans. Cells: mean ± standard deviation over seeds."
+)
+
+
 def markdown_table(summary: dict[str, Any]) -> str:
-    """The paper-shaped table: arms x test sets, mean ± std over seeds (accuracy %)."""
+    """The paper-shaped table: arms x test sets, mean ± std over seeds (accuracy %), with a legend."""
     head = "| Arm | " + " | ".join(SPLITS) + " |\n|---|" + "---:|" * len(SPLITS) + "\n"
     rows = []
     for name, by_split in summary["accuracy"].items():
-        cells = [f"{100 * v['mean']:.1f} ± {100 * v['std']:.1f}" for v in (by_split[s] for s in SPLITS)]
+        cells = [_cell(v, 100, 1) for v in (by_split[s] for s in SPLITS)]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     det = summary["detection"]
     det_rows = "\n".join(
-        f"| {m} | " + " | ".join(f"{v[k]['mean']:.2f} ± {v[k]['std']:.2f}" for k in ("precision", "recall", "f1",
-                                                                                   "hit_rate")) + " |"
+        f"| {m} | " + " | ".join(_cell(v[k], 1, 2) for k in ("precision", "recall", "f1", "hit_rate")) + " |"
         for m, v in det.items()
     )
     att = summary.get("attention") or {}
-    att_rows = "\n".join(f"| {m} | {v['mean']:.3f} ± {v['std']:.3f} |" for m, v in att.items())
-    text = "### Accuracy (%)\n\n" + head + "\n".join(rows) + "\n\n### Detection (token level, default tau)\n\n"
+    att_rows = "\n".join(f"| {m} | {_cell(v, 1, 3)} |" for m, v in att.items())
+    text = "### Accuracy (%)\n\n" + head + "\n".join(rows) + f"\n\n{LEGEND}\n\n### Detection (token level, default tau)\n\n"
     text += "| Method | precision | recall | F1 | hit rate |\n|---|---:|---:|---:|---:|\n" + det_rows + "\n"
     if att_rows:
         text += "\n### Attention share of response tokens on planted spans (counterfactual test set)\n\n"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -284,6 +285,21 @@ class DistillTrainer(Trainer):
         super().log(logs, start_time)
 
 
+def _quiet_progress() -> type:
+    from transformers.trainer_callback import ProgressCallback
+
+    class QuietProgress(ProgressCallback):
+        """The Trainer's progress bar without its raw ``{'loss': ...}`` lines (metrics.jsonl/csv hold them)."""
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            return None
+
+    return QuietProgress
+
+
+_QuietProgress = _quiet_progress()
+
+
 def _token_counts(labels: Any, is_cf_row: Any) -> Any:
     """``[n_kd, n_cd]``: loss tokens of originals and counterfactuals in a ``(B, L)`` label batch."""
     has = loss_positions(labels).sum(1)
@@ -540,6 +556,12 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
         teacher_device=config.teacher_device,
         mix=config.mix,
     )
+    if os.environ.get("LEAF_VERBOSE", "1") == "0":  # `leaf distill` without -v: the bar, not raw loss dicts
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        trainer.pop_callback(PrinterCallback)  # prints the dicts when there is no bar (not a terminal)
+        if trainer.pop_callback(ProgressCallback) is not None:
+            trainer.add_callback(_QuietProgress)
     if trainer.is_world_process_zero():
         out.mkdir(parents=True, exist_ok=True)
         record = to_dict(config)
