@@ -154,7 +154,7 @@ def _texts(path: Path, limit: int | None, cap: int = 2000) -> tuple[int, list[st
 
 def _tokens(texts: list[str], tokenizer: str | None) -> tuple[float, str]:
     if not texts:
-        return ASSUMED_TOKENS, f"assumed {ASSUMED_TOKENS} per sample (docs/scaling.md)"
+        return ASSUMED_TOKENS, "assumed, docs/scaling.md"
     if tokenizer and Path(tokenizer).is_dir() and any((Path(tokenizer) / f).exists()
                                                       for f in ("tokenizer.json", "tokenizer_config.json")):
         try:
@@ -181,10 +181,18 @@ class Estimator:
         self.gpus: int = plan.gpus
         self.data: dict[str, Data] = {}
         self.models: dict[str, Model | None] = {}
+        #: output folder of each distill stage -> the student it trains
+        self.trained = {str(s.output): str(s.values.get("student")) for s in plan.steps if s.kind.name == "distill"}
 
     def model(self, ref: str | None) -> Model | None:
-        if ref not in self.models:
-            self.models[str(ref)] = model_info(ref)
+        if str(ref) not in self.models:
+            trained = self.trained.get(str(ref))
+            if trained is not None:  # a distill stage's output: the student's architecture
+                base = model_info(trained)
+                self.models[str(ref)] = None if base is None else Model(str(ref), base.config,
+                                                                        f"the student's ({trained})")
+            else:
+                self.models[str(ref)] = model_info(ref)
         return self.models.get(str(ref))
 
     def fits(self, est: StageEstimate, label: str, nbytes: float, where: str = "") -> str:
@@ -203,7 +211,7 @@ class Estimator:
             if src in self.data:
                 return self.data[src]
         return Data(ASSUMED_SAMPLES, ASSUMED_TOKENS, f"assumed {ASSUMED_SAMPLES:,} (per 1,000 samples)",
-                    f"assumed {ASSUMED_TOKENS} per sample (docs/scaling.md)")
+                    "assumed, docs/scaling.md")
 
     # one method per kind ------------------------------------------------------------------
 
@@ -216,11 +224,11 @@ class Estimator:
             data = Data(n, tokens, f"{n:,} (lines of {local})", how)
         elif cfg.limit:
             data = Data(cfg.limit, ASSUMED_TOKENS, f"{cfg.limit:,} (limit; hub dataset, not downloaded)",
-                        f"assumed {ASSUMED_TOKENS} per sample (docs/scaling.md)")
+                        "assumed, docs/scaling.md")
         else:
             data = Data(ASSUMED_SAMPLES, ASSUMED_TOKENS,
                         f"unknown (hub dataset {cfg.dataset}, no limit): figures below are per {ASSUMED_SAMPLES:,}",
-                        f"assumed {ASSUMED_TOKENS} per sample (docs/scaling.md)")
+                        "assumed, docs/scaling.md")
         self.data[step.name] = data
         est.lines.append(("compute", "CPU (download and conversion)"))
 
