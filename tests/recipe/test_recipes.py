@@ -154,3 +154,12 @@ def test_a_recipe_setting_a_path_or_unknown_key_is_refused(tmp_path, bad, words)
         run_recipe(recipe=recipe, print_recipe=True)
     for w in words:
         assert w in str(err.value)
+
+
+def test_docs_recipes_lists_the_options_of_leaf_run():
+    from leaf.config import options_markdown
+
+    text = (ROOT / "docs" / "recipes.md").read_text()
+    assert options_markdown(RecipeConfig) in text
+    for path in RECIPES:
+        assert path.name in text

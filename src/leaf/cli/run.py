@@ -34,6 +34,7 @@ class RunCommand(Command):
         hints = typing.get_type_hints(cls)
         parser.add_argument("recipe", type=Path, nargs="?", default=None, metavar="RECIPE.yaml",
                             help="the recipe (docs/recipes.md)")
+        parser.add_argument("--recipe", dest="recipe_flag", type=Path, default=None, help="the recipe, as a flag")
         for f in dataclasses.fields(cls):
             if f.name == "recipe":
                 continue
@@ -55,6 +56,7 @@ class RunCommand(Command):
     def __call__(self, args: argparse.Namespace) -> int:
         from leaf.config import ConfigError, build
 
+        args.recipe = args.recipe or args.recipe_flag
         stray = [v for v in args.overrides or [] if "=" not in v]
         if args.recipe is None and len(stray) == 1:  # `leaf run --set k=v RECIPE.yaml`: --set took the recipe
             args.recipe, args.overrides = Path(stray[0]), [v for v in args.overrides if v != stray[0]]
