@@ -25,7 +25,7 @@ LAYERS: dict[str, int] = {
     "estimate": 2,
     "detect": 3, "prune": 3, "distill": 3, "evaluate": 3, "analyze": 3,
     "report": 4,
-    "demo": 5,
+    "demo": 5, "recipe": 5,
     "cli": 6, "__main__": 6, "__init__": 6,
 }
 STAGES = {name for name, layer in LAYERS.items() if layer == 3}
