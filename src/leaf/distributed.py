@@ -51,22 +51,26 @@ def _launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
 
+def _state() -> Any:
+    import torch
+    from accelerate import PartialState
+
+    # without a GPU, accelerate sets up several processes (gloo) only when told it runs on the CPU
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=BARRIER_TIMEOUT)
+
+
 def rank_and_world() -> tuple[int, int]:
     """``(rank, world size)``: from accelerate's ``PartialState`` under a launcher, else ``(0, 1)``."""
     if not _launched():
         return 0, 1
-    from accelerate import PartialState
-
-    state = PartialState(timeout=BARRIER_TIMEOUT)
+    state = _state()
     return state.process_index, state.num_processes
 
 
 def barrier() -> None:
     """Wait for every process (nothing to wait for in a single process)."""
     if _launched():
-        from accelerate import PartialState
-
-        PartialState(timeout=BARRIER_TIMEOUT).wait_for_everyone()
+        _state().wait_for_everyone()
 
 
 def gather(obj: Any) -> list[Any]:
