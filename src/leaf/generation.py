@@ -270,7 +270,13 @@ def generate_to_jsonl(
     records, old and new.
     """
     from leaf.data.jsonl import ResumableJsonl, read_jsonl
+    from leaf.distributed import check_parts, rank_and_world, remove_parts
 
+    rank, world = rank_and_world()
+    check_parts(out, world, overwrite=overwrite)  # unmerged parts of a run with another number of processes
+    if world > 1:
+        return _generate_sharded(model, tokenizer, records, Path(out), settings, field, instruction_field, overwrite,
+                                 rank, world, generate_kwargs)
     writer = ResumableJsonl(out, settings, overwrite=overwrite)
     todo = [r for r in records if str(r["id"]) not in writer.done]
     if len(todo) < len(records):
@@ -282,4 +288,53 @@ def generate_to_jsonl(
     if todo:
         generate(model, tokenizer, [r[instruction_field] for r in todo], on_batch=write, **generate_kwargs)
     wanted = {str(r["id"]) for r in records}
-    return {str(r["id"]): r[field] for r in read_jsonl(writer.commit()) if str(r["id"]) in wanted}
+    result = {str(r["id"]): r[field] for r in read_jsonl(writer.commit()) if str(r["id"]) in wanted}
+    if overwrite:
+        remove_parts(out)  # unmerged parts of an earlier several-process run are now stale
+    return result
+
+
+def _generate_sharded(model: Any, tokenizer: Any, records: Sequence[dict[str, Any]], out: Path,
+                      settings: dict[str, Any], field: str, instruction_field: str, overwrite: bool, rank: int,
+                      world: int, generate_kwargs: dict[str, Any]) -> dict[str, str]:
+    """One of ``world`` processes: the batches a single process would run over what ``out`` lacks, batch ``k``
+    on rank ``k % world``, into ``out.part-RRRRR-of-NNNNN`` (resumable); rank 0 merges the parts into ``out``
+    in the order a single process writes. Every rank returns the whole ``{id: generation}``."""
+    from leaf.data.jsonl import ResumableJsonl, read_jsonl
+    from leaf.distributed import barrier, done_keys, merge_parts, part_path, remove_parts, shard
+
+    out_done = done_keys(out, settings, overwrite=overwrite)
+    base = [r for r in records if str(r["id"]) not in out_done]
+    wanted = {str(r["id"]) for r in records}
+    if base:
+        ids = _encode_prompts(tokenizer, [r[instruction_field] for r in base])
+        if is_vllm_model(model):  # vLLM takes the prompts in chunks, in input order
+            batches = [list(range(s, min(s + VLLM_CHUNK, len(ids)))) for s in range(0, len(ids), VLLM_CHUNK)]
+        else:  # exactly the batches generate() forms for these prompts
+            new = generate_kwargs.get("max_new_tokens", 256)
+            batches = length_batches([len(x) + new for x in ids], generate_kwargs.get("batch_size", 8),
+                                     generate_kwargs.get("max_tokens_per_batch"), longest_first=True)
+        writer = ResumableJsonl(part_path(out, rank, world), settings, overwrite=overwrite)
+        # in a single process's order; generate() re-forms the same batches from it (longest first, the count
+        # and token bounds depend on the first item of each batch only)
+        mine = [base[i] for b in shard(batches, rank, world) for i in b]
+        todo = [r for r in mine if str(r["id"]) not in writer.done]
+        if len(todo) < len(mine):
+            log.info("%s: %d of %d already generated, resuming", writer.path, len(mine) - len(todo), len(mine))
+
+        def write(indices: list[int], texts: list[str]) -> None:
+            writer.write_batch({**todo[i], field: t} for i, t in zip(indices, texts))
+
+        if todo:
+            generate(model, tokenizer, [r[instruction_field] for r in todo], on_batch=write, **generate_kwargs)
+        writer.commit()
+        barrier()
+        if rank == 0:
+            merge_parts(out, world, settings, order=[str(base[i]["id"]) for b in batches for i in b],
+                        overwrite=overwrite)
+        barrier()  # out is in place before any rank reads it
+    elif rank == 0:
+        remove_parts(out)  # out holds everything already (a merge that stopped before removing them)
+    if not out.exists():
+        return {}
+    return {str(r["id"]): r[field] for r in read_jsonl(out) if str(r["id"]) in wanted}

@@ -114,13 +114,21 @@ def detect(config: DetectConfig | None = None, **kwargs: Any) -> DetectSummary:
     summary.uncovered = len(uncovered)
 
     key = "key" if cfg.level == "response" else "id"
-    writer = ResumableJsonl(cfg.out, _settings(cfg), key=key, overwrite=cfg.overwrite, schema=detection_schema.SCHEMA,
-                            schema_version=detection_schema.SCHEMA_VERSION)
+    from leaf.distributed import check_parts, done_keys, rank_and_world, remove_parts
+
+    rank, world = rank_and_world()
+    settings = _settings(cfg)
+    check_parts(cfg.out, world, overwrite=cfg.overwrite)  # unmerged parts of another process count
+    schema = {"schema": detection_schema.SCHEMA, "schema_version": detection_schema.SCHEMA_VERSION}
     # Fixed batch composition (by length, then input order; bounded in count and padded tokens) so a resumed
     # run recomputes a half-written batch with the same neighbours and the same numbers.
     lengths = [max(len(v.input_ids) for v in p.views.values()) for p in prepared]
     batches = [[prepared[i] for i in group]
                for group in length_batches(lengths, cfg.batch_size, cfg.max_tokens_per_batch)]
+    if world > 1:
+        return _detect_sharded(cfg, tokenizers, summary, prepared, batches, uncovered, settings, key, schema,
+                               done_keys(cfg.out, settings, key=key, overwrite=cfg.overwrite), rank, world)
+    writer = ResumableJsonl(cfg.out, settings, key=key, overwrite=cfg.overwrite, **schema)
     todo = [b for b in batches if any(p.key not in writer.done for p in b)]
     summary.resumed = sum(1 for p in prepared if p.key in writer.done)
     _write_skipped(cfg.out, summary.skipped)
@@ -128,7 +136,19 @@ def detect(config: DetectConfig | None = None, **kwargs: Any) -> DetectSummary:
     if not todo:
         writer.commit()
         return summary
+    _score(cfg, tokenizers, todo, writer, summary)
+    writer.commit()
+    if cfg.overwrite:
+        remove_parts(cfg.out)  # unmerged parts of an earlier several-process run are now stale
+    _write_skipped(cfg.out, summary.skipped)
+    if summary.samples and len({sid for sid, _ in summary.skipped}) == summary.samples:
+        log.warning("every sample was skipped (reasons in %s.skipped.jsonl)", Path(cfg.out).name)
+    return summary
 
+
+def _score(cfg: DetectConfig, tokenizers: dict[str, Any], todo: list[list[Prepared]], writer: ResumableJsonl,
+           summary: DetectSummary) -> None:
+    """Score the batches ``todo`` and append their detections to ``writer``, counting into ``summary``."""
     from leaf.detect.scoring import DetectionScorer
 
     scorer = DetectionScorer.load(cfg, tokenizers)
@@ -149,10 +169,51 @@ def detect(config: DetectConfig | None = None, **kwargs: Any) -> DetectSummary:
         summary.written += writer.write_batch([d.to_json() for d in detections])
         bar.update(len(batch))
     bar.close()
+
+
+def _detect_sharded(cfg: DetectConfig, tokenizers: dict[str, Any], summary: DetectSummary,
+                    prepared: list[Prepared], batches: list[list[Prepared]], uncovered: list[Prepared],
+                    settings: dict[str, Any], key: str, schema: dict[str, Any], out_done: set[str], rank: int,
+                    world: int) -> DetectSummary:
+    """One of ``world`` processes: batch ``k`` of what ``OUT`` lacks goes to rank ``k % world``, into its part
+    ``OUT.part-RRRRR-of-NNNNN`` (resumable); rank 0 merges the parts into ``OUT`` in a single run's order."""
+    from leaf.distributed import barrier, gather, merge_parts, part_path, remove_parts, shard
+
+    pending = [b for b in batches if any(p.key not in out_done for p in b)]
+    before = len(summary.skipped)  # preparation's skips: the same on every rank
+    summary.resumed = sum(1 for p in prepared if p.key in out_done)
+    if not pending:  # OUT holds everything (a finished run, whatever its number of processes): nothing to do
+        if rank == 0:
+            remove_parts(cfg.out)
+            _write_skipped(cfg.out, summary.skipped)
+            _write_uncovered(cfg.out, uncovered, with_key=cfg.level == "response")
+        return summary
+    writer = ResumableJsonl(part_path(cfg.out, rank, world), settings, key=key, overwrite=cfg.overwrite, **schema)
+    mine = shard(pending, rank, world)
+    in_part = sum(1 for b in mine for p in b if p.key in writer.done and p.key not in out_done)
+    writer.done |= out_done  # what OUT holds is not written again
+    todo = [b for b in mine if any(p.key not in writer.done for p in b)]
+    if todo:
+        _score(cfg, tokenizers, todo, writer, summary)
     writer.commit()
-    _write_skipped(cfg.out, summary.skipped)
-    if summary.samples and len({sid for sid, _ in summary.skipped}) == summary.samples:
-        log.warning("every sample was skipped (reasons in %s.skipped.jsonl)", Path(cfg.out).name)
+    summary.resumed += in_part
+    counts = gather((summary.written, in_part, summary.with_spans, summary.flagged_tokens, summary.scored_tokens,
+                     summary.skipped[before:]))
+    barrier()
+    if rank == 0:
+        merge_parts(cfg.out, world, settings, order=[p.key for b in batches for p in b], key=key,
+                    overwrite=cfg.overwrite, **schema)
+        summary.written = sum(c[0] for c in counts)
+        summary.resumed = sum(1 for p in prepared if p.key in out_done) + sum(c[1] for c in counts)
+        summary.with_spans = sum(c[2] for c in counts)
+        summary.flagged_tokens = sum(c[3] for c in counts)
+        summary.scored_tokens = sum(c[4] for c in counts)
+        summary.skipped = summary.skipped[:before] + [s for c in counts for s in c[5]]
+        _write_skipped(cfg.out, summary.skipped)
+        _write_uncovered(cfg.out, uncovered, with_key=cfg.level == "response")
+        if summary.samples and len({sid for sid, _ in summary.skipped}) == summary.samples:
+            log.warning("every sample was skipped (reasons in %s.skipped.jsonl)", Path(cfg.out).name)
+    barrier()  # OUT is in place when any rank returns
     return summary
 
 

@@ -3,7 +3,8 @@
 Layout of a cache folder ``DIR``:
 
 * ``DIR/manifest.json`` -- what the cache holds (see :data:`MANIFEST_FIELDS`);
-* ``DIR/shard-NNNNN.safetensors`` -- tensors ``logprobs`` ``(n_tokens, k)``
+* ``DIR/shard-NNNNN.safetensors`` (``shard-rR-NNNNN.safetensors``: written by
+  process ``R`` of a several-process run; read alike) -- tensors ``logprobs`` ``(n_tokens, k)``
   (teacher log-probs at temperature ``T``, sorted descending), ``ids``
   ``(n_tokens, k)`` int32 token ids, ``offsets`` ``(n_examples + 1,)`` int64:
   example ``j`` of the shard owns rows ``offsets[j]:offsets[j+1]``; the
@@ -117,27 +118,35 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
         "max_length": config.max_length,
         "store_dtype": config.store_dtype,
     }
+    from leaf.distributed import barrier, gather, rank_and_world, shard as shard_of
+
+    rank, world = rank_and_world()
     manifest_path = out / "manifest.json"
     if manifest_path.exists() and not config.overwrite:
         old = json.loads(manifest_path.read_text())
         differ = [k for k in settings if old.get(k) != settings[k]]
         if differ:
             raise ConfigError(f"{out} holds a cache with other settings ({', '.join(differ)}); use --overwrite or another --out")
-    elif config.overwrite:
+    elif config.overwrite and rank == 0:
         for p in _shards(out):
             p.unlink()
+    if world > 1:
+        barrier()  # the old shards are gone (--overwrite) before anyone scans
     out.mkdir(parents=True, exist_ok=True)
     done: set[str] = set()
     for p in _shards(out):
         done.update(_shard_keys(p))
     todo = [ex for ex in examples if ex.key not in done]
+    if world > 1:
+        barrier()  # every process has scanned the shards before any writes one
 
     teacher = load_model(config.teacher, dtype=config.dtype, device=config.device, device_map=config.device_map,
                          max_memory=config.max_memory, what="teacher",
                          hint="use --device-map auto (with --max-memory) or a smaller --dtype")
     vocab = model_vocab_size(teacher)
     manifest = {**settings, "vocab_size": vocab, "examples": len(examples), "tokens": sum(e.n_loss_tokens for e in examples), "complete": False, "config": to_dict(config)}
-    write_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
+    if rank == 0:
+        write_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
 
     store = getattr(torch, config.store_dtype)
     head = _output_head(teacher)
@@ -179,10 +188,14 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
         skipped.append(example.key)
 
     collate = DistillCollator(tokenizer.pad_token_id)
-    next_shard = max((int(p.stem.split("-")[1]) for p in _shards(out)), default=-1) + 1
-    bar = tqdm(total=len(todo), desc="teacher top-k", unit="ex", disable=not todo)
-    for s0 in range(0, len(todo), config.shard_size):
-        shard = todo[s0 : s0 + config.shard_size]
+    # Several processes: shard-file k of what is left goes to process k % world, written as shard-rR-NNNNN
+    # (its own names, so processes never collide); one process keeps shard-NNNNN.
+    prefix = "shard-" if world == 1 else f"shard-r{rank}-"
+    chunks = shard_of([todo[s0 : s0 + config.shard_size] for s0 in range(0, len(todo), config.shard_size)], rank, world)
+    next_shard = max((int(p.stem[len(prefix):]) for p in _shards(out) if p.stem[len(prefix):].isdigit()
+                      and p.stem.startswith(prefix)), default=-1) + 1
+    bar = tqdm(total=sum(len(c) for c in chunks), desc="teacher top-k", unit="ex", disable=not chunks)
+    for shard in chunks:
         per_key: dict[str, tuple[Any, Any]] = {}
         for group in length_batches([len(e.input_ids) for e in shard], config.batch_size, config.max_tokens_per_batch):
             items = [shard[i] for i in group]
@@ -201,13 +214,19 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
             "ids": torch.cat([per_key[k][1] for k in keys]).contiguous(),
             "offsets": offsets.to(torch.int64),
         }
-        final = out / f"shard-{next_shard:05d}.safetensors"
+        final = out / f"{prefix}{next_shard:05d}.safetensors"
         tmp = final.with_suffix(".tmp")
         tail = float((1 - tensors["logprobs"].float().exp().sum(-1)).clamp(min=0).sum())
         save_file(tensors, str(tmp), metadata={"keys": json.dumps(keys), "tail_mass_sum": repr(tail)})
         tmp.rename(final)
         next_shard += 1
     bar.close()
+    if world > 1:
+        skipped = [k for part in gather(skipped) for k in part]
+        barrier()  # every shard file is in place
+        if rank != 0:
+            barrier()  # process 0 writes the manifest
+            return CacheSummary(out, manifest["examples"], manifest["tokens"], _mean_tail_mass(out))
     manifest["mean_tail_mass"] = _mean_tail_mass(out)
     if manifest["mean_tail_mass"] > TAIL_MASS_WARNING:
         log.warning("%s: the top %d keep only %.0f%% of the teacher's probability on average (the KL treats the "
@@ -216,6 +235,8 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
     manifest["complete"] = True
     manifest["skipped"] = skipped
     write_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
+    if world > 1:
+        barrier()
     return CacheSummary(out, manifest["examples"], manifest["tokens"], manifest["mean_tail_mass"])
 
 

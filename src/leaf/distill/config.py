@@ -62,6 +62,7 @@ class DistillConfig:
     pad_to_multiple_of: int | None = option(None, help="pad batch length to a multiple of this (e.g. 8 on tensor cores)")
     mix: str = option("interleave", help="batch order: interleave = originals and counterfactuals evenly spread over every step; shuffle = one random pool", choices=["interleave", "shuffle"])
     overwrite: bool = option(False, help="start over: delete the checkpoints of an earlier run in --out instead of resuming")
+    group_by_length: bool = option(False, help="batch examples of similar length (less padding): transformers' length-grouped sampler with --mix shuffle; with --mix interleave, sorted by length within windows of 50 x the batch size, both kinds still in every step")
 
     def validate(self) -> None:
         if not 0.0 <= self.lam <= 1.0:

@@ -258,12 +258,24 @@ class InterleavedSampler:
     data's proportion and both terms of the hybrid loss are averaged over
     tokens of that step. The order depends only on ``seed`` and the epoch
     (``set_epoch``, called by the Trainer), so a resumed run sees the same order.
+
+    With ``lengths`` and ``window`` (``--group-by-length``), the interleaved
+    order is cut into windows of ``window`` indices; inside each window the
+    originals and the counterfactuals are each sorted by length (longest first)
+    and interleaved evenly again, so neighbouring indices -- one micro-batch --
+    have similar lengths (less padding) while every run of consecutive indices
+    still holds both kinds in the window's proportion.
     """
 
-    def __init__(self, is_counterfactual: Sequence[bool], seed: int = 0):
+    def __init__(self, is_counterfactual: Sequence[bool], seed: int = 0, *, lengths: Sequence[int] | None = None,
+                 window: int | None = None):
         self.flags = [bool(x) for x in is_counterfactual]
         self.seed = seed
         self.epoch = 0
+        if lengths is not None and len(lengths) != len(self.flags):
+            raise ValueError("one length per example")
+        self.lengths = None if lengths is None else [int(n) for n in lengths]
+        self.window = window
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -271,15 +283,29 @@ class InterleavedSampler:
     def __len__(self) -> int:
         return len(self.flags)
 
+    @staticmethod
+    def _interleave(groups: Sequence[Sequence[int]]) -> list[int]:
+        """Each group's items at evenly spread fractions ``(j + 0.5) / n`` of the run, groups in order on ties."""
+        keyed = [((j + 0.5) / len(g), kind, i) for kind, g in enumerate(groups) for j, i in enumerate(g)]
+        keyed.sort(key=lambda t: (t[0], t[1]))
+        return [i for _, _, i in keyed]
+
     def __iter__(self):  # type: ignore[no-untyped-def]
         import torch
 
         g = torch.Generator().manual_seed(self.seed + 1_000_003 * self.epoch)
-        keyed = []
+        groups = []
         for kind in (False, True):
             idx = [i for i, f in enumerate(self.flags) if f == kind]
             perm = torch.randperm(len(idx), generator=g).tolist()
-            # position j of this kind sits at fraction (j + 0.5) / n of the epoch
-            keyed += [((j + 0.5) / len(idx), kind, idx[p]) for j, p in enumerate(perm)]
-        keyed.sort(key=lambda t: (t[0], t[1]))
-        return iter([i for _, _, i in keyed])
+            groups.append([idx[p] for p in perm])
+        order = self._interleave(groups)
+        if self.lengths is None or not self.window or self.window < 2:
+            return iter(order)
+        grouped: list[int] = []
+        lengths = self.lengths
+        for w0 in range(0, len(order), self.window):
+            win = order[w0 : w0 + self.window]
+            grouped += self._interleave([sorted((i for i in win if self.flags[i] == kind), key=lambda i: -lengths[i])
+                                         for kind in (False, True)])
+        return iter(grouped)

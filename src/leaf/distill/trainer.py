@@ -67,9 +67,11 @@ class DistillTrainer(Trainer):
         vocab_size: int | None = None,
         teacher_device: str | None = None,
         mix: str = "interleave",
+        group_by_length: bool = False,
         **kwargs: Any,
     ) -> None:
         self.mix = mix
+        self.group_by_length = group_by_length  # --mix interleave: grouped inside InterleavedSampler
         super().__init__(*args, **kwargs)
         self.lam, self.temperature, self.alpha = lam, temperature, alpha
         self.kl_chunk_size, self.vocab_size = kl_chunk_size, vocab_size
@@ -94,7 +96,11 @@ class DistillTrainer(Trainer):
 
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.mix == "interleave" and hasattr(dataset, "examples"):
-            return InterleavedSampler([e.counterfactual for e in dataset.examples], seed=self.args.seed)
+            grouped = self.group_by_length
+            window = 50 * self.args.per_device_train_batch_size * max(self.args.world_size, 1)
+            return InterleavedSampler([e.counterfactual for e in dataset.examples], seed=self.args.seed,
+                                      lengths=[len(e.input_ids) for e in dataset.examples] if grouped else None,
+                                      window=window if grouped else None)
         return super()._get_train_sampler(train_dataset)
 
     # -- token counts over the whole optimiser step ---------------------------------
@@ -423,7 +429,16 @@ def training_arguments(config: DistillConfig) -> Any:
         use_cpu=not torch.cuda.is_available(),
         ddp_find_unused_parameters=False,
         disable_tqdm=None,
+        **_length_grouping(config.group_by_length and config.mix == "shuffle"),  # interleave: InterleavedSampler
     )
+
+
+def _length_grouping(on: bool) -> dict[str, Any]:
+    """transformers' length-grouped sampler: ``train_sampling_strategy`` (5.x) or ``group_by_length`` (4.x)."""
+    if not on:
+        return {}
+    names = TrainingArguments.__dataclass_fields__
+    return {"train_sampling_strategy": "group_by_length"} if "train_sampling_strategy" in names else {"group_by_length": True}
 
 
 @dataclass
@@ -555,6 +570,7 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
         vocab_size=vocab,
         teacher_device=config.teacher_device,
         mix=config.mix,
+        group_by_length=config.group_by_length,
     )
     if os.environ.get("LEAF_VERBOSE", "1") == "0":  # `leaf distill` without -v: the bar, not raw loss dicts
         from transformers.trainer_callback import PrinterCallback, ProgressCallback

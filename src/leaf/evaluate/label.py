@@ -66,7 +66,7 @@ class LabelSummary(Summary):
 
 def label(config: LabelConfig | None = None, **kwargs: Any) -> LabelSummary:
     """Label every sample of ``config.data`` into ``config.out``; return the counts."""
-    from leaf.data.jsonl import ResumableJsonl, read_jsonl
+    from leaf.data.jsonl import ResumableJsonl
     from leaf.checkers import get_checker
     from leaf.generation import decoding_options, generate_to_jsonl, load_generator
 
@@ -81,12 +81,18 @@ def label(config: LabelConfig | None = None, **kwargs: Any) -> LabelSummary:
         if not samples:
             raise DataError([f"{cfg.data}: no sample has a gold answer for the {cfg.task} checker"])
     decoding = {"max_new_tokens": cfg.max_new_tokens, **decoding_options(cfg)}
-    writer = ResumableJsonl(
-        cfg.out,
-        {**decoding, "teacher": cfg.teacher, "student": cfg.student, "task": cfg.task, "data": str(cfg.data)},
-        overwrite=cfg.overwrite,
-    )
-    todo = [s for s in samples if id_key(s.id) not in writer.done]
+    from leaf.distributed import barrier, done_keys, rank_and_world
+
+    rank, world = rank_and_world()
+    out_settings = {**decoding, "teacher": cfg.teacher, "student": cfg.student, "task": cfg.task, "data": str(cfg.data)}
+    if rank == 0:
+        writer = ResumableJsonl(cfg.out, out_settings, overwrite=cfg.overwrite)
+        done = writer.done
+    else:  # several processes: only process 0 writes the labelled file; the others read what it holds
+        done = done_keys(cfg.out, out_settings, overwrite=cfg.overwrite)
+    if world > 1:
+        barrier()  # everyone has read the labelled file before process 0 touches it
+    todo = [s for s in samples if id_key(s.id) not in done]
     gens: dict[str, dict[str, str]] = {}
     folder = cfg.out.parent / f"{cfg.out.name}.generations"
     for role in ("teacher", "student"):
@@ -109,6 +115,9 @@ def label(config: LabelConfig | None = None, **kwargs: Any) -> LabelSummary:
         )
         del model
         gc.collect()
+    if rank != 0:  # each process generated its share of the prompts, merged by process 0, which labels
+        barrier()
+        return _counts(cfg.out, samples)
     checker = get_checker(cfg.task, timeout=cfg.code_timeout) if cfg.task == "code" else get_checker(cfg.task)
     for s in todo:
         missing = [role for role in ("teacher", "student") if id_key(s.id) not in gens[role]]
@@ -121,11 +130,20 @@ def label(config: LabelConfig | None = None, **kwargs: Any) -> LabelSummary:
             rec[f"{role}_generation"] = text
             rec[f"{role}_correct"] = bool(checker.check(text, s))
         writer.write_batch([rec])
-    by_id = {id_key(r["id"]): r for r in read_jsonl(writer.commit())}
+    writer.commit()
+    if world > 1:
+        barrier()
+    return _counts(cfg.out, samples)
+
+
+def _counts(out: Path, samples: list[Sample]) -> LabelSummary:
+    from leaf.data.jsonl import read_jsonl
+
+    by_id = {id_key(r["id"]): r for r in read_jsonl(out)}
     labelled = [by_id[id_key(s.id)] for s in samples if id_key(s.id) in by_id]
     n = len(labelled)
     t = sum(r["teacher_correct"] for r in labelled)
     st = sum(r["student_correct"] for r in labelled)
     sw = sum(r["teacher_correct"] and not r["student_correct"] for r in labelled)
     log.info("teacher right %d/%d, student right %d/%d, teacher-right & student-wrong %d", t, n, st, n, sw)
-    return LabelSummary(cfg.out, n, t, st, sw)
+    return LabelSummary(out, n, t, st, sw)

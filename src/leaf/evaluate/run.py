@@ -131,8 +131,15 @@ def evaluate(config: EvaluateConfig | None = None, **kwargs: Any) -> EvaluateSum
         results["records"] = [r for r in results["records"] if r.get("benchmark") != name] + records
     else:
         _generate_and_score(cfg, results)
+    from leaf.distributed import barrier, rank_and_world
+
+    rank, world = rank_and_world()
     results["config"] = to_dict(cfg)
-    write_atomic(cfg.out, json.dumps(results, ensure_ascii=False, indent=1) + "\n")
+    if rank == 0:  # several processes: each generated its share; process 0 scored the merged generations
+        write_atomic(cfg.out, json.dumps(results, ensure_ascii=False, indent=1) + "\n")
+    if world > 1:
+        barrier()
+        results = json.loads(cfg.out.read_text(encoding="utf-8"))
     return EvaluateSummary(cfg.out, results)
 
 
@@ -182,6 +189,7 @@ def _score_predictions(cfg: EvaluateConfig) -> tuple[str, str, dict[str, Any], l
 
 def _generate_and_score(cfg: EvaluateConfig, results: dict[str, Any]) -> None:
     from leaf.data.benchmarks import BENCHMARKS, load_benchmark
+    from leaf.distributed import rank_and_world
     from leaf.generation import decoding_options, generate_to_jsonl, load_generator
 
     assert cfg.model is not None and cfg.out is not None
@@ -211,6 +219,8 @@ def _generate_and_score(cfg: EvaluateConfig, results: dict[str, Any]) -> None:
             progress=True,
             **decoding_options(cfg),
         )
+        if rank_and_world()[0] != 0:
+            continue  # the generations are merged; process 0 scores them
         summary, recs = score(samples, gens, task, benchmark=name, workers=cfg.workers, code_timeout=cfg.code_timeout)
         results["benchmarks"][name] = summary
         results["records"] = [r for r in results["records"] if r.get("benchmark") != name] + recs

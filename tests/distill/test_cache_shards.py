@@ -1,0 +1,42 @@
+"""``leaf cache-teacher`` in 2 CPU processes (gloo): the same cached log-probs as 1 process."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from leaf.distill.cache import CacheConfig, TeacherCache, build_cache
+
+_spec = importlib.util.spec_from_file_location("_launch", Path(__file__).parents[1] / "distributed" / "launch.py")
+_launch = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_launch)
+launch = _launch.launch
+
+
+def test_two_process_cache_equals_one_process(distill_setup, tmp_path):
+    args = dict(teacher=str(distill_setup / "teacher"), tokenizer=str(distill_setup / "student"),
+                data=distill_setup / "d.jsonl", counterfactuals=distill_setup / "cf.jsonl", top_k=8, shard_size=3,
+                batch_size=2)
+    build_cache(CacheConfig(out=tmp_path / "one", **args))
+    proc = launch(["cache-teacher", "--teacher", args["teacher"], "--tokenizer", args["tokenizer"],
+                   "--data", str(args["data"]), "--counterfactuals", str(args["counterfactuals"]), "--top-k", "8",
+                   "--shard-size", "3", "--batch-size", "2", "--out", str(tmp_path / "two")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = sorted(p.name for p in (tmp_path / "two").glob("shard-*.safetensors"))
+    assert names == ["shard-r0-00000.safetensors", "shard-r0-00001.safetensors",
+                     "shard-r1-00000.safetensors", "shard-r1-00001.safetensors"]  # 12 examples, 4 shard files
+    one, two = TeacherCache.open(tmp_path / "one"), TeacherCache.open(tmp_path / "two")
+    assert set(one.index) == set(two.index) and len(one.index) == 12
+    for key in one.index:
+        (lp1, ids1), (lp2, ids2) = one.get(key), two.get(key)
+        torch.testing.assert_close(lp2, lp1, rtol=1e-5, atol=1e-6)
+        assert torch.equal(ids1, ids2)
+    m1, m2 = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("one", "two"))
+    for m in (m1, m2):
+        m.pop("config")
+    assert m2.pop("mean_tail_mass") == pytest.approx(m1.pop("mean_tail_mass"), rel=1e-5)
+    assert m1 == m2 and m2["complete"]
