@@ -86,3 +86,25 @@ def test_last_statement_wins():
 
     assert normalize("The answer is 17. Then the answer is 18.") == "18"
     assert extract_answer("answer: Paris, no wait, the answer is Lyon") == "Lyon"
+
+
+def test_answer_pattern_reads_answers_where_the_task_puts_them():
+    from leaf.checkers import checker_for, check_answer_pattern
+
+    checker = checker_for("exact", answer_pattern=r"answer\s+(-?\d+)")
+    with_answer = Sample(id=1, instruction="q", response="r", answer="7")
+    from_response = Sample(id=2, instruction="q", response="3 + 4 gives answer 7", answer=None)
+    for sample in (with_answer, from_response):
+        assert checker.check("so, answer 7", sample) is True
+        assert checker.check("answer 2, no wait, answer 7", sample) is True  # the last match counts
+        assert checker.check("The answer is 7.", sample) is False  # no match: wrong, not guessed
+        assert checker.check("answer 8", sample) is False
+    # the default rule would have scored the user's format wrong: the pattern is what makes it right
+    assert checker_for("exact").check("so, answer 7", with_answer) is False
+    with pytest.raises(ValueError, match="needs an 'answer' .or a match of --answer-pattern"):
+        checker.check("answer 7", Sample(id=3, instruction="q", response="no number here"))
+    for bad, why in (("answer (\\d+) (\\d+)", "exactly one group"), ("answer (", "not a regular expression")):
+        with pytest.raises(ValueError, match=why):
+            check_answer_pattern("exact", bad)
+    with pytest.raises(ValueError, match="applies to --task exact, not math"):
+        check_answer_pattern("math", r"(\d+)")

@@ -340,3 +340,21 @@ def test_cli_is_quiet_by_default_and_verbose_on_request(distill_setup, tmp_path,
     assert main(["-v", *argv, "--out", str(tmp_path / "loud")]) == 0
     loud = capsys.readouterr()
     assert "'loss'" in loud.out + loud.err
+
+
+def test_several_trackers_and_a_missing_one_is_one_line(distill_setup, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    from leaf.config import build
+
+    cfg = build(DistillConfig, {"student": "s", "teacher": "t", "data": "d", "out": "o",
+                                "report_to": ["tensorboard", "wandb"]})
+    assert cfg.report_to == ["tensorboard", "wandb"]
+    with pytest.raises(ConfigError, match="'none' cannot be combined"):
+        build(DistillConfig, {"student": "s", "teacher": "t", "data": "d", "out": "o", "report_to": ["none", "wandb"]})
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    assert main(["distill", "--student", str(distill_setup / "student"), "--teacher", str(distill_setup / "teacher"),
+                 "--data", str(distill_setup / "d.jsonl"), "--out", str(tmp_path / "x"), "--report-to", "wandb"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs the wandb package(s): pip install wandb" in err

@@ -201,3 +201,16 @@ def test_results_of_another_model_or_a_damaged_file_are_never_dropped(tmp_path):
     out.write_text("")  # as a kill during a non-atomic write would have left it
     with pytest.raises(DataError, match="exists but is not a results file"):
         evaluate(predictions=preds, task="exact", out=out, name="A")
+
+
+def test_answer_pattern_scores_a_users_own_format(tmp_path, capsys):
+    preds = tmp_path / "p.jsonl"
+    preds.write_text('{"id": 1, "prediction": "3 and 4 make answer 7", "response": "so answer 7"}\n'
+                     '{"id": 2, "prediction": "answer 9", "response": "answer 8"}\n')
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--predictions", str(preds), "--task", "exact", "--out", str(out),
+                 "--answer-pattern", r"answer (\d+)"]) == 0
+    assert json.loads(out.read_text())["benchmarks"]["p"]["correct"] == 1
+    assert main(["evaluate", "--predictions", str(preds), "--task", "exact", "--out", str(tmp_path / "x.json"),
+                 "--answer-pattern", r"answer \d+"]) == 2
+    assert "must have exactly one group" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from leaf.config import MissingExtra
 
-__all__ = ["TASKS", "Checker", "MissingExtra", "get_checker"]
+__all__ = ["TASKS", "Checker", "MissingExtra", "checker_for", "get_checker"]
 
 
 class Checker(Protocol):
@@ -26,6 +26,29 @@ class Checker(Protocol):
 
 
 TASKS = ("math", "code", "qa", "exact")
+
+
+def check_answer_pattern(task: str | None, pattern: str | None) -> None:
+    """Refuse (ValueError) an answer pattern that does not compile, has not one group, or is for another task."""
+    if pattern is None:
+        return
+    if task not in (None, "exact"):
+        raise ValueError(f"--answer-pattern applies to --task exact, not {task}")
+    from leaf.checkers.exact import answer_pattern
+
+    answer_pattern(pattern)
+
+
+def checker_for(task: str, *, code_timeout: float = 10.0, answer_pattern: str | None = None) -> Checker:
+    """The checker a stage config asks for (``task``, ``code_timeout``, ``answer_pattern``), the one way
+    evaluate, label and prune --verify build it."""
+    if answer_pattern is not None and task != "exact":
+        raise ValueError(f"--answer-pattern applies to --task exact, not {task}")
+    if task == "code":
+        return get_checker(task, timeout=code_timeout)
+    if task == "exact":
+        return get_checker(task, pattern=answer_pattern)
+    return get_checker(task)
 
 
 def get_checker(task: str, **options: Any) -> Checker:

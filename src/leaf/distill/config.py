@@ -7,10 +7,14 @@ Python keyword arguments (:mod:`leaf.config`). Importing this module is light
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from leaf.config import ConfigError, option
+from leaf.config import ConfigError, MissingExtra, option
+
+#: The module each tracker needs (checked before anything loads).
+TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 
 @dataclass
@@ -56,7 +60,8 @@ class DistillConfig:
     logging_steps: int = option(1, help="log metrics every N optimiser steps")
     save_steps: int = option(500, help="checkpoint every N optimiser steps")
     save_total_limit: int = option(2, help="keep at most N checkpoints")
-    report_to: str = option("none", help="also log to this tracker", choices=["none", "tensorboard", "wandb"])
+    report_to: list[str] = option(default_factory=lambda: ["none"], choices=["none", "tensorboard", "wandb", "mlflow"],
+                                  help="also log to these trackers (several allowed); each needs its package")
     seed: int = option(42, help="random seed (data order, init of LoRA)")
     dataloader_num_workers: int = option(0, help="data-loader worker processes")
     pad_to_multiple_of: int | None = option(None, help="pad batch length to a multiple of this (e.g. 8 on tensor cores)")
@@ -75,6 +80,16 @@ class DistillConfig:
             raise ConfigError("give --teacher or --teacher-cache")
         if self.data is None and self.counterfactuals is None:
             raise ConfigError("give --data and/or --counterfactuals")
+        if "none" in self.report_to and len(self.report_to) > 1:
+            raise ConfigError("report_to: 'none' cannot be combined with a tracker")
+
+    def check_trackers(self) -> None:
+        """Refuse (one line) a tracker whose package is not installed: checked when a run starts, not when a
+        config is read (a recipe or a dry run may describe a run for another machine)."""
+        missing = [t for t in self.report_to if t != "none" and importlib.util.find_spec(TRACKER_MODULES[t]) is None]
+        if missing:
+            raise MissingExtra(f"--report-to {' '.join(missing)} needs the {', '.join(missing)} package(s): "
+                               f"pip install {' '.join(missing)}")
 
 
 @dataclass

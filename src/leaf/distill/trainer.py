@@ -511,6 +511,7 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
     from leaf.distill.data import DistillCollator, ExampleDataset, check_tokenizers, load_examples, shared_vocab_size
     from leaf.models import load_model, load_tokenizer
 
+    config.check_trackers()
     out = Path(config.out)
     args = training_arguments(config)
     tokenizer = load_tokenizer(config.student)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from leaf.checkers import TASKS
+from leaf.checkers import TASKS, check_answer_pattern
 from leaf.config import ConfigError, option
 from leaf.generation import BACKENDS
 from leaf.models import DTYPES
@@ -47,9 +47,13 @@ class EvaluateConfig:
     seed: int = option(0, help="random seed for sampling")
     workers: int = option(4, help="code checks run in parallel in this many sandboxes")
     code_timeout: float = option(10.0, help="seconds per program run for code benchmarks")
+    answer_pattern: str | None = option(
+        None, help="exact task: a regular expression with one group that finds the answer in a generation (the "
+                   "last match), and in the reference response when a sample has no 'answer' (as lm-eval's filters)")
     overwrite: bool = option(False, help="discard earlier generations written with other settings")
 
     def validate(self) -> None:
+        check_answer_pattern(self.task, self.answer_pattern)
         if self.compare:
             return
         if self.predictions is None and (not self.model or not self.benchmark):
@@ -82,7 +86,13 @@ class LabelConfig:
     top_p: float = option(1.0, low=0.0, high=1.0, help="nucleus sampling mass (with --do-sample)")
     seed: int = option(0, help="random seed for sampling")
     code_timeout: float = option(10.0, help="seconds per program run (code task)")
+    answer_pattern: str | None = option(
+        None, help="exact task: a regular expression with one group that finds the answer in a generation (the "
+                   "last match), and in the reference response when a sample has no 'answer' (as lm-eval's filters)")
     skip_ungradable: bool = option(
         False, help="leave out samples the checker cannot judge (no gold answer / tests) instead of stopping"
     )
     overwrite: bool = option(False, help="start over even if outputs of other settings exist")
+
+    def validate(self) -> None:
+        check_answer_pattern(self.task, self.answer_pattern)

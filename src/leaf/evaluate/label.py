@@ -31,8 +31,9 @@ from leaf.data.records import DataError, Sample, id_key, line_numbers, load_samp
 log = logging.getLogger(__name__)
 
 
-def _ungradable(samples: list[Sample], task: str, where: Path) -> dict[str, str]:
+def _ungradable(samples: list[Sample], task: str, where: Path, pattern: str | None = None) -> dict[str, str]:
     """``{id: problem}`` for the samples the task's checker cannot judge (no gold answer / tests)."""
+    from leaf.checkers.exact import ExactChecker
     from leaf.checkers.math import MathChecker
 
     problems = {}
@@ -45,6 +46,9 @@ def _ungradable(samples: list[Sample], task: str, where: Path) -> dict[str, str]
         elif task == "math":
             if MathChecker().gold(s) is None:
                 problems[id_key(s.id)] = f"{at}: field 'answer': missing (and no marked answer in 'response')"
+        elif task == "exact" and pattern is not None:
+            if ExactChecker(pattern).gold(s) is None:
+                problems[id_key(s.id)] = f"{at}: field 'answer': missing (and no match of --answer-pattern in 'response')"
         elif s.answer is None:
             problems[id_key(s.id)] = f"{at}: field 'answer': missing"
     return problems
@@ -67,12 +71,12 @@ class LabelSummary(Summary):
 def label(config: LabelConfig | None = None, **kwargs: Any) -> LabelSummary:
     """Label every sample of ``config.data`` into ``config.out``; return the counts."""
     from leaf.data.jsonl import ResumableJsonl
-    from leaf.checkers import get_checker
+    from leaf.checkers import checker_for
     from leaf.generation import decoding_options, generate_to_jsonl, load_generator
 
     cfg = make(LabelConfig, config, kwargs, "leaf.label()")
     samples = load_samples(cfg.data)
-    problems = _ungradable(samples, cfg.task, cfg.data)
+    problems = _ungradable(samples, cfg.task, cfg.data, cfg.answer_pattern)
     if problems and not cfg.skip_ungradable:
         raise DataError([f"{p} (--skip-ungradable leaves such samples out)" for p in problems.values()])
     if problems:
@@ -118,7 +122,7 @@ def label(config: LabelConfig | None = None, **kwargs: Any) -> LabelSummary:
     if rank != 0:  # each process generated its share of the prompts, merged by process 0, which labels
         barrier()
         return _counts(cfg.out, samples)
-    checker = get_checker(cfg.task, timeout=cfg.code_timeout) if cfg.task == "code" else get_checker(cfg.task)
+    checker = checker_for(cfg.task, code_timeout=cfg.code_timeout, answer_pattern=cfg.answer_pattern)
     for s in todo:
         missing = [role for role in ("teacher", "student") if id_key(s.id) not in gens[role]]
         if missing:  # generation ran out of memory on this prompt even alone: leave it unlabelled, say so

@@ -48,11 +48,12 @@ def score(
     benchmark: str,
     workers: int = 4,
     code_timeout: float = 10.0,
+    answer_pattern: str | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """``(summary, records)`` for the samples that have a prediction (others count as wrong)."""
-    from leaf.checkers import get_checker
+    from leaf.checkers import checker_for
 
-    checker: Any = get_checker(task, timeout=code_timeout) if task == "code" else get_checker(task)
+    checker: Any = checker_for(task, code_timeout=code_timeout, answer_pattern=answer_pattern)
     preds = [predictions.get(id_key(s.id)) for s in samples]
 
     def one(k: int) -> dict[str, Any]:
@@ -183,7 +184,8 @@ def _score_predictions(cfg: EvaluateConfig) -> tuple[str, str, dict[str, Any], l
         task = cfg.task
         name = cfg.predictions.name.removesuffix(".jsonl")
         samples = [r.as_sample() for r in rows]
-    summary, records = score(samples, preds, task, benchmark=name, workers=cfg.workers, code_timeout=cfg.code_timeout)
+    summary, records = score(samples, preds, task, benchmark=name, workers=cfg.workers, code_timeout=cfg.code_timeout,
+                             answer_pattern=cfg.answer_pattern)
     return name, task, summary, records
 
 
@@ -221,7 +223,8 @@ def _generate_and_score(cfg: EvaluateConfig, results: dict[str, Any]) -> None:
         )
         if rank_and_world()[0] != 0:
             continue  # the generations are merged; process 0 scores them
-        summary, recs = score(samples, gens, task, benchmark=name, workers=cfg.workers, code_timeout=cfg.code_timeout)
+        summary, recs = score(samples, gens, task, benchmark=name, workers=cfg.workers, code_timeout=cfg.code_timeout,
+                              answer_pattern=cfg.answer_pattern)
         results["benchmarks"][name] = summary
         results["records"] = [r for r in results["records"] if r.get("benchmark") != name] + recs
         log.info("%s: %.2f%% (%d/%d)", name, 100 * summary["accuracy"], summary["correct"], summary["total"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from leaf.checkers import TASKS
+from leaf.checkers import TASKS, check_answer_pattern
 from leaf.config import option
 from leaf.models import DTYPES
 from leaf.prune.counterfactuals import STRATEGIES
@@ -35,12 +35,16 @@ class PruneConfig:
     teacher: str | None = option(None, help="teacher model, for --verify")
     student: str | None = option(None, help="student model, for --verify")
     task: str = option("exact", choices=TASKS, help="answer checker for --verify")
+    answer_pattern: str | None = option(
+        None, help="exact task: a regular expression with one group that finds the answer in a generation (the "
+                   "last match), and in the reference response when a sample has no 'answer' (as lm-eval's filters)")
     max_new_tokens: int = option(256, low=1, help="generation length for --verify")
     batch_size: int = option(8, low=1, help="generation batch size for --verify")
     device: str = option("auto", help="device for --verify generation and resampling (auto: cuda if present)")
     dtype: str = option("auto", choices=DTYPES, help="model dtype for --verify and resampling (auto: bfloat16 on a GPU)")
 
     def validate(self) -> None:
+        check_answer_pattern(self.task, self.answer_pattern)
         if self.verify and not (self.teacher and self.student):
             raise ValueError("--verify needs --teacher and --student")
         if self.max_spans is not None and self.max_spans < 1:

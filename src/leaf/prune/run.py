@@ -139,11 +139,11 @@ def _live_verifier(cfg: PruneConfig) -> tuple[Any, Any]:
     """
     import hashlib
 
-    from leaf.checkers import get_checker
+    from leaf.checkers import checker_for
     from leaf.generation import generate_to_jsonl
     from leaf.models import load_model, load_tokenizer
 
-    checker = get_checker(cfg.task)
+    checker = checker_for(cfg.task, answer_pattern=cfg.answer_pattern)
     out = Path(cfg.out)
 
     def text_key(record: dict[str, Any]) -> str:
