@@ -152,19 +152,25 @@ def add_options(parser: argparse.ArgumentParser, cls: type, *, require: bool = T
         (required if kwargs.get("required") else parser).add_argument(*flags, **kwargs)
 
 
-def load_yaml(path: str | Path, cls: type) -> dict[str, Any]:
-    """Read a YAML mapping whose keys are field names of ``cls`` (dashes allowed)."""
+def read_yaml_mapping(path: str | Path, what: str, shape: str) -> dict[str, Any]:
+    """A YAML file holding a mapping (empty file: empty mapping); one-line errors naming the file."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: {what} not found") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of option names to values")
+        raise ConfigError(f"{path}: expected {shape}")
+    return data
+
+
+def load_yaml(path: str | Path, cls: type) -> dict[str, Any]:
+    """Read a YAML mapping whose keys are field names of ``cls`` (dashes allowed)."""
+    data = read_yaml_mapping(path, "config file", "a mapping of option names to values")
     return canonical_names(cls, data, str(path))
 
 

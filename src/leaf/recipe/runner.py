@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from leaf.config import ConfigError, Summary, build, make, to_dict
+from leaf.config import ConfigError, Summary, build, make, read_yaml_mapping, to_dict
 from leaf.data.jsonl import SettingsMismatch, dumps, write_atomic
 from leaf.recipe.config import RecipeConfig
 from leaf.recipe.stages import FREE, Step, plan, report_view
@@ -45,14 +45,7 @@ ACCELERATE = {"zero3": "configs/accelerate/deepspeed_zero3.yaml", "ddp": "config
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """The recipe mapping of ``path`` with ``--set`` overrides applied (``KEY=V`` or ``STAGE.KEY=V``)."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: recipe not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe is a mapping (run:, stages:, shared keys, one section per stage)")
+    data = read_yaml_mapping(path, "recipe", "a mapping (run:, stages:, shared keys, one section per stage)")
     for item in overrides:
         key, _, text = item.partition("=")
         value = yaml.safe_load(text) if text.strip() else None
