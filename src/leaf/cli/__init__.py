@@ -95,7 +95,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         prog="leaf",
         description="LeaF: learn to focus. Detect confounding tokens, prune them, distil, evaluate, analyse.",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more output: library progress bars and info lines (-vv: debug)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in _commands():
@@ -107,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose + 1, 2),
+        level=logging.WARNING - 10 * min(args.verbose, 2),  # quiet by default: warnings; -v info; -vv debug
         format="%(levelname)s %(name)s: %(message)s",
     )
     command = getattr(args, "_command", None)
