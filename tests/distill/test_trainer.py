@@ -278,7 +278,7 @@ def test_chunked_head_loss_and_gradients_equal_full_logit_path(distill_setup, tm
     cfg = DistillConfig(
         student=str(distill_setup / "student"), teacher=str(distill_setup / "teacher"), data=distill_setup / "d.jsonl",
         counterfactuals=distill_setup / "cf.jsonl", out=tmp_path / "x", lam=0.4, alpha=alpha,
-        temperature=temperature, kl_chunk_size=5,
+        temperature=temperature, kl_chunk_size=5, chunked_head="always",
     )
     trainer = build_trainer(cfg)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(12)])
@@ -312,7 +312,7 @@ def test_chunked_head_with_topk_cache_equals_full_logit_path(distill_setup, tmp_
     cfg = DistillConfig(
         student=str(distill_setup / "student"), teacher_cache=cache, data=distill_setup / "d.jsonl",
         counterfactuals=distill_setup / "cf.jsonl", out=tmp_path / "x", lam=0.3, alpha=0.2, temperature=2.0,
-        kl_chunk_size=4,
+        kl_chunk_size=4, chunked_head="always",
     )
     trainer = build_trainer(cfg)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(12)])
@@ -358,3 +358,24 @@ def test_several_trackers_and_a_missing_one_is_one_line(distill_setup, tmp_path,
                  "--data", str(distill_setup / "d.jsonl"), "--out", str(tmp_path / "x"), "--report-to", "wandb"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "needs the wandb package(s): pip install wandb" in err
+
+
+def test_auto_chunks_the_heads_only_when_the_logits_would_be_large(distill_setup, tmp_path, monkeypatch):
+    import leaf.distill.trainer as trainer_module
+    from leaf.distill.trainer import build_trainer
+
+    cfg = DistillConfig(student=str(distill_setup / "student"), teacher=str(distill_setup / "teacher"),
+                        data=distill_setup / "d.jsonl", out=tmp_path / "x")
+    trainer = build_trainer(cfg)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    seen, hooks = _logit_rows(trainer.model.lm_head)
+    try:
+        _loss_and_grads(trainer, batch)  # tiny logits: the full-logit path (one head call of all rows)
+        assert len(seen) == 1 and getattr(trainer, "_chunked_head", None) is None
+        seen.clear()
+        monkeypatch.setattr(trainer_module, "CHUNKED_HEAD_BYTES", 0)  # as if the vocabulary were huge
+        _loss_and_grads(trainer, batch)
+        assert trainer._chunked_head[1] is not None and len(seen) > 1
+    finally:
+        for h in hooks:
+            h.remove()

@@ -67,6 +67,12 @@ class DistillConfig:
     pad_to_multiple_of: int | None = option(None, help="pad batch length to a multiple of this (e.g. 8 on tensor cores)")
     mix: str = option("interleave", help="batch order: interleave = originals and counterfactuals evenly spread over every step; shuffle = one random pool", choices=["interleave", "shuffle"])
     overwrite: bool = option(False, help="start over: delete the checkpoints of an earlier run in --out instead of resuming")
+    chunked_head: str = option(
+        "auto", choices=("auto", "always", "never"),
+        help="apply the output heads to the loss positions a chunk at a time from hidden states (no (tokens x "
+             "vocabulary) logits, recomputed in backward): always, never, or auto = when a micro-batch's fp32 "
+             "logits would exceed 256 MiB (large vocabularies and long responses; small ones keep the faster "
+             "full-logit path)")
     group_by_length: bool = option(False, help="batch examples of similar length (less padding): transformers' length-grouped sampler with --mix shuffle; with --mix interleave, sorted by length within windows of 50 x the batch size, both kinds still in every step")
 
     def validate(self) -> None:

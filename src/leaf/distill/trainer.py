@@ -42,6 +42,8 @@ from leaf.distill.losses import DenseTeacher, TopKTeacher, distill_loss, hybrid_
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "leaf_config.json"
+#: ``--chunked-head auto`` chunks the output heads when a micro-batch's fp32 logits would exceed this.
+CHUNKED_HEAD_BYTES = 256 * 2**20
 
 METRIC_FIELDS = ("step", "epoch", "loss", "kd_loss", "cd_loss", "ce_loss", "lr", "grad_norm", "tokens_per_s")
 
@@ -68,9 +70,11 @@ class DistillTrainer(Trainer):
         teacher_device: str | None = None,
         mix: str = "interleave",
         group_by_length: bool = False,
+        chunked_head: str = "auto",
         **kwargs: Any,
     ) -> None:
         self.mix = mix
+        self.chunked_head = chunked_head
         self.group_by_length = group_by_length  # --mix interleave: grouped inside InterleavedSampler
         super().__init__(*args, **kwargs)
         self.lam, self.temperature, self.alpha = lam, temperature, alpha
@@ -143,7 +147,7 @@ class DistillTrainer(Trainer):
             raise RuntimeError("no teacher and no cached teacher targets in the batch")
         from leaf.distill.losses import chunked_head_kl
 
-        head = self._student_head(model)
+        head = self._student_head(model) if self._chunk_heads(rows.numel()) else None
         if head is not None:
             # Chunked output heads: the student gives its final hidden states at the loss positions (N, H), the
             # teacher a function of a chunk of them; no (N, V) logits of either model exist (see chunked_head_kl).
@@ -172,6 +176,14 @@ class DistillTrainer(Trainer):
             self._sums += step.double().cpu()
         loss = parts.loss
         return (loss, out) if return_outputs else loss
+
+    def _chunk_heads(self, n_rows: int) -> bool:
+        """Chunked heads for this micro-batch? ``auto``: when its fp32 logits would pass :data:`CHUNKED_HEAD_BYTES`
+        (the recomputation costs throughput, which only a large logits tensor is worth)."""
+        if self.chunked_head != "auto":
+            return self.chunked_head == "always"
+        vocab = self.vocab_size or self.accelerator.unwrap_model(self.model).config.get_text_config().vocab_size
+        return n_rows * vocab * 4 > CHUNKED_HEAD_BYTES
 
     def _student_head(self, model: Any) -> Any:
         """The student's :class:`~leaf.detect.saliency.OutputHead` for the chunked loss; None = full-logit path.
@@ -572,6 +584,7 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
         teacher_device=config.teacher_device,
         mix=config.mix,
         group_by_length=config.group_by_length,
+        chunked_head=config.chunked_head,
     )
     if os.environ.get("LEAF_VERBOSE", "1") == "0":  # `leaf distill` without -v: the bar, not raw loss dicts
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
