@@ -15,7 +15,6 @@ tests/checkers/test_sandbox_hostile.py and the interrupted-write tests).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -4,7 +4,6 @@ premise and the method-level facts hold, and every number and result file equals
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from .golden import differences, load_golden, snapshot

@@ -214,7 +214,6 @@ def test_chunked_head_equals_previous_implementation_on_mixed_lengths(tiny_llama
 
 
 def test_token_surprisal_equals_previous_implementation_on_mixed_lengths(tiny_llama, monkeypatch):
-    from leaf.detect import saliency
     from leaf.detect.saliency import token_surprisal
 
     (ids, att, tgt), _, _ = _mixed_batch(tiny_llama.config.vocab_size, seed=1)

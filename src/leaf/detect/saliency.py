@@ -37,11 +37,7 @@ import torch
 
 from leaf.batching import pad
 from leaf.heads import (
-    LOSS_CHUNK,
-    LOSS_CHUNK_ELEMENTS,
-    OutputHead,
     checkpointed_layers,
-    chunk_rows,
     chunked_nll,
     final_hidden_states,
     output_head,

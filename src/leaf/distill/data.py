@@ -32,7 +32,6 @@ from typing import Any
 from leaf.batching import IGNORE_INDEX, pad
 from leaf.config import ConfigError
 from leaf.data.counterfactuals import read_counterfactuals
-from leaf.data.jsonl import iter_jsonl
 from leaf.data.records import DataError, Sample, id_key, line_numbers, load_samples
 from leaf.data.render import encode, render
 

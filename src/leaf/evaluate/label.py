@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from leaf.config import Summary, make, to_dict
+from leaf.config import Summary, make
 from leaf.evaluate.config import LabelConfig
 from leaf.data.records import DataError, Sample, id_key, line_numbers, load_samples
 

@@ -13,7 +13,7 @@ from leaf.data.jsonl import write_atomic
 from leaf.config import Summary, make
 from leaf.data.counterfactuals import Counterfactual, write_counterfactuals
 from leaf.data.detections import Detection, read_detections_of
-from leaf.data.records import DataError, Sample, id_key, load_samples
+from leaf.data.records import id_key, load_samples
 from leaf.prune.config import PruneConfig
 from leaf.prune.counterfactuals import Replacer, build_records
 
