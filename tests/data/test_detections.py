@@ -36,7 +36,7 @@ def test_records_round_trip_byte_for_byte(tmp_path):
     assert json.dumps(cfs[0].to_json()) == json.dumps(CF)
     write_counterfactuals(tmp_path / "out.jsonl", cfs)
     assert (tmp_path / "out.jsonl").read_text() == json.dumps(CF, ensure_ascii=False) + "\n"
-    assert json.loads(meta_path(tmp_path / "out.jsonl").read_text())["schema_version"] == 1
+    assert json.loads(meta_path(tmp_path / "out.jsonl").read_text())["schema_version"] == 2
 
 
 @pytest.mark.parametrize(
@@ -82,3 +82,48 @@ def test_a_file_of_another_schema_version_is_refused_by_name(tmp_path):
         read_detections(path)
     write_sidecar(path, "leaf.detections", 1)
     assert read_detections(path)[0].id == "a"
+
+
+RESAMPLED = {**CF, "id": "a#s0#d1", "instruction": "Tom is 7, has 3.", "intervention": "resample",
+             "changes": [{"field": "instruction", "start": 7, "end": 9, "text": "12", "replacement": "7",
+                          "new_start": 7, "new_end": 8}],
+             "resample_from": "uniform", "draw": 1}
+
+
+def test_counterfactual_schema_2_adds_resample_from_and_draw_and_still_reads_version_1(tmp_path):
+    # version 2 fields round trip, in the order leaf writes them (after intervention)
+    path = _write(tmp_path / "c.jsonl", [RESAMPLED])
+    write_sidecar(path, "leaf.counterfactuals", 2)
+    (rec,) = read_counterfactuals(path)
+    assert (rec.resample_from, rec.draw) == ("uniform", 1)
+    order = list(rec.to_json())
+    assert order.index("intervention") + 1 == order.index("resample_from") == order.index("draw") - 1
+    assert rec.to_json() == RESAMPLED
+    # a version 1 file (no such fields) is read: neither field, and written back unchanged
+    path1 = _write(tmp_path / "c1.jsonl", [CF])
+    write_sidecar(path1, "leaf.counterfactuals", 1)
+    (old,) = read_counterfactuals(path1)
+    assert (old.resample_from, old.draw) == (None, None) and old.to_json() == CF
+    write_sidecar(path1, "leaf.counterfactuals", 3)
+    with pytest.raises(DataError, match=r"newer schema \(leaf.counterfactuals version 3\); this leaf reads versions 1 "
+                                        "to 2"):
+        read_counterfactuals(path1)
+    write_sidecar(path1, "leaf.counterfactuals", 0)
+    with pytest.raises(DataError, match="an older schema"):
+        read_counterfactuals(path1)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"resample_from": "oracle"}, "field 'resample_from': must be one of student, teacher, uniform, got 'oracle'"),
+        ({"draw": -1}, "field 'draw': must be >= 0, got -1"),
+        ({"draw": "1"}, "field 'draw': must be int, got str"),
+        ({"draw": True}, "field 'draw': must be int, got bool"),
+        ({"intervention": "mask"}, "field 'resample_from': only a resample record has one (intervention is 'mask')"),
+    ],
+)
+def test_bad_resample_provenance_is_named(tmp_path, change, message):
+    with pytest.raises(DataError) as err:
+        read_counterfactuals(_write(tmp_path / "c.jsonl", [{**RESAMPLED, **change}]))
+    assert f"c.jsonl:1: {message}" in str(err.value)

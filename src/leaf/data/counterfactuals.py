@@ -8,13 +8,20 @@ and ``intervention`` ``"none"``, ``level`` ``"instruction"``)::
     {"id", "source_id", "instruction", "response", ["answer"], ["meta"],
      "removed": [{"field", "start", "end", "text"}...],
      ["changes": [{"field", "start", "end", "text", "replacement", "new_start", "new_end"}...]],
-     "strategy", "level", "method", "intervention", "loss_start", "verified"}
+     "strategy", "level", "method", "intervention", ["resample_from", "draw"], "loss_start", "verified"}
 
 ``removed`` ranges are offsets into the *original* sample's field; ``changes``
 (mask / resample) also give where each replacement sits in the new text.
 ``loss_start`` (response level) is where the distilled segment begins in
 ``response``; ``null`` means the whole response. ``verified`` is ``true`` /
-``false`` after ``prune --verify``, else ``null``.
+``false`` after ``prune --verify``, else ``null``. ``resample_from``
+(``"student"`` / ``"teacher"`` / ``"uniform"``) and ``draw`` (0-based) are
+written on resample records of a run with ``--resample-from uniform`` or
+``--draws`` > 1; other runs leave them out (the records stay as version 1
+wrote them; the sidecar names every resample run's source).
+
+Schema versions: 2 added ``resample_from`` and ``draw``; version 1 files
+(without them) are still read.
 
 This module is the one place that defines the record, reads it (validating
 every field with file:line errors) and writes it.
@@ -31,9 +38,11 @@ from leaf.data.jsonl import dumps
 from leaf.data.records import Sample, SampleId, id_key, read_validated
 
 SCHEMA = "leaf.counterfactuals"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  #: 2: optional ``resample_from`` and ``draw`` (resample draws)
+OLDEST_READABLE = 1  #: version 1 files read as records without ``resample_from`` / ``draw``
 STRATEGIES = ("span", "collective", "none")
 INTERVENTIONS = ("delete", "mask", "resample", "none")
+RESAMPLE_SOURCES = ("student", "teacher", "uniform")
 
 
 @dataclass
@@ -80,6 +89,8 @@ class Counterfactual:
     answer: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     changes: list[Change] | None = None
+    resample_from: str | None = None  #: resample: whose distribution (or uniform) the replacements came from
+    draw: int | None = None  #: resample: which of the record's independent draws (0-based)
 
     def as_sample(self) -> Sample:
         """The record as a training / checking sample (its own id, instruction, response, answer)."""
@@ -100,8 +111,12 @@ class Counterfactual:
         out["removed"] = [r.to_json() for r in self.removed]
         if self.changes is not None:
             out["changes"] = [c.to_json() for c in self.changes]
-        out.update(strategy=self.strategy, level=self.level, method=self.method, intervention=self.intervention,
-                   loss_start=self.loss_start, verified=self.verified)
+        out.update(strategy=self.strategy, level=self.level, method=self.method, intervention=self.intervention)
+        if self.resample_from is not None:
+            out["resample_from"] = self.resample_from
+        if self.draw is not None:
+            out["draw"] = self.draw
+        out.update(loss_start=self.loss_start, verified=self.verified)
         return out
 
 
@@ -150,11 +165,20 @@ def counterfactual_from_json(obj: Any, where: str, problems: list[str]) -> Count
         answer=None if obj.get("answer") is None else str(c.get(obj, "answer", (str, int, float))),
         meta=c.get(obj, "meta", (dict,), optional=True, default={}),
         changes=_ranges(c, obj, "changes", Change) if "changes" in obj else None,
+        resample_from=c.get(obj, "resample_from", (str,), optional=True),
+        draw=c.get(obj, "draw", (int,), optional=True),
     )
     for name, value, allowed in (("level", rec.level, LEVELS), ("strategy", rec.strategy, STRATEGIES),
                                  ("intervention", rec.intervention, INTERVENTIONS)):
         if c.ok and value not in allowed:
             c.bad(name, f"must be one of {', '.join(allowed)}, got {value!r}")
+    if c.ok and rec.resample_from is not None and rec.resample_from not in RESAMPLE_SOURCES:
+        c.bad("resample_from", f"must be one of {', '.join(RESAMPLE_SOURCES)}, got {rec.resample_from!r}")
+    if c.ok and rec.draw is not None and rec.draw < 0:
+        c.bad("draw", f"must be >= 0, got {rec.draw}")
+    for name in ("resample_from", "draw"):
+        if c.ok and getattr(rec, name) is not None and rec.intervention != "resample":
+            c.bad(name, f"only a resample record has one (intervention is {rec.intervention!r})")
     for name in ("instruction", "response"):
         if c.ok and not getattr(rec, name).strip():
             c.bad(name, "is empty")
@@ -166,16 +190,19 @@ def counterfactual_from_json(obj: Any, where: str, problems: list[str]) -> Count
 def read_counterfactuals(path: str | Path) -> list[Counterfactual]:
     """Every record of a counterfactuals file, validated (duplicate ids refused)."""
     return read_validated(path, counterfactual_from_json, lambda r: id_key(r.id), what="id",
-                          schema=(SCHEMA, SCHEMA_VERSION))
+                          schema=(SCHEMA, SCHEMA_VERSION, OLDEST_READABLE))
 
 
-def write_counterfactuals(path: str | Path, records: list[Counterfactual]) -> None:
-    """Write the records (atomically: a temporary file renamed at the end) and their sidecar."""
+def write_counterfactuals(path: str | Path, records: list[Counterfactual], **provenance: Any) -> None:
+    """Write the records (atomically: a temporary file renamed at the end) and their sidecar.
+
+    ``provenance`` (e.g. ``resample_from``, ``draws``, ``seed``) goes into the sidecar beside the schema.
+    """
     from leaf.data.jsonl import write_atomic, write_sidecar
 
     write_atomic(path, "".join(dumps(r.to_json()) + "\n" for r in records))
-    write_sidecar(path, SCHEMA, SCHEMA_VERSION)
+    write_sidecar(path, SCHEMA, SCHEMA_VERSION, **provenance)
 
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "Change", "Counterfactual", "Removed", "counterfactual_from_json",
+__all__ = ["OLDEST_READABLE", "RESAMPLE_SOURCES", "SCHEMA", "SCHEMA_VERSION", "Change", "Counterfactual", "Removed", "counterfactual_from_json",
            "read_counterfactuals", "write_counterfactuals"]

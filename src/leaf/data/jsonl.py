@@ -159,11 +159,12 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any, str | None]]:
             yield lineno, obj, None
 
 
-def check_schema(path: str | Path, schema: str, version: int) -> None:
-    """Refuse a file whose sidecar names another record kind or schema version.
+def check_schema(path: str | Path, schema: str, version: int, oldest: int | None = None) -> None:
+    """Refuse a file whose sidecar names another record kind or a schema version this leaf cannot read.
 
-    A file without a sidecar (made by hand or by another tool) is read as the
-    current version; its records are validated field by field anyway.
+    Versions ``oldest`` .. ``version`` are read (``oldest`` None: ``version``
+    only). A file without a sidecar (made by hand or by another tool) is read
+    as the current version; its records are validated field by field anyway.
     """
     from leaf.data.records import DataError
 
@@ -177,10 +178,13 @@ def check_schema(path: str | Path, schema: str, version: int) -> None:
     found, found_version = info.get("schema", schema), info.get("schema_version", version)
     if found != schema:
         raise DataError([f"{path}: holds {found} records, expected {schema}"])
-    if found_version != version:
-        age = "an older" if isinstance(found_version, int) and found_version < version else "a newer"
+    oldest = version if oldest is None else oldest
+    readable = isinstance(found_version, int) and not isinstance(found_version, bool)
+    if not (readable and oldest <= found_version <= version):
+        age = "an older" if readable and found_version < oldest else "a newer"
+        reads = f"version {version}" if oldest == version else f"versions {oldest} to {version}"
         raise DataError([f"{path}: written with {age} schema ({schema} version {found_version}); this leaf reads "
-                         f"version {version}: rerun the stage that wrote it with this version of leaf"])
+                         f"{reads}: rerun the stage that wrote it with this version of leaf"])
 
 
 def write_sidecar(path: str | Path, schema: str, version: int, **extra: Any) -> None:

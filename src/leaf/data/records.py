@@ -129,7 +129,7 @@ def read_validated(
     *,
     what: str,
     plural: str = "records",
-    schema: tuple[str, int] | None = None,
+    schema: tuple[str, int] | tuple[str, int, int] | None = None,
     check: Callable[[T, str, list[str]], None] | None = None,
 ) -> list[T]:
     """The one reader of every record file: parse each line, refuse duplicates, report every problem.
@@ -137,7 +137,7 @@ def read_validated(
     ``parse(obj, "file:line", problems)`` returns the record or ``None`` after
     appending its problems; ``key`` names a record for the duplicate check;
     ``check`` adds the caller's own checks; ``schema`` (name, version) is
-    checked against the file's sidecar. Raises one :class:`DataError` listing
+    checked against the file's sidecar (name, version, oldest readable version: an older one is read too). Raises one :class:`DataError` listing
     every problem of the file, each naming file, line and field.
     """
     from leaf.data.jsonl import check_schema
