@@ -8,7 +8,9 @@ input in the counterfactual loss, supplies the right targets:
   tokenizer's mask or unk token, or a configured string);
 * ``resample`` -- each flagged token becomes another plausible token, drawn
   from a model's next-token distribution at that position given the
-  (original) prefix, restricted to tokens of the same kind and renormalised.
+  (original) prefix, restricted to tokens of the same kind and renormalised;
+  or (source ``uniform``) drawn uniformly over those same candidates, with no
+  model (only the tokenizer, to know the candidates).
 
 Kinds (:func:`token_kind`, on a token's text without surrounding white space):
 ``digits`` (all digits), ``word`` (all letters), ``mixed`` (letters/digits with
@@ -16,9 +18,11 @@ other characters), ``punct`` (no letter or digit) and ``space``. Only digits,
 word and mixed tokens are replaced; punctuation and white space are kept.
 A replacement has the same kind, the same leading white space (a word stays a
 separate word) and is never the original token, a special token, or a piece
-of a multi-byte character. All flagged tokens of one record are drawn from a
-single forward pass over the original text; draws are seeded by
-``(seed, record id)``.
+of a multi-byte character (:meth:`VocabularyKinds.candidates`). All flagged
+tokens of one record are drawn from a single forward pass over the original
+text (shared by all draws of that record); draw ``k`` of a record is seeded by
+``(seed, record id, k)`` (:func:`draw_seed`; draw 0 by ``(seed, record id)``,
+so the first of several draws is the one-draw record).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from leaf.data.spans import FieldSpan
 from leaf.data.views import make_view
 
 INTERVENTIONS = ("delete", "mask", "resample", "none")
+#: where resample draws from: a model's next-token distribution, or uniformly over the candidates
+SOURCES = ("student", "teacher", "uniform")
 REPLACEABLE = ("digits", "word", "mixed")
 
 
@@ -139,26 +145,40 @@ class VocabularyKinds:
 
 
 class Resampler:
-    """Draw same-kind replacements from ``model``'s next-token distribution."""
+    """Draw same-kind replacements from ``model``'s next-token distribution (uniformly when ``model`` is None)."""
 
-    def __init__(self, model: Any, tokenizer: Any, seed: int = 0) -> None:
+    def __init__(self, model: Any | None, tokenizer: Any, seed: int = 0) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.seed = seed
         self.vocab = VocabularyKinds(tokenizer)
+        self._last: tuple[tuple[Any, ...], Any] | None = None  # the last record's view (and logits): its draws
 
-    @torch.no_grad()
-    def replacements(self, record_id: str, sample: Any, det: Detection,
-                     tokens: Sequence[TokenScore]) -> list[Replacement]:
+    def _prepare(self, sample: Any, det: Detection) -> tuple[Any, dict[Any, int], torch.Tensor | None]:
+        """The tokenized view of the original text, its token index and (with a model) its logits."""
+        key = (sample.id, sample.instruction, sample.response, det.truncated, det.response_level, det.loss_start,
+               det.loss_end)
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
         level_kwargs = {}
         if det.response_level:
             level_kwargs = {"loss_start": det.loss_start, "loss_end": det.loss_end}
         cut = det.truncated
         view, _ = make_view(self.tokenizer, sample.instruction[cut:], sample.response, cut=cut, **level_kwargs)
         index = {(view.field(i), *view.offsets[i]): view.scored[i] for i in range(len(view.scored))}
-        device = self.model.get_input_embeddings().weight.device
-        logits = self.model(torch.tensor([view.input_ids], device=device)).logits[0].float().cpu()
-        gen = torch.Generator().manual_seed(_seed_of(self.seed, record_id))
+        logits = None
+        if self.model is not None:
+            device = self.model.get_input_embeddings().weight.device
+            logits = self.model(torch.tensor([view.input_ids], device=device)).logits[0].float().cpu()
+        self._last = (key, (view, index, logits))
+        return view, index, logits
+
+    @torch.no_grad()
+    def replacements(self, record_id: str, sample: Any, det: Detection,
+                     tokens: Sequence[TokenScore], draw: int = 0) -> list[Replacement]:
+        """Replacements of ``tokens`` for draw ``draw`` of record ``record_id``."""
+        view, index, logits = self._prepare(sample, det)
+        gen = torch.Generator().manual_seed(draw_seed(self.seed, record_id, draw))
         texts = {"instruction": sample.instruction, "response": sample.response}
         out = []
         for t in tokens:
@@ -167,15 +187,22 @@ class Resampler:
             if pos is None:
                 raise ValueError(
                     f"record {record_id}: token {t.text!r} at {t.start}-{t.end} is not a token of the "
-                    "resampling model's tokenizer; resample with the tokenizer the detection used"
+                    "resampling tokenizer; resample with the tokenizer the detection used"
                 )
             original = view.input_ids[pos]
             if token_kind(self.vocab.texts[original]) not in REPLACEABLE or pos == 0:
                 continue
-            probs = torch.softmax(logits[pos - 1], dim=-1) * self.vocab.candidates(original)
-            if probs.sum() <= 0:
-                continue
-            new_id = int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
+            candidates = self.vocab.candidates(original)
+            if logits is None:  # uniform over the candidates
+                choices = candidates.nonzero().flatten()
+                if len(choices) == 0:
+                    continue
+                new_id = int(choices[int(torch.randint(len(choices), (1,), generator=gen))])
+            else:
+                probs = torch.softmax(logits[pos - 1], dim=-1) * candidates
+                if probs.sum() <= 0:
+                    continue
+                new_id = int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
             # The token covers the field range exactly when it does not reach into template text.
             s, e = t.start, t.end
             new_text = self.vocab.texts[new_id]
@@ -186,7 +213,9 @@ class Resampler:
         return out
 
 
-def _seed_of(seed: int, record_id: str) -> int:
+def draw_seed(seed: int, record_id: str, draw: int = 0) -> int:
+    """The generator seed of draw ``draw`` of a record (draw 0: the seed of a single draw, as before draws)."""
     import hashlib
 
-    return int.from_bytes(hashlib.sha256(f"{seed}:{record_id}".encode()).digest()[:8], "little")
+    key = f"{seed}:{record_id}" if draw == 0 else f"{seed}:{record_id}:draw{draw}"
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
