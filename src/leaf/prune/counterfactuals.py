@@ -14,24 +14,32 @@ With ``intervention="mask"`` or ``"resample"`` (:mod:`leaf.prune.interventions`)
 the flagged tokens are replaced instead of cut; records then also list each
 change with its replacement and its offsets in the new text.
 
+Resample may draw ``draws`` (K) times per record: each span (or the collective
+record) then yields K records, ``<id>#d0`` ... ``<id>#d<K-1>`` (one draw keeps
+the plain ``<id>``, so one-draw output is what it was before draws existed). A
+draw whose text (instruction and response) equals an earlier draw of the same
+record is skipped and counted as a duplicate; the kept draws keep their index,
+so an id names its seed.
+
 Record schema: docs/prune.md.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from leaf.data.counterfactuals import Change, Counterfactual, Removed
-from leaf.data.detections import Detection, TokenScore
+from leaf.data.detections import Detection
 from leaf.data.records import Sample
 from leaf.data.spans import FieldSpan
 from leaf.prune.interventions import INTERVENTIONS, Replacement, flagged_tokens, replace_ranges
 from leaf.prune.text import prune_text
 
-#: ``replacer(record_id, sample, detection, flagged_tokens) -> replacements`` (mask / resample).
-Replacer = Callable[[str, Sample, Detection, Sequence[TokenScore]], list[Replacement]]
+#: ``replacer(record_id, sample, detection, flagged_tokens) -> replacements`` (mask / resample); a resample
+#: replacer also takes ``draw=k`` (the k-th independent draw of that record).
+Replacer = Callable[..., list[Replacement]]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +50,7 @@ STRATEGIES = ("span", "collective")
 class Dropped:
     key: str
     reason: str
+    duplicate: bool = False  #: a resample draw that repeats an earlier draw of the same record
 
 
 def span_strength(det: Detection, span: FieldSpan) -> float:
@@ -71,10 +80,15 @@ def build_records(
     max_spans: int | None = None,
     intervention: str = "delete",
     replacer: Replacer | None = None,
+    draws: int = 1,
+    resample_from: str | None = None,
 ) -> tuple[list[Counterfactual], list[Dropped]]:
     """Counterfactual records of one detection (one sample, or one segment of it).
 
-    ``replacer`` supplies the replacements of the mask / resample interventions.
+    ``replacer`` supplies the replacements of the mask / resample interventions;
+    resample calls it ``draws`` times per record (``draw=0..draws-1``).
+    ``resample_from``, when given, is stored on each resample record with its
+    ``draw`` (None: the records carry neither, as before draws existed).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; use one of {STRATEGIES}")
@@ -84,6 +98,10 @@ def build_records(
         return [unpruned_record(sample, det)], []
     if intervention != "delete" and replacer is None:
         raise ValueError(f"the {intervention} intervention needs a replacer")
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise ValueError(f"draws must be an integer >= 1, got {draws!r}")
+    if draws > 1 and intervention != "resample":
+        raise ValueError(f"{draws} draws need the resample intervention ({intervention} draws nothing)")
     spans = choose_spans(det, max_spans)
     key = det.unit_key
     groups = [[sp] for sp in spans] if strategy == "span" else ([spans] if spans else [])
@@ -91,20 +109,53 @@ def build_records(
     dropped: list[Dropped] = []
     for n, group in enumerate(groups):
         rid = f"{key}#s{n}" if strategy == "span" else f"{key}#c"
-        rec: Counterfactual | Dropped
+        made: list[Counterfactual | Dropped]
         if intervention == "delete":
-            rec = _record(sample, det, group, rid, strategy)
+            made = [_record(sample, det, group, rid, strategy)]
+        elif intervention == "resample":
+            assert replacer is not None
+            made = _draws(sample, det, group, rid, strategy, replacer, draws, resample_from)
         else:
             assert replacer is not None
             reps = replacer(rid, sample, det, flagged_tokens(det, group))
-            rec = _replaced_record(sample, det, reps, rid, strategy, intervention) if reps else Dropped(
-                rid, "no replaceable token (only punctuation or white space flagged)")
-        if isinstance(rec, Dropped):
-            log.info("%s: %s", rec.key, rec.reason)
-            dropped.append(rec)
-        else:
-            records.append(rec)
+            made = [_replaced_record(sample, det, reps, rid, strategy, intervention) if reps else _unreplaceable(rid)]
+        for rec in made:
+            if isinstance(rec, Dropped):
+                log.info("%s: %s", rec.key, rec.reason)
+                dropped.append(rec)
+            else:
+                records.append(rec)
     return records, dropped
+
+
+def _unreplaceable(rid: str) -> Dropped:
+    return Dropped(rid, "no replaceable token (only punctuation or white space flagged)")
+
+
+def _draws(sample: Sample, det: Detection, group: list[FieldSpan], rid: str, strategy: str, replacer: Replacer,
+           draws: int, resample_from: str | None) -> list[Counterfactual | Dropped]:
+    """The resample records of one span group: one per draw, ``<rid>#d<k>`` (one draw: ``rid``), duplicates skipped.
+
+    Whether a token is replaceable does not depend on the draw, so a group with
+    none is dropped once, under its plain id.
+    """
+    tokens = flagged_tokens(det, group)
+    out: list[Counterfactual | Dropped] = []
+    seen: dict[tuple[str, str], str] = {}
+    for k in range(draws):
+        reps = replacer(rid, sample, det, tokens, draw=k)
+        if not reps:
+            return [_unreplaceable(rid)]
+        rec = _replaced_record(sample, det, reps, rid if draws == 1 else f"{rid}#d{k}", strategy, "resample")
+        if resample_from is not None:
+            rec.resample_from, rec.draw = resample_from, k
+        text = (rec.instruction, rec.response)
+        if text in seen:
+            out.append(Dropped(rec.id, f"duplicate draw: same text as {seen[text]}", duplicate=True))
+            continue
+        seen[text] = rec.id
+        out.append(rec)
+    return out
 
 
 def unpruned_record(sample: Sample, det: Detection) -> Counterfactual:
