@@ -9,7 +9,7 @@ from leaf.checkers import TASKS, check_answer_pattern
 from leaf.config import option
 from leaf.models import DTYPES
 from leaf.prune.counterfactuals import STRATEGIES
-from leaf.prune.interventions import INTERVENTIONS
+from leaf.prune.interventions import INTERVENTIONS, SOURCES
 
 
 @dataclass
@@ -28,8 +28,11 @@ class PruneConfig:
                                     "analysed samples unchanged (re-weighting; docs/distill.md says when to use which)")
     mask_token: str | None = option(None, help="mask placeholder (default: the student tokenizer's mask/unk "
                                                "token, else [MASK])")
-    resample_from: str = option("student", choices=("student", "teacher"),
-                                help="whose next-token distribution resample draws from")
+    resample_from: str = option("student", choices=SOURCES,
+                                help="whose next-token distribution resample draws from; uniform: uniformly over the "
+                                     "same valid candidates, no model (the --student tokenizer, else --teacher's)")
+    draws: int = option(1, low=1, help="resample: independent draws per record, each its own record "
+                                       "(<id>#d<k>; draws repeating an earlier one of the record are skipped)")
     seed: int = option(0, help="seed of the resample draws")
     verify: bool = option(False, help="keep a record only if teacher and student both answer it correctly")
     teacher: str | None = option(None, help="teacher model, for --verify")
@@ -49,5 +52,13 @@ class PruneConfig:
             raise ValueError("--verify needs --teacher and --student")
         if self.max_spans is not None and self.max_spans < 1:
             raise ValueError("--max-spans must be >= 1")
-        if self.intervention == "resample" and not getattr(self, self.resample_from):
-            raise ValueError(f"--intervention resample needs --{self.resample_from} (--resample-from)")
+        if self.draws > 1 and self.intervention != "resample":
+            raise ValueError(f"--draws {self.draws} needs --intervention resample (--intervention "
+                             f"{self.intervention} draws nothing; leave --draws at 1)")
+        if self.intervention == "resample":
+            if self.resample_from == "uniform":
+                if not (self.student or self.teacher):
+                    raise ValueError("--resample-from uniform needs --student (or --teacher): its tokenizer, the "
+                                     "one the detection used, names the candidates (no model is loaded)")
+            elif not getattr(self, self.resample_from):
+                raise ValueError(f"--intervention resample needs --{self.resample_from} (--resample-from)")

@@ -37,11 +37,18 @@ class PruneSummary(Summary):
     verified_kept: int | None = None
     verified_dropped: int | None = None
     top_pruned: list[tuple[str, int]] = field(default_factory=list)
+    #: resample with --resample-from uniform or --draws > 1 only (other runs keep the summary they always had)
+    resample_from: str | None = None
+    draws: int | None = None
+    duplicate_draws: int | None = None
 
     def line(self) -> str:
         verified = ""
         if self.verified_kept is not None:
             verified = f"; verified: {self.verified_kept} kept, {self.verified_dropped} dropped"
+        if self.draws is not None:
+            verified = (f"; resample from {self.resample_from}, {self.draws} draw(s) per record, "
+                        f"{self.duplicate_draws} duplicate draws skipped") + verified
         return (
             f"{self.detections} detections of {self.samples} samples: {self.samples_with_spans} with spans "
             f"({self.spans_per_sample:.2f} spans per sample), {self.removed_token_share:.1%} of instruction tokens "
@@ -58,6 +65,10 @@ def prune(config: PruneConfig | None = None, **kwargs: Any) -> PruneSummary:
     detections = read_detections_of(cfg.detections, samples)
     summary = PruneSummary(samples=len(samples), detections=len(detections))
     replacer = _replacer(cfg)
+    # New provenance only where an earlier leaf could not have made the run: its outputs stay byte-identical.
+    labelled = cfg.intervention == "resample" and (cfg.draws > 1 or cfg.resample_from == "uniform")
+    if labelled:
+        summary.resample_from, summary.draws, summary.duplicate_draws = cfg.resample_from, cfg.draws, 0
     records: list[Counterfactual] = []
     pruned_strings: Counter[str] = Counter()
     with_spans: set[str] = set()
@@ -74,9 +85,12 @@ def prune(config: PruneConfig | None = None, **kwargs: Any) -> PruneSummary:
             text = (sample.instruction if f == "instruction" else sample.response)[s:e]
             pruned_strings[text] += 1
         recs, dropped = build_records(sample, det, strategy=cfg.strategy, max_spans=cfg.max_spans,
-                                      intervention=cfg.intervention, replacer=replacer)
+                                      intervention=cfg.intervention, replacer=replacer, draws=cfg.draws,
+                                      resample_from=cfg.resample_from if labelled else None)
         records.extend(recs)
-        summary.dropped_empty += len(dropped)
+        summary.dropped_empty += sum(1 for d in dropped if not d.duplicate)
+        if labelled:
+            summary.duplicate_draws = (summary.duplicate_draws or 0) + sum(1 for d in dropped if d.duplicate)
     detected = {id_key(d.id) for d in detections}
     summary.no_detection = len(set(samples) - detected)
     summary.samples_with_spans = len(with_spans)
@@ -95,10 +109,16 @@ def prune(config: PruneConfig | None = None, **kwargs: Any) -> PruneSummary:
         summary.verified_dropped = len(dropped_records)
 
     out = Path(cfg.out)
-    write_counterfactuals(out, records)
+    provenance = {}
+    if cfg.intervention == "resample":
+        provenance = {"intervention": "resample", "resample_from": cfg.resample_from, "draws": cfg.draws,
+                      "seed": cfg.seed}
+    write_counterfactuals(out, records, **provenance)
     summary.records_written = len(records)
     summary_path = out.with_name(out.name + ".summary.json")
-    write_atomic(summary_path, json.dumps(summary.__dict__, indent=2, ensure_ascii=False) + "\n")
+    fields = {k: v for k, v in summary.__dict__.items()
+              if labelled or k not in ("resample_from", "draws", "duplicate_draws")}
+    write_atomic(summary_path, json.dumps(fields, indent=2, ensure_ascii=False) + "\n")
     return summary
 
 
@@ -121,6 +141,10 @@ def _replacer(cfg: PruneConfig) -> Replacer | None:
     if cfg.intervention == "resample":
         from leaf.models import load_model, load_tokenizer
 
+        if cfg.resample_from == "uniform":  # the tokenizer alone: no model is loaded
+            path = cfg.student or cfg.teacher
+            assert path is not None
+            return Resampler(None, load_tokenizer(path), cfg.seed).replacements
         path = cfg.student if cfg.resample_from == "student" else cfg.teacher
         assert path is not None
         resampler = Resampler(load_model(path, dtype=cfg.dtype, device=cfg.device), load_tokenizer(path), cfg.seed)
