@@ -204,5 +204,5 @@ def write_counterfactuals(path: str | Path, records: list[Counterfactual], **pro
     write_sidecar(path, SCHEMA, SCHEMA_VERSION, **provenance)
 
 
-__all__ = ["OLDEST_READABLE", "RESAMPLE_SOURCES", "SCHEMA", "SCHEMA_VERSION", "Change", "Counterfactual", "Removed", "counterfactual_from_json",
-           "read_counterfactuals", "write_counterfactuals"]
+__all__ = ["OLDEST_READABLE", "RESAMPLE_SOURCES", "SCHEMA", "SCHEMA_VERSION", "Change", "Counterfactual", "Removed",
+           "counterfactual_from_json", "read_counterfactuals", "write_counterfactuals"]

@@ -24,8 +24,8 @@ class PruneConfig:
     max_spans: int | None = option(None, low=1, help="use at most N spans per detection (the most confounding first)")
     intervention: str = option("delete", choices=INTERVENTIONS,
                                help="delete the flagged tokens (the paper's), mask them with a placeholder, "
-                                    "resample them from a model's next-token distribution (same kind), or none: the "
-                                    "analysed samples unchanged (re-weighting; docs/distill.md says when to use which)")
+                                    "resample them (same kind; from a model's next-token distribution or uniformly: "
+                                    "--resample-from), or none: the analysed samples unchanged (re-weighting; docs/distill.md says when to use which)")
     mask_token: str | None = option(None, help="mask placeholder (default: the student tokenizer's mask/unk "
                                                "token, else [MASK])")
     resample_from: str = option("student", choices=SOURCES,
@@ -35,8 +35,9 @@ class PruneConfig:
                                        "(<id>#d<k>; draws repeating an earlier one of the record are skipped)")
     seed: int = option(0, help="seed of the resample draws")
     verify: bool = option(False, help="keep a record only if teacher and student both answer it correctly")
-    teacher: str | None = option(None, help="teacher model, for --verify")
-    student: str | None = option(None, help="student model, for --verify")
+    teacher: str | None = option(None, help="teacher model, for --verify and --resample-from teacher")
+    student: str | None = option(None, help="student model, for --verify, --resample-from student and the "
+                                            "tokenizer of --resample-from uniform")
     task: str = option("exact", choices=TASKS, help="answer checker for --verify")
     answer_pattern: str | None = option(
         None, help="exact task: a regular expression with one group that finds the answer in a generation (the "
