@@ -25,7 +25,7 @@ class DistillConfig:
     out: Path = option(role="output", help="run folder: checkpoints, metrics.jsonl/csv, final model, leaf_config.json; rerunning "
                        "with the same folder and settings resumes from its last checkpoint", aliases=["output_dir"])
     teacher: str | None = option(None, help="teacher model (not needed with --teacher-cache)")
-    data: Path | None = option(None, role="input", help="original samples (JSONL); give this and/or --counterfactuals")
+    data: Path | None = option(None, role="input", help="original samples: JSONL or a dataset reference hf:NAME[:CONFIG][@SPLIT][#TARGET=COLUMN,...] (docs/data-format.md); give this and/or --counterfactuals")
     counterfactuals: Path | None = option(None, role="input", help="counterfactual records from `leaf prune` (JSONL)")
     teacher_cache: Path | None = option(None, role="input", help="folder written by `leaf cache-teacher`: train without loading the teacher")
     lam: float = option(0.5, low=0.0, high=1.0, help="lambda: weight of L_kd (originals); 1 - lambda weighs L_cd (counterfactuals)", aliases=["lambda"])
@@ -104,7 +104,7 @@ class CacheConfig:
 
     teacher: str = option(help="teacher model: local folder or hub id")
     out: Path = option(role="output", help="cache folder (manifest.json + safetensors shards)")
-    data: Path | None = option(None, role="input", help="original samples (JSONL)")
+    data: Path | None = option(None, role="input", help="original samples: JSONL or a dataset reference hf:NAME[:CONFIG][@SPLIT][#TARGET=COLUMN,...] (docs/data-format.md)")
     counterfactuals: Path | None = option(None, role="input", help="counterfactual records (JSONL)")
     tokenizer: str | None = option(None, help="tokenizer (and chat template) to render with: give the STUDENT's; default the teacher's")
     top_k: int = option(64, low=1, help="teacher log-probs kept per token")

@@ -32,7 +32,7 @@ from typing import Any
 from leaf.batching import IGNORE_INDEX, pad
 from leaf.config import ConfigError
 from leaf.data.counterfactuals import read_counterfactuals
-from leaf.data.records import DataError, Sample, id_key, line_numbers, load_samples
+from leaf.data.records import DataError, Sample, id_key, load_samples, record_locations
 from leaf.data.render import encode, render
 
 log = logging.getLogger(__name__)
@@ -88,11 +88,11 @@ def build_example(
     return ex if ex.n_loss_tokens > 0 else None
 
 
-def _check_loss_start(samples: Sequence[Sample], path: Path) -> list[int | None]:
-    lines = line_numbers(path)
+def _check_loss_start(samples: Sequence[Sample], path: str | Path) -> list[int | None]:
+    places = record_locations(path) if any(s.extra.get("loss_start") is not None for s in samples) else {}
     problems, starts = [], []
     for s in samples:
-        where = f"{path}:{lines.get(id_key(s.id), '?')}"
+        where = places.get(id_key(s.id), f"{path}: sample {s.id!r}")
         value = s.extra.get("loss_start")
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             problems.append(f"{where}: field 'loss_start': must be an integer or null, got {value!r}")
@@ -125,7 +125,7 @@ def load_examples(
     if data is not None:
         originals = load_samples(data)
         source_ids = {id_key(s.id) for s in originals}
-        parts.append((originals, _check_loss_start(originals, Path(data)), False))
+        parts.append((originals, _check_loss_start(originals, data), False))
     if counterfactuals is not None:
         records = read_counterfactuals(counterfactuals)
         orphans = [r.id for r in records if r.source_id is not None and id_key(r.source_id) not in source_ids]
