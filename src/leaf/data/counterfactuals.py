@@ -169,12 +169,17 @@ def read_counterfactuals(path: str | Path) -> list[Counterfactual]:
                           schema=(SCHEMA, SCHEMA_VERSION))
 
 
-def write_counterfactuals(path: str | Path, records: list[Counterfactual]) -> None:
-    """Write the records (atomically: a temporary file renamed at the end) and their sidecar."""
+def write_counterfactuals(path: str | Path, records: list[Counterfactual],
+                          settings: dict[str, Any] | None = None) -> None:
+    """Write the records (atomically: a temporary file renamed at the end) and their sidecar.
+
+    ``settings`` (``leaf prune``: ``{"detection": the detections' settings, "prune": its own}``) go into the
+    sidecar for the record (the model card of `leaf distill` reads them); readers do not check them.
+    """
     from leaf.data.jsonl import write_atomic, write_sidecar
 
     write_atomic(path, "".join(dumps(r.to_json()) + "\n" for r in records))
-    write_sidecar(path, SCHEMA, SCHEMA_VERSION)
+    write_sidecar(path, SCHEMA, SCHEMA_VERSION, **({"settings": settings} if settings else {}))
 
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "Change", "Counterfactual", "Removed", "counterfactual_from_json",

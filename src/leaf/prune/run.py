@@ -95,11 +95,24 @@ def prune(config: PruneConfig | None = None, **kwargs: Any) -> PruneSummary:
         summary.verified_dropped = len(dropped_records)
 
     out = Path(cfg.out)
-    write_counterfactuals(out, records)
+    write_counterfactuals(out, records, settings=_provenance(cfg))
     summary.records_written = len(records)
     summary_path = out.with_name(out.name + ".summary.json")
     write_atomic(summary_path, json.dumps(summary.__dict__, indent=2, ensure_ascii=False) + "\n")
     return summary
+
+
+def _provenance(cfg: PruneConfig) -> dict[str, Any]:
+    """What made these counterfactuals: the detection settings (the detections' sidecar) and the pruning ones."""
+    from leaf.data.jsonl import meta_path
+
+    try:
+        detection = json.loads(meta_path(cfg.detections).read_text(encoding="utf-8")).get("settings") or {}
+    except (OSError, ValueError):
+        detection = {}
+    prune = {"detections": str(cfg.detections), "strategy": cfg.strategy, "intervention": cfg.intervention,
+             "max_spans": cfg.max_spans, "verify": cfg.verify}
+    return {"detection": detection, "prune": prune}
 
 
 def _replacer(cfg: PruneConfig) -> Replacer | None:
