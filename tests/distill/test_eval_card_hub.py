@@ -242,3 +242,34 @@ def test_push_error_is_one_line_naming_the_repository(distill_setup, tmp_path, m
     cfg = DistillConfig(student="s", teacher="t", data=distill_setup / "d.jsonl", out=tmp_path, hub_model_id="me/x")
     with pytest.raises(ConfigError, match=r"cannot create or reach the repository 'me/x' \(OSError: no network\)"):
         push_to_hub(cfg, tmp_path)
+
+
+def test_two_process_eval_counts_each_held_out_example_once(distill_setup, tmp_path):
+    """2 CPU processes, 4 held-out examples in batches of 3 (the sampler pads with repeats): the same exact loss."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(port),
+           "-m", "leaf", "distill", "--student", str(distill_setup / "student"),
+           "--teacher", str(distill_setup / "teacher"), "--data", str(distill_setup / "d.jsonl"),
+           "--counterfactuals", str(distill_setup / "cf.jsonl"), "--grad-accum", "1", "--max-steps", "1",
+           "--save-steps", "1000", "--batch-size", "2", "--eval-split", "0.25", "--seed", "3",
+           "--eval-batch-size", "3", "--lambda", "0.4", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = [json.loads(x) for x in (out / "eval_metrics.jsonl").read_text().splitlines()]
+    held = json.loads((out / "eval_heldout.json").read_text())["examples"]
+    tok = load_tokenizer(str(out))
+    examples = [e for e in load_examples(tok, distill_setup / "d.jsonl", distill_setup / "cf.jsonl") if e.key in held]
+    loss, kd, cd = _independent_loss(out, distill_setup / "teacher", examples, 0.4, 1.0)
+    assert row["eval_examples"] == len(examples) == 3  # 3 held out, over 2 processes x batches of 3: repeats dropped
+    assert row["eval_loss"] == pytest.approx(loss, rel=1e-4) and row["eval_cd_loss"] == pytest.approx(cd, rel=1e-4)
