@@ -264,12 +264,12 @@ def test_two_process_eval_counts_each_held_out_example_once(distill_setup, tmp_p
            "--save-steps", "1000", "--batch-size", "2", "--eval-split", "0.25", "--seed", "3",
            "--eval-batch-size", "3", "--lambda", "0.4", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (row,) = [json.loads(x) for x in (out / "eval_metrics.jsonl").read_text().splitlines()]
     held = json.loads((out / "eval_heldout.json").read_text())["examples"]
     tok = load_tokenizer(str(out))
     examples = [e for e in load_examples(tok, distill_setup / "d.jsonl", distill_setup / "cf.jsonl") if e.key in held]
-    loss, kd, cd = _independent_loss(out, distill_setup / "teacher", examples, 0.4, 1.0)
+    loss, _kd, cd = _independent_loss(out, distill_setup / "teacher", examples, 0.4, 1.0)
     assert row["eval_examples"] == len(examples) == 3  # 3 held out, over 2 processes x batches of 3: repeats dropped
     assert row["eval_loss"] == pytest.approx(loss, rel=1e-4) and row["eval_cd_loss"] == pytest.approx(cd, rel=1e-4)
