@@ -152,7 +152,7 @@ class TinyConfig:
     """Options of ``leaf tiny``."""
 
     out: Path = option(role="output", help="folder; gets teacher/ and student/")
-    data: Path | None = option(None, role="input", help="JSONL samples whose text the tokenizer is also trained on")
+    data: Path | None = option(None, role="input", help="samples (JSONL or hf:NAME@SPLIT reference) whose text the tokenizer is also trained on")
     style: str = option("llama3", choices=("llama3", "chatml", "none"), help="chat template of the tokenizer")
     seed: int = option(0, help="seed of the teacher's weights (the student's is seed + 1)")
 

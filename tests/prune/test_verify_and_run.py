@@ -176,3 +176,16 @@ def test_detections_made_on_other_text_are_refused(files, tmp_path, capsys):
     dets.write_text("".join(json.dumps(r) + "\n" for r in bad))
     assert main(["prune", "--data", str(data), "--detections", str(dets), "--out", str(out)]) == 2
     assert "field 'spans': span [5, 2] is empty, inverted or negative" in capsys.readouterr().err
+
+
+def test_sidecar_records_detection_and_pruning_settings(files, tmp_path):
+    data, dets = files
+    (tmp_path / "det.jsonl.meta.json").write_text(json.dumps(
+        {"schema": "leaf.detections", "schema_version": 1, "settings": {"tau": 0.15, "level": "instruction"}}))
+    out = tmp_path / "cf.jsonl"
+    assert main(["prune", "--data", str(data), "--detections", str(dets), "--out", str(out),
+                 "--max-spans", "1", "--intervention", "delete"]) == 0
+    meta = json.loads((tmp_path / "cf.jsonl.meta.json").read_text())
+    assert meta["settings"]["detection"] == {"tau": 0.15, "level": "instruction"}
+    assert meta["settings"]["prune"] == {"detections": str(dets), "strategy": "span", "intervention": "delete",
+                                         "max_spans": 1, "verify": False}

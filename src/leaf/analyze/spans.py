@@ -25,8 +25,8 @@ from typing import Any
 
 from leaf.data.counterfactuals import Counterfactual, read_counterfactuals
 from leaf.data.detections import read_detections_of
-from leaf.data.jsonl import iter_jsonl
-from leaf.data.records import DataError, Sample, id_key, load_samples
+from leaf.data.records import DataError, Sample, id_key, iter_source, load_samples
+from leaf.data.refs import is_ref
 from leaf.data.spans import Span, merge_overlapping
 
 log = logging.getLogger(__name__)
@@ -82,16 +82,18 @@ def load_span_samples(data: str | Path, samples: str | Path | None = None) -> tu
 
     Raises :class:`DataError` naming file, line and field for every problem.
     """
-    data = Path(data)
-    if not data.exists():
-        raise DataError([f"{data}: file not found"])
+    if not is_ref(data):  # a dataset reference (hf:...) is read by leaf.data.records like a file
+        data = Path(data)
+        if not data.exists():
+            raise DataError([f"{data}: file not found"])
     records: list[tuple[int, dict[str, Any]]] = []
     problems: list[str] = []
-    for lineno, obj, err in iter_jsonl(data):
+    at, rows = iter_source(data)
+    for lineno, obj, err in rows:
         if err:
-            problems.append(f"{data}:{lineno}: {err}")
+            problems.append(f"{at}{lineno}: {err}")
         elif not isinstance(obj, dict):
-            problems.append(f"{data}:{lineno}: expected a JSON object")
+            problems.append(f"{at}{lineno}: expected a JSON object")
         else:
             records.append((lineno, obj))
     if problems:
@@ -103,7 +105,7 @@ def load_span_samples(data: str | Path, samples: str | Path | None = None) -> tu
         lineno = next((n for n, r in records if kind_of(r) == "unknown"), records[0][0])
         raise DataError(
             [
-                f"{data}:{lineno}: cannot tell the kind of record: expected a detection ('spans'), "
+                f"{at}{lineno}: cannot tell the kind of record: expected a detection ('spans'), "
                 "a counterfactual ('removed') or a sample with 'meta.confounder_spans', all of one kind"
             ]
         )
@@ -122,7 +124,7 @@ def load_span_samples(data: str | Path, samples: str | Path | None = None) -> tu
         assert originals is not None
         for lineno, rec in records:
             sample = originals[id_key(rec["id"])]
-            checked = _check_spans(rec["meta"]["confounder_spans"], f"{data}:{lineno}", "meta.confounder_spans",
+            checked = _check_spans(rec["meta"]["confounder_spans"], f"{at}{lineno}", "meta.confounder_spans",
                                    len(sample.instruction), problems)
             if checked is not None:
                 out.append(SpanSample(sample.id, sample.instruction, sample.response, checked))

@@ -9,7 +9,9 @@ A benchmark is named by a spec:
   original layout (JSONL, JSON, ``.gz`` of either, Parquet, or a
   ``save_to_disk`` folder / folder holding a ``test``/``validation``/``dev`` file);
 * ``PATH`` -- any JSONL in leaf's sample format with ``instruction`` and
-  ``answer`` (``meta.tests``/``meta.entry_point`` for code); give the task.
+  ``answer`` (``meta.tests``/``meta.entry_point`` for code); give the task;
+* ``hf:NAME[:CONFIG][@SPLIT][#TARGET=COLUMN,...]`` -- samples of that format
+  (after the column mapping) from a dataset (:mod:`leaf.data.refs`); give the task.
 
 Each adapter turns one raw record into a :class:`~leaf.data.records.Sample`
 whose ``instruction`` is the prompt the model sees (the instructions below are
@@ -397,8 +399,21 @@ def adapt_records(bench: Benchmark, records: list[dict[str, Any]], where: str) -
 
 def load_benchmark(spec: str, *, task: str | None = None, limit: int | None = None) -> tuple[str, str, list[Sample]]:
     """``(name, task, samples)`` for a spec ``NAME``, ``NAME=PATH`` or ``PATH`` (see the module doc)."""
-    name, _, path = spec.partition("=")
-    if name in BENCHMARKS:
+    from leaf.data.refs import is_ref
+
+    name, _, path = ("", "", "") if is_ref(spec) else spec.partition("=")
+    if is_ref(spec):  # a dataset reference (leaf.data.refs) of samples: like a sample file
+        from leaf.data.records import dataset_ref
+
+        ref = dataset_ref(spec)
+        if task is None:
+            raise DataError([f"{ref}: a dataset of samples needs --task (math, code, qa or exact)"])
+        samples = load_samples(spec)
+        name = ref.label
+        missing = [f"{ref}: sample {s.id!r}: field 'answer': missing" for s in samples if task != "code" and s.answer is None]
+        if missing:
+            raise DataError(missing)
+    elif name in BENCHMARKS:
         bench = BENCHMARKS[name]
         if path:
             samples = adapt_records(bench, read_records(path, bench.split), path)

@@ -193,15 +193,18 @@ def read_counterfactuals(path: str | Path) -> list[Counterfactual]:
                           schema=(SCHEMA, SCHEMA_VERSION, OLDEST_READABLE))
 
 
-def write_counterfactuals(path: str | Path, records: list[Counterfactual], **provenance: Any) -> None:
+def write_counterfactuals(path: str | Path, records: list[Counterfactual],
+                          settings: dict[str, Any] | None = None, **provenance: Any) -> None:
     """Write the records (atomically: a temporary file renamed at the end) and their sidecar.
 
+    ``settings`` (``leaf prune``: ``{"detection": the detections' settings, "prune": its own}``) go into the
+    sidecar for the record (the model card of `leaf distill` reads them); readers do not check them.
     ``provenance`` (e.g. ``resample_from``, ``draws``, ``seed``) goes into the sidecar beside the schema.
     """
     from leaf.data.jsonl import write_atomic, write_sidecar
 
     write_atomic(path, "".join(dumps(r.to_json()) + "\n" for r in records))
-    write_sidecar(path, SCHEMA, SCHEMA_VERSION, **provenance)
+    write_sidecar(path, SCHEMA, SCHEMA_VERSION, **({"settings": settings} if settings else {}), **provenance)
 
 
 __all__ = ["OLDEST_READABLE", "RESAMPLE_SOURCES", "SCHEMA", "SCHEMA_VERSION", "Change", "Counterfactual", "Removed",

@@ -19,7 +19,7 @@ field, and raises one :class:`DataError` before any model is loaded.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -141,17 +141,24 @@ def read_validated(
     every problem of the file, each naming file, line and field.
     """
     from leaf.data.jsonl import check_schema
+    from leaf.data.refs import is_ref
 
-    path = Path(path)
-    if not path.exists():
-        raise DataError([f"{path}: file not found"])
-    if schema is not None:
-        check_schema(path, *schema)
+    rows: Iterable[tuple[int, Any, str | None]]
+    if is_ref(path):  # a dataset reference (leaf.data.refs): rows named "REF row I"
+        ref = dataset_ref(path)
+        rows, at, what_line, name = _ref_rows(ref), f"{ref} row ", "row", str(ref)
+    else:
+        path = Path(path)
+        if not path.exists():
+            raise DataError([f"{path}: file not found"])
+        if schema is not None:
+            check_schema(path, *schema)
+        rows, at, what_line, name = iter_jsonl(path), f"{path}:", "line", str(path)
     problems: list[str] = []
     records: list[T] = []
     seen: dict[str, int] = {}
-    for lineno, obj, err in iter_jsonl(path):
-        where = f"{path}:{lineno}"
+    for lineno, obj, err in rows:
+        where = f"{at}{lineno}"
         if err:
             problems.append(f"{where}: {err}")
             continue
@@ -160,30 +167,87 @@ def read_validated(
             continue
         k = key(record)
         if k in seen:
-            problems.append(f"{where}: field 'id': duplicate {what} {k!r} (first on line {seen[k]})")
+            problems.append(f"{where}: field 'id': duplicate {what} {k!r} (first on {what_line} {seen[k]})")
             continue
         seen[k] = lineno
         if check is not None:
             check(record, where, problems)
         records.append(record)
     if not records and not problems:
-        problems.append(f"{path}: no {plural} (file is empty)")
+        problems.append(f"{name}: no {plural} ({'the split is empty' if what_line == 'row' else 'file is empty'})")
     if problems:
         raise DataError(problems)
     return records
 
 
+def dataset_ref(value: str | Path) -> Any:
+    """The parsed :class:`~leaf.data.refs.DatasetRef` of a reference; a malformed one is a :class:`DataError`."""
+    from leaf.data.refs import RefError, parse_ref
+
+    try:
+        return parse_ref(value)
+    except RefError as exc:
+        raise DataError([str(exc)]) from None
+
+
+def _ref_rows(ref: Any) -> Iterator[tuple[int, Any, str | None]]:
+    """``(row, record, None)`` of a dataset reference; a reference that cannot be read is one :class:`DataError`."""
+    from leaf.data.refs import RefError, load_rows
+
+    try:
+        yield from ((i, row, None) for i, row in load_rows(ref))
+    except RefError as exc:
+        raise DataError([str(exc)]) from None
+
+
+def iter_source(path: str | Path) -> tuple[str, Iterator[tuple[int, Any, str | None]]]:
+    """``(prefix, rows)`` of a record file (``"FILE:"``, its JSONL lines) or of a dataset reference
+    (``"REF row "``, its rows): ``prefix + str(n)`` names record ``n`` in messages."""
+    from leaf.data.refs import is_ref
+
+    if is_ref(path):
+        ref = dataset_ref(path)
+        return f"{ref} row ", _ref_rows(ref)
+    return f"{path}:", iter_jsonl(path)
+
+
 def line_numbers(path: str | Path) -> dict[str, int]:
-    """``{id: line}`` of a record file, to name the line of a problem found after reading."""
+    """``{id: line}`` of a record file (``{id: row}`` of a dataset reference), to name the line of a problem
+    found after reading."""
+    from leaf.data.refs import is_ref
+
     out: dict[str, int] = {}
-    for lineno, obj, _err in iter_jsonl(path):
+    for lineno, obj, _err in (_ref_rows(path) if is_ref(path) else iter_jsonl(path)):
         if isinstance(obj, dict) and isinstance(obj.get("id"), (str, int)):
             out.setdefault(id_key(obj["id"]), lineno)
     return out
 
 
+def record_locations(path: str | Path) -> dict[str, str]:
+    """``{id: "FILE:LINE"}`` of a record file, ``{id: "REF row I"}`` of a dataset reference."""
+    from leaf.data.refs import is_ref
+
+    at = f"{dataset_ref(path)} row " if is_ref(path) else f"{path}:"
+    return {k: f"{at}{n}" for k, n in line_numbers(path).items()}
+
+
+def source_bytes(path: str | Path) -> bytes:
+    """The content a samples source is identified by (resume and cache checks): a file's bytes; a dataset
+    reference's rows as JSON lines, after the field mapping (so a changed dataset is seen as changed)."""
+    from leaf.data.refs import is_ref
+
+    if not is_ref(path):
+        return Path(path).read_bytes()
+    import json
+
+    ref = dataset_ref(path)
+    rows = (json.dumps(row, sort_keys=True, default=str) for _, row, _ in _ref_rows(ref))
+    return (str(ref) + "\n" + "\n".join(rows)).encode()
+
+
 def load_samples(path: str | Path) -> list[Sample]:
-    """Read and validate a samples file; raise :class:`DataError` listing every problem."""
+    """Read and validate a samples file or dataset reference (``hf:NAME@SPLIT``, :mod:`leaf.data.refs`);
+    raise :class:`DataError` listing every problem."""
     return read_validated(path, _check_record, lambda s: id_key(s.id), what="id", plural="samples")
 
 

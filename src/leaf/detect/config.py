@@ -21,7 +21,7 @@ class DetectConfig:
 
     teacher: str = option(help="teacher model: local directory or hub id")
     student: str = option(help="student model: local directory or hub id")
-    data: Path = option(role="input", help="input samples (JSONL, see docs/data-format.md)")
+    data: Path = option(role="input", help="input samples: JSONL or a dataset reference hf:NAME[:CONFIG][@SPLIT][#TARGET=COLUMN,...] (docs/data-format.md)")
     out: Path = option(role="output", help="output detections JSONL; rerunning with the same path resumes")
     tau: float | None = option(None, low=0.0, high=1.0,
                                help=f"flag tokens with normalised score d <= tau (default {DEFAULT_TAU})")

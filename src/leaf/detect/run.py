@@ -18,7 +18,7 @@ from leaf.batching import halving, length_batches
 from leaf.config import Summary, make, to_dict
 from leaf.data import detections as detection_schema
 from leaf.data.jsonl import ResumableJsonl, dumps
-from leaf.data.records import Sample, load_samples, select_samples
+from leaf.data.records import Sample, load_samples, select_samples, source_bytes
 from leaf.detect.config import DetectConfig
 from leaf.detect.prepare import Prepared, Skipped, prepare
 from leaf.detect.segments import segment_response
@@ -49,7 +49,7 @@ class DetectSummary(Summary):
 
 
 def _file_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return hashlib.sha256(source_bytes(path)).hexdigest()[:16]
 
 
 def _settings(cfg: DetectConfig) -> dict[str, Any]:
@@ -68,7 +68,7 @@ def _settings(cfg: DetectConfig) -> dict[str, Any]:
         s["render"] = cfg.render
     if cfg.max_tokens_per_batch is not None:  # the batches' composition (absent: as before the option existed)
         s["max_tokens_per_batch"] = cfg.max_tokens_per_batch
-    s.update(cfg.rule, data_sha256=_file_hash(Path(cfg.data)))
+    s.update(cfg.rule, data_sha256=_file_hash(cfg.data))
     return s
 
 

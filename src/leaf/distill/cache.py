@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from leaf.data.jsonl import write_atomic
+from leaf.data.records import source_bytes
 from leaf.config import ConfigError, Summary, make, to_dict
 from leaf.distill.config import CacheConfig
 
@@ -50,7 +51,7 @@ MANIFEST_FIELDS = (
 def files_hash(paths: Sequence[Path | None]) -> str:
     h = hashlib.sha256()
     for p in paths:
-        h.update(b"\0" if p is None else Path(p).read_bytes())
+        h.update(b"\0" if p is None else source_bytes(p))
         h.update(b"\1")
     return h.hexdigest()
 

@@ -25,7 +25,7 @@ class DistillConfig:
     out: Path = option(role="output", help="run folder: checkpoints, metrics.jsonl/csv, final model, leaf_config.json; rerunning "
                        "with the same folder and settings resumes from its last checkpoint", aliases=["output_dir"])
     teacher: str | None = option(None, help="teacher model (not needed with --teacher-cache)")
-    data: Path | None = option(None, role="input", help="original samples (JSONL); give this and/or --counterfactuals")
+    data: Path | None = option(None, role="input", help="original samples: JSONL or a dataset reference hf:NAME[:CONFIG][@SPLIT][#TARGET=COLUMN,...] (docs/data-format.md); give this and/or --counterfactuals")
     counterfactuals: Path | None = option(None, role="input", help="counterfactual records from `leaf prune` (JSONL)")
     teacher_cache: Path | None = option(None, role="input", help="folder written by `leaf cache-teacher`: train without loading the teacher")
     lam: float = option(0.5, low=0.0, high=1.0, help="lambda: weight of L_kd (originals); 1 - lambda weighs L_cd (counterfactuals)", aliases=["lambda"])
@@ -73,6 +73,17 @@ class DistillConfig:
              "vocabulary) logits, recomputed in backward): always, never, or auto = when a micro-batch's fp32 "
              "logits would exceed 256 MiB (large vocabularies and long responses; small ones keep the faster "
              "full-logit path)")
+    eval_data: Path | None = option(None, role="input", help="held-out original samples (JSONL or hf: dataset reference) to evaluate the distillation loss on every --eval-steps (never trained on)")
+    eval_counterfactuals: Path | None = option(None, role="input", help="held-out counterfactual records to evaluate on (the L_cd part); with or without --eval-data")
+    eval_split: float = option(0.0, low=0.0, high=0.9, help="hold out this fraction of the training sources for evaluation: each original sample with all its counterfactuals (by source_id), chosen by --seed, never trained on (0 = off)")
+    eval_steps: int | None = option(None, low=1, help="evaluate every N optimiser steps (default: --save-steps), and once when training ends")
+    eval_batch_size: int | None = option(None, low=1, help="examples per device per evaluation batch (default: --batch-size)")
+    push_to_hub: bool = option(False, help="after training, upload the final model, its tokenizer, the model card and the run's metrics to the Hugging Face Hub (huggingface_hub's create_repo + upload_folder; checkpoints stay local)")
+    hub_model_id: str | None = option(None, help="repository to push to: OWNER/NAME, or NAME in your own namespace (default: the name of --out)")
+    hub_private: bool = option(False, help="create the Hub repository as private (an existing one keeps its visibility)", aliases=["hub_private_repo"])
+    hub_token: str | None = option(None, help="Hub token (default: the HF_TOKEN environment variable, else the token of `hf auth login`); never written to any file")
+    card_results: list[Path] = option(default_factory=list, role="input", help="results JSON files of `leaf evaluate` whose accuracies go into the model card's evaluation table")
+    license: str | None = option(None, help="license of the model card's front matter (e.g. apache-2.0)")
     group_by_length: bool = option(False, help="batch examples of similar length (less padding): transformers' length-grouped sampler with --mix shuffle; with --mix interleave, sorted by length within windows of 50 x the batch size, both kinds still in every step")
 
     def validate(self) -> None:
@@ -86,8 +97,21 @@ class DistillConfig:
             raise ConfigError("give --teacher or --teacher-cache")
         if self.data is None and self.counterfactuals is None:
             raise ConfigError("give --data and/or --counterfactuals")
+        if self.eval_data is not None and self.teacher_cache is not None:
+            raise ConfigError("--eval-data with --teacher-cache: the cache holds no targets for those samples; "
+                              "use --eval-split (held out from the cached data) or a live --teacher")
+        if self.eval_counterfactuals is not None and self.teacher_cache is not None:
+            raise ConfigError("--eval-counterfactuals with --teacher-cache: the cache holds no targets for those "
+                              "records; use --eval-split or a live --teacher")
+        if self.hub_model_id is not None and not self.hub_model_id.strip("/ "):
+            raise ConfigError("hub_model_id is empty")
         if "none" in self.report_to and len(self.report_to) > 1:
             raise ConfigError("report_to: 'none' cannot be combined with a tracker")
+
+    @property
+    def has_eval(self) -> bool:
+        """Is there a held-out evaluation set (--eval-data, --eval-counterfactuals or --eval-split)?"""
+        return self.eval_data is not None or self.eval_counterfactuals is not None or self.eval_split > 0
 
     def check_trackers(self) -> None:
         """Refuse (one line) a tracker whose package is not installed: checked when a run starts, not when a
@@ -104,7 +128,7 @@ class CacheConfig:
 
     teacher: str = option(help="teacher model: local folder or hub id")
     out: Path = option(role="output", help="cache folder (manifest.json + safetensors shards)")
-    data: Path | None = option(None, role="input", help="original samples (JSONL)")
+    data: Path | None = option(None, role="input", help="original samples: JSONL or a dataset reference hf:NAME[:CONFIG][@SPLIT][#TARGET=COLUMN,...] (docs/data-format.md)")
     counterfactuals: Path | None = option(None, role="input", help="counterfactual records (JSONL)")
     tokenizer: str | None = option(None, help="tokenizer (and chat template) to render with: give the STUDENT's; default the teacher's")
     top_k: int = option(64, low=1, help="teacher log-probs kept per token")

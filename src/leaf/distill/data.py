@@ -32,7 +32,7 @@ from typing import Any
 from leaf.batching import IGNORE_INDEX, pad
 from leaf.config import ConfigError
 from leaf.data.counterfactuals import read_counterfactuals
-from leaf.data.records import DataError, Sample, id_key, line_numbers, load_samples
+from leaf.data.records import DataError, Sample, id_key, load_samples, record_locations
 from leaf.data.render import encode, render
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,12 @@ class Example:
     input_ids: list[int]
     labels: list[int]
     counterfactual: bool
+    source: str = ""  #: id of the original sample it comes from (a counterfactual's source_id); "" = its own key
+
+    @property
+    def group(self) -> str:
+        """What --eval-split holds out together: an original sample and every counterfactual made from it."""
+        return self.source or self.key
 
     @property
     def n_loss_tokens(self) -> int:
@@ -66,6 +72,7 @@ def build_example(
     loss_start: int | None = None,
     include_eos: bool = True,
     max_length: int | None = None,
+    source: str = "",
 ) -> Example | None:
     """Render, tokenize and mask one sample; ``None`` when truncation leaves no loss token."""
     rendered = render(tokenizer, sample.instruction, sample.response)
@@ -84,15 +91,15 @@ def build_example(
     if max_length is not None and len(ids) > max_length:
         ids, labels = ids[:max_length], labels[:max_length]
     prefix = "cf" if counterfactual else "orig"
-    ex = Example(f"{prefix}:{id_key(sample.id)}", ids, labels, counterfactual)
+    ex = Example(f"{prefix}:{id_key(sample.id)}", ids, labels, counterfactual, source)
     return ex if ex.n_loss_tokens > 0 else None
 
 
-def _check_loss_start(samples: Sequence[Sample], path: Path) -> list[int | None]:
-    lines = line_numbers(path)
+def _check_loss_start(samples: Sequence[Sample], path: str | Path) -> list[int | None]:
+    places = record_locations(path) if any(s.extra.get("loss_start") is not None for s in samples) else {}
     problems, starts = [], []
     for s in samples:
-        where = f"{path}:{lines.get(id_key(s.id), '?')}"
+        where = places.get(id_key(s.id), f"{path}: sample {s.id!r}")
         value = s.extra.get("loss_start")
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             problems.append(f"{where}: field 'loss_start': must be an integer or null, got {value!r}")
@@ -121,21 +128,23 @@ def load_examples(
     examples: list[Example] = []
     dropped = 0
     source_ids: set[str] = set()
-    parts: list[tuple[list[Sample], list[int | None], bool]] = []
+    parts: list[tuple[list[Sample], list[int | None], bool, list[str]]] = []
     if data is not None:
         originals = load_samples(data)
         source_ids = {id_key(s.id) for s in originals}
-        parts.append((originals, _check_loss_start(originals, Path(data)), False))
+        parts.append((originals, _check_loss_start(originals, data), False, [id_key(s.id) for s in originals]))
     if counterfactuals is not None:
         records = read_counterfactuals(counterfactuals)
         orphans = [r.id for r in records if r.source_id is not None and id_key(r.source_id) not in source_ids]
         if orphans and source_ids:
             log.warning("%s: %d counterfactual(s) whose source_id is not in the original data", counterfactuals,
                         len(orphans))
-        parts.append(([r.as_sample() for r in records], [r.loss_start for r in records], True))
-    for samples, starts, is_cf in parts:
-        for s, start in zip(samples, starts):
-            ex = build_example(tokenizer, s, counterfactual=is_cf, loss_start=start, include_eos=include_eos, max_length=max_length)
+        sources = [id_key(r.source_id) if r.source_id is not None else f"cf:{id_key(r.id)}" for r in records]
+        parts.append(([r.as_sample() for r in records], [r.loss_start for r in records], True, sources))
+    for samples, starts, is_cf, srcs in parts:
+        for s, start, src in zip(samples, starts, srcs):
+            ex = build_example(tokenizer, s, counterfactual=is_cf, loss_start=start, include_eos=include_eos,
+                               max_length=max_length, source=src)
             if ex is None:
                 dropped += 1
             else:
@@ -147,18 +156,46 @@ def load_examples(
     return examples
 
 
-class ExampleDataset:
-    """A map-style dataset over examples; items are dicts the collator pads."""
+def split_heldout(examples: Sequence[Example], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """``(train positions, held-out positions)`` of ``examples`` for ``--eval-split fraction``.
 
-    def __init__(self, examples: Sequence[Example]):
+    Whole groups are held out (:attr:`Example.group`: an original and every counterfactual of it), so no
+    held-out sample is trained on in another form. ``round(fraction x groups)`` groups (at least 1, at most
+    all but 1) are drawn with ``random.Random(seed)`` from the sorted group names: the same data and seed
+    always hold out the same samples.
+    """
+    import random
+
+    groups = sorted({e.group for e in examples})
+    if fraction <= 0:
+        return list(range(len(examples))), []
+    if len(groups) < 2:
+        raise DataError([f"--eval-split {fraction}: needs at least 2 source samples, the data has {len(groups)}"])
+    k = min(max(round(fraction * len(groups)), 1), len(groups) - 1)
+    held = set(random.Random(seed).sample(groups, k))
+    train = [i for i, e in enumerate(examples) if e.group not in held]
+    heldout = [i for i, e in enumerate(examples) if e.group in held]
+    return train, heldout
+
+
+class ExampleDataset:
+    """A map-style dataset over examples; items are dicts the collator pads.
+
+    ``ids`` (default ``0..n-1``) is what each item reports as its ``index``: its position in the list the
+    teacher cache's collator looks examples up in (all examples of the run, when this is a split of them).
+    """
+
+    def __init__(self, examples: Sequence[Example], ids: Sequence[int] | None = None):
         self.examples = list(examples)
+        self.ids = list(range(len(self.examples))) if ids is None else list(ids)
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         ex = self.examples[i]
-        return {"input_ids": ex.input_ids, "labels": ex.labels, "counterfactual": ex.counterfactual, "index": i}
+        return {"input_ids": ex.input_ids, "labels": ex.labels, "counterfactual": ex.counterfactual,
+                "index": self.ids[i]}
 
 
 @dataclass

@@ -36,6 +36,7 @@ from leaf.data.jsonl import write_atomic
 from leaf.batching import loss_positions
 from leaf.config import Summary, field_names, make, to_dict
 from leaf.data.jsonl import SettingsMismatch
+from leaf.data.records import DataError
 from leaf.distill.config import DistillConfig
 from leaf.distill.losses import DenseTeacher, TopKTeacher, distill_loss, hybrid_token_weights, loss_rows
 
@@ -44,6 +45,13 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "leaf_config.json"
 #: ``--chunked-head auto`` chunks the output heads when a micro-batch's fp32 logits would exceed this.
 CHUNKED_HEAD_BYTES = 256 * 2**20
+
+#: One row per evaluation on the held-out set (step, epoch, eval_loss, eval_kd_loss, eval_cd_loss, ...).
+EVAL_METRICS_FILE = "eval_metrics.jsonl"
+#: The held-out sample groups of --eval-split (ids of the original samples), for the record.
+HELDOUT_FILE = "eval_heldout.json"
+#: Options never written to leaf_config.json or the model card.
+SECRET_OPTIONS = ("hub_token",)
 
 METRIC_FIELDS = ("step", "epoch", "loss", "kd_loss", "cd_loss", "ce_loss", "lr", "grad_norm", "tokens_per_s")
 
@@ -82,6 +90,7 @@ class DistillTrainer(Trainer):
         self.teacher = self._place_teacher(teacher, teacher_device) if teacher is not None else None
         self._keep_ok: bool | None = None  # does the student accept a boolean logits_to_keep?
         self._sums = torch.zeros(4, dtype=torch.float64)  # kd, cd, ce (step-normalised), tokens
+        self._eval_rows: dict[int, tuple[float, int, bool, float]] | None = None  # during evaluation_loop
         self._last_log = (0, time.perf_counter())
 
     def _place_teacher(self, teacher: Any, device: str | None) -> Any:
@@ -121,7 +130,7 @@ class DistillTrainer(Trainer):
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
         labels = inputs.pop("labels")
         is_cf_row = inputs.pop("counterfactual").bool()
-        inputs.pop("index", None)
+        index = inputs.pop("index", None)
         topk_lp = inputs.pop("topk_logprobs", None)
         topk_ids = inputs.pop("topk_ids", None)
         scale = 1.0
@@ -168,14 +177,48 @@ class DistillTrainer(Trainer):
                 target = DenseTeacher(t_logits.reshape(-1, t_logits.shape[-1]), t_rows)
             parts = distill_loss(logits, student_rows, target, w_kl * scale, **loss_kw)
         with torch.no_grad():
-            cf = is_cf.float()
-            kd = (parts.kl * (1 - cf)).sum() / n_kd.clamp(min=1)
-            cd = (parts.kl * cf).sum() / n_cd.clamp(min=1)
-            ce = parts.ce.sum() / (n_kd + n_cd).clamp(min=1)
-            step = torch.stack([kd * scale, cd * scale, ce * scale, inputs["attention_mask"].sum().float()])
-            self._sums += step.double().cpu()
+            if model.training:
+                cf = is_cf.float()
+                kd = (parts.kl * (1 - cf)).sum() / n_kd.clamp(min=1)
+                cd = (parts.kl * cf).sum() / n_cd.clamp(min=1)
+                ce = parts.ce.sum() / (n_kd + n_cd).clamp(min=1)
+                step = torch.stack([kd * scale, cd * scale, ce * scale, inputs["attention_mask"].sum().float()])
+                self._sums += step.double().cpu()
+            elif self._eval_rows is not None:
+                self._record_eval(rows // L, B, is_cf_row, parts, index)
         loss = parts.loss
         return (loss, out) if return_outputs else loss
+
+    # -- evaluation: the loss over all held-out tokens -------------------------------------
+    def _record_eval(self, row_of: Any, B: int, is_cf_row: Any, parts: Any, index: Any) -> None:
+        """Per held-out example: (KL sum, loss tokens, counterfactual?, CE sum), keyed by its dataset index
+        (a sample a distributed sampler repeats to even out the batches is counted once)."""
+        dev = parts.kl.device
+        row_of = row_of.to(dev)
+        kl = torch.zeros(B, dtype=torch.float64, device=dev).index_add_(0, row_of, parts.kl.double())
+        ce = torch.zeros(B, dtype=torch.float64, device=dev).index_add_(0, row_of, parts.ce.double())
+        n = torch.bincount(row_of, minlength=B)
+        ids = index.tolist() if index is not None else list(range(len(self._eval_rows), len(self._eval_rows) + B))
+        for b, (k, c, t, f) in enumerate(zip(kl.tolist(), ce.tolist(), n.tolist(), is_cf_row.tolist())):
+            self._eval_rows[int(ids[b])] = (k, int(t), bool(f), c)
+
+    def evaluation_loop(self, dataloader: Any, description: str, prediction_loss_only: bool | None = None,
+                        ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval") -> Any:
+        """The Trainer's loop; its ``<prefix>_loss`` (a mean of micro-batch losses) is replaced by the LeaF loss
+        over all held-out loss tokens, with its parts (:func:`eval_metrics`)."""
+        self._eval_rows = {}
+        try:
+            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                             metric_key_prefix)
+            rows = self._eval_rows
+            if self.args.world_size > 1:
+                from accelerate.utils import gather_object
+
+                rows = {k: v for part in gather_object([rows]) for k, v in part.items()}
+        finally:
+            self._eval_rows = None
+        output.metrics.update(eval_metrics(rows.values(), self.lam, self.alpha, metric_key_prefix))
+        return output
 
     def _chunk_heads(self, n_rows: int) -> bool:
         """Chunked heads for this micro-batch? ``auto``: when its fp32 logits would pass :data:`CHUNKED_HEAD_BYTES`
@@ -303,6 +346,37 @@ class DistillTrainer(Trainer):
         super().log(logs, start_time)
 
 
+def eval_metrics(rows: Any, lam: float, alpha: float, prefix: str = "eval") -> dict[str, float]:
+    """The LeaF loss of held-out examples from their ``(KL sum, loss tokens, counterfactual?, CE sum)``.
+
+    As in training, each term is a mean over its own loss tokens: ``lambda x L_kd + (1 - lambda) x L_cd
+    (+ alpha x CE over all loss tokens)``; with one kind of example only, its term is the loss.
+    """
+    kd = cd = ce = 0.0
+    n_kd = n_cd = examples = 0
+    for kl_sum, n, is_cf, ce_sum in rows:
+        examples += 1
+        if is_cf:
+            cd, n_cd = cd + kl_sum, n_cd + n
+        else:
+            kd, n_kd = kd + kl_sum, n_kd + n
+        ce += ce_sum
+    out: dict[str, float] = {f"{prefix}_examples": examples, f"{prefix}_loss_tokens": n_kd + n_cd}
+    if n_kd:
+        out[f"{prefix}_kd_loss"] = kd / n_kd
+    if n_cd:
+        out[f"{prefix}_cd_loss"] = cd / n_cd
+    if n_kd and n_cd:
+        loss = lam * kd / n_kd + (1 - lam) * cd / n_cd
+    else:
+        loss = kd / n_kd if n_kd else (cd / n_cd if n_cd else float("nan"))
+    if alpha:
+        out[f"{prefix}_ce_loss"] = ce / max(n_kd + n_cd, 1)
+        loss += alpha * out[f"{prefix}_ce_loss"]
+    out[f"{prefix}_loss"] = loss
+    return out
+
+
 def _quiet_progress() -> type:
     from transformers.trainer_callback import ProgressCallback
 
@@ -353,15 +427,20 @@ def _deepspeed_teacher(teacher: Any, accelerator: Any) -> Any:
 def _metrics_callback(output_dir: Path) -> Any:
 
     class MetricsFiles(TrainerCallback):
-        """Writes DIR/metrics.jsonl and DIR/metrics.csv (one row per logging step, main process)."""
+        """Writes DIR/metrics.jsonl and DIR/metrics.csv (one row per logging step) and DIR/eval_metrics.jsonl
+        (one row per evaluation), on the main process."""
 
         def __init__(self) -> None:
             self.jsonl = output_dir / "metrics.jsonl"
             self.csv = output_dir / "metrics.csv"
+            self.eval = output_dir / EVAL_METRICS_FILE
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if not state.is_world_process_zero:
                 return
+            if self.eval.exists():  # a resumed run: drop evaluations past the checkpoint
+                kept = [x for x in self.eval.read_text().splitlines() if x.strip() and json.loads(x)["step"] <= state.global_step]
+                self.eval.write_text("".join(x + "\n" for x in kept))
             rows = []
             if self.jsonl.exists():  # a resumed run: drop rows past the checkpoint
                 rows = [json.loads(x) for x in self.jsonl.read_text().splitlines() if x.strip()]
@@ -390,6 +469,16 @@ def _metrics_callback(output_dir: Path) -> Any:
                 fh.write(json.dumps(row) + "\n")
             with self.csv.open("a", newline="") as fh:
                 csv.DictWriter(fh, fieldnames=METRIC_FIELDS).writerow(row)
+
+        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, Any] | None = None,
+                        **kw: Any) -> None:
+            if not state.is_world_process_zero or not metrics:
+                return
+            row = {"step": state.global_step, "epoch": state.epoch,
+                   **{k: v for k, v in metrics.items() if k.startswith("eval_")}}
+            self.eval.parent.mkdir(parents=True, exist_ok=True)
+            with self.eval.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
 
     return MetricsFiles()
 
@@ -441,6 +530,10 @@ def training_arguments(config: DistillConfig) -> Any:
         use_cpu=not torch.cuda.is_available(),
         ddp_find_unused_parameters=False,
         disable_tqdm=None,
+        label_names=["labels"],
+        eval_strategy="steps" if config.has_eval else "no",
+        eval_steps=(config.eval_steps or config.save_steps) if config.has_eval else None,
+        per_device_eval_batch_size=config.eval_batch_size or config.batch_size,
         **_length_grouping(config.group_by_length and config.mix == "shuffle"),  # interleave: InterleavedSampler
     )
 
@@ -461,11 +554,16 @@ class DistillSummary(Summary):
     counterfactual_examples: int
     lambda_used: float
     resumed: bool
+    eval_loss: float | None = None  #: the final evaluation's loss (None without an evaluation set)
+    hub_repo: str | None = None  #: the repository pushed to (--push-to-hub)
 
     def line(self) -> str:
         resumed = " (resumed)" if self.resumed else ""
+        evaluated = f"; eval loss {self.eval_loss:.4f}" if self.eval_loss is not None else ""
+        pushed = f"; pushed to https://huggingface.co/{self.hub_repo}" if self.hub_repo else ""
         return (f"trained {self.steps} steps{resumed} on {self.examples} examples "
-                f"({self.counterfactual_examples} counterfactual, lambda {self.lambda_used}); wrote {self.out}")
+                f"({self.counterfactual_examples} counterfactual, lambda {self.lambda_used}){evaluated}; "
+                f"wrote {self.out}{pushed}")
 
 
 def distill(config: DistillConfig | None = None, **kwargs: Any) -> DistillSummary:
@@ -478,15 +576,41 @@ def distill(config: DistillConfig | None = None, **kwargs: Any) -> DistillSummar
     resume = _resume_point(config)
     trainer = build_trainer(config)
     trainer.train(resume_from_checkpoint=True if resume else None)
+    final_eval = None
+    if trainer.eval_dataset is not None:
+        final_eval = last_evaluation(trainer.state.log_history, trainer.state.global_step)
+        if final_eval is None:  # the last step was not an --eval-steps multiple: evaluate the final model
+            final_eval = trainer.evaluate()
+        trainer.save_metrics("eval", final_eval)  # eval_results.json (main process)
+    trainer.save_state()  # trainer_state.json: every logged step and evaluation (main process)
     _save_final(trainer, trainer.processing_class, out, lora=config.lora_r > 0)
     run = json.loads((out / CONFIG_FILE).read_text())["_run"] if (out / CONFIG_FILE).exists() else {}
+    repo = None
+    if trainer.is_world_process_zero():
+        from leaf.distill.card import push_to_hub, write_card
+
+        write_card(config, out)  # always: README.md of the output folder
+        if config.push_to_hub:
+            repo = push_to_hub(config, out)
+    trainer.accelerator.wait_for_everyone()
     return DistillSummary(out, int(trainer.state.global_step), run.get("examples", 0),
-                          run.get("counterfactual_examples", 0), run.get("lambda_used", config.lam), resume)
+                          run.get("counterfactual_examples", 0), run.get("lambda_used", config.lam), resume,
+                          None if final_eval is None else float(final_eval["eval_loss"]), repo)
+
+
+def last_evaluation(log_history: list[dict[str, Any]], step: int) -> dict[str, Any] | None:
+    """The evaluation logged at ``step`` (``eval_*`` metrics), or None."""
+    for entry in reversed(log_history):
+        if "eval_loss" in entry and entry.get("step") == step:
+            return {k: v for k, v in entry.items() if k.startswith("eval_")}
+    return None
 
 
 #: Options that do not change what is trained: a resumed run may differ in these.
 _RESUME_FREE = ("out", "overwrite", "logging_steps", "save_steps", "save_total_limit", "report_to",
-                "dataloader_num_workers", "max_steps", "epochs")
+                "dataloader_num_workers", "max_steps", "epochs", "eval_data", "eval_counterfactuals", "eval_steps",
+                "eval_batch_size", "push_to_hub", "hub_model_id", "hub_private", "hub_token", "card_results",
+                "license")
 
 
 def _resume_point(config: DistillConfig) -> bool:
@@ -527,8 +651,11 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
     out = Path(config.out)
     args = training_arguments(config)
     tokenizer = load_tokenizer(config.student)
-    examples = load_examples(tokenizer, config.data, config.counterfactuals, include_eos=config.include_eos, max_length=config.max_length)
-    dataset = ExampleDataset(examples)
+    all_examples = load_examples(tokenizer, config.data, config.counterfactuals, include_eos=config.include_eos, max_length=config.max_length)
+    examples, eval_examples, eval_ids, heldout = _eval_split(config, tokenizer, all_examples)
+    held = set(eval_ids)
+    dataset = ExampleDataset(examples, [i for i in range(len(all_examples)) if i not in held])
+    eval_dataset = ExampleDataset(eval_examples, eval_ids) if eval_examples else None
     collator: Any = DistillCollator(tokenizer.pad_token_id, config.pad_to_multiple_of)
 
     teacher = None
@@ -537,8 +664,8 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
         from leaf.distill.cache import CachedCollator, TeacherCache
 
         cache = TeacherCache.open(config.teacher_cache)
-        cache.check(tokenizer, examples, config.temperature, config.data, config.counterfactuals)
-        collator = CachedCollator(collator, cache, dataset)
+        cache.check(tokenizer, all_examples, config.temperature, config.data, config.counterfactuals)
+        collator = CachedCollator(collator, cache, ExampleDataset(all_examples))  # items' index: into all_examples
         teacher_vocab = cache.manifest["vocab_size"]
     else:
         assert config.teacher is not None
@@ -572,6 +699,7 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
         model=student,
         args=args,
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         data_collator=collator,
         processing_class=tokenizer,
         callbacks=[_metrics_callback(out), *(callbacks or [])],
@@ -594,10 +722,14 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
             trainer.add_callback(_QuietProgress)
     if trainer.is_world_process_zero():
         out.mkdir(parents=True, exist_ok=True)
-        record = to_dict(config)
+        record = public_settings(config)
+        n_eval_cf = sum(e.counterfactual for e in eval_examples)
         record["_run"] = {
             "examples": len(examples),
             "counterfactual_examples": n_cf,
+            "eval_examples": len(eval_examples),
+            "eval_counterfactual_examples": n_eval_cf,
+            "heldout_examples": len(heldout),
             "lambda_used": lam,
             "shared_vocab_size": vocab,
             "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
@@ -608,7 +740,48 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
             "torch": torch.__version__,
         }
         write_atomic(out / CONFIG_FILE, json.dumps(record, indent=2, default=str) + "\n")
+        if config.eval_split > 0:
+            write_atomic(out / HELDOUT_FILE, json.dumps({
+                "eval_split": config.eval_split, "seed": config.seed,
+                "sources": sorted({e.group for e in heldout}), "examples": [e.key for e in heldout],
+            }, indent=2) + "\n")
     return trainer
+
+
+def public_settings(config: DistillConfig) -> dict[str, Any]:
+    """The config as leaf_config.json and the model card record it: JSON-safe, secrets (the Hub token) left out."""
+    record = to_dict(config)
+    for name in SECRET_OPTIONS:
+        record.pop(name, None)
+    return json.loads(json.dumps(record, default=str))
+
+
+def _eval_split(config: DistillConfig, tokenizer: Any, all_examples: list[Any]) -> tuple[list[Any], list[Any], list[int], list[Any]]:
+    """``(training examples, evaluation examples, their ids, the examples --eval-split held out)``.
+
+    The ids of held-out examples are their positions in ``all_examples`` (the teacher cache's collator looks
+    them up there); --eval-data / --eval-counterfactuals examples follow. Any of those equal to a training
+    example (same key, or the same tokens) is refused: evaluation is on samples never trained on.
+    """
+    from leaf.distill.data import load_examples, split_heldout
+
+    train_pos, held_pos = split_heldout(all_examples, config.eval_split, config.seed)
+    train = [all_examples[i] for i in train_pos]
+    heldout = [all_examples[i] for i in held_pos]
+    eval_examples, eval_ids = list(heldout), list(held_pos)
+    if config.eval_data is not None or config.eval_counterfactuals is not None:
+        extra = load_examples(tokenizer, config.eval_data, config.eval_counterfactuals, include_eos=config.include_eos,
+                              max_length=config.max_length)
+        keys = {e.key for e in train}
+        tokens = {tuple(e.input_ids) for e in train}
+        clash = [e.key for e in extra if e.key in keys or tuple(e.input_ids) in tokens]
+        if clash:
+            where = config.eval_data if config.eval_data is not None else config.eval_counterfactuals
+            raise DataError([(f"{where}: {len(clash)} evaluation example(s) are also training examples (same id "
+                              f"or same text), e.g. {', '.join(clash[:3])}; evaluation must be on held-out samples")])
+        eval_ids += range(len(all_examples), len(all_examples) + len(extra))
+        eval_examples += extra
+    return train, eval_examples, eval_ids, heldout
 
 
 def _save_final(trainer: Any, tokenizer: Any, out: Path, *, lora: bool) -> None:

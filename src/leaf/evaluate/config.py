@@ -19,7 +19,7 @@ class EvaluateConfig:
     benchmark: list[str] = option(
         role="input", default_factory=list,
         help="benchmarks: NAME (gsm8k, math500, olympiadbench, humaneval, humaneval-plus, leetcode, livecodebench, "
-        "hotpotqa, 2wikimultihopqa, musique), NAME=PATH (a local copy) or a sample JSONL file (with --task)",
+        "hotpotqa, 2wikimultihopqa, musique), NAME=PATH (a local copy), a sample JSONL file or a dataset reference hf:NAME[:CONFIG][@SPLIT][#TARGET=COLUMN,...] of samples (both with --task)",
     )
     out: Path | None = option(None, role="output", help="results JSON (generations go to <out stem>.generations/<benchmark>.jsonl)")
     task: str | None = option(
@@ -70,7 +70,7 @@ class LabelConfig:
 
     teacher: str = option(help="teacher model (local directory or hub id)")
     student: str = option(help="student model (local directory or hub id)")
-    data: Path = option(role="input", help="samples JSONL (leaf's sample format)")
+    data: Path = option(role="input", help="samples: JSONL (leaf's sample format) or a dataset reference hf:NAME[:CONFIG][@SPLIT][#TARGET=COLUMN,...] (docs/data-format.md)")
     task: str = option(help="answer checker", choices=TASKS)
     out: Path = option(role="output", help="labelled JSONL (input records + teacher/student generations and verdicts)")
     max_new_tokens: int = option(1024, help="generation budget per answer")

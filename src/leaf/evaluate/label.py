@@ -26,7 +26,7 @@ from typing import Any
 
 from leaf.config import Summary, make
 from leaf.evaluate.config import LabelConfig
-from leaf.data.records import DataError, Sample, id_key, line_numbers, load_samples
+from leaf.data.records import DataError, Sample, id_key, load_samples, record_locations
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,9 @@ def _ungradable(samples: list[Sample], task: str, where: Path, pattern: str | No
     from leaf.checkers.math import MathChecker
 
     problems = {}
-    lines = line_numbers(where)
+    places = record_locations(where)
     for s in samples:
-        at = f"{where}:{lines.get(id_key(s.id), '?')}"
+        at = places.get(id_key(s.id), f"{where}: sample {s.id!r}")
         if task == "code":
             if not (s.meta or {}).get("tests"):
                 problems[id_key(s.id)] = f"{at}: field 'meta.tests': missing (the code checker needs it)"

@@ -16,7 +16,7 @@ from leaf.prune.interventions import INTERVENTIONS, SOURCES
 class PruneConfig:
     """Options of ``leaf prune`` (CLI flags, YAML keys and API arguments alike)."""
 
-    data: Path = option(role="input", help="the original samples (JSONL)")
+    data: Path = option(role="input", help="the original samples: JSONL or a dataset reference hf:NAME[:CONFIG][@SPLIT][#TARGET=COLUMN,...] (docs/data-format.md)")
     detections: Path = option(role="input", help="detections from `leaf detect` (instruction or response level)")
     out: Path = option(role="output", help="output counterfactual records (JSONL); a summary goes to OUT.summary.json")
     strategy: str = option("span", choices=STRATEGIES,

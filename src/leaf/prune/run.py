@@ -113,13 +113,28 @@ def prune(config: PruneConfig | None = None, **kwargs: Any) -> PruneSummary:
     if cfg.intervention == "resample":
         provenance = {"intervention": "resample", "resample_from": cfg.resample_from, "draws": cfg.draws,
                       "seed": cfg.seed}
-    write_counterfactuals(out, records, **provenance)
+    write_counterfactuals(out, records, settings=_provenance(cfg), **provenance)
     summary.records_written = len(records)
     summary_path = out.with_name(out.name + ".summary.json")
     fields = {k: v for k, v in summary.__dict__.items()
               if labelled or k not in ("resample_from", "draws", "duplicate_draws")}
     write_atomic(summary_path, json.dumps(fields, indent=2, ensure_ascii=False) + "\n")
     return summary
+
+
+def _provenance(cfg: PruneConfig) -> dict[str, Any]:
+    """What made these counterfactuals: the detection settings (the detections' sidecar) and the pruning ones."""
+    from leaf.data.jsonl import meta_path
+
+    try:
+        detection = json.loads(meta_path(cfg.detections).read_text(encoding="utf-8")).get("settings") or {}
+    except (OSError, ValueError):
+        detection = {}
+    prune = {"detections": str(cfg.detections), "strategy": cfg.strategy, "intervention": cfg.intervention,
+             "max_spans": cfg.max_spans, "verify": cfg.verify}
+    if cfg.intervention == "resample":
+        prune.update(resample_from=cfg.resample_from, draws=cfg.draws, seed=cfg.seed)
+    return {"detection": detection, "prune": prune}
 
 
 def _replacer(cfg: PruneConfig) -> Replacer | None:
