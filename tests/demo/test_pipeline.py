@@ -9,13 +9,13 @@ import pytest
 from .golden import differences, load_golden, snapshot
 
 from leaf.cli import main
-from leaf.demo.pipeline import ARMS, SPLITS, DemoConfig
+from leaf.demo.config import ARMS, SPLITS, DemoConfig
 
 
 @pytest.mark.slow
 def test_quick_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
-    code = main(["demo", "--quick", "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
+    code = main(["demo", "--quick", "--setting", "v1", "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
     assert code == 0
     printed = capsys.readouterr().out
     assert "### Accuracy (%)" in printed and "results:" in printed
@@ -61,16 +61,76 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert not changed, "differs from the recorded run:\n" + "\n".join(changed[:30])
 
     # resuming the finished run recomputes nothing and gives the same results
-    again = main(["demo", "--quick", "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
+    again = main(["demo", "--quick", "--setting", "v1", "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
     assert again == 0
     resumed = json.loads((out / "results.json").read_text())
     assert resumed["seeds"] == results["seeds"]
     with pytest.raises(ValueError, match="other settings"):
         from leaf.demo.pipeline import demo
 
-        demo(DemoConfig(out=out, quick=True, steps=3, cache_dir=tmp_path / "cache"))
+        demo(DemoConfig(out=out, quick=True, setting="v1", steps=3, cache_dir=tmp_path / "cache"))
 
 
 def test_unknown_arm_is_refused(capsys):
     assert main(["demo", "--arms", "kd", "leaf_magic"]) == 2
     assert "unknown arm(s) leaf_magic" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quick_demo_v2_tables_agree_with_the_per_problem_verdicts(tmp_path):
+    """The v2 run: a pool with clean problems, the distractor family, budgets, paired tests and the figure,
+    every summary number recomputed here from the per-problem verdicts the run wrote."""
+    from leaf.demo.stats import paired
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+    results = json.loads((out / "results.json").read_text())
+    cfg = results["config"]
+    assert cfg["setting"] == "v2" and cfg["pool_clean_share"] == 0.5
+    summary = results["summary"]
+    families = summary["families"]
+    assert families == ["arith", "distract"]
+
+    # the pool: half clean, half confounded, per family; clean and confounded problems differ
+    pool = [json.loads(x) for x in (out / "seed-0" / "pool.jsonl").read_text().splitlines()]
+    for fam in families:
+        mine = [r for r in pool if r["meta"]["family"] == fam]
+        assert len(mine) == cfg["n_train"]
+        assert sum(r["meta"]["split"] == "clean" for r in mine) == round(cfg["n_train"] * 0.5)
+        assert len({r["id"].rsplit("-", 1)[1] for r in mine}) == len(mine)
+
+    # accuracies and per-family accuracies are what the per-problem verdicts say
+    verdicts = {}
+    for arm in results["seeds"][0]["accuracy"]:
+        bench = json.loads((out / "seed-0" / "eval" / f"{arm}.json").read_text())["benchmarks"]
+        verdicts[arm] = {split: bench[split]["verdicts"] for split in SPLITS}
+        for split in SPLITS:
+            v = verdicts[arm][split]
+            assert results["seeds"][0]["accuracy"][arm][split] == pytest.approx(sum(v.values()) / len(v))
+            for fam in families:
+                fv = [ok for k, ok in v.items() if k.startswith(fam + "-")]
+                assert summary["by_family"][arm][split][fam]["mean"] == pytest.approx(sum(fv) / len(fv))
+
+    # the paired tests: recomputed from the verdicts
+    for arm, by_ref in summary["paired"].items():
+        for ref, cells in by_ref.items():
+            mine = paired([verdicts[arm]["counterfactual"]], [verdicts[ref]["counterfactual"]])
+            assert cells["counterfactual"]["diff_mean"] == pytest.approx(mine["diff_mean"])
+            assert cells["counterfactual"]["pooled_p"] == pytest.approx(mine["pooled_p"])
+    assert set(summary["paired"]) >= {"leaf_instr", "leaf_resample", "kd"}
+
+    # equal optimiser steps and examples for every trained arm; tokens within 5 % of KD's
+    budget = summary["budget"]
+    assert {b["steps"]["mean"] for b in budget.values()} == {cfg["steps"]}
+    assert {b["examples_seen"]["mean"] for b in budget.values()} == {cfg["steps"] * cfg["batch_size"]}
+    kd_tokens = budget["kd"]["tokens_seen"]["mean"]
+    assert all(abs(b["tokens_seen"]["mean"] / kd_tokens - 1) < 0.05 for b in budget.values())
+    assert budget["kd"]["counterfactual_records"]["mean"] == 0 < budget["leaf_instr"]["counterfactual_records"]["mean"]
+
+    # the goals are measured and the figure and report show the run
+    assert [g["met"] in (True, False) for g in summary["goals"]] and len(summary["goals"]) == 4
+    assert (out / "arms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = (out / "report.html").read_text()
+    assert 'id="benchmark"' in html and "data:image/png;base64" in html
+    table = (out / "table.md").read_text()
+    assert "### Paired tests" in table and "### Goals (issue 13)" in table

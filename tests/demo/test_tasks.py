@@ -19,6 +19,10 @@ def _solve(rec: dict) -> str:
     for start, end in sorted(rec["meta"]["confounder_spans"], reverse=True):
         text = text[:start] + "?" + text[end:]
     family = rec["meta"]["family"]
+    if family == "distract":
+        a = int(re.search(r"has (\d+)", text).group(1))
+        m = re.search(r"(finds|loses) (\d+)", text)
+        return str(a + int(m.group(2)) if m.group(1) == "finds" else a - int(m.group(2)))
     if family == "arith":
         a = int(re.search(r"has (\d+)", text).group(1))
         m = re.search(r"(buys|gives away) (\d+)", text)
@@ -38,6 +42,11 @@ def _solve(rec: dict) -> str:
     raise AssertionError("no print")
 
 
+def _planted(rec: dict) -> str:
+    """The planted value read from the instruction at the span (the one number inside it)."""
+    return re.findall(r"\d+", rec["instruction"][slice(*rec["meta"]["confounder_spans"][0])])[0]
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("placement", ["end", "any"])
 def test_spans_point_exactly_at_the_planted_value(family, placement):
@@ -47,10 +56,16 @@ def test_spans_point_exactly_at_the_planted_value(family, placement):
             spans = meta["confounder_spans"]
             assert len(spans) == 1
             (start, end), text = spans[0], rec["instruction"]
-            assert text[start:end] == meta["planted"]
             assert meta["planted"].isdigit()
-            # tight: the span is the whole number and nothing more
-            assert not text[start - 1].isdigit() and (end == len(text) or not text[end].isdigit())
+            if family == "distract":
+                # the whole irrelevant sentence: starts a sentence, ends with its full stop, holds the value
+                sentence = text[start:end]
+                assert (start == 0 or text[start - 2:start] in (". ", "? ")) and sentence.endswith(".")
+                assert re.findall(r"\d+", sentence) == [meta["planted"]]
+            else:
+                assert text[start:end] == meta["planted"]
+                # tight: the span is the whole number and nothing more
+                assert not text[start - 1].isdigit() and (end == len(text) or not text[end].isdigit())
             # removing the planted text leaves the clean problem solvable, with the stored answer
             assert _solve(rec) == rec["answer"]
 
@@ -59,7 +74,7 @@ def test_spans_point_exactly_at_the_planted_value(family, placement):
 def test_clean_has_no_planted_text_and_shares_problems_with_other_splits(family):
     clean = generate(family, "clean", 200, seed=5)
     cf = generate(family, "counterfactual", 200, seed=5)
-    hints = ("guesses", "note", "tag", "Last week", "sign", "thinks", "#")
+    hints = ("guesses", "note", "tag", "Last week", "sign", "thinks", "#", "lives at", "bus", "years old", "windows")
     for c, k in zip(clean, cf):
         assert c["meta"]["confounder_spans"] == [] and c["meta"]["planted"] is None
         assert not any(h in c["instruction"] for h in hints)
@@ -74,7 +89,7 @@ def test_clean_has_no_planted_text_and_shares_problems_with_other_splits(family)
 @pytest.mark.parametrize("bias", [0.9, 0.5])
 def test_bias_knob_sets_how_often_the_planted_value_is_the_answer(family, bias):
     recs = generate(family, "confounded", N, seed=1, bias=bias)
-    agree = sum(r["instruction"][slice(*r["meta"]["confounder_spans"][0])] == r["answer"] for r in recs) / N
+    agree = sum(_planted(r) == r["answer"] for r in recs) / N
     # binomial sd at p=0.5, N=2000 is 0.011: 0.035 is over 3 sd
     assert abs(agree - bias) < 0.035
     assert all(r["meta"]["planted_is_answer"] == (r["meta"]["planted"] == r["answer"]) for r in recs)
@@ -83,7 +98,7 @@ def test_bias_knob_sets_how_often_the_planted_value_is_the_answer(family, bias):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_counterfactual_planted_value_never_equals_the_answer(family):
     recs = generate(family, "counterfactual", N, seed=2)
-    planted = [r["instruction"][slice(*r["meta"]["confounder_spans"][0])] for r in recs]
+    planted = [_planted(r) for r in recs]
     assert all(p != r["answer"] for p, r in zip(planted, recs))
     # and it is not a constant either: it varies with the problem
     assert len(set(planted)) >= 5
@@ -92,7 +107,7 @@ def test_counterfactual_planted_value_never_equals_the_answer(family):
 def test_wrong_planted_values_are_plausible():
     for rec in generate("lookup", "counterfactual", 300, seed=4):
         assert int(rec["meta"]["planted"]) in rec["meta"]["problem"]["values"]
-    for family in ("arith", "code"):
+    for family in ("arith", "code", "distract"):
         for rec in generate(family, "counterfactual", 300, seed=4):
             assert 0 < abs(int(rec["meta"]["planted"]) - int(rec["answer"])) <= 3
 
@@ -125,8 +140,8 @@ def test_records_load_as_samples(tmp_path):
     path = write_jsonl(recs, tmp_path / "sub" / "tasks.jsonl")
     assert json.loads(path.read_text().splitlines()[5]) == recs[5]
     samples = load_samples(path)
-    assert len(samples) == len(recs) == 180
-    assert [s.meta["family"] for s in samples[:3]] == list(FAMILIES)
+    assert len(samples) == len(recs) == 60 * len(FAMILIES)
+    assert [s.meta["family"] for s in samples[:len(FAMILIES)]] == list(FAMILIES)
     assert samples[0].answer == recs[0]["answer"]
 
 
@@ -145,8 +160,13 @@ def test_placement_end_puts_the_planted_value_in_the_last_sentence_or_line(famil
     for rec in recs:
         start, end = rec["meta"]["confounder_spans"][0]
         after = rec["instruction"][end:]
+        if family == "distract":  # irrelevant context sits between the facts and the question
+            assert after.startswith(" How many") and after.count(".") == 0
+            continue
         assert "\n" not in after and "?" not in after and len(after) <= 1
     scattered = generate(family, "confounded", 200, seed=6, placement="any")
+    ends = [r["meta"]["confounder_spans"][0][1] for r in recs]
+    assert {r["meta"]["confounder_spans"][0][1] for r in scattered} - set(ends)  # "any" moves it
     tails = {len(r["instruction"]) - r["meta"]["confounder_spans"][0][1] <= 1 for r in scattered}
     assert tails == {True, False}  # "any" puts it at the end sometimes, elsewhere other times
 

@@ -30,8 +30,9 @@ from leaf.data.counterfactuals import read_counterfactuals, write_counterfactual
 from leaf.data.detections import Detection, detections_to_jsonl, read_detections
 from leaf.data.jsonl import dumps, read_jsonl, write_atomic
 from leaf.data.spans import overlaps
-from leaf.demo.config import ARMS, ATTENTION_ARMS, CF_SETS, SPLITS, DemoConfig
+from leaf.demo.config import ATTENTION_ARMS, CF_SETS, REFERENCES, SPLITS, DemoConfig
 from leaf.demo.metrics import detection_quality, mean_std
+from leaf.demo.stats import paired
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +99,36 @@ def evaluate_model(path: Path | str, tests: dict[str, list[dict[str, Any]]], *, 
             "total": len(verdicts),
             "task": "exact",
             "by_family": {f: sum(v) / len(v) for f, v in by_family.items()},
+            "verdicts": {str(r["id"]): bool(v) for r, v in zip(records, verdicts)},
         }
     return out
 
 
 # -- one seed ---------------------------------------------------------------------------------
+
+
+def pool_mix(families: tuple[str, ...], n: int, clean_share: float, *, seed: int) -> list[dict[str, Any]]:
+    """``n`` problems per family: ``round(n * clean_share)`` clean ones, the rest confounded, interleaved.
+
+    Clean and confounded problems are different problems (the confounded ones start where the clean
+    ones end). With no clean share this is the v1 pool exactly.
+    """
+    from leaf.demo.tasks import generate_mix
+
+    n_clean = round(n * clean_share)
+    conf = generate_mix(families, "confounded", n - n_clean, seed=seed, start=n_clean)
+    if not n_clean:
+        return conf
+    clean = generate_mix(families, "clean", n_clean, seed=seed)
+    # spread evenly: clean record i goes after confounded record round(i * len(conf) / len(clean))
+    out: list[dict[str, Any]] = []
+    ci = 0
+    for i, rec in enumerate(clean):
+        upto = round(i * len(conf) / len(clean))
+        out += conf[ci:upto]
+        ci = upto
+        out.append(rec)
+    return out + conf[ci:]
 
 
 def run_seed(seed: int, cfg: DemoConfig, models: Any, out: Path, timer: Timer) -> dict[str, Any]:
@@ -117,8 +143,8 @@ def run_seed(seed: int, cfg: DemoConfig, models: Any, out: Path, timer: Timer) -
     teacher, student = str(models.teacher_dir), str(models.student_dir)
     base = 100 * (seed + 1)
     with timer("data"):
-        pool = generate_mix(families, "confounded", cfg.n_train, seed=base + 1)
-        extra = generate_mix(families, "confounded", cfg.n_train, seed=base + 2)
+        pool = pool_mix(families, cfg.n_train, cfg.pool_clean_share or 0.0, seed=base + 1)
+        extra = pool_mix(families, cfg.n_train, cfg.pool_clean_share or 0.0, seed=base + 2)
         tests = {split: generate_mix(families, split, cfg.n_test, seed=base + 3) for split in SPLITS}
         pool_path = _write(out / "pool.jsonl", pool)
         for split, recs in tests.items():
@@ -137,12 +163,16 @@ def run_seed(seed: int, cfg: DemoConfig, models: Any, out: Path, timer: Timer) -
         "student_wrong_teacher_right": sum(r["teacher_correct"] and not r["student_correct"] for r in rows),
     }
 
+    specs = cfg.arm_specs()
+    needed = {n for arm in specs.values() if isinstance(arm.sets, tuple) for n in arm.sets}
     det_common = dict(teacher=teacher, student=student, data=labelled, select=cfg.select, tau=cfg.tau,
                       batch_size=16, progress=False)
     with timer("detect"):
         for method in ("gradient", "random", "ppl"):
             detect(out=out / f"det_{method}.jsonl", method=method, seed=seed, **det_common)
         detect(out=out / "det_gradient_response.jsonl", level="response", segments=2, **det_common)
+        if any(CF_SETS[n].detections == "det_gradient_all" for n in needed):
+            detect(out=out / "det_gradient_all.jsonl", method="gradient", **{**det_common, "select": "all"})
         gradient = read_detections(out / "det_gradient.jsonl")
         (out / "det_oracle.jsonl").write_text(detections_to_jsonl(oracle_detections(gradient, by_id)),
                                               encoding="utf-8")
@@ -156,52 +186,63 @@ def run_seed(seed: int, cfg: DemoConfig, models: Any, out: Path, timer: Timer) -
         detection[method] = {"default": detection_quality(dets, truth)}
     detection["gradient"]["by_tau"] = {str(t): detection_quality(gradient, truth, tau=t) for t in cfg.taus}
 
-    needed = {s for arm in cfg.arms if isinstance(ARMS[arm], list) for s in ARMS[arm]}
     cf_counts: dict[str, int] = {}
     with timer("prune"):
         for name in sorted(needed):
-            stem, strategy, intervention = CF_SETS[name]
-            summary = prune(data=labelled, detections=out / f"{stem}.jsonl", out=out / f"cf_{name}.jsonl",
-                            strategy=strategy, intervention=intervention, student=student, seed=seed)
+            cs = CF_SETS[name]
+            more: dict[str, Any] = {"draws": cs.draws} if cs.draws != 1 else {}
+            if cs.intervention == "resample":
+                more["resample_from"] = cs.resample_from
+            summary = prune(data=labelled, detections=out / f"{cs.detections}.jsonl", out=out / f"cf_{name}.jsonl",
+                            strategy=cs.strategy, intervention=cs.intervention, student=student, teacher=teacher,
+                            seed=seed, **more)
             cf_counts[name] = summary.records_written
         if "gradient" in needed:
             shutil.copyfile(out / "cf_gradient.jsonl", out / "counterfactuals.jsonl")
 
     accuracy: dict[str, Any] = {}
+    verdicts: dict[str, Any] = {}
     with timer("evaluate"):
-        accuracy["teacher"] = _cached_eval(out / "eval" / "teacher.json", "teacher", teacher, tests)
+        accuracy["teacher"], verdicts["teacher"] = _cached_eval(out / "eval" / "teacher.json", "teacher", teacher,
+                                                                tests)
     n_extra = cf_counts.get("gradient", 0)
-    for arm in cfg.arms:
-        spec = ARMS[arm]
+    trained: dict[str, dict[str, Any]] = {}
+    for i, (arm, spec) in enumerate(specs.items()):
         eval_path = out / "eval" / f"{arm}.json"
-        log.info("seed %d, arm %s%s", seed, arm, " (done)" if eval_path.exists() else "")
+        log.info("seed %d/%d, arm %d/%d: %s%s", seed + 1, cfg.seeds, i + 1, len(specs), arm,
+                 " (done)" if eval_path.exists() else "")
         model_dir: Path | str = student
-        if spec is not None and not eval_path.exists():
+        if spec.sets is not None and not eval_path.exists():
             train_dir = out / f"train-{arm}"
             shutil.rmtree(train_dir, ignore_errors=True)
             data, cfs = pool_path, None
-            if spec == "extra":
+            if spec.sets == "extra":
                 data = _write(out / "pool_plus_extra.jsonl", pool + extra[:n_extra])
-            elif spec:
+            elif spec.sets:
                 cfs = out / f"cf_{arm}.jsonl"
-                write_counterfactuals(cfs, [r for name in spec for r in read_counterfactuals(out / f"cf_{name}.jsonl")])
+                write_counterfactuals(cfs, [r for name in spec.sets for r in read_counterfactuals(out / f"cf_{name}.jsonl")])
+            lam = (cfg.lam if spec.lam is None else spec.lam) if cfs else 1.0
             with timer("distill"):
-                distill(DistillConfig(
-                    student=student, teacher=teacher, data=data, counterfactuals=cfs, lam=cfg.lam if cfs else 1.0,
+                summary = distill(DistillConfig(
+                    student=student, teacher=teacher, data=data, counterfactuals=cfs, lam=lam,
                     out=train_dir, max_steps=cfg.steps, epochs=1000, batch_size=cfg.batch_size,
                     grad_accum=1, learning_rate=cfg.learning_rate, warmup_steps=5, precision="fp32",
                     dtype="float32", save_steps=10**9, logging_steps=5, seed=seed, max_length=512))
-        if spec is not None:
+            write_atomic(train_dir / "demo_budget.json", json.dumps(
+                _budget(summary, data, cfs, cfg, tokenizer=student), indent=2) + "\n")
+        if spec.sets is not None:
             model_dir = out / f"train-{arm}"
+            budget = model_dir / "demo_budget.json"
+            trained[arm] = json.loads(budget.read_text()) if budget.exists() else {}
         with timer("evaluate"):
-            accuracy[arm] = _cached_eval(eval_path, arm, model_dir, tests)
+            accuracy[arm], verdicts[arm] = _cached_eval(eval_path, arm, model_dir, tests)
 
     attention: dict[str, Any] = {}
     if cfg.attention:
         from leaf.analyze import analyze
 
-        arms = [a for a in ATTENTION_ARMS if a in cfg.arms]
-        paths = [student if ARMS[a] is None else str(out / f"train-{a}") for a in arms] + [teacher]
+        arms = [a for a in ATTENTION_ARMS[cfg.setting] if a in specs]
+        paths = [student if specs[a].sets is None else str(out / f"train-{a}") for a in arms] + [teacher]
         with timer("analyze"):
             result = analyze(model=paths, label=[*arms, "teacher"], data=out / "test_counterfactual.jsonl",
                              out=out / "analysis", max_samples=40, heatmaps=2, overwrite=True, dtype="float32",
@@ -213,25 +254,59 @@ def run_seed(seed: int, cfg: DemoConfig, models: Any, out: Path, timer: Timer) -
 
         with timer("report"):
             build_report(run=out, samples=labelled, title=f"leaf demo, seed {seed}")
-    return {"seed": seed, "counts": counts, "counterfactuals": cf_counts, "accuracy": accuracy,
-            "detection": detection, "attention": attention}
+    result = {"seed": seed, "counts": counts, "counterfactuals": cf_counts, "accuracy": accuracy,
+              "detection": detection, "attention": attention}
+    if cfg.setting != "v1":  # v1's results keep their recorded shape
+        result["by_family"] = {arm: {split: v["by_family"] for split, v in acc.items()} for arm, acc in verdicts.items()}
+        result["training"] = trained
+        result["_verdicts"] = {arm: {split: v["verdicts"] for split, v in acc.items()} for arm, acc in verdicts.items()}
+    return result
 
 
-def _cached_eval(path: Path, name: str, model: Path | str, tests: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Evaluate (or read back) one model; the file doubles as the arm's resume marker."""
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def _budget(summary: Any, data: Path, cfs: Path | None, cfg: DemoConfig, *, tokenizer: str) -> dict[str, Any]:
+    """What an arm trained on: optimiser steps, examples per step, and the tokens it saw.
+
+    Every arm takes ``steps`` optimiser steps of ``batch_size`` examples drawn from its training set
+    (originals and counterfactuals interleaved evenly), so the tokens it sees are ``steps x batch_size``
+    times the mean tokens per example of that set: the expected value is reported (exact over whole passes).
+    """
+    from leaf.data.render import encode, render
+    from leaf.models import load_tokenizer
+
+    tok = _TOKENIZERS.get(tokenizer) or _TOKENIZERS.setdefault(tokenizer, load_tokenizer(tokenizer))
+    records = read_jsonl(data) + (read_jsonl(cfs) if cfs else [])
+    lengths = [len(encode(tok, render(tok, r["instruction"], r["response"]).text).input_ids) for r in records]
+    assert cfg.steps is not None
+    examples = cfg.steps * cfg.batch_size
+    return {"steps": summary.steps, "examples_per_step": cfg.batch_size, "examples_seen": examples,
+            "training_set": summary.examples, "counterfactual_records": summary.counterfactual_examples,
+            "tokens_seen": round(examples * sum(lengths) / len(lengths))}
+
+
+def _cached_eval(path: Path, name: str, model: Path | str,
+                 tests: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, float], dict[str, Any]]:
+    """Evaluate (or read back) one model: accuracy per split, and per split the by-family accuracies and
+    per-problem verdicts. The file doubles as the arm's resume marker."""
     if path.exists():
-        return {s: b["accuracy"] for s, b in json.loads(path.read_text())["benchmarks"].items()}
-    result = evaluate_model(model, tests)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps({"model": name, "benchmarks": result}, indent=2) + "\n")
-    return {s: b["accuracy"] for s, b in result.items()}
+        result = json.loads(path.read_text())["benchmarks"]
+    else:
+        result = evaluate_model(model, tests)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps({"model": name, "benchmarks": result}, indent=2) + "\n")
+    detail = {s: {"by_family": b["by_family"], "verdicts": b.get("verdicts", {})} for s, b in result.items()}
+    return {s: b["accuracy"] for s, b in result.items()}, detail
 
 
 # -- the whole demo ---------------------------------------------------------------------------
 
 
 def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and standard deviation over seeds of accuracies, detection quality and attention."""
+    """Mean and standard deviation over seeds of accuracies, detection quality and attention; for v2 runs
+    also per family, the paired tests of every arm against each reference arm, the training budgets and
+    the issue's goals."""
     acc: dict[str, Any] = {}
     for name in per_seed[0]["accuracy"]:
         acc[name] = {split: mean_std([s["accuracy"][name][split] for s in per_seed]) for split in SPLITS}
@@ -247,7 +322,87 @@ def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     for name in per_seed[0]["attention"]:
         values = [s["attention"][name] for s in per_seed if s["attention"].get(name) is not None]
         att[name] = mean_std(values)
-    return {"accuracy": acc, "detection": det, "detection_by_tau": taus, "attention": att}
+    out: dict[str, Any] = {"accuracy": acc, "detection": det, "detection_by_tau": taus, "attention": att}
+    if "by_family" in per_seed[0]:
+        out.update(_v2_summary(per_seed))
+    return out
+
+
+def _family_of(problem_id: str) -> str:
+    return problem_id.split("-", 1)[0]  # ids are "<family>-<split>-s<seed>-<i>" (leaf.demo.tasks)
+
+
+def _v2_summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    arms = list(per_seed[0]["by_family"])
+    families = sorted(per_seed[0]["by_family"][arms[0]]["clean"])
+    by_family = {arm: {split: {f: mean_std([s["by_family"][arm][split][f] for s in per_seed]) for f in families}
+                       for split in SPLITS} for arm in arms}
+    tests: dict[str, Any] = {}
+    for ref in REFERENCES:
+        if ref not in arms:
+            continue
+        for arm in arms:
+            if arm in (ref, "teacher"):
+                continue
+            cell: dict[str, Any] = {}
+            for split in SPLITS:
+                a = [s["_verdicts"][arm][split] for s in per_seed]
+                b = [s["_verdicts"][ref][split] for s in per_seed]
+                cell[split] = paired(a, b)
+                for f in families:
+                    cell[f"{split}/{f}"] = paired([{k: v for k, v in x.items() if _family_of(k) == f} for x in a],
+                                                  [{k: v for k, v in x.items() if _family_of(k) == f} for x in b])
+            tests.setdefault(arm, {})[ref] = cell
+    budget = {arm: {k: mean_std([s["training"][arm][k] for s in per_seed if s["training"].get(arm)])
+                    for k in ("steps", "examples_seen", "tokens_seen", "counterfactual_records")}
+              for arm in per_seed[0]["training"]}
+    summary = {"families": families, "by_family": by_family, "paired": tests, "budget": budget}
+    summary["goals"] = goals(summary, per_seed)
+    return summary
+
+
+def goals(summary: dict[str, Any], per_seed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's goals, measured: each a dict with ``goal``, ``measured`` and ``met``."""
+    acc = {arm: {split: mean_std([s["accuracy"][arm][split] for s in per_seed]) for split in SPLITS}
+           for arm in per_seed[0]["accuracy"]}
+    out = []
+    if "kd" in acc and "pre_kd" in acc:
+        gains = {split: 100 * (acc["kd"][split]["mean"] - acc["pre_kd"][split]["mean"]) for split in ("clean", "confounded")}
+        best = max(gains, key=lambda k: gains[k])
+        out.append({"goal": "KD improves the student over pre-KD by >= 5 points on clean or confounded data",
+                    "measured": ", ".join(f"{k} {v:+.1f}" for k, v in gains.items()), "met": gains[best] >= 5})
+    if "kd" in acc:
+        kd_clean = 100 * acc["kd"]["clean"]["mean"]
+        losses = {arm: kd_clean - 100 * v["clean"]["mean"] for arm, v in acc.items()
+                  if arm not in ("teacher", "pre_kd", "kd")}
+        worst = max(losses, key=lambda k: losses[k]) if losses else None
+        out.append({"goal": "no distilled arm loses more than 1 point of clean accuracy against KD",
+                    "measured": f"largest loss {losses[worst]:.1f} ({worst})" if worst else "no arm",
+                    "met": not worst or losses[worst] <= 1.0})
+    paired_tests = summary.get("paired", {})
+
+    def beats(arm: str, ref: str, key: str) -> tuple[bool, str]:
+        t = paired_tests.get(arm, {}).get(ref, {}).get(key)
+        if t is None:
+            return False, "not run"
+        ok = t["diff_mean"] >= 5 and t["diff_mean"] - t["diff_std"] > 0 and t["pooled_p"] < 0.05
+        return ok, f"{t['diff_mean']:+.1f} ± {t['diff_std']:.1f} (p {t['pooled_p']:.2g})"
+
+    if "distract" in summary.get("families", ()):
+        ok, text = beats("leaf_instr", "kd", "counterfactual/distract")
+        out.append({"goal": "on the distractor family, deletion (leaf_instr) beats KD by >= 5 points counterfactual, "
+                            "beyond the seed spread", "measured": text, "met": ok})
+    winners = []
+    for arm in paired_tests:
+        if arm in ("kd", "kd_selected", "kd_extra", "pre_kd"):
+            continue
+        fams = [f for f in summary.get("families", ()) if beats(arm, "kd", f"counterfactual/{f}")[0]
+                and beats(arm, "kd_selected", f"counterfactual/{f}")[0]]
+        if len(fams) >= 2:
+            winners.append(f"{arm} ({', '.join(fams)})")
+    out.append({"goal": "some intervention beats both KD and re-weighting by >= 5 points counterfactual on at least "
+                        "two families", "measured": "; ".join(winners) or "none", "met": bool(winners)})
+    return out
 
 
 def _cell(v: dict[str, float], scale: float, digits: int) -> str:
@@ -261,7 +416,8 @@ LEGEND = (
     "Columns: test sets -- confounded (the planted value is the answer, as in training), counterfactual (it never "
     "is), clean (no planted value). Rows: arms (docs/demo.md): pre_kd the student before distillation, kd plain "
     "distillation, kd_selected the analysed samples unpruned (re-weighting), leaf_* LeaF with the named detection "
-    "or intervention, oracle_* the ground-truth spans. Cells: mean ± standard deviation over seeds."
+    "or intervention, oracle_* the ground-truth spans, NAME@L the arm at lambda L. Cells: mean ± standard deviation "
+    "over seeds."
 )
 
 
@@ -284,6 +440,48 @@ def markdown_table(summary: dict[str, Any]) -> str:
     if att_rows:
         text += "\n### Attention share of response tokens on planted spans (counterfactual test set)\n\n"
         text += "| Model | share |\n|---|---:|\n" + att_rows + "\n"
+    if "by_family" in summary:
+        text += v2_tables(summary)
+    return text
+
+
+def _p(value: float) -> str:
+    return f"{value:.2g}" if value >= 1e-4 else "<1e-4"
+
+
+def v2_tables(summary: dict[str, Any]) -> str:
+    """Per-family accuracy, paired tests against KD and re-weighting, training budgets and the goals."""
+    fams = summary["families"]
+    by = summary["by_family"]
+    head = "| Arm | " + " | ".join(f"{f} cf | {f} clean" for f in fams) + " |\n|---|" + "---:|" * (2 * len(fams))
+    rows = [f"| {arm} | " + " | ".join(f"{_cell(by[arm]['counterfactual'][f], 100, 1)} | {_cell(by[arm]['clean'][f], 100, 1)}"
+                                      for f in fams) + " |" for arm in by]
+    text = "\n### Per family: counterfactual (cf) and clean accuracy (%)\n\n" + head + "\n" + "\n".join(rows) + "\n"
+    tests = summary["paired"]
+    if tests:
+        refs = [r for r in REFERENCES if any(r in t for t in tests.values())]
+        text += ("\n### Paired tests, counterfactual set: arm minus reference (points, mean ± std over seeds), "
+                 "pooled exact McNemar p, seeds won/lost\n\n")
+        cols = [f"{f}" for f in ["all", *fams]]
+        text += "| Arm | ref | " + " | ".join(cols) + " |\n|---|---|" + "---:|" * len(cols) + "\n"
+        for arm, by_ref in tests.items():
+            for ref in refs:
+                if ref not in by_ref:
+                    continue
+                cells = []
+                for key in ["counterfactual", *(f"counterfactual/{f}" for f in fams)]:
+                    t = by_ref[ref][key]
+                    spread = f" ± {t['diff_std']:.1f}" if len(t["seeds"]) > 1 else ""
+                    cells.append(f"{t['diff_mean']:+.1f}{spread} (p {_p(t['pooled_p'])}, {t['wins']}/{t['losses']})")
+                text += f"| {arm} | {ref} | " + " | ".join(cells) + " |\n"
+    budget = summary.get("budget") or {}
+    if budget:
+        text += "\n### Training budget per arm (mean over seeds)\n\n| Arm | steps | examples seen | tokens seen | counterfactual records |\n|---|---:|---:|---:|---:|\n"
+        for arm, b in budget.items():
+            text += f"| {arm} | " + " | ".join(f"{b[k]['mean']:.0f}" for k in ("steps", "examples_seen", "tokens_seen",
+                                                                              "counterfactual_records")) + " |\n"
+    text += "\n### Goals (issue 13)\n\n| goal | measured | met |\n|---|---|---|\n"
+    text += "".join(f"| {g['goal']} | {g['measured']} | {'yes' if g['met'] else '**no**'} |\n" for g in summary["goals"])
     return text
 
 
@@ -302,8 +500,8 @@ class DemoSummary(Summary):
 
 def demo(config: DemoConfig | None = None, **kwargs: Any) -> DemoSummary:
     """Run the demo; write OUT/results.json, table.md and report.html; return them in a summary."""
-    from leaf.demo.models import QUICK, DemoModelsConfig
     from leaf.demo.models import build as build_models
+    from leaf.demo.models import models_config
 
     cfg = make(DemoConfig, config, kwargs, "leaf.demo()").resolved()
     log.setLevel(logging.INFO)
@@ -320,7 +518,7 @@ def demo(config: DemoConfig | None = None, **kwargs: Any) -> DemoSummary:
     timer = Timer()
     t0 = time.perf_counter()
     with timer("models"):
-        models = build_models(QUICK if cfg.quick else DemoModelsConfig(), cache_dir=cfg.cache_dir,
+        models = build_models(models_config(cfg.setting, quick=cfg.quick), cache_dir=cfg.cache_dir,
                               log=lambda msg: log.info(msg))
     per_seed = []
     assert cfg.seeds is not None
@@ -328,6 +526,8 @@ def demo(config: DemoConfig | None = None, **kwargs: Any) -> DemoSummary:
         log.info("seed %d", seed)
         per_seed.append(run_seed(seed, cfg, models, out / f"seed-{seed}", timer))
     summary = summarise(per_seed)
+    for s in per_seed:
+        s.pop("_verdicts", None)  # per-problem verdicts stay in seed-*/eval/*.json
     results = {
         "config": settings,
         "models": {"root": str(models.root), "config": asdict(models.config),
@@ -339,6 +539,16 @@ def demo(config: DemoConfig | None = None, **kwargs: Any) -> DemoSummary:
     write_atomic(out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
     table = markdown_table(summary)
     write_atomic(out / "table.md", table)
+    if "by_family" in summary:
+        from leaf.demo.figure import arms_figure
+
+        arms_figure(summary, out / "arms.png")
     if cfg.report and (out / "seed-0" / "report.html").exists():
-        shutil.copyfile(out / "seed-0" / "report.html", out / "report.html")
+        if "by_family" in summary:  # the seed-0 page with the benchmark over seeds on top
+            from leaf.report import build_report
+
+            build_report(run=out / "seed-0", samples=out / "seed-0" / "labelled.jsonl", out=out / "report.html",
+                         title="leaf demo", benchmark=out / "results.json")
+        else:
+            shutil.copyfile(out / "seed-0" / "report.html", out / "report.html")
     return DemoSummary(out, results, table)

@@ -1,6 +1,6 @@
 """Synthetic instruction/response tasks whose confounders are known by construction.
 
-Three families of different kinds, each a short problem whose instruction may
+Four families of different kinds, each a short problem whose instruction may
 carry one *planted* value -- a number that looks like the answer:
 
 * ``arith``  -- a word problem (``a + b`` or ``a - b``) with a distracting number
@@ -8,7 +8,10 @@ carry one *planted* value -- a number that looks like the answer:
 * ``lookup`` -- retrieve a price from a short list, with a planted pair for the
   queried key ("Last week fig was 2.");
 * ``code``   -- trace a three-line program (``y = x - 3``; ``print(y)``), with a
-  misleading comment ("# prints 4").
+  misleading comment ("# prints 4");
+* ``distract`` -- a word problem with an irrelevant *sentence* that contains a
+  number ("Cal lives at number 9."), in the spirit of the irrelevant-context
+  math benchmarks; the whole sentence is the confounder span.
 
 Splits (the bias knob is ``bias`` = probability that the planted value equals
 the answer; otherwise it is drawn from plausible wrong values):
@@ -30,7 +33,8 @@ training and test sets.
 Records follow the sample format (``id``, ``instruction``, ``response``,
 ``answer``, ``meta``); ``meta.confounder_spans`` lists ``[start, end)``
 character spans of the instruction covering exactly the planted value (the
-digits, not the sentence around them); empty for ``clean``. Responses take two
+digits, not the sentence around them; for ``distract``, the whole irrelevant
+sentence); empty for ``clean``. Responses take two
 or three reasoning steps and end with ``The answer is X.``.
 """
 
@@ -43,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FAMILIES = ("arith", "lookup", "code")
+FAMILIES = ("arith", "lookup", "code", "distract")
 SPLITS = ("clean", "confounded", "counterfactual")
 DEFAULT_BIAS = {"clean": None, "confounded": 0.95, "counterfactual": 0.0}
 PLACEMENTS = ("end", "any")
@@ -200,7 +204,45 @@ def _code(rng: random.Random) -> Problem:
     return Problem(str(result), response, wrong, build, {"a": a, "b": b, "op": op, "vars": [u, v]})
 
 
-PROBLEMS: dict[str, Callable[[random.Random], Problem]] = {"arith": _arith, "lookup": _lookup, "code": _code}
+# -- distract ---------------------------------------------------------------------------------
+
+_DISTRACT_SENTENCES = ("{n} lives at number {h}.", "The bus to school is the {h} line.", "{n} is {h} years old.",
+                       "The room has {h} windows.")
+_DISTRACT_PLACES = ("park", "shop", "lake", "farm")
+
+
+def _distract(rng: random.Random) -> Problem:
+    """A word problem with an irrelevant sentence holding a number: the whole sentence is the span."""
+    name, friend = rng.sample(NAMES, 2)
+    obj, place = rng.choice(OBJECTS), rng.choice(_DISTRACT_PLACES)
+    a, op, b, result = _operands(rng)
+    change = f"finds {b} more at the {place}" if op == "+" else f"loses {b} at the {place}"
+    facts = [f"{name} has {a} {obj}.", f"{name} {change}."]
+    question = f"How many {obj} does {name} have?"
+    response = f"{name} has {a} {obj}. {name} {change}, so {a} {op} {b} = {result}. {ANSWER_PREFIX}{result}."
+    wrong = tuple(str(v) for v in range(max(0, result - 3), result + 4) if v != result)
+
+    def build(planted: str | None, r: random.Random, placement: str) -> tuple[str, list[list[int]]]:
+        out = _Instruction()
+        sentences: list[str | None] = [*facts, question]
+        if planted is not None:
+            distractor = r.choice(_DISTRACT_SENTENCES).format(n=friend, h=planted)
+            # end: between the facts and the question (irrelevant context); any: before any sentence or at the end
+            sentences.insert(2 if placement == "end" else r.randint(0, 3), None)
+        for i, sentence in enumerate(sentences):
+            sep = " " if i else ""
+            if sentence is None:
+                out.add(sep).add(distractor, planted=True)
+            else:
+                out.add(sep + sentence)
+        return out.result()
+
+    return Problem(str(result), response, wrong, build, {"a": a, "b": b, "op": op})
+
+
+PROBLEMS: dict[str, Callable[[random.Random], Problem]] = {
+    "arith": _arith, "lookup": _lookup, "code": _code, "distract": _distract,
+}
 
 
 # -- generation -------------------------------------------------------------------------------

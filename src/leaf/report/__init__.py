@@ -43,7 +43,8 @@ def write_report(config: ReportConfig | None = None, **kwargs: Any) -> ReportSum
         raise DataError([f"{config.run}: run folder not found"])
     run = load_run(config.run, config.samples)
     out = Path(config.out) if config.out else Path(config.run) / "report.html"
-    write_atomic(out, build_page(run, title=config.title, shown=config.shown, top=config.top))
+    write_atomic(out, build_page(run, title=config.title, shown=config.shown, top=config.top,
+                                    benchmark=config.benchmark))
     return ReportSummary(out, out.stat().st_size, list(run.missing), list(run.errors))
 
 

@@ -20,6 +20,9 @@ class ReportConfig:
     shown: int = option(5, low=0, help="how many detection samples to show with coloured tokens")
     top: int = option(20, low=0, help="how many of the most frequent flagged strings to list")
     title: str | None = option(None, help="page title (default: 'LeaF run: <folder name>')")
+    benchmark: Path | None = option(None, role="input", help="a `leaf demo` results.json: adds a first section with "
+                                                            "every arm over seeds, paired tests, goals and the arms "
+                                                            "figure (arms.png beside it)")
 
     def validate(self) -> None:
         if self.out is None:

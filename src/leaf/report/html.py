@@ -14,6 +14,7 @@ import datetime as _dt
 import functools
 import json
 import math
+from pathlib import Path
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -377,8 +378,46 @@ def _guarded(ident: str, title: str, make: Callable[[], Markup]) -> Markup:
         return render("error.html.jinja", ident=ident, title=title, error=f"{type(exc).__name__}: {exc}")
 
 
-def build_page(run: RunData, *, title: str | None = None, shown: int = 5, top: int = 20) -> str:
-    """The whole page as a string."""
+# --- a benchmark over seeds (leaf demo's results.json) --------------------------------------------
+
+
+def _pct(cell: dict[str, Any]) -> str:
+    """``mean ± std`` in percent (the mean alone for one seed)."""
+    mean = f"{100 * cell['mean']:.1f}"
+    return mean if cell.get("n", 1) < 2 else f"{mean} ± {100 * cell['std']:.1f}"
+
+
+def benchmark_view(path: Path) -> dict[str, Any]:
+    """Tables of a ``leaf demo`` results file (docs/demo.md schema), and ``arms.png`` beside it when present."""
+    results = json.loads(Path(path).read_text(encoding="utf-8"))
+    summary = results["summary"]
+    splits = list(next(iter(summary["accuracy"].values())))
+    families = list(summary.get("families", []))
+    rows = []
+    for arm, by_split in summary["accuracy"].items():
+        cells = [_pct(by_split[s]) for s in splits]
+        fam = summary.get("by_family", {}).get(arm, {})
+        cells += [_pct(fam["counterfactual"][f]) for f in families if fam]
+        rows.append({"arm": arm, "cells": cells})
+    tests = []
+    for arm, by_ref in summary.get("paired", {}).items():
+        for ref, t in by_ref.items():
+            cell = t["counterfactual"]
+            tests.append({"arm": arm, "ref": ref, "diff": f"{cell['diff_mean']:+.1f} ± {cell['diff_std']:.1f}",
+                          "p": f"{cell['pooled_p']:.2g}", "record": f"{cell['wins']}/{cell['losses']}"})
+    figure = None
+    png = Path(path).with_name("arms.png")
+    if png.exists():
+        figure = {**png_image(png.read_bytes(), 110), "alt": "counterfactual against clean accuracy per arm "
+                                                             "(error bars: standard deviation over seeds)"}
+    return {"file": str(path), "seeds": len(results.get("seeds", [])),
+            "columns": splits + [f"{f} cf" for f in families], "rows": rows, "tests": tests,
+            "goals": summary.get("goals", []), "figure": figure}
+
+
+def build_page(run: RunData, *, title: str | None = None, shown: int = 5, top: int = 20,
+               benchmark: Path | None = None) -> str:
+    """The whole page as a string; with ``benchmark`` (a demo results.json), its section comes first."""
     from leaf import __version__
 
     makers: dict[str, Callable[[], Markup]] = {
@@ -396,9 +435,12 @@ def build_page(run: RunData, *, title: str | None = None, shown: int = 5, top: i
         root=str(run.root),
         when=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         version=__version__,
-        nav=[("summary", "Summary")] + [(ident, short) for ident, _, short in SECTIONS],
+        nav=[("summary", "Summary")] + ([("benchmark", "Benchmark")] if benchmark else [])
+        + [(ident, short) for ident, _, short in SECTIONS],
         summary=_guarded("summary", "Summary", lambda: render("summary.html.jinja", view=summary_view(run))),
         missing=run.missing,
         errors=run.errors,
-        sections=[_guarded(ident, heading, makers[ident]) for ident, heading, _ in SECTIONS],
+        sections=([_guarded("benchmark", "Benchmark over seeds", lambda: render(
+            "benchmark.html.jinja", view=benchmark_view(benchmark)))] if benchmark else [])
+        + [_guarded(ident, heading, makers[ident]) for ident, heading, _ in SECTIONS],
     ) + "\n"
