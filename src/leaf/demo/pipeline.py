@@ -220,7 +220,8 @@ def run_seed(seed: int, cfg: DemoConfig, models: Any, out: Path, timer: Timer) -
                 data = _write(out / "pool_plus_extra.jsonl", pool + extra[:n_extra])
             elif spec.sets:
                 cfs = out / f"cf_{arm}.jsonl"
-                write_counterfactuals(cfs, [r for name in spec.sets for r in read_counterfactuals(out / f"cf_{name}.jsonl")])
+                write_counterfactuals(cfs, combine_sets({name: read_counterfactuals(out / f"cf_{name}.jsonl")
+                                                         for name in spec.sets}))
             lam = (cfg.lam if spec.lam is None else spec.lam) if cfs else 1.0
             with timer("distill"):
                 summary = distill(DistillConfig(
@@ -261,6 +262,19 @@ def run_seed(seed: int, cfg: DemoConfig, models: Any, out: Path, timer: Timer) -
         result["training"] = trained
         result["_verdicts"] = {arm: {split: v["verdicts"] for split, v in acc.items()} for arm, acc in verdicts.items()}
     return result
+
+
+def combine_sets(sets: dict[str, list[Any]]) -> list[Any]:
+    """The records of several counterfactual sets in one list; an id already taken by an earlier set gets
+    ``+<set name>`` appended (deletion and resample records of one span share an id)."""
+    out, seen = [], set()
+    for name, records in sets.items():
+        for rec in records:
+            if rec.id in seen:
+                rec = replace(rec, id=f"{rec.id}+{name}")
+            seen.add(rec.id)
+            out.append(rec)
+    return out
 
 
 _TOKENIZERS: dict[str, Any] = {}
