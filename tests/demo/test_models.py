@@ -85,6 +85,26 @@ def test_build_caches_by_settings(tmp_path, tok):
     assert teacher.config.vocab_size == len(tokenizer)
 
 
+def test_another_student_reuses_the_teacher_and_trains_the_same_student(tmp_path):
+    import torch
+
+    first = M.build(TINY, cache_dir=tmp_path / "a", log=lambda m: None)
+    other = M.with_steps(TINY, TINY.teacher.steps, 3)
+    assert other.teacher_key() == TINY.teacher_key() and other.key() != TINY.key()
+    logs: list[str] = []
+    reused = M.build(other, cache_dir=tmp_path / "a", log=logs.append)
+    assert any("reused" in m for m in logs) and not any(m.startswith("[demo] teacher:") for m in logs)
+    fresh = M.build(other, cache_dir=tmp_path / "b", log=lambda m: None)  # no cache to reuse: trains both
+    for part in ("teacher/model.safetensors", "tokenizer/tokenizer.json"):
+        assert (reused.root / part).read_bytes() == (first.root / part).read_bytes() == (fresh.root / part).read_bytes()
+    from safetensors.torch import load_file
+
+    a, b = (load_file(x.root / "student" / "model.safetensors") for x in (reused, fresh))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # another teacher setting is not reused
+    assert M.with_steps(TINY, 4, 2).teacher_key() != TINY.teacher_key()
+
+
 def test_greedy_generation_and_accuracy(tok):
     import torch
 

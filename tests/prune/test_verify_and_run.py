@@ -51,6 +51,27 @@ def test_verification_keeps_only_records_both_models_answer():
         "both-right": True, "student-wrong": False, "both-wrong": False, "response-only": None}
 
 
+def test_teacher_only_verification_keeps_records_the_student_still_gets_wrong():
+    records = [
+        _rec("both-right", "the value is 8", "8"),
+        _rec("student-wrong", "ignore 3, the value is 8", "8"),
+        _rec("both-wrong", "the value is 2", "8"),
+        _rec("teacher-wrong", "the value is 8, ignore 3", "8"),  # teacher reads 3, student 8
+    ]
+    asked = []
+
+    def answer(role, recs):
+        asked.append(role)
+        return answer_by_reading(role, recs)
+
+    kept, dropped = verify_records(records, answer, check_final_number, roles=("teacher",))
+    assert asked == ["teacher"]  # the student is not asked
+    assert [r.id for r in kept] == ["both-right", "student-wrong"]
+    assert [r.id for r in dropped] == ["both-wrong", "teacher-wrong"]
+    with pytest.raises(ValueError, match="roles"):
+        verify_records(records, answer, check_final_number, roles=("oracle",))
+
+
 SAMPLES = [
     {"id": "a", "instruction": "Tom, who is 12, has 3 apples.", "response": "The answer is 3.", "answer": "3"},
     {"id": "b", "instruction": "Key 7 maps to 31. Hint: 31.", "response": "The answer is 31.", "answer": "31"},

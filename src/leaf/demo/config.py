@@ -21,6 +21,7 @@ class CfSet:
     intervention: str = "delete"
     resample_from: str = "student"
     draws: int = 1
+    verify: str | None = None  #: ``none`` / ``teacher`` / ``both``; None: the demo's ``--verify``
 
 
 #: Counterfactual sets by name. ``det_gradient_all`` is detection with ``--select all``.
@@ -41,6 +42,8 @@ CF_SETS: dict[str, CfSet] = {
     "oracle_mask": CfSet("det_oracle", intervention="mask"),
     "oracle_resample": CfSet("det_oracle", intervention="resample"),
     "selected": CfSet("det_gradient", intervention="none"),
+    "gradient_verify_both": CfSet("det_gradient", verify="both"),
+    "gradient_unverified": CfSet("det_gradient", verify="none"),
     "all": CfSet("det_gradient_all"),
     "all_resample": CfSet("det_gradient_all", intervention="resample"),
 }
@@ -95,6 +98,9 @@ _V2_FULL: dict[str, Arm] = {
     "leaf_resample_uniform_k3": Arm(("gradient_resample_uniform_k3",), help="resampled uniformly, 3 draws"),
     **{k: _V1_ARMS[k] for k in ("leaf_instr_resp", "leaf_collective", "oracle_mask")},
     "leaf_instr_all": Arm(("all",), help="deletion with --select all (every pool sample analysed)"),
+    "leaf_instr_verify_both": Arm(("gradient_verify_both",), help="deletion, records verified by both models "
+                                                                  "(the paper's rule)"),
+    "leaf_instr_unverified": Arm(("gradient_unverified",), help="deletion, records not verified"),
     "leaf_resample_all": Arm(("all_resample",), help="resample with --select all"),
 }
 
@@ -152,6 +158,9 @@ class DemoConfig:
     tau: float = option(DEFAULT_TAU, low=0.0, high=1.0, help="detection threshold on the normalised saliency difference")
     taus: list[float] = option(default_factory=lambda: [0.05, 0.10, 0.15, 0.20, 0.30],
                                help="thresholds at which detection quality is also reported")
+    verify: str | None = option(None, choices=("none", "teacher", "both"),
+                                help="keep a counterfactual record only if these models answer it correctly (leaf "
+                                     "prune --verify): default v2 teacher, v1 none")
     select: str = option("student-wrong", choices=("student-wrong", "all"),
                          help="which pool samples are analysed (the paper: teacher right, student wrong)")
     arms: list[str] | None = option(None, help="arms to run (default: the setting's; docs/demo.md lists them)")
@@ -178,6 +187,7 @@ class DemoConfig:
             seeds=self.seeds or (1 if quick else 5 if self.full else 3),
             n_train=self.n_train or (80 if quick else 500),
             pool_clean_share=self.pool_clean_share if self.pool_clean_share is not None else (0.5 if v2 else 0.0),
+            verify=self.verify or ("teacher" if v2 else "none"),
             n_test=self.n_test or (25 if quick else 200),
             steps=self.steps or (25 if quick else 200),
             arms=names,

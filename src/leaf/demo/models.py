@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -71,6 +72,18 @@ class DemoModelsConfig:
         payload = json.dumps({"recipe": RECIPE_VERSION, **asdict(self)}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
+    def teacher_key(self) -> str:
+        """What the tokenizer and teacher depend on (not the student's settings): a build with another
+        student reuses them."""
+        return teacher_key(asdict(self))
+
+
+def teacher_key(config: dict[str, Any]) -> str:
+    """:meth:`DemoModelsConfig.teacher_key` of a config as stored in a build's settings.json."""
+    fields = ("families", "n_train", "vocab_size", "teacher", "seed")
+    payload = json.dumps({"recipe": RECIPE_VERSION, **{k: config[k] for k in fields}}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
 
 QUICK = DemoModelsConfig(
     n_train=1000,
@@ -87,7 +100,7 @@ V2 = DemoModelsConfig(
     families=("arith", "code", "distract"),
     student_clean_share=0.3,
     teacher=ModelSpec(hidden_size=64, num_layers=2, num_heads=4, steps=1500, batch_size=32, seed=1),
-    student=ModelSpec(hidden_size=32, num_layers=2, num_heads=4, steps=400, batch_size=16, lr=5e-3, seed=2),
+    student=ModelSpec(hidden_size=32, num_layers=2, num_heads=4, steps=700, batch_size=16, lr=5e-3, seed=2),
 )
 
 V2_QUICK = DemoModelsConfig(
@@ -267,16 +280,27 @@ def build(
 
     root.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
+    history: dict[str, list[float]] = {}
+    roles = [("teacher", cfg.teacher), ("student", cfg.student)]
     t0 = time.perf_counter()
-    tokenizer = build_tokenizer_for(cfg)
-    tokenizer.save_pretrained(root / "tokenizer")
+    reuse = _built_teacher(root.parent, cfg.teacher_key(), exclude=root)
+    if reuse is not None:  # same tokenizer and teacher settings: copy them instead of training again
+        for part in ("tokenizer", "teacher"):
+            shutil.rmtree(root / part, ignore_errors=True)
+            shutil.copytree(reuse / part, root / part)
+        from leaf.models import load_tokenizer
+
+        tokenizer = load_tokenizer(str(root / "tokenizer"))
+        roles = roles[1:]
+        log(f"[demo] teacher and tokenizer reused from {reuse}")
+    else:
+        tokenizer = build_tokenizer_for(cfg)
+        tokenizer.save_pretrained(root / "tokenizer")
     timings["tokenizer_s"] = time.perf_counter() - t0
 
-    history: dict[str, list[float]] = {}
-    for role, spec, data in (
-        ("teacher", cfg.teacher, teacher_data(cfg)),
-        ("student", cfg.student, student_data(cfg)),
-    ):
+    data_of = {"teacher": teacher_data, "student": student_data}
+    for role, spec in roles:
+        data = data_of[role](cfg)
         t0 = time.perf_counter()
         torch.manual_seed(spec.seed)
         model = build_model_for(tokenizer, spec)
@@ -288,10 +312,25 @@ def build(
         n_params = sum(p.numel() for p in model.parameters())
         log(f"[demo] {role}: {n_params / 1e3:.0f}k params, {spec.steps} steps, "
             f"final loss {sum(losses[-20:]) / min(20, len(losses)):.3f}, {timings[f'{role}_s']:.0f}s")
+    if reuse is not None and (reuse / "losses.json").exists():
+        history["teacher"] = json.loads((reuse / "losses.json").read_text()).get("teacher", [])
     (root / "losses.json").write_text(json.dumps(history))
     # Written last: its presence marks a complete build.
     done.write_text(json.dumps({"config": asdict(cfg), "recipe": RECIPE_VERSION, "timings": timings}, indent=2))
     return DemoModels(root, cfg, timings=timings)
+
+
+def _built_teacher(cache: Path, key: str, *, exclude: Path) -> Path | None:
+    """A finished build under ``cache`` whose tokenizer and teacher have ``key`` (None if there is none)."""
+    for done in sorted(cache.glob("*/settings.json")):
+        if done.parent == exclude:
+            continue
+        try:
+            if teacher_key(json.loads(done.read_text())["config"]) == key:
+                return done.parent
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
 
 
 def with_steps(cfg: DemoModelsConfig, teacher_steps: int, student_steps: int) -> DemoModelsConfig:

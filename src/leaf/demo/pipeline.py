@@ -193,6 +193,10 @@ def run_seed(seed: int, cfg: DemoConfig, models: Any, out: Path, timer: Timer) -
             more: dict[str, Any] = {"draws": cs.draws} if cs.draws != 1 else {}
             if cs.intervention == "resample":
                 more["resample_from"] = cs.resample_from
+            verify = cs.verify or cfg.verify or "none"
+            if verify != "none":
+                more.update(verify=True, verify_with=verify, task="exact", max_new_tokens=64, batch_size=64,
+                            dtype="float32", device="cpu")
             summary = prune(data=labelled, detections=out / f"{cs.detections}.jsonl", out=out / f"cf_{name}.jsonl",
                             strategy=cs.strategy, intervention=cs.intervention, student=student, teacher=teacher,
                             seed=seed, **more)

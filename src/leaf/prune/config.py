@@ -35,6 +35,9 @@ class PruneConfig:
                                        "(<id>#d<k>; draws repeating an earlier one of the record are skipped)")
     seed: int = option(0, help="seed of the resample draws")
     verify: bool = option(False, help="keep a record only if teacher and student both answer it correctly")
+    verify_with: str = option("both", choices=("both", "teacher"),
+                              help="whose answers --verify checks: both models (the paper's) or the teacher alone "
+                                   "(keeps records the student still gets wrong, e.g. a resampled value it copies)")
     teacher: str | None = option(None, help="teacher model, for --verify and --resample-from teacher")
     student: str | None = option(None, help="student model, for --verify, --resample-from student and the "
                                             "tokenizer of --resample-from uniform")
@@ -49,8 +52,10 @@ class PruneConfig:
 
     def validate(self) -> None:
         check_answer_pattern(self.task, self.answer_pattern)
-        if self.verify and not (self.teacher and self.student):
-            raise ValueError("--verify needs --teacher and --student")
+        if self.verify and self.verify_with == "both" and not (self.teacher and self.student):
+            raise ValueError("--verify needs --teacher and --student (or --verify-with teacher and --teacher)")
+        if self.verify and not self.teacher:
+            raise ValueError("--verify --verify-with teacher needs --teacher")
         if self.max_spans is not None and self.max_spans < 1:
             raise ValueError("--max-spans must be >= 1")
         if self.draws > 1 and self.intervention != "resample":

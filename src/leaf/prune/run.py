@@ -104,7 +104,8 @@ def prune(config: PruneConfig | None = None, **kwargs: Any) -> PruneSummary:
         from leaf.prune.verify import verify_records
 
         answer, check = _live_verifier(cfg)
-        records, dropped_records = verify_records(records, answer, check)
+        roles = ("teacher", "student") if cfg.verify_with == "both" else ("teacher",)
+        records, dropped_records = verify_records(records, answer, check, roles)
         summary.verified_kept = sum(1 for r in records if r.verified is True)
         summary.verified_dropped = len(dropped_records)
 
@@ -132,6 +133,8 @@ def _provenance(cfg: PruneConfig) -> dict[str, Any]:
         detection = {}
     prune = {"detections": str(cfg.detections), "strategy": cfg.strategy, "intervention": cfg.intervention,
              "max_spans": cfg.max_spans, "verify": cfg.verify}
+    if cfg.verify:
+        prune["verify_with"] = cfg.verify_with
     if cfg.intervention == "resample":
         prune.update(resample_from=cfg.resample_from, draws=cfg.draws, seed=cfg.seed)
     return {"detection": detection, "prune": prune}

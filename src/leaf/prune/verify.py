@@ -1,4 +1,4 @@
-"""Keep a pruning only when teacher and student both still answer correctly.
+"""Keep a pruning only when teacher and student both still answer correctly (or the teacher alone).
 
 The paper validates each counterfactual by answering the pruned instruction
 with both models. :func:`verify_records` takes the two pieces it needs as
@@ -30,20 +30,24 @@ def verify_records(
     records: list[Counterfactual],
     answer: AnswerFn,
     check: CheckFn,
+    roles: Sequence[str] = ("teacher", "student"),
 ) -> tuple[list[Counterfactual], list[Counterfactual]]:
     """Set ``verified`` on every record; return ``(kept, dropped)``.
 
-    ``verified`` is true when both models answer the pruned instruction
-    correctly, false otherwise; records with an unchanged instruction stay null.
+    ``verified`` is true when every model of ``roles`` (the paper: teacher and
+    student; ``("teacher",)``: the teacher alone) answers the pruned
+    instruction correctly, false otherwise; records with an unchanged
+    instruction stay null.
     """
+    if not roles or set(roles) - {"teacher", "student"}:
+        raise ValueError(f"roles must be teacher and/or student, got {list(roles)}")
     checkable = [r for r in records if r.changes_instruction]
     if checkable:
         prompts = [{"id": r.id, "instruction": r.instruction} for r in checkable]
-        teacher = answer("teacher", prompts)
-        student = answer("student", prompts)
-        for rec, t, s in zip(checkable, teacher, student, strict=True):
+        answers = [answer(role, prompts) for role in roles]
+        for i, rec in enumerate(checkable):
             sample = rec.as_sample()
-            rec.verified = bool(check(t, sample) and check(s, sample))
+            rec.verified = all(check(got[i], sample) for got in answers)
     kept = [r for r in records if r.verified is not False]
     dropped = [r for r in records if r.verified is False]
     return kept, dropped
