@@ -16,7 +16,7 @@ from leaf.analyze.config import AnalyzeConfig
 from leaf.config import options_markdown
 from leaf.data.config import ConvertConfig
 from leaf.demo.config import DemoConfig
-from leaf.demo.export import DemoDataConfig
+from leaf.demo.export.config import DemoDataConfig
 from leaf.detect.config import DetectConfig
 from leaf.distill.config import CacheConfig, DistillConfig
 from leaf.evaluate.config import EvaluateConfig, LabelConfig

@@ -8,7 +8,8 @@ import pytest
 
 from leaf.cli import main
 from leaf.config import ConfigError, build
-from leaf.demo.export import DemoDataConfig, demo_data
+from leaf.demo.export import demo_data
+from leaf.demo.export.config import DemoDataConfig
 from leaf.demo.pipeline import pool_mix
 from leaf.demo.tasks import generate_mix
 from leaf.recipe import RecipeConfig

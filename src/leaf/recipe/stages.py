@@ -52,7 +52,7 @@ class Kind:
 KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("convert", "data convert", "leaf.data.config:ConvertConfig", "leaf.data.convert:convert",
          ("out",), "samples.jsonl"),
-    Kind("demo-data", "demo-data", "leaf.demo.export:DemoDataConfig", "leaf.demo.export:demo_data",
+    Kind("demo-data", "demo-data", "leaf.demo.export.config:DemoDataConfig", "leaf.demo.export:demo_data",
          ("out",), ""),
     Kind("label", "label", "leaf.evaluate.config:LabelConfig", "leaf.evaluate:label",
          ("data", "out"), "labelled.jsonl"),
