@@ -54,8 +54,9 @@ def test_quick_demo_recipe_runs_end_to_end_then_is_a_no_op(demo_run, capsys):
     assert leaf["lam"] == 0.5 and leaf["counterfactuals"] == str(run / "prune" / "counterfactuals.jsonl")
     assert (leaf["batch_size"], leaf["learning_rate"], leaf["warmup_steps"], leaf["seed"]) == (16, 1e-3, 5, 0)
     cfs = read_jsonl(run / "prune" / "counterfactuals.jsonl")
-    assert cfs and {(c["intervention"], c["resample_from"], c["method"]) for c in cfs} == {("resample", "student",
-                                                                                             "gradient")}
+    assert cfs and {(c["intervention"], c["method"], c["level"]) for c in cfs} == {("resample", "gradient",
+                                                                                     "instruction")}
+    assert all(ch["replacement"] != ch["text"] for c in cfs for ch in c["changes"])  # spans resampled, not deleted
     capsys.readouterr()
     assert leaf_run(run, cache) == 0
     out = capsys.readouterr().out
