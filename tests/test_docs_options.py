@@ -16,6 +16,7 @@ from leaf.analyze.config import AnalyzeConfig
 from leaf.config import options_markdown
 from leaf.data.config import ConvertConfig
 from leaf.demo.config import DemoConfig
+from leaf.demo.export.config import DemoDataConfig
 from leaf.detect.config import DetectConfig
 from leaf.distill.config import CacheConfig, DistillConfig
 from leaf.evaluate.config import EvaluateConfig, LabelConfig
@@ -24,8 +25,8 @@ from leaf.report.config import ReportConfig
 from leaf.tiny import TinyConfig
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-CONFIGS = {c.__name__: c for c in (AnalyzeConfig, CacheConfig, ConvertConfig, DemoConfig, DetectConfig,
-                                   DistillConfig, EvaluateConfig, LabelConfig, PruneConfig, ReportConfig, TinyConfig)}
+CONFIGS = {c.__name__: c for c in (AnalyzeConfig, CacheConfig, ConvertConfig, DemoConfig, DemoDataConfig,
+                                   DetectConfig, DistillConfig, EvaluateConfig, LabelConfig, PruneConfig, ReportConfig, TinyConfig)}
 TABLE = re.compile(r"^### (\w+Config)\n\n((?:\|.*\|\n)+)", re.MULTILINE)
 
 

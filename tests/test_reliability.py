@@ -108,6 +108,8 @@ PROBES: dict[str, tuple[str | bytes | None, list[str], str]] = {
     "data convert: output is the input": (_lines(GOOD), ["data", "convert", "--dataset", "{IN}", "--out", "{IN}"], "is the input --dataset"),
     "tiny: data is a folder": ("DIR", ["tiny", "--out", "{OUT}", "--data", "{IN}"], "Is a directory"),
     "demo: unknown arm": (None, ["demo", "--arms", "kd", "leaf_magic", "--out", "{OUT}"], "unknown arm(s) leaf_magic"),
+    "demo-data: unknown setting": (None, ["demo-data", "--setting", "v3", "--out", "{OUT}"], "invalid choice: 'v3'"),
+    "demo-data: output is a file": (_lines(GOOD), ["demo-data", "--out", "{IN}", "--cache-dir", "{OUT}"], "exists and is not a folder"),
 }
 
 
@@ -130,7 +132,7 @@ def test_bad_input_is_one_line_and_loses_nothing(world, tmp_path, capsys, name):
     elif content is not None:
         inp.write_text(content)
     out = tmp_path / "out"
-    names = {"IN": str(inp), "OUT": str(out / "o.jsonl") if argv[0] not in ("distill", "cache-teacher", "analyze", "tiny", "demo") else str(out),
+    names = {"IN": str(inp), "OUT": str(out / "o.jsonl") if argv[0] not in ("distill", "cache-teacher", "analyze", "tiny", "demo", "demo-data") else str(out),
              "R": str(where if name.startswith("report: output") else world)}
     before = {p: p.read_bytes() for p in [*world.rglob("*"), *where.rglob("*")] if p.is_file()}
 

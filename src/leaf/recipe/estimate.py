@@ -183,11 +183,27 @@ class Estimator:
         self.models: dict[str, Model | None] = {}
         #: output folder of each distill stage -> the student it trains
         self.trained = {str(s.output): str(s.values.get("student")) for s in plan.steps if s.kind.name == "distill"}
+        #: a demo-data stage's model folders -> where leaf.demo.models keeps them (they exist once built)
+        self.provided: dict[str, tuple[str, Path, dict[str, Any]]] = {}
+        #: files a stage writes -> their samples (the demo's test sets, for evaluate)
+        self.files: dict[str, int] = {}
+        for s in plan.steps:
+            if s.kind.name == "demo-data":
+                cfg, paths = plan.configs[s.name], s.kind.config_class().paths(s.folder)
+                for role in ("teacher", "student"):
+                    self.provided[str(paths[role])] = (s.name, cfg.models_root() / role, cfg.model_config(role))
 
     def model(self, ref: str | None) -> Model | None:
         if str(ref) not in self.models:
             trained = self.trained.get(str(ref))
-            if trained is not None:  # a distill stage's output: the student's architecture
+            provided = self.provided.get(str(ref))
+            if provided is not None:  # the demo's model: its config.json in the cache once built
+                stage, cached, spec = provided
+                base = model_info(str(cached)) if (cached / "config.json").is_file() else None
+                self.models[str(ref)] = Model(str(ref), base.config, f"stage {stage!r} copies {cached}") if base \
+                    else Model(str(ref), spec, f"the demo's spec, vocabulary at most {spec['vocab_size']}; stage {stage!r} "
+                                                     f"trains it into {cached}")
+            elif trained is not None:  # a distill stage's output: the student's architecture
                 base = model_info(trained)
                 self.models[str(ref)] = None if base is None else Model(str(ref), base.config,
                                                                         f"the student's ({trained})")
@@ -231,6 +247,23 @@ class Estimator:
                         "assumed, docs/scaling.md")
         self.data[step.name] = data
         est.lines.append(("compute", "CPU (download and conversion)"))
+
+    def demo_data(self, step: Any, cfg: Any, est: StageEstimate) -> None:
+        pool, tests = cfg.draw()  # the records themselves: drawn in pure Python, no model needed
+        paths = step.kind.config_class().paths(step.folder)
+        for split, records in tests.items():
+            self.files[str(paths["tests"][split])] = len(records)
+        root = cfg.models_root()
+        tokenizer = root / "tokenizer"
+        texts = ["\n".join((r["instruction"], r["response"])) for r in pool[:2000]]
+        tokens, how = _tokens(texts, str(tokenizer) if tokenizer.is_dir() else None)
+        self.data[step.name] = Data(len(pool), tokens, f"{len(pool):,} (the demo's pool, seed {cfg.seed})", how)
+        est.lines[-1] = ("samples", f"pool {len(pool):,}; tests " + ", ".join(f"{k} {len(v):,}"
+                                                                             for k, v in tests.items()))
+        est.lines.append(("tokens", f"{tokens:.0f} per sample ({how})"))
+        built = (root / "settings.json").is_file()
+        est.lines.append(("compute", f"CPU: the demo's models {'are cached in' if built else 'are trained once into'} "
+                                     f"{root}" + ("" if built else " (minutes; leaf demo reuses them)")))
 
     def label(self, step: Any, cfg: Any, est: StageEstimate) -> None:
         data = self.source_data(step)
@@ -330,7 +363,7 @@ class Estimator:
     def _examples(self, step: Any, cfg: Any) -> tuple[int, int, float]:
         """(originals, counterfactuals, tokens per example) a distill / cache-teacher step reads."""
         kinds = {s.name: s.kind.name for s in self.p.steps}
-        originals = [self.data[s] for s in step.sources if kinds.get(s) == "convert" and s in self.data]
+        originals = [self.data[s] for s in step.sources if kinds.get(s) in ("convert", "demo-data") and s in self.data]
         cfs = [self.data[s] for s in step.sources if kinds.get(s) == "prune" and s in self.data]
         n_o = sum(d.samples for d in originals) or ASSUMED_SAMPLES
         n_c = sum(d.samples for d in cfs) if cfg.counterfactuals else 0
@@ -418,6 +451,8 @@ class Estimator:
             n: int | None
             if local is not None:
                 n = _texts(local, cfg.limit)[0]
+            elif spec in self.files:  # written by an earlier stage (the demo's test sets)
+                n = min(self.files[spec], cfg.limit) if cfg.limit else self.files[spec]
             else:
                 n = BENCHMARK_SIZES.get(name)
                 n = min(n, cfg.limit) if n is not None and cfg.limit else (n or cfg.limit)

@@ -1,7 +1,7 @@
 """The stage table of ``leaf run`` and the path wiring between stages.
 
 A recipe (docs/recipes.md) lists stage instances by name. Each instance is of
-one *kind* (:data:`KINDS`: convert, label, detect, prune, distill,
+one *kind* (:data:`KINDS`: convert, demo-data, label, detect, prune, distill,
 cache-teacher, evaluate, analyze, report); a name that is a kind is an instance
 of that kind, any other name says its kind with ``stage:``. An instance takes
 the options of its kind's config dataclass (the keys of that command's YAML),
@@ -52,6 +52,8 @@ class Kind:
 KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("convert", "data convert", "leaf.data.config:ConvertConfig", "leaf.data.convert:convert",
          ("out",), "samples.jsonl"),
+    Kind("demo-data", "demo-data", "leaf.demo.export.config:DemoDataConfig", "leaf.demo.export:demo_data",
+         ("out",), ""),
     Kind("label", "label", "leaf.evaluate.config:LabelConfig", "leaf.evaluate:label",
          ("data", "out"), "labelled.jsonl"),
     Kind("detect", "detect", "leaf.detect.config:DetectConfig", "leaf.detect:detect",
@@ -69,7 +71,9 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("report", "report", "leaf.report.config:ReportConfig", "leaf.report:write_report",
          ("run", "out", "samples"), "report.html"),
 )}
-ALIASES = {"cache_teacher": "cache-teacher", "data": "convert", "eval": "evaluate"}
+ALIASES = {"cache_teacher": "cache-teacher", "data": "convert", "eval": "evaluate", "demo_data": "demo-data"}
+#: Kinds whose output is a samples file the later stages read (the originals of distillation).
+SAMPLES_KINDS = ("convert", "demo-data")
 
 #: Keys of the recipe itself (not stage options): where the run goes, which stages, the cluster of the estimates.
 RECIPE_KEYS = ("run", "stages", "gpus", "gpu", "accelerate", "mfu")
@@ -147,6 +151,9 @@ def plan(recipe: Mapping[str, Any], source: str = "recipe") -> tuple[Path, list[
         raise ConfigError(f"{source}: section {orphans[0]!r} is not in `stages:` ({', '.join(names)}); "
                           "list it there or remove it")
     kinds = {n: kind_of(n, sections[n]) for n in names}
+    demo = _demo_stage(names, kinds, run, shared, source)
+    if demo is not None:  # its models are every later stage's teacher and student
+        shared = {**shared, **{k: str(demo[k]) for k in MODEL_WORDS}}
     used: set[str] = set()
     steps: list[Step] = []
     for i, name in enumerate(names):
@@ -172,12 +179,42 @@ def plan(recipe: Mapping[str, Any], source: str = "recipe") -> tuple[Path, list[
         step = Step(name, kind, values, run / name, index=i,
                     accelerate=sec.get("accelerate", settings.get("accelerate")))
         _wire(step, sec.get("input"), steps, shared, where)
+        if demo is not None and i > 0 and names[0] not in step.sources:
+            step.sources.insert(0, names[0])  # reads the models (and maybe the data) of the demo-data stage
         steps.append(step)
     unused = [k for k in shared if k not in used and k not in MODEL_WORDS]
     if unused:
         raise ConfigError(f"{source}: shared key {unused[0]!r} is an option of none of the stages "
                           f"({', '.join(names)})")
     return run, steps, settings
+
+
+def _demo_stage(names: list[str], kinds: Mapping[str, Kind], run: Path, shared: Mapping[str, Any],
+                source: str) -> dict[str, Any] | None:
+    """The files of the recipe's demo-data stage (``DemoDataConfig.paths``), or None; it must come first."""
+    found = [n for n in names if kinds[n].name == "demo-data"]
+    if not found:
+        return None
+    name = found[0]
+    if len(found) > 1:
+        raise ConfigError(f"{source}: stages {found[0]!r} and {found[1]!r} are both demo-data stages; a recipe "
+                          "has one (its models are the recipe's teacher and student)")
+    if names[0] != name:
+        raise ConfigError(f"{source}: the demo-data stage {name!r} must be the first in `stages:` (its models are "
+                          f"the teacher and student of every stage; {names[0]!r} comes before it)")
+    paths: dict[str, Any] = kinds[name].config_class().paths(run / name)
+    for key in MODEL_WORDS:
+        if key in shared:
+            raise ConfigError(f"{source}: shared key {key!r}: the demo-data stage {name!r} provides the {key} "
+                              f"({paths[key]}); remove it")
+    return paths
+
+
+def _samples_file(step: Step) -> str:
+    """The samples a convert, label or demo-data stage writes (demo-data: its pool)."""
+    if step.kind.name == "demo-data":
+        return str(step.kind.config_class().paths(step.folder)["samples"])
+    return _output(step)
 
 
 def _explain(kind: Kind, key: str) -> str:
@@ -260,14 +297,14 @@ def _wire(step: Step, chosen_raw: Any, earlier: list[Step], shared: Mapping[str,
             step.merges[key] = files
             v[key] = str(merged)
 
-    if k == "convert":
+    if k in SAMPLES_KINDS:
         return
     if k == "label":
-        found = need(("convert",), what="the samples of")
-        feed("data", found, [_output(found[0])])
+        found = need(SAMPLES_KINDS, what="the samples of")
+        feed("data", found, [_samples_file(found[0])])
     elif k == "detect":
-        found = need(("label", "convert"), what="the samples of")
-        feed("data", found, [_output(found[0])])
+        found = need(("label", *SAMPLES_KINDS), what="the samples of")
+        feed("data", found, [_samples_file(found[0])])
     elif k == "prune":
         found = need(("detect",))
         if len(found) > 1:
@@ -275,8 +312,8 @@ def _wire(step: Step, chosen_raw: Any, earlier: list[Step], shared: Mapping[str,
         feed("detections", found, [_output(found[0])])
         v["data"] = _data_of(found[0])
     elif k in ("distill", "cache-teacher"):
-        found = need(("convert",), "all", "the samples of")
-        feed("data", found, [_output(s) for s in found])
+        found = need(SAMPLES_KINDS, "all", "the samples of")
+        feed("data", found, [_samples_file(s) for s in found])
         if "counterfactuals" in v:  # set to null: plain KD on the originals
             v.pop("counterfactuals")
         else:
@@ -299,6 +336,11 @@ def _wire(step: Step, chosen_raw: Any, earlier: list[Step], shared: Mapping[str,
         v.setdefault("name", str(ref))
         if src:
             step.sources.append(src)
+        demo = [s for s in earlier if s.kind.name == "demo-data"]
+        if demo:  # the demo's test sets by split name; all of them when no benchmark is given
+            tests = {k_: str(p) for k_, p in demo[0].kind.config_class().paths(demo[0].folder)["tests"].items()}
+            v["benchmark"] = [tests.get(b, b) for b in _as_list(v["benchmark"])] if "benchmark" in v \
+                else list(tests.values())
     elif k == "analyze":
         found = need(("detect",), what="the detections of")
         feed("data", found[-1:], [_output(found[-1])])
@@ -311,9 +353,10 @@ def _wire(step: Step, chosen_raw: Any, earlier: list[Step], shared: Mapping[str,
     elif k == "report":
         v["run"] = str(step.folder)
         v["out"] = str(step.output)
-        samples = [s for s in earlier if s.kind.name == "detect"] or [s for s in earlier if s.kind.name == "convert"]
+        samples = [s for s in earlier if s.kind.name == "detect"] or \
+            [s for s in earlier if s.kind.name in SAMPLES_KINDS]
         if samples:
-            v["samples"] = _data_of(samples[-1]) if samples[-1].kind.name == "detect" else _output(samples[-1])
+            v["samples"] = _data_of(samples[-1]) if samples[-1].kind.name == "detect" else _samples_file(samples[-1])
         step.sources = [s.name for s in earlier if s.kind.name != "report"]
 
 
