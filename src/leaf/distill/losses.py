@@ -29,10 +29,14 @@ rounding (the tests check values and gradients).
 
 :func:`chunked_head_kl` goes one step further: it takes the student's final
 hidden states ``(N, H)`` and its output head instead of logits, and the
-teacher as a function giving one chunk's logits (or the top-k cache). Each
-chunk of positions is projected, scored and, in the backward pass, projected
-again (``torch.utils.checkpoint``): no ``(N, V)`` logits of either model ever
-exist, only ``chunk x V`` at a time.
+teacher as a function giving one chunk's logits (or the top-k cache): no
+``(N, V)`` logits of either model ever exist, only ``chunk x V`` at a time.
+For a plain linear head (:class:`_FusedHeadDistill`, as Liger's fused linear
+losses) each chunk is projected once, scored, and its gradients with respect
+to the hidden states and the head weight are computed right away (the loss is
+a scalar), the weight gradient accumulated in place in one preallocated
+buffer; other heads are projected again in the backward pass
+(``torch.utils.checkpoint``).
 
 Teacher targets come either from live teacher logits (:class:`DenseTeacher`) or
 from a cache of the teacher's top-k log-probs (:class:`TopKTeacher`). For the
@@ -342,6 +346,9 @@ def distill_loss(
 #: Default cap on the logits (positions x vocabulary) of one chunk of :func:`chunked_head_kl`
 #: (2**24 = 64 MiB in fp32; about five such buffers exist per chunk).
 HEAD_CHUNK_ELEMENTS = 2**24
+#: ... and of the fused path (a plain linear student head, :class:`_FusedHeadDistill`): 2**22 = 16 MiB in fp32,
+#: about three such buffers per chunk next to the weight gradient (at 128k vocabulary: 32 positions per chunk).
+FUSED_CHUNK_ELEMENTS = 2**22
 
 
 class _LogitsTeacher:
@@ -534,10 +541,16 @@ def chunked_head_kl(
     Neither model's logits exist for more than one chunk of positions: each
     chunk projects its ``(c, H)`` student hidden states through the output
     head, gets the teacher's log-probs for the same ``c`` tokens, and runs the
-    same per-token math as :func:`distill_loss`. With gradients on, the chunk
-    runs under ``torch.utils.checkpoint``: its logits (student and teacher) are
-    dropped after the forward pass and recomputed in the backward pass, where
-    the gradient flows into ``student_hidden`` and the head's parameters.
+    same per-token math as :func:`distill_loss`.
+
+    A plain linear head (the usual case) takes the fused path: the gradients
+    with respect to ``student_hidden`` and the head's weight (and bias) are
+    computed chunk by chunk in the forward pass, into preallocated buffers,
+    the weight gradient accumulated in place; each model's head is projected
+    once per chunk and backward only scales those buffers. Any other head
+    (hooks, wrappers, an arbitrary callable) runs each chunk under
+    ``torch.utils.checkpoint`` instead: its logits (student and teacher) are
+    dropped after the forward pass and recomputed in the backward pass.
 
     Args:
         student_hidden: ``(N, H)`` the student's final hidden states at the
@@ -550,7 +563,11 @@ def chunked_head_kl(
             (e.g. the teacher's head on its hidden states; called under no_grad).
         w_kl, labels, w_ce, temperature, vocab_size: as in :func:`distill_loss`.
         chunk_size: at most this many tokens per chunk (``None`` / ``0``: no limit) ...
-        max_elements: ... and at most this many logits per chunk (default :data:`HEAD_CHUNK_ELEMENTS`).
+        max_elements: ... and at most this many logits per chunk (default :data:`FUSED_CHUNK_ELEMENTS` on the
+            fused path, :data:`HEAD_CHUNK_ELEMENTS` on the checkpointed one).
+        fused: use the fused path (:class:`_FusedHeadDistill`) when the head is a plain linear map (a weight,
+            or an output head whose module is exactly ``torch.nn.Linear``, unhooked); ``False``: always the
+            checkpointed path. Same results either way (the tests check 1e-5).
     """
     if labels is not None and w_ce is None:
         raise ValueError("labels given without w_ce")
@@ -562,11 +579,12 @@ def chunked_head_kl(
         head = student_head
         head_vocab = int(getattr(student_head, "vocab", 0) or 0)
     n = student_hidden.shape[0]
-    budget = HEAD_CHUNK_ELEMENTS if max_elements is None else max_elements
+    linear = _linear_head(student_head) if fused else None
+    default = HEAD_CHUNK_ELEMENTS if linear is None else FUSED_CHUNK_ELEMENTS
+    budget = default if max_elements is None else max_elements
     step = chunk_size if chunk_size and chunk_size > 0 else max(n, 1)
     if vocab_size or head_vocab:
         step = max(1, min(step, budget // (vocab_size or head_vocab)))
-    linear = _linear_head(student_head) if fused else None
     if linear is not None:
         weight, bias, transform = linear
         grad = torch.is_grad_enabled()
