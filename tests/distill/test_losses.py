@@ -450,3 +450,27 @@ def test_linear_head_refuses_hooked_or_wrapped_heads():
     lin.forward = lambda x: x
     assert _linear_head(_Head(lin)) is None
     assert _linear_head(lambda h: h) is None
+
+
+def test_fused_head_kl_under_bf16_autocast_close_to_checkpointed_path():
+    """Mixed precision (bf16 autocast, fp32 weights, as on a GPU): bf16 matmuls, fp32 loss math and fp32
+    gradient buffers (the weight gradient added a block of vocabulary at a time); close to the checkpointed path."""
+    from leaf.distill.losses import chunked_head_kl
+
+    torch.manual_seed(3)
+    N, H, V = 21, 16, 37
+    lin = torch.nn.Linear(H, V, bias=False)
+    hidden, t_logits, w_kl = torch.randn(N, H), torch.randn(N, V) * 2, torch.rand(N) / N
+    labels, w_ce = torch.randint(0, V, (N,)), torch.rand(N) / N
+    results = []
+    for fused in (True, False):
+        lin.zero_grad(set_to_none=True)
+        h = hidden.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            parts = chunked_head_kl(h, _Head(lin), lambda sl: t_logits[sl], w_kl, labels=labels, w_ce=w_ce,
+                                    temperature=1.5, chunk_size=4, fused=fused)
+        parts.loss.backward()
+        assert h.grad.dtype == torch.float32 and lin.weight.grad.dtype == torch.float32
+        results.append((parts.loss.detach(), h.grad, lin.weight.grad))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2 * float(want.abs().max()))
