@@ -474,3 +474,20 @@ def test_fused_head_kl_under_bf16_autocast_close_to_checkpointed_path():
         results.append((parts.loss.detach(), h.grad, lin.weight.grad))
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("n, rows", [(64, 4), (640, 10), (4096, 16)])
+def test_fused_chunks_are_a_64th_of_the_logits_within_bounds(monkeypatch, n, rows):
+    import leaf.distill.losses as losses
+
+    V, H = 17, 3
+    monkeypatch.setattr(losses, "FUSED_CHUNK_ELEMENTS", 4 * V)
+    monkeypatch.setattr(losses, "HEAD_CHUNK_ELEMENTS", 16 * V)
+    seen = []
+
+    def teacher(sl):
+        seen.append(sl.stop - sl.start)
+        return torch.zeros(sl.stop - sl.start, V)
+
+    losses.chunked_head_kl(torch.randn(n, H), torch.randn(V, H), teacher, torch.rand(n), chunk_size=None)
+    assert max(seen) == rows and sum(seen) == n

@@ -70,7 +70,8 @@ class DistillConfig:
     chunked_head: str = option(
         "auto", choices=("auto", "always", "never"),
         help="apply the output heads to the loss positions a chunk at a time from hidden states (no (tokens x "
-             "vocabulary) logits, recomputed in backward): always, never, or auto = when a micro-batch's fp32 "
+             "vocabulary) logits; a plain linear head gets its gradients chunk by chunk in the forward pass, other "
+             "heads are recomputed in backward): always, never, or auto = when a micro-batch's fp32 "
              "logits would exceed 256 MiB (large vocabularies and long responses; small ones keep the faster "
              "full-logit path)")
     group_by_length: bool = option(False, help="batch examples of similar length (less padding): transformers' length-grouped sampler with --mix shuffle; with --mix interleave, sorted by length within windows of 50 x the batch size, both kinds still in every step")

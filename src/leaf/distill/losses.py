@@ -346,9 +346,12 @@ def distill_loss(
 #: Default cap on the logits (positions x vocabulary) of one chunk of :func:`chunked_head_kl`
 #: (2**24 = 64 MiB in fp32; about five such buffers exist per chunk).
 HEAD_CHUNK_ELEMENTS = 2**24
-#: ... and of the fused path (a plain linear student head, :class:`_FusedHeadDistill`): 2**22 = 16 MiB in fp32,
-#: about three such buffers per chunk next to the weight gradient (at 128k vocabulary: 32 positions per chunk).
+#: ... and of the fused path (a plain linear student head, :class:`_FusedHeadDistill`; about three such fp32
+#: buffers live per chunk, next to the weight gradient): 1/:data:`FUSED_CHUNK_FRACTION` of the batch's full
+#: logits, at least this many (2**22 = 16 MiB in fp32; 32 positions at a 128k vocabulary) and at most
+#: :data:`HEAD_CHUNK_ELEMENTS`. Larger batches get larger chunks (larger, more efficient matrix products).
 FUSED_CHUNK_ELEMENTS = 2**22
+FUSED_CHUNK_FRACTION = 64
 
 
 class _LogitsTeacher:
@@ -563,8 +566,9 @@ def chunked_head_kl(
             (e.g. the teacher's head on its hidden states; called under no_grad).
         w_kl, labels, w_ce, temperature, vocab_size: as in :func:`distill_loss`.
         chunk_size: at most this many tokens per chunk (``None`` / ``0``: no limit) ...
-        max_elements: ... and at most this many logits per chunk (default :data:`FUSED_CHUNK_ELEMENTS` on the
-            fused path, :data:`HEAD_CHUNK_ELEMENTS` on the checkpointed one).
+        max_elements: ... and at most this many logits per chunk (default on the fused path: 1/64 of the
+            ``N x V`` logits, between :data:`FUSED_CHUNK_ELEMENTS` and :data:`HEAD_CHUNK_ELEMENTS`; on the
+            checkpointed one :data:`HEAD_CHUNK_ELEMENTS`).
         fused: use the fused path (:class:`_FusedHeadDistill`) when the head is a plain linear map (a weight,
             or an output head whose module is exactly ``torch.nn.Linear``, unhooked); ``False``: always the
             checkpointed path. Same results either way (the tests check 1e-5).
@@ -580,8 +584,10 @@ def chunked_head_kl(
         head_vocab = int(getattr(student_head, "vocab", 0) or 0)
     n = student_hidden.shape[0]
     linear = _linear_head(student_head) if fused else None
-    default = HEAD_CHUNK_ELEMENTS if linear is None else FUSED_CHUNK_ELEMENTS
-    budget = default if max_elements is None else max_elements
+    budget = HEAD_CHUNK_ELEMENTS if max_elements is None else max_elements
+    if linear is not None and max_elements is None:
+        full = n * int(vocab_size or head_vocab or linear[0].shape[0])
+        budget = min(HEAD_CHUNK_ELEMENTS, max(FUSED_CHUNK_ELEMENTS, full // FUSED_CHUNK_FRACTION))
     step = chunk_size if chunk_size and chunk_size > 0 else max(n, 1)
     if vocab_size or head_vocab:
         step = max(1, min(step, budget // (vocab_size or head_vocab)))
