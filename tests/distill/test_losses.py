@@ -354,7 +354,7 @@ def test_fused_head_kl_equals_checkpointed_path_and_full_logits(transform, tempe
         "dense": lambda: DenseTeacher(t_logits, rows),
         "topk": lambda: TopKTeacher(topk.values, topk.indices),
     }[teacher_kind]
-    kw = dict(labels=labels if with_ce else None, w_ce=w_ce if with_ce else None, temperature=temperature, vocab_size=vocab)
+    kw = {"labels": labels if with_ce else None, "w_ce": w_ce if with_ce else None, "temperature": temperature, "vocab_size": vocab}
     results = []
     for fused in (True, False):
         lin.zero_grad(set_to_none=True)
@@ -478,7 +478,7 @@ def test_fused_head_kl_under_bf16_autocast_close_to_checkpointed_path():
 
 @pytest.mark.parametrize("n, rows", [(64, 4), (640, 10), (4096, 16)])
 def test_fused_chunks_are_a_64th_of_the_logits_within_bounds(monkeypatch, n, rows):
-    import leaf.distill.losses as losses
+    from leaf.distill import losses
 
     V, H = 17, 3
     monkeypatch.setattr(losses, "FUSED_CHUNK_ELEMENTS", 4 * V)
