@@ -421,6 +421,11 @@ def test_fused_head_kl_projects_each_chunk_once_and_keeps_no_grad_under_no_grad(
     parts = chunked_head_kl(h, _Head(lin), teacher, torch.rand(N), chunk_size=5)
     parts.loss.backward()
     assert max(teacher_rows) == 5 and sum(teacher_rows) == N  # once per chunk: no recomputation in backward
+    with pytest.raises(RuntimeError, match="one backward"):
+        parts2 = chunked_head_kl(h, _Head(lin), teacher, torch.rand(N), chunk_size=5)
+        parts2.loss.backward(retain_graph=True)
+        parts2.loss.backward()
+    teacher_rows.clear()
     assert h.grad is not None and lin.weight.grad is not None
     with torch.no_grad():
         again = chunked_head_kl(h, _Head(lin), teacher, torch.rand(N), chunk_size=5)

@@ -520,6 +520,8 @@ class _FusedHeadDistill(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total, _gkl, _gce):  # type: ignore[override]
         grads, ctx.grads = ctx.grads, None  # used once: scaled in place, no second weight-sized buffer
+        if grads is None:
+            raise RuntimeError("the fused distillation loss supports one backward pass (no retain_graph)")
         if not bool(grad_total == 1):
             grads = tuple(g.mul_(grad_total.to(g.dtype)) if g is not None else None for g in grads)
         return (*grads, None, None, None, None, None, None, None, None, None)
