@@ -107,7 +107,7 @@ def _timer_callback(timer: _Timer):
     return TimeSteps()
 
 
-def run_leaf(root: Path, steps: int, batch: int, cache: bool, precision: str = "fp32") -> dict:
+def run_leaf(root: Path, steps: int, batch: int, cache: bool, precision: str = "fp32", chunked_head: str = "auto") -> dict:
     from leaf.distill.trainer import DistillConfig, build_trainer
 
     out = Path(tempfile.mkdtemp())
@@ -115,7 +115,7 @@ def run_leaf(root: Path, steps: int, batch: int, cache: bool, precision: str = "
         student=str(root / "student"), teacher=None if cache else str(root / "teacher"),
         teacher_cache=(root / "cache") if cache else None, data=root / "data.jsonl", out=out,
         batch_size=batch, grad_accum=1, max_steps=steps, save_steps=10**6, warmup_steps=0,
-        precision=precision, logging_steps=10**6, kl_chunk_size=1024,
+        precision=precision, logging_steps=10**6, kl_chunk_size=1024, chunked_head=chunked_head,
     )
     timer = _Timer()
     trainer = build_trainer(cfg, callbacks=[_timer_callback(timer)])
@@ -216,11 +216,11 @@ def run_loss(mode: str, tokens: int = 4096, rows: int = 4) -> dict:
     return {"loss": loss.item(), "seconds": dt, "peak_increase_mb": _rss_mb() - base, "logits_mb": student.numel() * 4 / 2**20}
 
 
-def child(arm: str, root: Path, steps: int, batch: int, precision: str = "fp32") -> dict:
+def child(arm: str, root: Path, steps: int, batch: int, precision: str = "fp32", chunked_head: str = "auto") -> dict:
     if arm == "leaf-live":
-        return run_leaf(root, steps, batch, cache=False, precision=precision)
+        return run_leaf(root, steps, batch, cache=False, precision=precision, chunked_head=chunked_head)
     if arm == "leaf-cache":
-        return run_leaf(root, steps, batch, cache=True, precision=precision)
+        return run_leaf(root, steps, batch, cache=True, precision=precision, chunked_head=chunked_head)
     if arm == "trl-gkd":
         return run_trl(root, steps, batch)
     if arm.startswith("loss-"):
@@ -251,6 +251,8 @@ def main() -> None:
     ap.add_argument("--student-size", type=_size, default=(128, 2), metavar="HIDDEN:LAYERS", help="student shape (default 128:2)")
     ap.add_argument("--teacher-size", type=_size, default=(256, 4), metavar="HIDDEN:LAYERS", help="teacher shape (default 256:4)")
     ap.add_argument("--dry-run", action="store_true", help="check the arguments, print the plan, run nothing")
+    ap.add_argument("--chunked-head", default="auto", choices=["auto", "always", "never"],
+                    help="leaf arms: DistillConfig.chunked_head (default auto: full logits at this 32k vocabulary)")
     args = ap.parse_args()
     known = {"loss-chunked", "loss-unchunked", "loss-autograd", "leaf-live", "leaf-cache", "trl-gkd"}
     if set(args.arms) - known:
@@ -258,13 +260,14 @@ def main() -> None:
     if args.dry_run:
         print(f"bench_distill: arms {' '.join(args.arms)}, precision {args.precision}, student {args.student_size}, "
               f"teacher {args.teacher_size} (hidden, layers), {args.samples} samples, batch {args.batch}, {args.steps} steps, "
+              f"chunked head {args.chunked_head}, "
               f"out {args.out}")
         return
     import torch
 
     torch.set_num_threads(args.threads)
     if args._child:
-        print("RESULT " + json.dumps(child(args._child, args.root, args.steps, args.batch, args.precision)))
+        print("RESULT " + json.dumps(child(args._child, args.root, args.steps, args.batch, args.precision, args.chunked_head)))
         return
 
     root = args.root or Path(tempfile.mkdtemp(prefix="leaf-bench-"))
@@ -281,7 +284,7 @@ def main() -> None:
     for arm in args.arms:
         best = None
         for _ in range(1 if arm.startswith("loss-") else args.repeats):
-            cmd = [sys.executable, __file__, "--_child", arm, "--root", str(root), "--steps", str(args.steps), "--batch", str(args.batch), "--threads", str(args.threads), "--precision", args.precision]
+            cmd = [sys.executable, __file__, "--_child", arm, "--root", str(root), "--steps", str(args.steps), "--batch", str(args.batch), "--threads", str(args.threads), "--precision", args.precision, "--chunked-head", args.chunked_head]
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
             if proc.returncode != 0 or not line:

@@ -200,9 +200,23 @@ VOCAB = dict(model="gemma-3-1b", vocabs=[262144, 32000], length=128 + 2048, resp
 DISTILL = dict(model="llama-3.2-1b", lengths=[1025, 1025], response=1024)
 
 
+#: Scenarios to run (``--only``): letters a, b, c.
+ONLY = "abc"
+
+
 def scenario_inputs():  # type: ignore[no-untyped-def]
     """Every (name, models, runner) to measure; runner(impl) does the work."""
-    out = []
+    out: list = []
+    if "a" in ONLY:
+        _mixed_inputs(out)
+    if "b" in ONLY:
+        _vocab_inputs(out)
+    if "c" in ONLY:
+        _distill_inputs(out)
+    return out
+
+
+def _mixed_inputs(out: list) -> None:
     m = MIXED["model"]
     models = (build(m, 0), build(m, 1))
     vocab = PUBLISHED[m]["vocab_size"]
@@ -216,10 +230,16 @@ def scenario_inputs():  # type: ignore[no-untyped-def]
     for tag, d in (("mixed_batch", batch(MIXED["lengths"], MIXED["responses"], qv)),
                    ("longest_alone", batch(MIXED["lengths"][1:], MIXED["responses"][1:], qv))):
         out.append((f"a_qwen_{tag}", lambda impl, d=d, ms=qm: detect(impl, ms, d)))
+
+
+def _vocab_inputs(out: list) -> None:
     for v in VOCAB["vocabs"]:
         gm = (build(VOCAB["model"], 0, v), build(VOCAB["model"], 1, v))
         d = batch([VOCAB["length"]], [VOCAB["response"]], v)
         out.append((f"b_vocab_{v}", lambda impl, d=d, ms=gm: detect(impl, ms, d)))
+
+
+def _distill_inputs(out: list) -> None:
     dm = DISTILL["model"]
     student, teacher = build(dm, 1).requires_grad_(True).train(), build(dm, 0)
     ids, att, tgt = batch(DISTILL["lengths"], [DISTILL["response"]] * 2, PUBLISHED[dm]["vocab_size"])
@@ -233,7 +253,6 @@ def scenario_inputs():  # type: ignore[no-untyped-def]
         s.zero_grad(set_to_none=True)
 
     out.append(("c_distill_step", distill_run))
-    return out
 
 
 #: Where and in which dtype the models run (``--device`` / ``--dtype``); CPU float32 by default.
@@ -299,8 +318,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model weights' dtype")
     ap.add_argument("--dry-run", action="store_true", help="check the arguments, print the plan, run nothing")
+    ap.add_argument("--only", default="abc", help="scenarios to run, e.g. c (default abc)")
     args = ap.parse_args()
-    global DTYPE, CUDA
+    global DTYPE, CUDA, ONLY
+    ONLY = args.only
+    if not ONLY or set(ONLY) - set("abc"):
+        ap.error("--only: letters from abc")
     DTYPE = getattr(torch, args.dtype)
     CUDA = args.device.startswith("cuda")
     if not CUDA and args.device != "cpu":
@@ -325,7 +348,7 @@ def main() -> None:
         mem = {f"{name}/{impl}": cuda_peak_mib(run, impl) for name, run in scenario_inputs()
                for impl in (("after",) if name.startswith("a_qwen") else ("before", "after"))}
     else:
-        proc = subprocess.run([sys.executable, __file__, "--memory-child"], env={**os.environ, **EXACT_RSS_ENV},
+        proc = subprocess.run([sys.executable, __file__, "--memory-child", "--only", ONLY], env={**os.environ, **EXACT_RSS_ENV},
                               check=True, stdout=subprocess.PIPE, text=True)
         mem = json.loads(proc.stdout.strip().splitlines()[-1])
     t_mem = time.perf_counter() - t0
@@ -347,21 +370,27 @@ def main() -> None:
 
     full_logits_mib = sum(DISTILL["response"] for _ in DISTILL["lengths"]) * PUBLISHED[DISTILL["model"]]["vocab_size"] * 4 / 2**20
     results: dict = {"shapes": {n: shape_note(n) for n in PUBLISHED}, "peak_mib": mem, "seconds": times,
-                     "threads": torch.get_num_threads(), "torch": torch.__version__, "agreement": agreement(),
+                     "threads": torch.get_num_threads(), "torch": torch.__version__, "only": ONLY,
+                     "agreement": agreement() if "a" in ONLY else None,
                      "device": torch.cuda.get_device_name() if CUDA else "cpu", "dtype": args.dtype,
                      "peak_memory": "cuda max_memory_allocated" if CUDA else "rss"}
-    ratios = {}
+    ratios: dict = {}
     for impl in ("before", "after"):
-        ratios[impl] = {
-            "a_mixed_vs_longest_alone": mem[f"a_mixed_batch/{impl}"] / mem[f"a_longest_alone/{impl}"],
-            "b_vocab262k_vs_32k": mem[f"b_vocab_262144/{impl}"] / mem[f"b_vocab_32000/{impl}"],
-            "c_distill_vs_full_fp32_logits": mem[f"c_distill_step/{impl}"] / full_logits_mib,
-        }
-        if times:
-            ratios[impl]["a_mixed_batch_samples_per_s"] = 2 * 2 / times[f"a_mixed_batch/{impl}"]  # 2 samples x 2 models
-            ratios[impl]["b_vocab262k_samples_per_s"] = 2 / times[f"b_vocab_262144/{impl}"]
-            ratios[impl]["c_distill_tokens_per_s"] = 2 * DISTILL["response"] / times[f"c_distill_step/{impl}"]
-    ratios["after"]["a_qwen_mixed_vs_longest_alone"] = mem["a_qwen_mixed_batch/after"] / mem["a_qwen_longest_alone/after"]
+        r = ratios[impl] = {}
+        if "a" in ONLY:
+            r["a_mixed_vs_longest_alone"] = mem[f"a_mixed_batch/{impl}"] / mem[f"a_longest_alone/{impl}"]
+        if "b" in ONLY:
+            r["b_vocab262k_vs_32k"] = mem[f"b_vocab_262144/{impl}"] / mem[f"b_vocab_32000/{impl}"]
+        if "c" in ONLY:
+            r["c_distill_vs_full_fp32_logits"] = mem[f"c_distill_step/{impl}"] / full_logits_mib
+        if times and "a" in ONLY:
+            r["a_mixed_batch_samples_per_s"] = 2 * 2 / times[f"a_mixed_batch/{impl}"]  # 2 samples x 2 models
+        if times and "b" in ONLY:
+            r["b_vocab262k_samples_per_s"] = 2 / times[f"b_vocab_262144/{impl}"]
+        if times and "c" in ONLY:
+            r["c_distill_tokens_per_s"] = 2 * DISTILL["response"] / times[f"c_distill_step/{impl}"]
+    if "a" in ONLY:
+        ratios["after"]["a_qwen_mixed_vs_longest_alone"] = mem["a_qwen_mixed_batch/after"] / mem["a_qwen_longest_alone/after"]
     results["ratios"] = {k: {m: round(v, 3) for m, v in d.items()} for k, d in ratios.items()}
     results["goals"] = {"a_mixed_vs_longest_alone": 1.3, "b_vocab262k_vs_32k": 1.5, "c_distill_vs_full_fp32_logits": 0.3}
     results["full_fp32_logits_mib_c"] = round(full_logits_mib, 1)

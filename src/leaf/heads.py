@@ -160,6 +160,21 @@ def final_hidden_states(model: Any, keep: torch.Tensor, head: OutputHead | None 
     return hidden
 
 
+def causal_attention_mask(attention_mask: torch.Tensor) -> torch.Tensor | None:
+    """The mask to give a causal LM: None when every row is right padded (its ones, then its zeros).
+
+    Under causal attention a real token only attends to earlier positions, and with right padding those are
+    all real: the padding mask changes nothing for them (their hidden states, losses and input gradients are
+    the same; positions count from 0 either way). Without it, SDPA runs with ``is_causal=True`` and no
+    ``(B, 1, T, T)`` mask, which lets it take its memory-efficient kernels on a padded batch. Any other
+    layout (left padding, holes) keeps its mask.
+    """
+    mask = attention_mask.bool()
+    if mask.dim() != 2 or bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+        return attention_mask
+    return None
+
+
 def _nll_chunk(head: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(head(hidden).float(), targets, reduction="none")
 

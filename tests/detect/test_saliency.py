@@ -307,3 +307,26 @@ def test_unknown_final_logit_transform_is_refused(llama_tok):
     ids, targets = _item(llama_tok, *PAIRS[1])
     with pytest.raises(NotImplementedError, match="final transform"):
         embedding_saliency(model, *pad_batch([ids], [targets], llama_tok.pad_token_id))
+
+
+def test_right_padded_batches_drop_the_padding_mask(tiny_llama):
+    """Right padding under causal attention: the model gets no mask (SDPA's is_causal path, no (B, 1, T, T)
+    mask), with results equal to the padding-masked ones; left padding or holes keep the mask."""
+    from leaf.heads import causal_attention_mask
+
+    right = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+    assert causal_attention_mask(right) is None and causal_attention_mask(torch.ones(2, 3, dtype=torch.long)) is None
+    for kept in (torch.tensor([[0, 1, 1], [1, 1, 1]]), torch.tensor([[1, 0, 1]])):
+        assert causal_attention_mask(kept) is kept
+    (ids, att, tgt), _, _ = _mixed_batch(tiny_llama.config.vocab_size, seed=2)
+    masks = []
+    handle = tiny_llama.model.register_forward_pre_hook(lambda m, a, kw: masks.append(kw.get("attention_mask")), with_kwargs=True)
+    try:
+        sal, loss = embedding_saliency(tiny_llama, ids, att, tgt)
+    finally:
+        handle.remove()
+    assert masks and all(m is None for m in masks)
+    want_sal, want_loss = _old_embedding_saliency(tiny_llama, ids, att, tgt)  # with the padding mask
+    assert _rel(loss, want_loss) <= 1e-5
+    nz = want_sal > 0
+    assert (sal[~nz] == 0).all() and _rel(sal[nz], want_sal[nz]) <= 1e-5

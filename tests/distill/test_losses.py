@@ -292,3 +292,207 @@ def test_chunked_head_kl_never_projects_more_than_a_chunk():
         student_rows.clear()
         chunked_head_kl(hidden, head, teacher, w_kl, chunk_size=5)
         assert sum(student_rows) == 23
+
+
+# ----------------------------------------------------------------------------
+# The fused head + loss (gradients computed chunk by chunk in the forward pass).
+# ----------------------------------------------------------------------------
+
+
+class _Head:
+    """An OutputHead-like head: a ``torch.nn.Linear`` plus Cohere / Granite / Gemma-style final transforms."""
+
+    def __init__(self, module, multiply=None, divide=None, softcap=None):
+        self.module, self.multiply, self.divide, self.softcap = module, multiply, divide, softcap
+        self.vocab = module.out_features
+
+    def __call__(self, h):
+        z = self.module(h)
+        if self.multiply is not None:
+            z = z * self.multiply
+        if self.divide is not None:
+            z = z / self.divide
+        if self.softcap is not None:
+            z = torch.tanh(z / self.softcap) * self.softcap
+        return z
+
+
+def _full_logits_reference(head, hidden, t_logits, w_kl, vocab, temperature, labels=None, w_ce=None):
+    """Independent reference: full (N, V) logits, plain autograd log-softmax KL (+ cross-entropy)."""
+    z = head(hidden)[:, :vocab]
+    loss = (w_kl * forward_kl(t_logits[:, :vocab], z, temperature)).sum()
+    if labels is not None:
+        loss = loss + (w_ce * F.cross_entropy(z.float(), labels, reduction="none")).sum()
+    return loss
+
+
+def _close(got, want):
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()) + 1e-12)
+
+
+@pytest.mark.parametrize("transform", [(None, None, None), (2.0, None, None), (None, 3.0, None), (None, None, 5.0)])
+@pytest.mark.parametrize("temperature, with_ce", [(1.0, False), (1.0, True), (1.7, False), (1.7, True)])
+@pytest.mark.parametrize("teacher_kind", ["fn", "dense", "topk"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_head_kl_equals_checkpointed_path_and_full_logits(transform, temperature, with_ce, teacher_kind, bias):
+    """Loss, per-token values and gradients (hidden, weight, bias) of the fused path equal the checkpointed
+    implementation it replaces and, for live teachers, an independent full-logits autograd reference (1e-5)."""
+    from leaf.distill.losses import _linear_head, chunked_head_kl
+
+    torch.manual_seed(0)
+    N, H, V, Vt = 23, 6, 17, 19
+    lin = torch.nn.Linear(H, V, bias=bias)
+    head = _Head(lin, *transform)
+    assert _linear_head(head) is not None
+    hidden = torch.randn(N, H) * 3
+    t_logits = torch.randn(N, H + 2) @ torch.randn(Vt, H + 2).T
+    w_kl, labels, w_ce = torch.rand(N), torch.randint(0, V - 2, (N,)), torch.rand(N)
+    vocab, rows = V - 2, torch.arange(N)  # a padded student row and the teacher's extra rows are not compared
+    topk = torch.log_softmax(t_logits[:, :vocab] / temperature, -1).topk(5, dim=-1)
+    make = {
+        "fn": lambda: (lambda sl: t_logits[sl]),
+        "dense": lambda: DenseTeacher(t_logits, rows),
+        "topk": lambda: TopKTeacher(topk.values, topk.indices),
+    }[teacher_kind]
+    kw = {"labels": labels if with_ce else None, "w_ce": w_ce if with_ce else None, "temperature": temperature, "vocab_size": vocab}
+    results = []
+    for fused in (True, False):
+        lin.zero_grad(set_to_none=True)
+        h = hidden.clone().requires_grad_(True)
+        parts = chunked_head_kl(h, head, make(), w_kl, chunk_size=5, fused=fused, **kw)
+        (0.7 * parts.loss).backward()  # a scaled loss, as gradient accumulation gives
+        results.append([parts.loss.detach(), parts.kl, parts.ce, h.grad, lin.weight.grad] + ([lin.bias.grad] if bias else []))
+    assert lin.weight.grad[vocab:].abs().max() == 0
+    for got, want in zip(*results):
+        _close(got, want)
+    if teacher_kind != "topk":
+        lin.zero_grad(set_to_none=True)
+        h = hidden.clone().requires_grad_(True)
+        ref = _full_logits_reference(head, h, t_logits, w_kl, vocab, temperature, kw["labels"], kw["w_ce"])
+        (0.7 * ref).backward()
+        _close(results[0][0], ref.detach())
+        for got, want in zip(results[0][3:], [h.grad, lin.weight.grad] + ([lin.bias.grad] if bias else [])):
+            _close(got, want)
+
+
+def test_fused_head_kl_with_tied_embeddings_equals_full_logits():
+    """Tied input embedding / output head: the head's gradient adds to the embedding's (one parameter)."""
+    from leaf.distill.losses import chunked_head_kl
+
+    torch.manual_seed(1)
+    N, H, V = 19, 8, 29
+    emb = torch.nn.Embedding(V, H)
+    lin = torch.nn.Linear(H, V, bias=False)
+    lin.weight = emb.weight
+    mix = torch.nn.Linear(H, H)
+    ids, t_logits, w_kl = torch.randint(0, V, (N,)), torch.randn(N, V) * 2, torch.rand(N)
+    labels, w_ce = torch.randint(0, V, (N,)), torch.rand(N)
+    grads = []
+    for fused in (True, False, None):  # None: the full-logits reference
+        emb.zero_grad(set_to_none=True)
+        mix.zero_grad(set_to_none=True)
+        hidden = torch.tanh(mix(emb(ids)))
+        if fused is None:
+            loss = _full_logits_reference(lin, hidden, t_logits, w_kl, V, 1.3, labels, w_ce)
+        else:
+            loss = chunked_head_kl(hidden, _Head(lin), lambda sl: t_logits[sl], w_kl, labels=labels, w_ce=w_ce,
+                                   temperature=1.3, chunk_size=4, fused=fused).loss
+        loss.backward()
+        grads.append((loss.detach(), emb.weight.grad.clone(), mix.weight.grad.clone()))
+    for got in grads[:2]:
+        for g, w in zip(got, grads[2]):
+            _close(g, w)
+
+
+def test_fused_head_kl_projects_each_chunk_once_and_keeps_no_grad_under_no_grad():
+    from leaf.distill.losses import chunked_head_kl
+
+    torch.manual_seed(2)
+    N, H, V = 23, 6, 17
+    lin = torch.nn.Linear(H, V, bias=False)
+    t_weight = torch.randn(V, H)
+    teacher_rows = []
+
+    def teacher(sl):
+        teacher_rows.append(sl.stop - sl.start)
+        return torch.randn(sl.stop - sl.start, H, generator=torch.Generator().manual_seed(sl.start)) @ t_weight.T
+
+    h = torch.randn(N, H, requires_grad=True)
+    parts = chunked_head_kl(h, _Head(lin), teacher, torch.rand(N), chunk_size=5)
+    parts.loss.backward()
+    assert max(teacher_rows) == 5 and sum(teacher_rows) == N  # once per chunk: no recomputation in backward
+    with pytest.raises(RuntimeError, match="one backward"):
+        parts2 = chunked_head_kl(h, _Head(lin), teacher, torch.rand(N), chunk_size=5)
+        parts2.loss.backward(retain_graph=True)
+        parts2.loss.backward()
+    teacher_rows.clear()
+    assert h.grad is not None and lin.weight.grad is not None
+    with torch.no_grad():
+        again = chunked_head_kl(h, _Head(lin), teacher, torch.rand(N), chunk_size=5)
+    assert not again.loss.requires_grad and again.loss.grad_fn is None
+    # a frozen head: no weight gradient is computed or returned
+    lin.weight.requires_grad_(False)
+    lin.weight.grad = None
+    h.grad = None
+    chunked_head_kl(h, _Head(lin), teacher, torch.rand(N), chunk_size=5).loss.backward()
+    assert lin.weight.grad is None and h.grad is not None
+
+
+def test_linear_head_refuses_hooked_or_wrapped_heads():
+    """Heads the fused path cannot see through (hooks, subclasses, replaced forward) keep the checkpointed path."""
+    from leaf.distill.losses import _linear_head
+
+    lin = torch.nn.Linear(4, 7, bias=False)
+    assert _linear_head(lin.weight) is not None and _linear_head(_Head(lin)) is not None
+    handle = lin.register_forward_hook(lambda m, a, o: None)
+    assert _linear_head(_Head(lin)) is None
+    handle.remove()
+
+    class Sub(torch.nn.Linear):
+        pass
+
+    assert _linear_head(_Head(Sub(4, 7))) is None
+    lin.forward = lambda x: x
+    assert _linear_head(_Head(lin)) is None
+    assert _linear_head(lambda h: h) is None
+
+
+def test_fused_head_kl_under_bf16_autocast_close_to_checkpointed_path():
+    """Mixed precision (bf16 autocast, fp32 weights, as on a GPU): bf16 matmuls, fp32 loss math and fp32
+    gradient buffers (the weight gradient added a block of vocabulary at a time); close to the checkpointed path."""
+    from leaf.distill.losses import chunked_head_kl
+
+    torch.manual_seed(3)
+    N, H, V = 21, 16, 37
+    lin = torch.nn.Linear(H, V, bias=False)
+    hidden, t_logits, w_kl = torch.randn(N, H), torch.randn(N, V) * 2, torch.rand(N) / N
+    labels, w_ce = torch.randint(0, V, (N,)), torch.rand(N) / N
+    results = []
+    for fused in (True, False):
+        lin.zero_grad(set_to_none=True)
+        h = hidden.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            parts = chunked_head_kl(h, _Head(lin), lambda sl: t_logits[sl], w_kl, labels=labels, w_ce=w_ce,
+                                    temperature=1.5, chunk_size=4, fused=fused)
+        parts.loss.backward()
+        assert h.grad.dtype == torch.float32 and lin.weight.grad.dtype == torch.float32
+        results.append((parts.loss.detach(), h.grad, lin.weight.grad))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("n, rows", [(64, 4), (640, 10), (4096, 16)])
+def test_fused_chunks_are_a_64th_of_the_logits_within_bounds(monkeypatch, n, rows):
+    from leaf.distill import losses
+
+    V, H = 17, 3
+    monkeypatch.setattr(losses, "FUSED_CHUNK_ELEMENTS", 4 * V)
+    monkeypatch.setattr(losses, "HEAD_CHUNK_ELEMENTS", 16 * V)
+    seen = []
+
+    def teacher(sl):
+        seen.append(sl.stop - sl.start)
+        return torch.zeros(sl.stop - sl.start, V)
+
+    losses.chunked_head_kl(torch.randn(n, H), torch.randn(V, H), teacher, torch.rand(n), chunk_size=None)
+    assert max(seen) == rows and sum(seen) == n

@@ -87,8 +87,10 @@ def _weights(out):
     return load_file(str(out / "model.safetensors"))
 
 
-def test_gradient_accumulation_1x4_equals_4x1(distill_setup, tmp_path):
-    common = dict(max_steps=1, optim="sgd", learning_rate=0.5, lr_scheduler="constant", warmup_steps=0, max_grad_norm=0.0, alpha=0.5)
+@pytest.mark.parametrize("chunked_head", ["auto", "always"])
+def test_gradient_accumulation_1x4_equals_4x1(distill_setup, tmp_path, chunked_head):
+    common = dict(max_steps=1, optim="sgd", learning_rate=0.5, lr_scheduler="constant", warmup_steps=0, max_grad_norm=0.0, alpha=0.5,
+                  chunked_head=chunked_head)
     a = _weights(_run(distill_setup, tmp_path / "a", batch_size=4, grad_accum=1, **common))
     b = _weights(_run(distill_setup, tmp_path / "b", batch_size=1, grad_accum=4, **common))
     start = load_file(str(distill_setup / "student" / "model.safetensors"))
@@ -272,7 +274,11 @@ def _logit_rows(*modules):
 
 
 @pytest.mark.parametrize("temperature, alpha", [(1.0, 0.0), (1.5, 0.3)])
-def test_chunked_head_loss_and_gradients_equal_full_logit_path(distill_setup, tmp_path, temperature, alpha):
+@pytest.mark.parametrize("hook_student", [False, True])
+def test_chunked_head_loss_and_gradients_equal_full_logit_path(distill_setup, tmp_path, temperature, alpha, hook_student):
+    """Fused path (plain linear student head: each chunk projected once, gradients in the forward pass) and, with
+    a forward hook on the student's head, the checkpointed path (recomputed in backward) equal the full logits."""
+    from leaf.distill.losses import _linear_head
     from leaf.distill.trainer import build_trainer
 
     cfg = DistillConfig(
@@ -284,15 +290,19 @@ def test_chunked_head_loss_and_gradients_equal_full_logit_path(distill_setup, tm
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(12)])
     n_loss = int((batch["labels"][:, 1:] != -100).sum())
     trainer._student_head(trainer.model), trainer._teacher_head()  # their one-time checks are not counted
-    seen, hooks = _logit_rows(trainer.model.lm_head, trainer.teacher.lm_head)
+    seen, hooks = _logit_rows(*((trainer.model.lm_head,) if hook_student else ()), trainer.teacher.lm_head)
     try:
         loss, grads = _loss_and_grads(trainer, batch)
+        fused = _linear_head(trainer._chunked_head[1]) is not None
     finally:
         for h in hooks:
             h.remove()
     assert trainer._chunked_head[1] is not None and trainer._keep_ok is True
     assert max(seen) <= 5  # never more than one chunk of logits, student or teacher
-    assert sum(seen) == 2 * n_loss + 2 * n_loss  # student forward + recompute, teacher forward + recompute
+    if hook_student:  # checkpointed: student forward + recompute, teacher forward + recompute
+        assert not fused and sum(seen) == 2 * n_loss + 2 * n_loss
+    else:  # fused: the teacher's logits once per chunk (the student's head is applied by F.linear, unhooked)
+        assert fused and sum(seen) == n_loss
     _use_full_logits(trainer)
     want, want_grads = _loss_and_grads(trainer, batch)
     assert loss == pytest.approx(want, rel=1e-5)

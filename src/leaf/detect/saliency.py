@@ -37,6 +37,7 @@ import torch
 
 from leaf.batching import pad
 from leaf.heads import (
+    causal_attention_mask,
     checkpointed_layers,
     chunked_nll,
     final_hidden_states,
@@ -97,7 +98,7 @@ def embedding_saliency(
     targets = input_ids[b_idx, t_idx + 1]
     with torch.enable_grad(), checkpointed_layers(model, gradient_checkpointing):
         embeds = model.get_input_embeddings()(input_ids).detach().requires_grad_(True)
-        hidden = final_hidden_states(model, keep, head, inputs_embeds=embeds, attention_mask=attention_mask)
+        hidden = final_hidden_states(model, keep, head, inputs_embeds=embeds, attention_mask=causal_attention_mask(attention_mask))
         nll = chunked_nll(head, hidden, targets.to(hidden.device), chunk_size).to(device)
         nll_sum = torch.zeros(input_ids.shape[0], device=device, dtype=torch.float32).index_add(0, b_idx, nll)
         loss = nll_sum / n_targets
@@ -139,7 +140,7 @@ def token_surprisal(model: Any, input_ids: torch.Tensor, attention_mask: torch.T
     head = output_head(model)
     keep = _predicting(positions)
     b_idx, t_idx = keep.nonzero(as_tuple=True)
-    hidden = final_hidden_states(model, keep, head, input_ids=input_ids, attention_mask=attention_mask)
+    hidden = final_hidden_states(model, keep, head, input_ids=input_ids, attention_mask=causal_attention_mask(attention_mask))
     nll = chunked_nll(head, hidden, input_ids[b_idx, t_idx + 1].to(hidden.device), chunk_size)
     out[b_idx, t_idx + 1] = nll.to(device)
     return out.cpu()

@@ -70,7 +70,8 @@ class DistillConfig:
     chunked_head: str = option(
         "auto", choices=("auto", "always", "never"),
         help="apply the output heads to the loss positions a chunk at a time from hidden states (no (tokens x "
-             "vocabulary) logits, recomputed in backward): always, never, or auto = when a micro-batch's fp32 "
+             "vocabulary) logits; a plain linear head gets its gradients chunk by chunk in the forward pass, other "
+             "heads are recomputed in backward): always, never, or auto = when a micro-batch's fp32 "
              "logits would exceed 256 MiB (large vocabularies and long responses; small ones keep the faster "
              "full-logit path)")
     eval_data: Path | None = option(None, role="input", help="held-out original samples (JSONL or hf: dataset reference) to evaluate the distillation loss on every --eval-steps (never trained on)")

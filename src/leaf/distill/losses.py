@@ -29,10 +29,14 @@ rounding (the tests check values and gradients).
 
 :func:`chunked_head_kl` goes one step further: it takes the student's final
 hidden states ``(N, H)`` and its output head instead of logits, and the
-teacher as a function giving one chunk's logits (or the top-k cache). Each
-chunk of positions is projected, scored and, in the backward pass, projected
-again (``torch.utils.checkpoint``): no ``(N, V)`` logits of either model ever
-exist, only ``chunk x V`` at a time.
+teacher as a function giving one chunk's logits (or the top-k cache): no
+``(N, V)`` logits of either model ever exist, only ``chunk x V`` at a time.
+For a plain linear head (:class:`_FusedHeadDistill`, as Liger's fused linear
+losses) each chunk is projected once, scored, and its gradients with respect
+to the hidden states and the head weight are computed right away (the loss is
+a scalar), the weight gradient accumulated in place in one preallocated
+buffer; other heads are projected again in the backward pass
+(``torch.utils.checkpoint``).
 
 Teacher targets come either from live teacher logits (:class:`DenseTeacher`) or
 from a cache of the teacher's top-k log-probs (:class:`TopKTeacher`). For the
@@ -342,6 +346,12 @@ def distill_loss(
 #: Default cap on the logits (positions x vocabulary) of one chunk of :func:`chunked_head_kl`
 #: (2**24 = 64 MiB in fp32; about five such buffers exist per chunk).
 HEAD_CHUNK_ELEMENTS = 2**24
+#: ... and of the fused path (a plain linear student head, :class:`_FusedHeadDistill`; about three such fp32
+#: buffers live per chunk, next to the weight gradient): 1/:data:`FUSED_CHUNK_FRACTION` of the batch's full
+#: logits, at least this many (2**22 = 16 MiB in fp32; 32 positions at a 128k vocabulary) and at most
+#: :data:`HEAD_CHUNK_ELEMENTS`. Larger batches get larger chunks (larger, more efficient matrix products).
+FUSED_CHUNK_ELEMENTS = 2**22
+FUSED_CHUNK_FRACTION = 64
 
 
 class _LogitsTeacher:
@@ -375,6 +385,148 @@ def _head_kl_chunk(head, hidden, sl, teacher, labels, w_kl, w_ce, temperature, v
     )
 
 
+# ----------------------------------------------------------------------------
+# The fused head + loss: gradients computed in the forward pass, chunk by chunk.
+# ----------------------------------------------------------------------------
+
+
+def _linear_head(head: Any) -> tuple[Tensor, Tensor | None, tuple[Any, Any, Any]] | None:
+    """``(weight, bias, (multiply, divide, softcap))`` when ``head`` is a plain linear map plus a known transform.
+
+    A weight tensor, or an :class:`leaf.heads.OutputHead` whose module is exactly ``torch.nn.Linear``
+    (no subclass, no hooks, no replaced ``forward``, a real weight); anything else is None.
+    """
+    if isinstance(head, Tensor):
+        return head, None, (None, None, None)
+    module = getattr(head, "module", None)
+    if type(module) is not torch.nn.Linear or "forward" in module.__dict__ or hasattr(module, "_hf_hook"):
+        return None
+    if module._forward_hooks or module._forward_pre_hooks or module.weight.is_meta:
+        return None
+    return module.weight, module.bias, (getattr(head, "multiply", None), getattr(head, "divide", None), getattr(head, "softcap", None))
+
+
+class _FusedHeadDistill(torch.autograd.Function):
+    """:func:`distill_loss` of ``transform(hidden @ weight.T + bias)`` without ever holding more than a chunk of logits.
+
+    The loss is a scalar, so its gradients are computed in the forward pass, one chunk of positions at a time:
+    logits -> loss -> ``g = d loss / d logits`` (the analytic ``T w (q - p)`` of :class:`_ChunkedDistill`) ->
+    ``g @ W`` into a preallocated ``(N, H)`` buffer and ``g.T @ h`` accumulated in place into a preallocated
+    weight-gradient buffer; the chunk's logits are then dropped. Backward only scales the saved gradients
+    (in place). Each head is projected once per chunk (no recomputation), the teacher too.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, transform, teacher, labels, w_kl, w_ce, temperature, step, vocab, needs):  # type: ignore[override]
+        n, device = hidden.shape[0], hidden.device
+        vocab = min(vocab, weight.shape[0])
+        W = weight[:vocab]  # ids >= vocab are never compared: their logits are not computed, their gradient is 0
+        B = bias[:vocab] if bias is not None else None
+        multiply, divide, softcap = transform
+        need_h, need_w, need_b = needs
+        gh = torch.zeros_like(hidden) if need_h else None
+        gw = torch.zeros_like(weight) if need_w else None
+        gb = torch.zeros_like(bias) if need_b else None
+        kl_out = torch.zeros(n, dtype=torch.float32, device=device)
+        ce_out = torch.zeros(n, dtype=torch.float32, device=device)
+        total = torch.zeros((), dtype=torch.float32, device=device)
+        want_ce = labels is not None
+        T = temperature
+        for start in range(0, n, step):
+            sl = slice(start, min(start + step, n))
+            h = hidden[sl]
+            s = F.linear(h, W, B)  # (c, V) in the compute dtype (autocast applies)
+            compute = s.dtype
+            if multiply is not None:
+                s = s * multiply
+            if divide is not None:
+                s = s / divide
+            tanh = None
+            if softcap is not None:
+                tanh = torch.tanh(s / softcap)
+                s = tanh * softcap
+            x = s.float()  # the chunk's fp32 logits (a fresh tensor: in-place ops below are safe)
+            del s
+            y = labels[sl].long().unsqueeze(-1) if want_ce else None
+            wk = w_kl[sl].float().unsqueeze(-1)
+            x1 = None
+            if want_ce:
+                ce = (torch.logsumexp(x, dim=-1, keepdim=True) - x.gather(-1, y)).squeeze(-1)
+                if T != 1.0:
+                    x1 = x  # kept for softmax at T = 1 (the cross-entropy's gradient)
+                    x = x / T
+            elif T != 1.0:
+                x = x.div_(T)
+            lq = torch.log_softmax(x, dim=-1)
+            del x
+            if callable(teacher) and not isinstance(teacher, (DenseTeacher, TopKTeacher)):
+                with torch.no_grad():
+                    t = teacher(sl)[:, :vocab].to(device).float()  # may be a view of the caller's logits: no in-place
+                    if T != 1.0:
+                        t = t / T
+                    lp = torch.log_softmax(t, dim=-1)
+                    del t
+            else:
+                lp = teacher.log_probs(sl, vocab, T, device, lq)
+            p = lp.exp()
+            kl = lp.sub_(lq).mul_(p).nan_to_num_(nan=0.0).sum(-1).mul_(T**2)  # p (log p - log q); 0 * -inf -> 0
+            del lp
+            kl_out[sl] = kl
+            total = total + (wk.squeeze(-1) * kl).sum()
+            if want_ce:
+                wc = w_ce[sl].float().unsqueeze(-1)
+                ce_out[sl] = ce
+                total = total + (wc.squeeze(-1) * ce).sum()
+            if not (need_h or need_w or need_b):
+                del lq, p
+                continue
+            # g = T w_kl (q - p) (+ w_ce (softmax(z) - onehot)), in lq's storage
+            g = lq.exp_()
+            if want_ce and T == 1.0:
+                g = g.mul_(wk + wc).sub_(p.mul_(wk))
+            else:
+                g = g.sub_(p).mul_(T * wk)
+                if want_ce:
+                    g.add_(x1.softmax(-1).mul_(wc))
+            del p, x1
+            if want_ce:
+                g.scatter_add_(-1, y, -wc)
+            if softcap is not None:
+                g.mul_(tanh.float().square_().neg_().add_(1))
+                del tanh
+            if divide is not None:
+                g.div_(divide)
+            if multiply is not None:
+                g.mul_(multiply)
+            gz = g.to(compute)
+            del g
+            if need_h:
+                gh[sl] = torch.mm(gz, W)
+            if need_w:
+                if gz.dtype == h.dtype == gw.dtype:
+                    gw[:vocab].addmm_(gz.t(), h)  # in place: no (V, H) temporary
+                else:  # mixed precision: a (rows, H) temporary of at most a chunk's size per block of vocabulary
+                    hc = h.to(compute)
+                    rows = max(1, gz.numel() // max(h.shape[-1], 1))
+                    for v in range(0, vocab, rows):
+                        gw[v : v + rows].add_(torch.mm(gz[:, v : v + rows].t(), hc))
+            if need_b:
+                gb[:vocab].add_(gz.sum(0).to(gb.dtype))
+            del gz
+        ctx.grads = (gh, gw, gb)
+        ctx.mark_non_differentiable(kl_out, ce_out)
+        return total, kl_out, ce_out
+
+    @staticmethod
+    def backward(ctx, grad_total, _gkl, _gce):  # type: ignore[override]
+        grads, ctx.grads = ctx.grads, None  # used once: scaled in place, no second weight-sized buffer
+        if grads is None:
+            raise RuntimeError("the fused distillation loss supports one backward pass (no retain_graph)")
+        if not bool(grad_total == 1):
+            grads = tuple(g.mul_(grad_total.to(g.dtype)) if g is not None else None for g in grads)
+        return (*grads, None, None, None, None, None, None, None, None, None)
+
+
 def chunked_head_kl(
     student_hidden: Tensor,
     student_head: Tensor | Callable[[Tensor], Tensor],
@@ -387,16 +539,23 @@ def chunked_head_kl(
     chunk_size: int | None = 1024,
     vocab_size: int | None = None,
     max_elements: int | None = None,
+    fused: bool = True,
 ) -> LossParts:
     """:func:`distill_loss` computed from the student's final hidden states, one chunk of positions at a time.
 
     Neither model's logits exist for more than one chunk of positions: each
     chunk projects its ``(c, H)`` student hidden states through the output
     head, gets the teacher's log-probs for the same ``c`` tokens, and runs the
-    same per-token math as :func:`distill_loss`. With gradients on, the chunk
-    runs under ``torch.utils.checkpoint``: its logits (student and teacher) are
-    dropped after the forward pass and recomputed in the backward pass, where
-    the gradient flows into ``student_hidden`` and the head's parameters.
+    same per-token math as :func:`distill_loss`.
+
+    A plain linear head (the usual case) takes the fused path: the gradients
+    with respect to ``student_hidden`` and the head's weight (and bias) are
+    computed chunk by chunk in the forward pass, into preallocated buffers,
+    the weight gradient accumulated in place; each model's head is projected
+    once per chunk and backward only scales those buffers. Any other head
+    (hooks, wrappers, an arbitrary callable) runs each chunk under
+    ``torch.utils.checkpoint`` instead: its logits (student and teacher) are
+    dropped after the forward pass and recomputed in the backward pass.
 
     Args:
         student_hidden: ``(N, H)`` the student's final hidden states at the
@@ -409,7 +568,12 @@ def chunked_head_kl(
             (e.g. the teacher's head on its hidden states; called under no_grad).
         w_kl, labels, w_ce, temperature, vocab_size: as in :func:`distill_loss`.
         chunk_size: at most this many tokens per chunk (``None`` / ``0``: no limit) ...
-        max_elements: ... and at most this many logits per chunk (default :data:`HEAD_CHUNK_ELEMENTS`).
+        max_elements: ... and at most this many logits per chunk (default on the fused path: 1/64 of the
+            ``N x V`` logits, between :data:`FUSED_CHUNK_ELEMENTS` and :data:`HEAD_CHUNK_ELEMENTS`; on the
+            checkpointed one :data:`HEAD_CHUNK_ELEMENTS`).
+        fused: use the fused path (:class:`_FusedHeadDistill`) when the head is a plain linear map (a weight,
+            or an output head whose module is exactly ``torch.nn.Linear``, unhooked); ``False``: always the
+            checkpointed path. Same results either way (the tests check 1e-5).
     """
     if labels is not None and w_ce is None:
         raise ValueError("labels given without w_ce")
@@ -421,10 +585,24 @@ def chunked_head_kl(
         head = student_head
         head_vocab = int(getattr(student_head, "vocab", 0) or 0)
     n = student_hidden.shape[0]
+    linear = _linear_head(student_head) if fused else None
     budget = HEAD_CHUNK_ELEMENTS if max_elements is None else max_elements
+    if linear is not None and max_elements is None:
+        full = n * int(vocab_size or head_vocab or linear[0].shape[0])
+        budget = min(HEAD_CHUNK_ELEMENTS, max(FUSED_CHUNK_ELEMENTS, full // FUSED_CHUNK_FRACTION))
     step = chunk_size if chunk_size and chunk_size > 0 else max(n, 1)
     if vocab_size or head_vocab:
         step = max(1, min(step, budget // (vocab_size or head_vocab)))
+    if linear is not None:
+        weight, bias, transform = linear
+        grad = torch.is_grad_enabled()
+        needs = (grad and student_hidden.requires_grad, grad and weight.requires_grad,
+                 grad and bias is not None and bias.requires_grad)
+        total, kl, ce = _FusedHeadDistill.apply(
+            student_hidden, weight, bias, transform, teacher, labels, w_kl, w_ce, float(temperature), step,
+            int(vocab_size or weight.shape[0]), needs,
+        )
+        return LossParts(total, kl, ce)
     total = student_hidden.new_zeros((), dtype=torch.float32)
     kls, ces = [], []
     for start in range(0, n, step):
