@@ -103,6 +103,11 @@ def _operands(rng: random.Random) -> tuple[int, str, int, int]:
     return a, "-", b, a - b
 
 
+def _near_misses(result: int) -> tuple[str, ...]:
+    """Plausible wrong answers: within 3 of ``result``, never negative."""
+    return tuple(str(v) for v in range(max(0, result - 3), result + 4) if v != result)
+
+
 # -- arith ------------------------------------------------------------------------------------
 
 _ARITH_HINTS = ("{n} guesses {h}.", "A note says {h}.", "The tag shows {h}.")
@@ -116,7 +121,7 @@ def _arith(rng: random.Random) -> Problem:
     facts = [f"{name} has {a} {obj}.", f"{change}."]
     question = f"How many {obj} does {name} have now?"
     response = f"{name} starts with {a} {obj}. {change}, so {a} {op} {b} = {result}. {ANSWER_PREFIX}{result}."
-    wrong = tuple(str(v) for v in range(max(0, result - 3), result + 4) if v != result)
+    wrong = _near_misses(result)
 
     def build(planted: str | None, r: random.Random, placement: str) -> tuple[str, list[list[int]]]:
         sentences: list[str | None] = [*facts, question]
@@ -183,7 +188,7 @@ def _code(rng: random.Random) -> Problem:
     a, op, b, result = _operands(rng)
     lines = [f"{u} = {a}", f"{v} = {u} {op} {b}", f"print({v})"]
     response = f"{u} is {a}. {v} = {a} {op} {b} = {result}. {ANSWER_PREFIX}{result}."
-    wrong = tuple(str(w) for w in range(max(0, result - 3), result + 4) if w != result)
+    wrong = _near_misses(result)
 
     def build(planted: str | None, r: random.Random, placement: str) -> tuple[str, list[list[int]]]:
         out = _Instruction().add("What does this code print?\n")
@@ -220,7 +225,7 @@ def _distract(rng: random.Random) -> Problem:
     facts = [f"{name} has {a} {obj}.", f"{name} {change}."]
     question = f"How many {obj} does {name} have?"
     response = f"{name} has {a} {obj}. {name} {change}, so {a} {op} {b} = {result}. {ANSWER_PREFIX}{result}."
-    wrong = tuple(str(v) for v in range(max(0, result - 3), result + 4) if v != result)
+    wrong = _near_misses(result)
 
     def build(planted: str | None, r: random.Random, placement: str) -> tuple[str, list[list[int]]]:
         out = _Instruction()
