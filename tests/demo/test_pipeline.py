@@ -134,3 +134,35 @@ def test_quick_demo_v2_tables_agree_with_the_per_problem_verdicts(tmp_path):
     assert 'id="benchmark"' in html and "data:image/png;base64" in html
     table = (out / "table.md").read_text()
     assert "### Paired tests" in table and "### Goals (issue 13)" in table
+
+
+def test_combined_sets_keep_every_record_under_a_unique_id():
+    from leaf.data.counterfactuals import counterfactual_from_json
+    from leaf.demo.pipeline import combine_sets
+
+    def rec(rid, text):
+        problems: list[str] = []
+        r = counterfactual_from_json({"id": rid, "instruction": text, "response": "r", "removed": []}, rid, problems)
+        assert r is not None, problems
+        return r
+
+    deleted = [rec("a#s0", "x"), rec("b#s0", "y")]
+    resampled = [rec("a#s0", "x2"), rec("c#s0", "z")]
+    out = combine_sets({"gradient": deleted, "gradient_resample": resampled})
+    assert [r.id for r in out] == ["a#s0", "b#s0", "a#s0+gradient_resample", "c#s0"]
+    assert [r.instruction for r in out] == ["x", "y", "x2", "z"]
+
+
+def test_pool_mix_interleaves_clean_and_confounded_problems():
+    from leaf.demo.pipeline import pool_mix
+    from leaf.demo.tasks import generate_mix
+
+    pool = pool_mix(("arith", "code"), 10, 0.3, seed=5)
+    assert len(pool) == 20 and sum(r["meta"]["split"] == "clean" for r in pool) == 6
+    # the confounded problems are v1's pool shifted past the clean ones; no share is v1's pool exactly
+    assert [r for r in pool if r["meta"]["split"] == "confounded"] == generate_mix(("arith", "code"), "confounded", 7,
+                                                                                   seed=5, start=3)
+    assert pool_mix(("arith", "code"), 10, 0.0, seed=5) == generate_mix(("arith", "code"), "confounded", 10, seed=5)
+    # evenly spread: no run of more than 3 confounded records between clean ones
+    splits = "".join("c" if r["meta"]["split"] == "clean" else "k" for r in pool)
+    assert "kkkk" not in splits.strip("k")

@@ -341,3 +341,37 @@ def test_page_opens_with_a_summary_and_folds_the_detail(tmp_path):
     assert len(figures) == 4
     folded = [any(a["tag"] == "details" for a in _ancestors(page, f)) for f in figures]
     assert folded == [False, True, True, True]
+
+
+def test_benchmark_section_shows_a_demo_results_file(run_folder, tmp_path):
+    """A `leaf demo` results.json: arms x splits as mean ± std in percent, paired tests, goals, the figure."""
+    from leaf.figures import figure, save
+
+    def cell(mean, std, n=3):
+        return {"mean": mean, "std": std, "n": n}
+
+    results = {"seeds": [{}, {}, {}], "summary": {
+        "accuracy": {"kd": {"confounded": cell(0.952, 0.006), "counterfactual": cell(0.18, 0.015),
+                            "clean": cell(0.859, 0.024)},
+                     "leaf_resample": {"confounded": cell(0.922, 0.023), "counterfactual": cell(0.241, 0.053),
+                                       "clean": cell(0.647, 0.039)}},
+        "families": ["arith"],
+        "by_family": {a: {s: {"arith": cell(0.5, 0.1)} for s in ("confounded", "counterfactual", "clean")}
+                      for a in ("kd", "leaf_resample")},
+        "paired": {"leaf_resample": {"kd": {"counterfactual": {"diff_mean": 6.1, "diff_std": 4.2, "pooled_p": 3e-6,
+                                                               "wins": 3, "losses": 0, "seeds": [{}, {}, {}]}}}},
+        "goals": [{"goal": "KD improves the student", "measured": "clean +15.2", "met": True}]}}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    fig, ax = figure(2, 2)
+    ax.plot([0, 1], [0, 1])
+    save(fig, tmp_path / "arms.png")
+    html = build_report(run=run_folder, out=tmp_path / "page.html", benchmark=path).read_text()
+    section = html[html.index('<section id="benchmark">'):html.index("</section>", html.index('<section id="benchmark">'))]
+    assert "95.2 ± 0.6" in section and "24.1 ± 5.3" in section and "64.7 ± 3.9" in section
+    assert "+6.1 ± 4.2" in section and "3e-06" in section and "3/0" in section
+    assert "KD improves the student" in section and "data:image/png;base64" in section
+    assert html.index('href="#benchmark"') < html.index('href="#detections"')
+    # without --benchmark the page has no such section
+    plain = build_report(run=run_folder, out=tmp_path / "plain.html").read_text()
+    assert 'id="benchmark"' not in plain

@@ -329,7 +329,7 @@ def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     for name in per_seed[0]["accuracy"]:
         acc[name] = {split: mean_std([s["accuracy"][name][split] for s in per_seed]) for split in SPLITS}
     det: dict[str, Any] = {}
-    for method, d in per_seed[0]["detection"].items():
+    for method in per_seed[0]["detection"]:
         det[method] = {k: mean_std([s["detection"][method]["default"][k] for s in per_seed])
                        for k in ("precision", "recall", "f1", "hit_rate")}
     taus = {}
