@@ -412,7 +412,7 @@ def goals(summary: dict[str, Any], per_seed: list[dict[str, Any]]) -> list[dict[
                             "beyond the seed spread", "measured": text, "met": ok})
     winners = []
     for arm in paired_tests:
-        if arm in ("kd", "kd_selected", "kd_extra", "pre_kd"):
+        if arm.split("@")[0] in ("kd", "kd_selected", "kd_extra", "pre_kd"):  # not interventions
             continue
         fams = [f for f in summary.get("families", ()) if beats(arm, "kd", f"counterfactual/{f}")[0]
                 and beats(arm, "kd_selected", f"counterfactual/{f}")[0]]
