@@ -260,9 +260,14 @@ def generate_to_jsonl(
     field: str = "generation",
     instruction_field: str = "instruction",
     overwrite: bool = False,
+    load: Callable[[], tuple[Any, Any]] | None = None,
     **generate_kwargs: Any,
 ) -> dict[str, str]:
     """Generate for every record not yet in ``out``; append each as its batch finishes.
+
+    With ``load`` (a function returning ``(model, tokenizer)``), ``model`` and ``tokenizer`` may be None:
+    they are loaded only when something is left to generate, so a rerun whose answers are all on disk
+    loads no model.
 
     Each output line is the input record plus ``field`` (the generation).
     ``settings`` (model, decoding options...) go to ``out.meta.json``; resuming
@@ -274,8 +279,15 @@ def generate_to_jsonl(
 
     rank, world = rank_and_world()
     check_parts(out, world, overwrite=overwrite)  # unmerged parts of a run with another number of processes
+    loaded: list[Any] = [model, tokenizer]
+
+    def models() -> tuple[Any, Any]:
+        if load is not None and loaded[0] is None:
+            loaded[:] = load()
+        return loaded[0], loaded[1]
+
     if world > 1:
-        return _generate_sharded(model, tokenizer, records, Path(out), settings, field, instruction_field, overwrite,
+        return _generate_sharded(models, records, Path(out), settings, field, instruction_field, overwrite,
                                  rank, world, generate_kwargs)
     writer = ResumableJsonl(out, settings, overwrite=overwrite)
     todo = [r for r in records if str(r["id"]) not in writer.done]
@@ -286,7 +298,7 @@ def generate_to_jsonl(
         writer.write_batch({**todo[i], field: t} for i, t in zip(indices, texts))
 
     if todo:
-        generate(model, tokenizer, [r[instruction_field] for r in todo], on_batch=write, **generate_kwargs)
+        generate(*models(), [r[instruction_field] for r in todo], on_batch=write, **generate_kwargs)
     wanted = {str(r["id"]) for r in records}
     result = {str(r["id"]): r[field] for r in read_jsonl(writer.commit()) if str(r["id"]) in wanted}
     if overwrite:
@@ -294,7 +306,7 @@ def generate_to_jsonl(
     return result
 
 
-def _generate_sharded(model: Any, tokenizer: Any, records: Sequence[dict[str, Any]], out: Path,
+def _generate_sharded(models: Callable[[], tuple[Any, Any]], records: Sequence[dict[str, Any]], out: Path,
                       settings: dict[str, Any], field: str, instruction_field: str, overwrite: bool, rank: int,
                       world: int, generate_kwargs: dict[str, Any]) -> dict[str, str]:
     """One of ``world`` processes: the batches a single process would run over what ``out`` lacks, batch ``k``
@@ -307,6 +319,7 @@ def _generate_sharded(model: Any, tokenizer: Any, records: Sequence[dict[str, An
     base = [r for r in records if str(r["id"]) not in out_done]
     wanted = {str(r["id"]) for r in records}
     if base:
+        model, tokenizer = models()
         ids = _encode_prompts(tokenizer, [r[instruction_field] for r in base])
         if is_vllm_model(model):  # vLLM takes the prompts in chunks, in input order
             batches = [list(range(s, min(s + VLLM_CHUNK, len(ids)))) for s in range(0, len(ids), VLLM_CHUNK)]

@@ -164,10 +164,18 @@ def test_cli_verify_with_real_models_and_checker(files, tmp_path, capsys, monkey
         raise AssertionError("a resumed --verify must not generate again")
 
     monkeypatch.setattr(generation, "generate", no_generation)
+    import leaf.models
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("every answer is on disk: no model may be loaded")
+
+    monkeypatch.setattr(leaf.models, "load_model", no_loading)
     assert main(["prune", "--data", str(data), "--detections", str(dets), "--out", str(out), "--verify",
                  "--teacher", str(tmp_path / "teacher"), "--student", str(tmp_path / "student"),
                  "--task", "exact", "--max-new-tokens", "4"]) == 0
     assert (tmp_path / "cf.jsonl.verify-teacher.jsonl").read_bytes() == stamp
+    monkeypatch.undo()
+    monkeypatch.setattr(generation, "generate", no_generation)
     # answers are keyed by the text answered: detections that prune other text are answered anew, never judged
     # on the old answers of the same record id
     rows = [json.loads(x) for x in dets.read_text().splitlines()]

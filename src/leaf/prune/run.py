@@ -194,11 +194,13 @@ def _live_verifier(cfg: PruneConfig) -> tuple[Any, Any]:
     def answer(role: str, records: list[dict[str, Any]]) -> list[str]:
         path = cfg.teacher if role == "teacher" else cfg.student
         assert path is not None
-        model, tok = load_model(path, dtype=cfg.dtype, device=cfg.device), load_tokenizer(path)
         settings = {"model": path, "max_new_tokens": cfg.max_new_tokens, "dtype": cfg.dtype}
         keyed = [{**r, "id": text_key(r)} for r in records]
-        got = generate_to_jsonl(model, tok, keyed, out.with_name(f"{out.name}.verify-{role}.jsonl"),
-                                settings=settings, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+        # the model is loaded only if some answer is not on disk yet
+        got = generate_to_jsonl(None, None, keyed, out.with_name(f"{out.name}.verify-{role}.jsonl"),
+                                settings=settings, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                                load=lambda: (load_model(path, dtype=cfg.dtype, device=cfg.device),
+                                              load_tokenizer(path)))
         return [got[r["id"]] for r in keyed]
 
     return answer, checker.check
