@@ -89,6 +89,7 @@ _V2_DEFAULT: dict[str, Arm] = {
                                                                       "over tokens of the same kind (k = 1)"),
     "leaf_delete_resample": Arm(("gradient", "gradient_resample"), help="deletion and resample records together"),
     **{k: _V1_ARMS[k] for k in ("leaf_random", "leaf_ppl", "leaf_oracle", "oracle_resample")},
+    "leaf_resample_all": Arm(("all_resample",), help="resample with --select all (the best v2 arm, docs/findings.md)"),
 }
 
 _V2_FULL: dict[str, Arm] = {
@@ -101,7 +102,6 @@ _V2_FULL: dict[str, Arm] = {
     "leaf_instr_verify_both": Arm(("gradient_verify_both",), help="deletion, records verified by both models "
                                                                   "(the paper's rule)"),
     "leaf_instr_unverified": Arm(("gradient_unverified",), help="deletion, records not verified"),
-    "leaf_resample_all": Arm(("all_resample",), help="resample with --select all"),
 }
 
 #: The lambda sweep of ``--full``: these arms again at each of ``--sweep-lams``.
