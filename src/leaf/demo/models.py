@@ -199,10 +199,12 @@ def encode_for_training(tokenizer: Any, records: list[dict[str, Any]]) -> list[t
     return out
 
 
-def train(model: Any, tokenizer: Any, records: list[dict[str, Any]], spec: ModelSpec) -> list[float]:
+def train(model: Any, tokenizer: Any, records: list[dict[str, Any]], spec: ModelSpec, *,
+          desc: str | None = None) -> list[float]:
     """Supervised next-token training on response tokens; AdamW, warm-up then cosine decay.
 
-    Returns the loss of every step. Batches are drawn by a seeded shuffle.
+    Returns the loss of every step. Batches are drawn by a seeded shuffle. With ``desc``, a progress
+    bar of that name counts the steps.
     """
     import torch
 
@@ -221,7 +223,9 @@ def train(model: Any, tokenizer: Any, records: list[dict[str, Any]], spec: Model
     order: list[int] = []
     losses = []
     model.train()
-    for _ in range(spec.steps):
+    from tqdm.auto import tqdm
+
+    for _ in tqdm(range(spec.steps), desc=desc, disable=desc is None, leave=False, unit="step"):
         if len(order) < spec.batch_size:
             order += torch.randperm(len(examples), generator=gen).tolist()
         batch = [examples[i] for i in order[: spec.batch_size]]
@@ -304,7 +308,8 @@ def build(
         t0 = time.perf_counter()
         torch.manual_seed(spec.seed)
         model = build_model_for(tokenizer, spec)
-        losses = train(model, tokenizer, data, spec)
+        log(f"[demo] training the {role} ({spec.steps} steps; once, then cached in {root})")
+        losses = train(model, tokenizer, data, spec, desc=f"train {role}")
         model.save_pretrained(root / role)
         tokenizer.save_pretrained(root / role)  # each model folder loads on its own with from_pretrained
         timings[f"{role}_s"] = time.perf_counter() - t0
