@@ -138,11 +138,11 @@ class DemoConfig:
 
     out: Path = option(Path("leaf-demo"), role="output", help="output folder (results.json, table.md, report.html, seed-*/)")
     setting: str = option("v2", choices=SETTINGS,
-                          help="benchmark setting: v2 (four families, a pool with clean samples, a weaker student; "
-                               "docs/findings.md) or v1 (the first benchmark, kept reproducible)")
-    quick: bool = option(False, help="smoke run: tiny models and sets, one seed (about 40 s, plus 40 s to build its models once)")
+                          help="benchmark setting: v2 (three families incl. distractor sentences, a pool with clean "
+                               "samples, a weaker student; docs/demo.md) or v1 (the first benchmark, kept reproducible)")
+    quick: bool = option(False, help="smoke run: tiny models and sets, one seed (about a minute, plus a minute to build its models once)")
     full: bool = option(False, help="v2: every arm (resample sources and k = 3, select all, ...), a lambda sweep and "
-                                    "5 seeds (about 50 minutes on 2 cores; docs/findings.md)")
+                                    "5 seeds (about 30 minutes on 2 cores with the models cached; docs/findings.md)")
     seeds: int | None = option(None, help="number of seeds (default 3; --full 5; --quick 1)")
     n_train: int | None = option(None, help="distillation pool: problems per family (default 500; quick 80)")
     pool_clean_share: float | None = option(None, low=0.0, high=1.0,
