@@ -17,6 +17,7 @@ their schema: docs/demo.md.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -281,7 +282,11 @@ def combine_sets(sets: dict[str, list[Any]]) -> list[Any]:
     return out
 
 
-_TOKENIZERS: dict[str, Any] = {}
+@functools.lru_cache(maxsize=4)
+def _tokenizer(path: str) -> Any:
+    from leaf.models import load_tokenizer
+
+    return load_tokenizer(path)
 
 
 def _budget(summary: Any, data: Path, cfs: Path | None, cfg: DemoConfig, *, tokenizer: str) -> dict[str, Any]:
@@ -292,9 +297,8 @@ def _budget(summary: Any, data: Path, cfs: Path | None, cfg: DemoConfig, *, toke
     times the mean tokens per example of that set: the expected value is reported (exact over whole passes).
     """
     from leaf.data.render import encode, render
-    from leaf.models import load_tokenizer
 
-    tok = _TOKENIZERS.get(tokenizer) or _TOKENIZERS.setdefault(tokenizer, load_tokenizer(tokenizer))
+    tok = _tokenizer(tokenizer)
     records = read_jsonl(data) + (read_jsonl(cfs) if cfs else [])
     lengths = [len(encode(tok, render(tok, r["instruction"], r["response"]).text).input_ids) for r in records]
     assert cfg.steps is not None
@@ -342,7 +346,7 @@ def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
         att[name] = mean_std(values)
     out: dict[str, Any] = {"accuracy": acc, "detection": det, "detection_by_tau": taus, "attention": att}
     if "by_family" in per_seed[0]:
-        out.update(_v2_summary(per_seed))
+        out.update(_v2_summary(per_seed, acc))
     return out
 
 
@@ -350,7 +354,7 @@ def _family_of(problem_id: str) -> str:
     return problem_id.split("-", 1)[0]  # ids are "<family>-<split>-s<seed>-<i>" (leaf.demo.tasks)
 
 
-def _v2_summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+def _v2_summary(per_seed: list[dict[str, Any]], accuracy: dict[str, Any]) -> dict[str, Any]:
     arms = list(per_seed[0]["by_family"])
     families = sorted(per_seed[0]["by_family"][arms[0]]["clean"])
     by_family = {arm: {split: {f: mean_std([s["by_family"][arm][split][f] for s in per_seed]) for f in families}
@@ -375,14 +379,14 @@ def _v2_summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
                     for k in ("steps", "examples_seen", "tokens_seen", "counterfactual_records")}
               for arm in per_seed[0]["training"]}
     summary = {"families": families, "by_family": by_family, "paired": tests, "budget": budget}
-    summary["goals"] = goals(summary, per_seed)
+    summary["goals"] = goals({"accuracy": accuracy, **summary})
     return summary
 
 
-def goals(summary: dict[str, Any], per_seed: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's goals, measured: each a dict with ``goal``, ``measured`` and ``met``."""
-    acc = {arm: {split: mean_std([s["accuracy"][arm][split] for s in per_seed]) for split in SPLITS}
-           for arm in per_seed[0]["accuracy"]}
+def goals(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's goals, measured from a summary (accuracy over seeds, families, paired tests): each a dict
+    with ``goal``, ``measured`` and ``met``."""
+    acc = summary["accuracy"]
     out = []
     if "kd" in acc and "pre_kd" in acc:
         gains = {split: 100 * (acc["kd"][split]["mean"] - acc["pre_kd"][split]["mean"]) for split in ("clean", "confounded")}
