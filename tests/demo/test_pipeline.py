@@ -133,7 +133,7 @@ def test_quick_demo_v2_tables_agree_with_the_per_problem_verdicts(tmp_path):
     html = (out / "report.html").read_text()
     assert 'id="benchmark"' in html and "data:image/png;base64" in html
     table = (out / "table.md").read_text()
-    assert "### Paired tests" in table and "### Goals (issue 13)" in table
+    assert "### Paired tests" in table and "### Goals of the v2 benchmark" in table
 
 
 def test_combined_sets_keep_every_record_under_a_unique_id():

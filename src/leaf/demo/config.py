@@ -109,7 +109,7 @@ SWEEP_ARMS = ("kd_selected", "leaf_instr", "leaf_resample")
 
 
 def arms_of(setting: str, full: bool, sweep_lams: list[float] | None = None) -> dict[str, Arm]:
-    """The arms of a setting (v1: all of issue 6/7's; v2: the default set, or everything with ``full``)."""
+    """The arms of a setting (v1: every arm of the first benchmark; v2: the default set, or everything with ``full``)."""
     if setting == "v1":
         return dict(_V1_ARMS)
     arms = {**_V2_DEFAULT, **(_V2_FULL if full else {})}

@@ -92,7 +92,7 @@ QUICK = DemoModelsConfig(
 )
 
 
-#: The v2 benchmark (issue 13): the distractor-sentence family added, and a weaker student (fewer steps, more
+#: The v2 benchmark: the distractor-sentence family added, and a weaker student (fewer steps, more
 #: confounded data) that plain KD improves on clean problems too.
 #: Lookup is left out: a teacher of 3 layers and 2000 steps still solves only 49 % of clean lookup problems
 #: (docs/demo.md, "v2"), so no arm could learn it from the teacher.
@@ -112,7 +112,7 @@ V2_QUICK = DemoModelsConfig(
 
 
 def models_config(setting: str, *, quick: bool = False) -> DemoModelsConfig:
-    """The tokenizer/teacher/student settings of a demo setting (``v1``: issue 6's, ``v2``: issue 13's)."""
+    """The tokenizer/teacher/student settings of a demo setting (``v1``: the first benchmark's, ``v2``: the default benchmark's)."""
     if setting == "v1":
         return QUICK if quick else DemoModelsConfig()
     return V2_QUICK if quick else V2

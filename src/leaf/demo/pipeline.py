@@ -328,7 +328,7 @@ def _cached_eval(path: Path, name: str, model: Path | str,
 def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and standard deviation over seeds of accuracies, detection quality and attention; for v2 runs
     also per family, the paired tests of every arm against each reference arm, the training budgets and
-    the issue's goals."""
+    the v2 benchmark's goals."""
     acc: dict[str, Any] = {}
     for name in per_seed[0]["accuracy"]:
         acc[name] = {split: mean_std([s["accuracy"][name][split] for s in per_seed]) for split in SPLITS}
@@ -384,7 +384,7 @@ def _v2_summary(per_seed: list[dict[str, Any]], accuracy: dict[str, Any]) -> dic
 
 
 def goals(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's goals, measured from a summary (accuracy over seeds, families, paired tests): each a dict
+    """The v2 benchmark's goals, measured from a summary (accuracy over seeds, families, paired tests): each a dict
     with ``goal``, ``measured`` and ``met``."""
     acc = summary["accuracy"]
     out = []
@@ -502,7 +502,7 @@ def v2_tables(summary: dict[str, Any]) -> str:
         for arm, b in budget.items():
             text += f"| {arm} | " + " | ".join(f"{b[k]['mean']:.0f}" for k in ("steps", "examples_seen", "tokens_seen",
                                                                               "counterfactual_records")) + " |\n"
-    text += "\n### Goals (issue 13)\n\n| goal | measured | met |\n|---|---|---|\n"
+    text += "\n### Goals of the v2 benchmark\n\n| goal | measured | met |\n|---|---|---|\n"
     text += "".join(f"| {g['goal']} | {g['measured']} | {'yes' if g['met'] else '**no**'} |\n" for g in summary["goals"])
     return text
 
