@@ -1,15 +1,39 @@
-"""`leaf demo --quick` end to end: every stage runs, the results follow the documented schema, the
-premise and the method-level facts hold, and every number and result file equals the recorded run."""
+"""`leaf demo --quick` end to end: every stage runs, the results follow the documented schema, the counts and
+accuracies are what the per-problem files say, and the premise and the method-level facts hold with margins.
+
+The tiny models train to other weights on another CPU or thread count, so no number here is one recorded run's:
+each margin was measured over seeds 0-2 with OMP_NUM_THREADS=1 and 2 (this machine) and seed 0 of the run
+recorded on another x86 machine. Checking that a refactor changes nothing on one machine is tests/demo/golden.py.
+"""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
-from .golden import differences, load_golden, snapshot
 
 from leaf.cli import main
 from leaf.demo.config import ARMS, SPLITS, DemoConfig
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def verdicts_agree(seed_dir: Path, accuracy: dict[str, dict[str, float]], n_test: int) -> dict[str, Any]:
+    """Every arm's accuracy per split recomputed from the per-problem verdicts of ``eval/ARM.json``."""
+    verdicts = {}
+    for arm in accuracy:
+        bench = json.loads((seed_dir / "eval" / f"{arm}.json").read_text())["benchmarks"]
+        verdicts[arm] = {split: bench[split]["verdicts"] for split in SPLITS}
+        for split in SPLITS:
+            v = verdicts[arm][split]
+            assert len(v) == bench[split]["total"] == n_test, (arm, split)
+            assert bench[split]["correct"] == sum(v.values())
+            assert accuracy[arm][split] == pytest.approx(sum(v.values()) / len(v))
+    return verdicts
 
 
 @pytest.mark.slow
@@ -51,14 +75,39 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
                  "analysis/attention.json"):
         assert (out / "seed-0" / name).exists(), name
 
-    # the benchmark's premise: the teacher is right where the student is misled
+    # counts exactly, and what the per-problem files say: 2 families x 80 pool problems, 2 x 25 per test set
+    seed_dir = out / "seed-0"
+    labelled = read_jsonl(seed_dir / "labelled.jsonl")
+    assert counts["pool"] == len(labelled) == 160
+    assert counts["teacher_correct"] == sum(r["teacher_correct"] for r in labelled)
+    assert counts["student_correct"] == sum(r["student_correct"] for r in labelled)
+    assert counts["student_wrong_teacher_right"] == sum(r["teacher_correct"] and not r["student_correct"]
+                                                        for r in labelled)
+    verdicts_agree(seed_dir, seed["accuracy"], n_test=50)
+    assert len(read_jsonl(seed_dir / "det_gradient.jsonl")) == counts["student_wrong_teacher_right"]
+    for name, n in seed["counterfactuals"].items():
+        assert len(read_jsonl(seed_dir / f"cf_{name}.jsonl")) == n, name
+    # one oracle / selected record per analysed sample (v1 plants a span in every pool problem)
+    for name in ("oracle", "oracle_mask", "oracle_resample", "selected"):
+        assert seed["counterfactuals"][name] == counts["student_wrong_teacher_right"], name
+
+    # Method-level facts. Measured (seeds 0-2 x OMP_NUM_THREADS 1, 2; and seed 0 recorded elsewhere):
     acc = seed["accuracy"]
-    assert acc["teacher"]["counterfactual"] >= acc["pre_kd"]["counterfactual"] + 0.3
-    # detection finds the planted spans far better than chance
-    assert seed["detection"]["gradient"]["default"]["hit_rate"] > seed["detection"]["random"]["default"]["hit_rate"] + 0.3
-    # every number and every result file is the one recorded before (tests/demo/golden.py says what "same" means)
-    changed = differences(load_golden(), json.loads(json.dumps(snapshot(out, tmp_path / "cache"))))
-    assert not changed, "differs from the recorded run:\n" + "\n".join(changed[:30])
+    # the teacher solves every test set: 1.00 on every split in all 7 runs
+    assert all(acc["teacher"][split] >= 0.9 for split in SPLITS)
+    # the premise: the student is misled by the planted values: confounded 0.92-0.98, counterfactual 0.02-0.10
+    # (gap >= 0.84), and the teacher is right where it is misled (teacher - student counterfactual >= 0.90)
+    assert acc["pre_kd"]["confounded"] >= acc["pre_kd"]["counterfactual"] + 0.6
+    assert acc["teacher"]["counterfactual"] >= acc["pre_kd"]["counterfactual"] + 0.7
+    assert counts["teacher_correct"] >= 0.95 * counts["pool"]  # 160 of 160 in all 7 runs
+    # KD on v1's all-confounded pool costs clean accuracy: pre-KD clean 0.52-0.62, KD 0.18-0.30 (loss >= 0.28)
+    assert acc["kd"]["clean"] <= acc["pre_kd"]["clean"] - 0.1
+    # gradient detection finds the planted spans: hit rate 0.89-1.00, precision 0.89-1.00; random <= 0.11, PPL 0
+    det = {m: seed["detection"][m]["default"] for m in ("gradient", "random", "ppl")}
+    assert det["gradient"]["hit_rate"] >= 0.8 and det["gradient"]["precision"] >= 0.8
+    assert det["gradient"]["hit_rate"] >= max(det["random"]["hit_rate"], det["ppl"]["hit_rate"]) + 0.5
+    # the teacher attends less to the planted spans than the student: teacher / pre-KD 0.68-0.70
+    assert seed["attention"]["teacher"] <= 0.85 * seed["attention"]["pre_kd"]
 
     # resuming the finished run recomputes nothing and gives the same results
     again = main(["demo", "--quick", "--setting", "v1", "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
@@ -92,7 +141,7 @@ def test_quick_demo_v2_tables_agree_with_the_per_problem_verdicts(tmp_path):
     assert families == ["arith", "distract"]
 
     # the pool: half clean, half confounded, per family; clean and confounded problems differ
-    pool = [json.loads(x) for x in (out / "seed-0" / "pool.jsonl").read_text().splitlines()]
+    pool = read_jsonl(out / "seed-0" / "pool.jsonl")
     for fam in families:
         mine = [r for r in pool if r["meta"]["family"] == fam]
         assert len(mine) == cfg["n_train"]
@@ -100,13 +149,10 @@ def test_quick_demo_v2_tables_agree_with_the_per_problem_verdicts(tmp_path):
         assert len({r["id"].rsplit("-", 1)[1] for r in mine}) == len(mine)
 
     # accuracies and per-family accuracies are what the per-problem verdicts say
-    verdicts = {}
-    for arm in results["seeds"][0]["accuracy"]:
-        bench = json.loads((out / "seed-0" / "eval" / f"{arm}.json").read_text())["benchmarks"]
-        verdicts[arm] = {split: bench[split]["verdicts"] for split in SPLITS}
+    verdicts = verdicts_agree(out / "seed-0", results["seeds"][0]["accuracy"], n_test=cfg["n_test"] * len(families))
+    for arm in verdicts:
         for split in SPLITS:
             v = verdicts[arm][split]
-            assert results["seeds"][0]["accuracy"][arm][split] == pytest.approx(sum(v.values()) / len(v))
             for fam in families:
                 fv = [ok for k, ok in v.items() if k.startswith(fam + "-")]
                 assert summary["by_family"][arm][split][fam]["mean"] == pytest.approx(sum(fv) / len(fv))
