@@ -7,7 +7,8 @@ A developer runs it on ONE machine, with one thread count, before and after a ch
     python tests/demo/golden.py check             # after: runs it again; exit 1 listing what differs
 
 (``record FILE`` / ``check FILE`` choose the recording, default ``.leaf-golden/demo-quick-v1.json.gz``,
-which git ignores; ``--run RUN --cache CACHE`` snapshots a run already made instead of running the demo.)
+which git ignores; ``--run RUN --cache CACHE`` snapshots a run already made instead of running the demo,
+and the machine it notes is then the one running this script.)
 Each run trains its tiny models from scratch in a temporary folder (about three minutes on 2 cores).
 
 It is not a CI test: the tiny models train to other weights on another CPU or with another
@@ -49,6 +50,7 @@ from typing import Any
 SKIP_SUFFIXES = (".meta.json", ".png", ".html", ".md")
 RECORDING = Path(__file__).resolve().parents[2] / ".leaf-golden" / "demo-quick-v1.json.gz"
 RELATIVE = 1e-2
+SHOWN = 100  # differences ``check`` prints
 
 
 def result_files(run: Path) -> list[Path]:
@@ -198,7 +200,8 @@ def cli(argv: list[str] | None = None) -> int:
         print(f"warning: recorded on {want.get('machine')}, checked on {got['machine']}: "
               "the tiny models train to other weights there, so differences are expected", file=sys.stderr)
     found = differences(want, got)
-    print("\n".join(found) if found else "the same run as recorded")
+    shown = found[:SHOWN] + ([f"... and {len(found) - SHOWN} more differences"] if len(found) > SHOWN else [])
+    print("\n".join(shown) if found else "the same run as recorded")
     return 1 if found else 0
 
 
