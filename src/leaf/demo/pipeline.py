@@ -77,30 +77,29 @@ def oracle_detections(gradient: list[Detection], pool: dict[str, dict[str, Any]]
 
 def evaluate_model(path: Path | str, tests: dict[str, list[dict[str, Any]]], *, batch_size: int = 64,
                    max_new_tokens: int = 64) -> dict[str, Any]:
-    """Greedy answers on each test split, checked by exact match of the final answer."""
+    """Greedy answers on each test split, scored as ``leaf evaluate --task exact`` scores them (its
+    :func:`~leaf.evaluate.run.score`), with the accuracy per family and the verdict per problem added."""
     from leaf.data.records import Sample
-    from leaf.checkers import get_checker
+    from leaf.evaluate.run import score
     from leaf.generation import generate
     from leaf.models import load_model, load_tokenizer
 
     model, tok = load_model(str(path)), load_tokenizer(str(path))
-    checker = get_checker("exact")
     out: dict[str, Any] = {}
     for split, records in tests.items():
-        preds = generate(model, tok, [r["instruction"] for r in records], max_new_tokens=max_new_tokens,
+        samples = [Sample(id=r["id"], instruction=r["instruction"], response=r["response"], answer=r["answer"])
+                   for r in records]
+        preds = generate(model, tok, [s.instruction for s in samples], max_new_tokens=max_new_tokens,
                          batch_size=batch_size)
-        verdicts = [checker.check(p, Sample(id=r["id"], instruction=r["instruction"], response=r["response"],
-                                            answer=r["answer"])) for p, r in zip(preds, records)]
+        summary, scored = score(samples, {str(s.id): p for s, p in zip(samples, preds)}, "exact", benchmark=split,
+                                workers=1)
         by_family: dict[str, list[bool]] = {}
-        for r, v in zip(records, verdicts):
-            by_family.setdefault(r["meta"]["family"], []).append(v)
+        for r, rec in zip(records, scored):
+            by_family.setdefault(r["meta"]["family"], []).append(rec["correct"])
         out[split] = {
-            "accuracy": sum(verdicts) / len(verdicts),
-            "correct": sum(verdicts),
-            "total": len(verdicts),
-            "task": "exact",
+            **summary,
             "by_family": {f: sum(v) / len(v) for f, v in by_family.items()},
-            "verdicts": {str(r["id"]): bool(v) for r, v in zip(records, verdicts)},
+            "verdicts": {str(r["id"]): bool(rec["correct"]) for r, rec in zip(records, scored)},
         }
     return out
 
