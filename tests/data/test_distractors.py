@@ -39,6 +39,10 @@ def splits(bench: Path, family: str) -> tuple[list[dict], list[dict], list[dict]
 
 def solve(family: str, text: str) -> str:
     """The answer of a clean problem, read off its text alone (not from the generator's numbers)."""
+    if family == "add":
+        m = re.fullmatch(r"(\w+) has (\d+) (\w+) and buys (\d+) more\. How many \3 does \1 have\?", text)
+        assert m, text
+        return str(int(m[2]) + int(m[4]))
     if family == "one-step":
         m = re.fullmatch(r"(\w+) has (\d+) (\w+)\. \1 (?:buys (\d+) more|gives (\d+) \3 away)\. "
                          r"How many \3 does \1 have now\?", text)
@@ -120,7 +124,8 @@ def test_distractors_never_carry_the_answer_a_number_a_name_or_the_object_of_the
 def test_every_family_kind_and_position_appears(bench):
     seen = {(d["meta"]["family"], d["meta"]["kind"], d["meta"]["position"])
             for f in DISTRACTOR_FAMILIES for d in rows(bench / f"{f}.distracted.jsonl")}
-    assert seen == {(f, k, p) for f in DISTRACTOR_FAMILIES for k in DISTRACTOR_KINDS for p in DISTRACTOR_POSITIONS}
+    assert seen == {(f, k, p) for f in DISTRACTOR_FAMILIES for k in DISTRACTOR_KINDS for p in DISTRACTOR_POSITIONS
+                    if (f, p) != ("add", "middle")}  # one sentence before the question: no middle
     for f in DISTRACTOR_FAMILIES:  # positions mean what they say
         for d in rows(bench / f"{f}.distracted.jsonl"):
             (start, end), = d["meta"]["confounder_spans"]
@@ -170,5 +175,7 @@ def test_cli_subsets_and_bad_options(tmp_path, capsys):
     assert {r["meta"]["kind"] for r in recs} == {"number"} and {r["meta"]["confounder_spans"][0][0] for r in recs} == {0}
     with pytest.raises(ConfigError, match="families"):
         distractors(out=out, families=["long-division"])
+    with pytest.raises(ConfigError, match="no middle"):
+        distractors(out=out, families=["add"], positions=["middle"])
     with pytest.raises(ConfigError, match="'n'"):
         distractors(out=out, n=0)

@@ -27,7 +27,7 @@ class ConvertConfig:
 
 
 #: Problem families and irrelevant-sentence kinds of ``leaf distractors`` (leaf.data.distractors).
-DISTRACTOR_FAMILIES = ("one-step", "two-step", "comparison", "lookup", "multi-hop")
+DISTRACTOR_FAMILIES = ("add", "one-step", "two-step", "comparison", "lookup", "multi-hop")
 DISTRACTOR_KINDS = ("number", "name", "related")
 DISTRACTOR_POSITIONS = ("start", "middle", "before-question")
 

@@ -2,6 +2,7 @@
 
 Problem families (each a short problem a small instruct model can attempt):
 
+* ``add``        -- ``Tom has 2 cookies and buys 3 more. How many cookies does Tom have?`` (one sentence);
 * ``one-step``   -- ``Tom has 2 cookies. Tom buys 3 more. How many cookies does Tom have now?`` (add or take away);
 * ``two-step``   -- buys some, then gives some away;
 * ``comparison`` -- two people's counts, ``Who has more cookies?`` (the answer is a name);
@@ -15,7 +16,8 @@ Kinds of irrelevant sentence (none changes the answer):
 * ``related`` -- a related-sounding quantity of another object (``Tom's sister has 5 pencils.``).
 
 The sentence goes at the ``start``, in the ``middle`` of the context or just
-``before-question``. Its number is never the answer nor any number of the
+``before-question`` (``add`` has one sentence before its question, so no
+``middle``: its problems take the other positions in turn). Its number is never the answer nor any number of the
 problem; its name is never a name of the problem; its object is never the
 problem's object.
 
@@ -45,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from leaf.config import Summary, make
+from leaf.config import ConfigError, Summary, make
 from leaf.data.config import DISTRACTOR_FAMILIES, DISTRACTOR_KINDS, DISTRACTOR_POSITIONS, DistractorsConfig
 from leaf.data.counterfactuals import Counterfactual, Removed, write_counterfactuals
 from leaf.data.jsonl import dumps, write_atomic
@@ -99,6 +101,13 @@ def _one_step(rng: random.Random) -> Problem:
                    {"a": a, "b": b, "op": op})
 
 
+def _add(rng: random.Random) -> Problem:
+    name, obj = rng.choice(NAMES), rng.choice(OBJECTS)
+    a, b = rng.randint(2, 15), rng.randint(2, 12)
+    return Problem([f"{name} has {a} {obj} and buys {b} more."], f"How many {obj} does {name} have?", str(a + b),
+                   f"{name} has {a} + {b} = {a + b} {obj}.\n#### {a + b}", (name,), obj, (a, b), {"a": a, "b": b})
+
+
 def _two_step(rng: random.Random) -> Problem:
     name, obj = rng.choice(NAMES), rng.choice(OBJECTS)
     a, b = rng.randint(2, 12), rng.randint(2, 12)
@@ -146,7 +155,7 @@ def _multi_hop(rng: random.Random) -> Problem:
 
 
 FAMILIES: dict[str, Callable[[random.Random], Problem]] = {
-    "one-step": _one_step, "two-step": _two_step, "comparison": _comparison, "lookup": _lookup,
+    "add": _add, "one-step": _one_step, "two-step": _two_step, "comparison": _comparison, "lookup": _lookup,
     "multi-hop": _multi_hop,
 }
 assert tuple(FAMILIES) == DISTRACTOR_FAMILIES
@@ -170,6 +179,15 @@ def distractor(problem: Problem, kind: str, rng: random.Random) -> tuple[str, in
         return rng.choice(NUMBER_SENTENCES).format(owner=owner, k=k), k
     thing = rng.choice([o for o in OBJECTS if o != problem.obj])
     return RELATED_SENTENCE.format(owner=owner, relative=rng.choice(RELATIVES), k=k, thing=thing), k
+
+
+def possible_positions(problem: Problem, positions: list[str]) -> list[str]:
+    """The requested positions the problem has room for (``middle`` needs two context sentences)."""
+    found = [p for p in positions if p != "middle" or len(problem.context) >= 2]
+    if not found:
+        raise ConfigError("--positions middle: a family with one sentence before its question has no middle; "
+                          "add start or before-question")
+    return found
 
 
 def insert_at(problem: Problem, position: str, rng: random.Random) -> int:
@@ -198,7 +216,9 @@ def family_records(family: str, n: int, seed: int, kinds: list[str],
     for i in range(n):
         rng = random.Random(f"{seed}/{family}/{i}")
         problem = FAMILIES[family](rng)
-        kind, position = kinds[i % len(kinds)], positions[(i // len(kinds)) % len(positions)]
+        problem_positions = possible_positions(problem, positions)
+        kind = kinds[i % len(kinds)]
+        position = problem_positions[(i // len(kinds)) % len(problem_positions)]
         sentence, number = distractor(problem, kind, rng)
         at = insert_at(problem, position, rng)
         sentences = [*problem.context, problem.question]
@@ -241,6 +261,8 @@ def distractors(config: DistractorsConfig | None = None, **kwargs: Any) -> Distr
     families = list(dict.fromkeys(cfg.families or DISTRACTOR_FAMILIES))
     kinds = list(dict.fromkeys(cfg.kinds or DISTRACTOR_KINDS))
     positions = list(dict.fromkeys(cfg.positions or DISTRACTOR_POSITIONS))
+    for family in families:  # refuse a position no problem of a family has room for before writing anything
+        possible_positions(FAMILIES[family](random.Random(0)), positions)
     files, records, kind_counts = [], Counter[str](), Counter[str]()
     for family in families:
         recs = family_records(family, cfg.n, cfg.seed, kinds, positions)
