@@ -14,7 +14,7 @@ import pytest
 
 from leaf.analyze.config import AnalyzeConfig
 from leaf.config import options_markdown
-from leaf.data.config import ConvertConfig
+from leaf.data.config import ConvertConfig, DistractorsConfig
 from leaf.demo.config import DemoConfig
 from leaf.demo.export.config import DemoDataConfig
 from leaf.detect.config import DetectConfig
@@ -25,7 +25,7 @@ from leaf.report.config import ReportConfig
 from leaf.tiny import TinyConfig
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-CONFIGS = {c.__name__: c for c in (AnalyzeConfig, CacheConfig, ConvertConfig, DemoConfig, DemoDataConfig,
+CONFIGS = {c.__name__: c for c in (AnalyzeConfig, CacheConfig, ConvertConfig, DemoConfig, DistractorsConfig, DemoDataConfig,
                                    DetectConfig, DistillConfig, EvaluateConfig, LabelConfig, PruneConfig, ReportConfig, TinyConfig)}
 TABLE = re.compile(r"^### (\w+Config)\n\n((?:\|.*\|\n)+)", re.MULTILINE)
 
