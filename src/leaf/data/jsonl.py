@@ -22,6 +22,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from leaf.data.errors import DataError
+
 
 class SettingsMismatch(ValueError):
     """An existing output was written with other settings."""
@@ -88,8 +90,6 @@ class ResumableJsonl:
             self._repair_and_scan()
 
     def _repair_and_scan(self) -> None:
-        from leaf.data.records import DataError
-
         data = self.path.read_bytes()
         end = data.rfind(b"\n") + 1  # keep only complete lines
         if end != len(data):
@@ -166,8 +166,6 @@ def check_schema(path: str | Path, schema: str, version: int, oldest: int | None
     only). A file without a sidecar (made by hand or by another tool) is read
     as the current version; its records are validated field by field anyway.
     """
-    from leaf.data.records import DataError
-
     meta = meta_path(path)
     if not meta.exists():
         return
