@@ -55,6 +55,7 @@ def option(
     low: float | None = None,
     high: float | None = None,
     role: str | None = None,
+    check: typing.Callable[[Any], None] | None = None,
     default_factory: Any = dataclasses.MISSING,
 ) -> Any:
     """A dataclass field with CLI metadata.
@@ -64,12 +65,14 @@ def option(
     ``aliases`` are other names of the field (flags, YAML keys, keyword arguments).
     ``role`` is ``"input"`` or ``"output"`` for paths: an output that resolves to
     an input (symlinks and relative paths included) is refused, whatever
-    ``--overwrite`` says.
+    ``--overwrite`` says. ``check`` is called with each value (not ``None``) and
+    raises ``ValueError`` with a message the error then prefixes with the option.
     """
     if role not in (None, "input", "output"):
         raise ValueError(f"role must be input or output, got {role!r}")
     names = tuple(a.lstrip("-").replace("-", "_") for a in aliases)
-    metadata = {"help": help, "choices": choices, "aliases": names, "low": low, "high": high, "role": role}
+    metadata = {"help": help, "choices": choices, "aliases": names, "low": low, "high": high, "role": role,
+                "check": check}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -244,6 +247,11 @@ def _check_value(f: dataclasses.Field, value: Any, source: str) -> None:  # type
             if (low is not None and item < low) or (high is not None and item > high):
                 bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
                 raise ConfigError(f"{source}: option {f.name!r}: {item!r} is outside {bounds}")
+        if meta.get("check") is not None:
+            try:
+                meta["check"](item)
+            except ValueError as exc:
+                raise ConfigError(f"{source}: option {f.name!r}: {exc}") from None
 
 
 def _paths(value: Any) -> list[Path]:
