@@ -8,6 +8,7 @@ output was written. docs/reliability.md counts these probes.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -28,8 +29,26 @@ PROBES: dict[str, tuple[list[str], str]] = {
     "zero limit": ([*EVAL, "--limit", "0"], "option 'limit': 0 is outside [1, inf]"),
     "sampling at temperature 0": ([*EVAL, "--do-sample", "--temperature", "0"], "option 'temperature': 0.0 with --do-sample"),
     "max-memory size not a size": ([*DETECT, "--max-memory", "0=abc"], "option 'max_memory': '0=abc': memory size 'abc'"),
+    "data is a symlink loop": ([*DETECT[:-4], "--data", "{LOOP}", "--out", "{OUT}"], "--data {LOOP}: cannot follow the path (a symlink loop)"),
+    "output is a symlink loop": ([*DETECT[:-2], "--out", "{LOOP}"], "--out {LOOP}: cannot follow the path (a symlink loop)"),
+    "JSON nested 200,000 deep": ([*DETECT[:-4], "--data", "{DEEP}", "--out", "{OUT}"], "{DEEP}:1: JSON nested too deeply"),
+    "JSONL key given twice": ([*DETECT[:-4], "--data", "{DUP}", "--out", "{OUT}"], "{DUP}:2: key 'response' given twice"),
+    "YAML key given twice": ([*EVAL[:-2], "--config", "{YAML}", "--out", "{OUT}"], "{YAML}:3: key 'do_sample' given twice"),
     "max-memory not pairs": ([*DETECT, "--max-memory", "70GiB"], "option 'max_memory': '70GiB': '70GiB' is not device=size"),
 }
+
+
+def files(root: Path) -> dict[str, Path]:
+    """The inputs the probes name: a good sample file and one broken file of each kind."""
+    paths = {name: root / file for name, file in (("IN", "in.jsonl"), ("OUT", "out/o.jsonl"), ("LOOP", "loop"),
+             ("DEEP", "deep.jsonl"), ("DUP", "dup.jsonl"), ("YAML", "cfg.yaml"))}
+    paths["IN"].write_text(json.dumps(GOOD) + "\n")
+    paths["LOOP"].symlink_to(paths["LOOP"])
+    deep = "[" * 200_000 + "]" * 200_000
+    paths["DEEP"].write_text(json.dumps({**GOOD, "meta": "X"}).replace('"X"', deep) + "\n")
+    paths["DUP"].write_text(json.dumps(GOOD) + "\n" + json.dumps({**GOOD, "id": 2})[:-1] + ', "response": "b"}\n')
+    paths["YAML"].write_text(f"benchmark: {paths['IN']}\ndo_sample: true\ndo_sample: false\n")
+    return paths
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
@@ -44,13 +63,12 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, l
 @pytest.mark.parametrize("name", list(PROBES))
 def test_bad_option_is_one_line(tmp_path, capsys, name):
     argv, expected = PROBES[name]
-    inp = tmp_path / "in.jsonl"
-    inp.write_text(json.dumps(GOOD) + "\n")
-    out = tmp_path / "out" / "o.jsonl"
-    code, lines = run_cli([a.format(IN=inp, OUT=out) for a in argv], capsys)
+    paths = files(tmp_path)
+    code, lines = run_cli([a.format(**paths) for a in argv], capsys)
     assert code == 2, lines
     assert len(lines) == 1 and lines[0].startswith(f"leaf {argv[0]}: error: "), lines
-    assert expected in lines[0], lines
+    assert expected.format(**paths) in lines[0], lines
+    out = tmp_path / "out" / "o.jsonl"
     assert not out.parent.exists()
 
 
@@ -62,3 +80,28 @@ def test_a_device_this_machine_has_is_taken():
 
     for name in ["auto", "cpu", *(["cuda", "cuda:0"] if torch.cuda.is_available() else [])]:
         check_device(name)
+
+
+def test_duplicate_keys_inside_meta_and_yaml_merges(tmp_path):
+    """A nested object repeating a key is refused too; a YAML merge key overriding a value is not a repeat."""
+    from leaf.config import read_yaml_mapping
+    from leaf.data.jsonl import iter_jsonl
+
+    (tmp_path / "a.jsonl").write_text('{"id": 1, "meta": {"k": 1, "k": 2}}\n{"id": 2, "meta": {"k": 1}}\n')
+    assert [(n, e) for n, _, e in iter_jsonl(tmp_path / "a.jsonl")] == [
+        (1, "key 'k' given twice in one object (which value is meant?)"), (2, None)]
+    (tmp_path / "m.yaml").write_text("base: &b {x: 1, y: 2}\nrun:\n  <<: *b\n  x: 3\n")
+    assert read_yaml_mapping(tmp_path / "m.yaml", "f", "m")["run"] == {"x": 3, "y": 2}
+
+
+def test_ctrl_c_is_one_line_and_status_130(tmp_path, capsys, monkeypatch):
+    """An interrupt inside a running command: no traceback, one line saying how to resume, status 130."""
+    import leaf.data.convert
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(leaf.data.convert, "convert", interrupted)
+    paths = files(tmp_path)
+    code, lines = run_cli(["data", "convert", "--dataset", str(paths["IN"]), "--out", str(paths["OUT"])], capsys)
+    assert (code, lines) == (130, ["leaf data convert: interrupted; rerun the same command to resume"])
