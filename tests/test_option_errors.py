@@ -105,3 +105,23 @@ def test_ctrl_c_is_one_line_and_status_130(tmp_path, capsys, monkeypatch):
     paths = files(tmp_path)
     code, lines = run_cli(["data", "convert", "--dataset", str(paths["IN"]), "--out", str(paths["OUT"])], capsys)
     assert (code, lines) == (130, ["leaf data convert: interrupted; rerun the same command to resume"])
+
+
+def test_detect_that_skips_every_sample_writes_an_empty_file_and_warns(tmp_path, capsys, caplog):
+    """docs/detect.md: a skipped sample is no abort; when all are skipped the run says so (and "none" is a file)."""
+    from leaf.tiny import build_model, build_tokenizer
+
+    tok = build_tokenizer(style="llama3")
+    for name in ("teacher", "student"):
+        build_model(tok, hidden_size=16, num_layers=1, seed=1).save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    paths = files(tmp_path)
+    paths["IN"].write_text(json.dumps({**GOOD, "response": "The answer is three. " * 20}) + "\n")
+    capsys.readouterr()
+    argv = ["detect", "--teacher", str(tmp_path / "teacher"), "--student", str(tmp_path / "student"),
+            "--data", str(paths["IN"]), "--out", str(paths["OUT"]), "--max-length", "8", "--truncation", "skip"]
+    code, lines = run_cli(argv, capsys)
+    assert code == 0, lines
+    assert paths["OUT"].read_text() == ""
+    assert "every sample was skipped (reasons in o.jsonl.skipped.jsonl)" in caplog.text, lines
+    assert [json.loads(x)["id"] for x in (tmp_path / "out" / "o.jsonl.skipped.jsonl").read_text().splitlines()] == [1]

@@ -106,7 +106,12 @@ class ResumableJsonl:
                                  f"{self.key!r}); use another output path or --overwrite"]) from None
 
     def commit(self) -> Path:
-        """Put the finished output in place (``--overwrite``: replace the old one now); return its path."""
+        """Put the finished output in place (``--overwrite``: replace the old one now); return its path.
+
+        A run that wrote no record leaves an empty file, not none: "nothing found" is an answer.
+        """
+        if not self.path.exists():
+            self.path.touch()
         if self.path != self.final:
             os.replace(meta_path(self.path), meta_path(self.final))
             os.replace(self.path, self.final)
