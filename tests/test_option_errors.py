@@ -125,3 +125,20 @@ def test_detect_that_skips_every_sample_writes_an_empty_file_and_warns(tmp_path,
     assert paths["OUT"].read_text() == ""
     assert "every sample was skipped (reasons in o.jsonl.skipped.jsonl)" in caplog.text, lines
     assert [json.loads(x)["id"] for x in (tmp_path / "out" / "o.jsonl.skipped.jsonl").read_text().splitlines()] == [1]
+
+
+def test_distill_device_reaches_the_trainer(tmp_path, capsys):
+    """``leaf distill --device``: cpu trains on the CPU; a GPU this machine lacks is refused before any loading."""
+    import torch
+
+    from leaf.distill.config import DistillConfig
+    from leaf.distill.trainer import training_arguments
+
+    kw = dict(student="s", teacher="t", data=tmp_path / "d.jsonl", out=tmp_path / "o")
+    args = training_arguments(DistillConfig(device="cpu", **kw))
+    assert args.use_cpu and args.device.type == "cpu"
+    assert training_arguments(DistillConfig(**kw)).use_cpu == (not torch.cuda.is_available())
+    missing = f"cuda:{torch.cuda.device_count() + 7}"
+    code, lines = run_cli(["distill", "--student", "s", "--teacher", "t", "--data", str(tmp_path / "d.jsonl"),
+                           "--out", str(tmp_path / "o"), "--device", missing], capsys)
+    assert code == 2 and len(lines) == 1 and f"option 'device': '{missing}'" in lines[0], lines

@@ -50,6 +50,7 @@ class DistillConfig:
     precision: str = option("auto", help="auto = bf16 where the hardware has it, else fp32", choices=["auto", "bf16", "fp16", "fp32"])
     dtype: str = option("float32", help="dtype the student's weights are loaded in (float32: the master weights of mixed-precision training, which --precision sets)", choices=["float32", "bfloat16", "float16"], aliases=["student_dtype"])
     teacher_dtype: str = option("auto", help="teacher weights' dtype; auto = bfloat16 when training in bf16, else float32", choices=["auto", "float32", "bfloat16", "float16"])
+    device: str = option("auto", check=check_device, help="device of the student (auto: cuda if present, else cpu; cuda:N: that GPU, in a one-process run; under torchrun / accelerate launch each process takes its own)")
     teacher_device: str | None = option(None, check=check_device, help="device of the teacher (default: the student's)")
     teacher_device_map: str | None = option(None, help="device_map of the teacher, e.g. auto (spread over GPUs)")
     teacher_max_memory: str | None = option(None, check=check_max_memory, help="cap per device for the teacher's placement (implies --teacher-device-map auto): comma-separated device=size, a device being a GPU index, cpu or disk, a size in GiB/GB/MiB/MB (e.g. 0=70GiB,1=70GiB,cpu=100GiB)", aliases=["max_memory"])
