@@ -55,6 +55,7 @@ def option(
     low: float | None = None,
     high: float | None = None,
     role: str | None = None,
+    check: typing.Callable[[Any], None] | None = None,
     default_factory: Any = dataclasses.MISSING,
 ) -> Any:
     """A dataclass field with CLI metadata.
@@ -64,12 +65,14 @@ def option(
     ``aliases`` are other names of the field (flags, YAML keys, keyword arguments).
     ``role`` is ``"input"`` or ``"output"`` for paths: an output that resolves to
     an input (symlinks and relative paths included) is refused, whatever
-    ``--overwrite`` says.
+    ``--overwrite`` says. ``check`` is called with each value (not ``None``) and
+    raises ``ValueError`` with a message the error then prefixes with the option.
     """
     if role not in (None, "input", "output"):
         raise ValueError(f"role must be input or output, got {role!r}")
     names = tuple(a.lstrip("-").replace("-", "_") for a in aliases)
-    metadata = {"help": help, "choices": choices, "aliases": names, "low": low, "high": high, "role": role}
+    metadata = {"help": help, "choices": choices, "aliases": names, "low": low, "high": high, "role": role,
+                "check": check}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -152,13 +155,33 @@ def add_options(parser: argparse.ArgumentParser, cls: type, *, require: bool = T
         (required if kwargs.get("required") else parser).add_argument(*flags, **kwargs)
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping naming one key twice (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may override keys on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (which value is meant?)", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml_mapping(path: str | Path, what: str, shape: str) -> dict[str, Any]:
     """A YAML file holding a mapping (empty file: empty mapping); one-line errors naming the file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: {what} not found") from None
+    except yaml.constructor.ConstructorError as exc:
+        mark = exc.problem_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{line}: {exc.problem}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if data is None:
@@ -244,6 +267,11 @@ def _check_value(f: dataclasses.Field, value: Any, source: str) -> None:  # type
             if (low is not None and item < low) or (high is not None and item > high):
                 bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
                 raise ConfigError(f"{source}: option {f.name!r}: {item!r} is outside {bounds}")
+        if meta.get("check") is not None:
+            try:
+                meta["check"](item)
+            except ValueError as exc:
+                raise ConfigError(f"{source}: option {f.name!r}: {exc}") from None
 
 
 def _paths(value: Any) -> list[Path]:
@@ -257,15 +285,25 @@ def _paths(value: Any) -> list[Path]:
     return out
 
 
+def _resolve(path: Path, name: str, source: str) -> Path:
+    """``path.resolve()``; a symlink loop (or a path the system cannot follow) is a one-line error naming it."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as exc:  # Python < 3.13 raises RuntimeError for a loop
+        reason = "a symlink loop" if "loop" in str(exc).lower() else " ".join(str(exc).split())
+        raise ConfigError(f"{source}: {_flag(name)} {path}: cannot follow the path ({reason})") from None
+
+
 def _check_outputs(cls: type, values: dict[str, Any], source: str) -> None:
     """Refuse an output path that resolves to an input path: a run must never destroy what it reads."""
     roles = {f.name: f.metadata.get("role") for f in dataclasses.fields(cls) if f.init}
-    inputs = {name: [p.resolve() for p in _paths(values.get(name))] for name, r in roles.items() if r == "input"}
+    inputs = {name: [_resolve(p, name, source) for p in _paths(values.get(name))]
+              for name, r in roles.items() if r == "input"}
     for name, role in roles.items():
         if role != "output":
             continue
         for out in _paths(values.get(name)):
-            target = out.resolve()
+            target = _resolve(out, name, source)
             for in_name, paths in inputs.items():
                 if target in paths:
                     raise ConfigError(

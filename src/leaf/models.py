@@ -94,6 +94,44 @@ def parse_max_memory(spec: str | dict[Any, Any] | None) -> dict[int | str, int] 
     return out
 
 
+def check_max_memory(spec: str | dict[Any, Any]) -> None:
+    """Raise ``ValueError`` (naming ``spec``) unless :func:`parse_max_memory` reads it: an option's check."""
+    try:
+        parse_max_memory(spec)
+    except ConfigError as exc:
+        detail = str(exc).removeprefix(f"max_memory {spec!r}: ").removeprefix("max_memory: ")
+        raise ValueError(f"{spec!r}: {detail}") from None
+
+
+#: Device kinds a ``--device`` option may name (besides ``auto``).
+DEVICE_KINDS = ("cpu", "cuda", "mps")
+
+
+def check_device(name: str) -> None:
+    """Raise ``ValueError`` unless ``name`` is ``auto`` or a device this machine has: an option's check.
+
+    Read as :class:`torch.device` reads it; ``meta`` (no data) and a GPU this machine lacks are refused.
+    """
+    if name == "auto":
+        return
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type not in DEVICE_KINDS:
+        raise ValueError(f"{name!r}: leaf runs on auto, cpu, cuda, cuda:N or mps, not {dev.type}")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"{name!r}: this machine has no CUDA GPU (or torch was built without CUDA)")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"{name!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{name!r}: MPS is not available on this machine")
+
+
 def free_memory(device: str) -> int | None:
     """Bytes free on ``device`` now: a CUDA GPU's free memory, host RAM available for ``cpu``; ``None`` if unknown."""
     if device == "cpu":

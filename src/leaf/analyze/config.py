@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from leaf.config import ConfigError, option
-from leaf.models import DTYPES
+from leaf.models import DTYPES, check_device
 
 
 @dataclass
@@ -30,7 +30,7 @@ class AnalyzeConfig:
     )
     heatmaps: int = option(4, help="draw a heatmap (and keep per-token attention) for the first N samples")
     dtype: str = option("auto", help="model dtype (auto: bfloat16 on a GPU, else float32)", choices=DTYPES)
-    device: str = option("auto", help="torch device (auto: cuda if present, else cpu; or cuda:0, ...)")
+    device: str = option("auto", check=check_device, help="torch device (auto: cuda if present, else cpu; or cuda:0, ...)")
     device_map: str | None = option(
         None, help="e.g. 'auto' to spread a large model over several GPUs (then --device is ignored)"
     )

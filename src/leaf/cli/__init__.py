@@ -14,7 +14,8 @@ function that runs it (both as ``"module:name"``, imported only when needed so
 Modules are discovered, so adding a stage never edits this file. Errors that
 are the user's to fix (bad data, bad options, settings that changed) are
 printed as one line naming the file, line, field or setting, exit status 2;
-``--debug`` shows the traceback instead.
+``--debug`` shows the traceback instead. Ctrl-C prints one line (what was
+written stays; the same command resumes) and exits with status 130.
 """
 
 from __future__ import annotations
@@ -118,12 +119,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ["LEAF_VERBOSE"] = str(args.verbose)  # read by code that would print (the Trainer's log lines)
     if not args.verbose:
         _quiet_libraries()
+    name = " ".join(v for k, v in vars(args).items() if k == "command" or k.endswith("_action"))
     try:
         return command(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        # outputs are written whole batches at a time, so what was written stays and a rerun skips it
+        print(f"leaf {name}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
     except USER_ERRORS as exc:
         if args.debug:
             raise
-        name = " ".join(v for k, v in vars(args).items() if k == "command" or k.endswith("_action"))
         message = " ".join(str(exc).split("\n", 1)[0].split()) if isinstance(exc, OSError) else str(exc)
         print(f"leaf {name}: error: {message}", file=sys.stderr)
         return 2

@@ -22,6 +22,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from leaf.data.errors import DataError
+
 
 class SettingsMismatch(ValueError):
     """An existing output was written with other settings."""
@@ -88,8 +90,6 @@ class ResumableJsonl:
             self._repair_and_scan()
 
     def _repair_and_scan(self) -> None:
-        from leaf.data.records import DataError
-
         data = self.path.read_bytes()
         end = data.rfind(b"\n") + 1  # keep only complete lines
         if end != len(data):
@@ -106,7 +106,12 @@ class ResumableJsonl:
                                  f"{self.key!r}); use another output path or --overwrite"]) from None
 
     def commit(self) -> Path:
-        """Put the finished output in place (``--overwrite``: replace the old one now); return its path."""
+        """Put the finished output in place (``--overwrite``: replace the old one now); return its path.
+
+        A run that wrote no record leaves an empty file, not none: "nothing found" is an answer.
+        """
+        if not self.path.exists():
+            self.path.touch()
         if self.path != self.final:
             os.replace(meta_path(self.path), meta_path(self.final))
             os.replace(self.path, self.final)
@@ -130,10 +135,36 @@ class ResumableJsonl:
         return len(lines)
 
 
+class DuplicateKey(ValueError):
+    """A JSON object names one key twice (``json`` would keep the last value silently)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
+#: One decoder for every line: ``json.loads(line, object_pairs_hook=...)`` would build a new one per call
+#: (1.48x the time of plain ``json.loads`` on 10^5 sample lines; this decoder: 1.10x).
+_STRICT = json.JSONDecoder(object_pairs_hook=_refuse_duplicates)
+TOO_DEEP = "JSON nested too deeply to read (arrays or objects inside each other)"
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any, str | None]]:
     """Yield ``(line_number, object, error)`` for each non-blank line of a JSONL file.
 
-    A line that is not UTF-8, not JSON, or holds a lone surrogate (text no
+    A line that is not UTF-8, not JSON, nested deeper than Python's parser
+    goes, repeats a key in one object, or holds a lone surrogate (text no
     later stage could write back) gives an error instead of an object.
     """
     path = Path(path)
@@ -147,12 +178,21 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any, str | None]]:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = _STRICT.decode(line)
             except json.JSONDecodeError as exc:
                 yield lineno, None, f"bad JSON: {exc.msg} (column {exc.colno})"
                 continue
+            except DuplicateKey as exc:
+                yield lineno, None, f"key {exc.key!r} given twice in one object (which value is meant?)"
+                continue
+            except RecursionError:
+                yield lineno, None, TOO_DEEP
+                continue
             try:
                 json.dumps(obj, ensure_ascii=False).encode("utf-8")
+            except RecursionError:
+                yield lineno, None, TOO_DEEP
+                continue
             except UnicodeEncodeError as exc:
                 yield lineno, None, f"a string holds a lone surrogate ({exc.object[exc.start]!r}), which is not text"
                 continue
@@ -166,8 +206,6 @@ def check_schema(path: str | Path, schema: str, version: int, oldest: int | None
     only). A file without a sidecar (made by hand or by another tool) is read
     as the current version; its records are validated field by field anyway.
     """
-    from leaf.data.records import DataError
-
     meta = meta_path(path)
     if not meta.exists():
         return

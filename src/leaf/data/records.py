@@ -24,24 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from leaf.data.errors import DataError as DataError  # re-exported: readers import it from here
 from leaf.data.jsonl import iter_jsonl
 
 SampleId = str | int
 
 KNOWN_FIELDS = ("id", "instruction", "response", "answer", "meta", "teacher_correct", "student_correct")
-
-
-class DataError(ValueError):
-    """Input data is malformed; the message names file, line and field of each problem."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        shown = problems[:20]
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        if len(problems) == 1:  # the usual case: one line naming file, line and field
-            super().__init__(problems[0])
-        else:
-            super().__init__(f"{len(problems)} problems in input data:\n  " + "\n  ".join(shown) + more)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from leaf.detect.decision import DEFAULT_TAU, PERCENTILE_CAP
 from leaf.detect.methods import METHODS
 from leaf.detect.prepare import TRUNCATION_POLICIES
 from leaf.detect.projection import RULES
-from leaf.models import DTYPES
+from leaf.models import DTYPES, check_device, check_max_memory
 
 
 @dataclass
@@ -46,13 +46,13 @@ class DetectConfig:
     truncation: str = option("left", choices=TRUNCATION_POLICIES,
                              help="over-long samples: cut the instruction from the left, or skip them")
     dtype: str = option("auto", choices=DTYPES, help="model weights dtype (auto: bfloat16 on a GPU, else float32)")
-    device: str = option("auto", help="torch device for both models (auto: cuda if present, else cpu; or cuda:1, ...)")
-    teacher_device: str | None = option(None, help="device for the teacher (default: --device)")
+    device: str = option("auto", check=check_device, help="torch device for both models (auto: cuda if present, else cpu; or cuda:1, ...)")
+    teacher_device: str | None = option(None, check=check_device, help="device for the teacher (default: --device)")
     teacher_device_map: str | None = option(
         None, help="place the teacher across devices with accelerate (e.g. auto); overrides --teacher-device"
     )
     max_memory: str | None = option(
-        None, help="cap per device for the teacher's placement (implies --teacher-device-map auto): comma-separated device=size, a device being a GPU index, cpu or disk, a size in GiB/GB/MiB/MB (e.g. 0=70GiB,1=70GiB,cpu=100GiB)"
+        None, check=check_max_memory, help="cap per device for the teacher's placement (implies --teacher-device-map auto): comma-separated device=size, a device being a GPU index, cpu or disk, a size in GiB/GB/MiB/MB (e.g. 0=70GiB,1=70GiB,cpu=100GiB)"
     )
     projection: str = option("mean", choices=RULES,
                              help="how teacher scores are carried onto student tokens when tokenizers differ")

@@ -135,14 +135,14 @@ def detect(config: DetectConfig | None = None, **kwargs: Any) -> DetectSummary:
     _write_uncovered(cfg.out, uncovered, with_key=cfg.level == "response")
     if not todo:
         writer.commit()
+        _warn_if_all_skipped(cfg, summary)
         return summary
     _score(cfg, tokenizers, todo, writer, summary)
     writer.commit()
     if cfg.overwrite:
         remove_parts(cfg.out)  # unmerged parts of an earlier several-process run are now stale
     _write_skipped(cfg.out, summary.skipped)
-    if summary.samples and len({sid for sid, _ in summary.skipped}) == summary.samples:
-        log.warning("every sample was skipped (reasons in %s.skipped.jsonl)", Path(cfg.out).name)
+    _warn_if_all_skipped(cfg, summary)
     return summary
 
 
@@ -211,10 +211,14 @@ def _detect_sharded(cfg: DetectConfig, tokenizers: dict[str, Any], summary: Dete
         summary.skipped = summary.skipped[:before] + [s for c in counts for s in c[5]]
         _write_skipped(cfg.out, summary.skipped)
         _write_uncovered(cfg.out, uncovered, with_key=cfg.level == "response")
-        if summary.samples and len({sid for sid, _ in summary.skipped}) == summary.samples:
-            log.warning("every sample was skipped (reasons in %s.skipped.jsonl)", Path(cfg.out).name)
+        _warn_if_all_skipped(cfg, summary)
     barrier()  # OUT is in place when any rank returns
     return summary
+
+
+def _warn_if_all_skipped(cfg: DetectConfig, summary: DetectSummary) -> None:
+    if summary.samples and len({sid for sid, _ in summary.skipped}) == summary.samples:
+        log.warning("every sample was skipped (reasons in %s.skipped.jsonl)", Path(cfg.out).name)
 
 
 def _write_skipped(out: Path, skipped: list[tuple[Any, str]]) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from leaf.config import ConfigError, MissingExtra, option
+from leaf.models import check_device, check_max_memory
 
 #: The module each tracker needs (checked before anything loads).
 TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
@@ -49,9 +50,10 @@ class DistillConfig:
     precision: str = option("auto", help="auto = bf16 where the hardware has it, else fp32", choices=["auto", "bf16", "fp16", "fp32"])
     dtype: str = option("float32", help="dtype the student's weights are loaded in (float32: the master weights of mixed-precision training, which --precision sets)", choices=["float32", "bfloat16", "float16"], aliases=["student_dtype"])
     teacher_dtype: str = option("auto", help="teacher weights' dtype; auto = bfloat16 when training in bf16, else float32", choices=["auto", "float32", "bfloat16", "float16"])
-    teacher_device: str | None = option(None, help="device of the teacher (default: the student's)")
+    device: str = option("auto", check=check_device, help="device of the student (auto: cuda if present, else cpu; cuda:N: that GPU, in a one-process run; under torchrun / accelerate launch each process takes its own)")
+    teacher_device: str | None = option(None, check=check_device, help="device of the teacher (default: the student's)")
     teacher_device_map: str | None = option(None, help="device_map of the teacher, e.g. auto (spread over GPUs)")
-    teacher_max_memory: str | None = option(None, help="cap per device for the teacher's placement (implies --teacher-device-map auto): comma-separated device=size, a device being a GPU index, cpu or disk, a size in GiB/GB/MiB/MB (e.g. 0=70GiB,1=70GiB,cpu=100GiB)", aliases=["max_memory"])
+    teacher_max_memory: str | None = option(None, check=check_max_memory, help="cap per device for the teacher's placement (implies --teacher-device-map auto): comma-separated device=size, a device being a GPU index, cpu or disk, a size in GiB/GB/MiB/MB (e.g. 0=70GiB,1=70GiB,cpu=100GiB)", aliases=["max_memory"])
     gradient_checkpointing: bool = option(False, help="recompute activations in backward (less memory)")
     lora_r: int = option(0, help="LoRA rank (0 = full fine-tuning); needs peft")
     lora_alpha: int = option(16, help="LoRA alpha")
@@ -143,9 +145,9 @@ class CacheConfig:
     shard_size: int = option(1024, help="examples per shard file")
     store_dtype: str = option("float32", help="dtype of stored log-probs", choices=["float32", "float16", "bfloat16"])
     dtype: str = option("auto", help="teacher weights' dtype (auto: bfloat16 on GPU, float32 on CPU)", choices=["auto", "float32", "bfloat16", "float16"])
-    device: str = option("auto", help="device of the teacher (auto: cuda if present, else cpu)")
+    device: str = option("auto", check=check_device, help="device of the teacher (auto: cuda if present, else cpu)")
     device_map: str | None = option(None, help="device_map of the teacher, e.g. auto")
-    max_memory: str | None = option(None, help="cap per device for the teacher's placement (implies --device-map auto): comma-separated device=size, a device being a GPU index, cpu or disk, a size in GiB/GB/MiB/MB (e.g. 0=70GiB,1=70GiB,cpu=100GiB)")
+    max_memory: str | None = option(None, check=check_max_memory, help="cap per device for the teacher's placement (implies --device-map auto): comma-separated device=size, a device being a GPU index, cpu or disk, a size in GiB/GB/MiB/MB (e.g. 0=70GiB,1=70GiB,cpu=100GiB)")
     overwrite: bool = option(False, help="discard an existing cache written with other settings")
 
     def validate(self) -> None:

@@ -497,6 +497,16 @@ def _checkpoints(output_dir: Path) -> list[Path]:
     return sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
 
 
+def _use_cpu(device: str) -> bool:
+    """``--device`` -> ``TrainingArguments.use_cpu``; ``cuda:N`` makes GPU N the current one, which the Trainer takes."""
+    if device == "auto":
+        return not torch.cuda.is_available()
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is not None:
+        torch.cuda.set_device(dev.index)
+    return dev.type == "cpu"
+
+
 def training_arguments(config: DistillConfig) -> Any:
     """The ``TrainingArguments`` a config maps to."""
 
@@ -527,7 +537,7 @@ def training_arguments(config: DistillConfig) -> Any:
         remove_unused_columns=False,
         dataloader_num_workers=config.dataloader_num_workers,
         activation_checkpointing=config.gradient_checkpointing,
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=_use_cpu(config.device),
         ddp_find_unused_parameters=False,
         disable_tqdm=None,
         label_names=["labels"],

@@ -8,7 +8,14 @@ from pathlib import Path
 from leaf.checkers import TASKS, check_answer_pattern
 from leaf.config import ConfigError, option
 from leaf.generation import BACKENDS
-from leaf.models import DTYPES
+from leaf.models import DTYPES, check_device
+
+
+def check_sampling(do_sample: bool, temperature: float) -> None:
+    """Sampling at temperature 0 is no distribution: refuse it (greedy decoding is the default)."""
+    if do_sample and temperature <= 0:
+        raise ConfigError(f"option 'temperature': {temperature!r} with --do-sample must be > 0 (leave out --do-sample "
+                          "for greedy decoding)")
 
 
 @dataclass
@@ -30,7 +37,7 @@ class EvaluateConfig:
     )
     compare: list[Path] = option(role="input", default_factory=list, help="print a table comparing these results files and exit")
     name: str | None = option(None, help="row label of this model in tables (default: --model)")
-    max_new_tokens: int | None = option(None, help="generation budget (default: per benchmark, 512-2048)")
+    max_new_tokens: int | None = option(None, low=1, help="generation budget (default: per benchmark, 512-2048)")
     batch_size: int = option(8, low=1, help="prompts per generation batch")
     max_tokens_per_batch: int | None = option(
         None, low=1, help="also cap each batch at this many tokens once padded (prompt + generated): batches of "
@@ -39,8 +46,8 @@ class EvaluateConfig:
         "auto", help="generation backend: vllm when installed and a GPU is present", choices=BACKENDS
     )
     dtype: str = option("auto", help="model dtype", choices=DTYPES)
-    device: str = option("auto", help="torch device for the transformers backend (auto: cuda if present)")
-    limit: int | None = option(None, help="evaluate only the first N samples of each benchmark")
+    device: str = option("auto", check=check_device, help="torch device for the transformers backend (auto: cuda if present)")
+    limit: int | None = option(None, low=1, help="evaluate only the first N samples of each benchmark")
     do_sample: bool = option(False, help="sample instead of greedy decoding")
     temperature: float = option(1.0, low=0.0, help="sampling temperature (with --do-sample)")
     top_p: float = option(1.0, low=0.0, high=1.0, help="nucleus sampling mass (with --do-sample)")
@@ -54,6 +61,7 @@ class EvaluateConfig:
 
     def validate(self) -> None:
         check_answer_pattern(self.task, self.answer_pattern)
+        check_sampling(self.do_sample, self.temperature)
         if self.compare:
             return
         if self.predictions is None and (not self.model or not self.benchmark):
@@ -73,14 +81,14 @@ class LabelConfig:
     data: Path = option(role="input", help="samples: JSONL (leaf's sample format) or a dataset reference hf:NAME[:CONFIG][@SPLIT][#TARGET=COLUMN,...] (docs/data-format.md)")
     task: str = option(help="answer checker", choices=TASKS)
     out: Path = option(role="output", help="labelled JSONL (input records + teacher/student generations and verdicts)")
-    max_new_tokens: int = option(1024, help="generation budget per answer")
+    max_new_tokens: int = option(1024, low=1, help="generation budget per answer")
     batch_size: int = option(8, low=1, help="prompts per generation batch")
     max_tokens_per_batch: int | None = option(
         None, low=1, help="also cap each batch at this many tokens once padded (prompt + generated): batches of "
                           "similar-length prompts, many short ones or few long ones")
     backend: str = option("auto", help="generation backend", choices=BACKENDS)
     dtype: str = option("auto", help="model dtype", choices=DTYPES)
-    device: str = option("auto", help="torch device for the transformers backend (auto: cuda if present)")
+    device: str = option("auto", check=check_device, help="torch device for the transformers backend (auto: cuda if present)")
     do_sample: bool = option(False, help="sample instead of greedy decoding")
     temperature: float = option(1.0, low=0.0, help="sampling temperature (with --do-sample)")
     top_p: float = option(1.0, low=0.0, high=1.0, help="nucleus sampling mass (with --do-sample)")
@@ -96,3 +104,4 @@ class LabelConfig:
 
     def validate(self) -> None:
         check_answer_pattern(self.task, self.answer_pattern)
+        check_sampling(self.do_sample, self.temperature)

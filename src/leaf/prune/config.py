@@ -7,7 +7,7 @@ from pathlib import Path
 
 from leaf.checkers import TASKS, check_answer_pattern
 from leaf.config import option
-from leaf.models import DTYPES
+from leaf.models import DTYPES, check_device
 from leaf.prune.counterfactuals import STRATEGIES
 from leaf.prune.interventions import INTERVENTIONS, SOURCES
 
@@ -47,7 +47,7 @@ class PruneConfig:
                    "last match), and in the reference response when a sample has no 'answer' (as lm-eval's filters)")
     max_new_tokens: int = option(256, low=1, help="generation length for --verify")
     batch_size: int = option(8, low=1, help="generation batch size for --verify")
-    device: str = option("auto", help="device for --verify generation and resampling (auto: cuda if present)")
+    device: str = option("auto", check=check_device, help="device for --verify generation and resampling (auto: cuda if present)")
     dtype: str = option("auto", choices=DTYPES, help="model dtype for --verify and resampling (auto: bfloat16 on a GPU)")
 
     def validate(self) -> None:
