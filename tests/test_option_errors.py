@@ -34,6 +34,8 @@ PROBES: dict[str, tuple[list[str], str]] = {
     "JSON nested 200,000 deep": ([*DETECT[:-4], "--data", "{DEEP}", "--out", "{OUT}"], "{DEEP}:1: JSON nested too deeply"),
     "JSONL key given twice": ([*DETECT[:-4], "--data", "{DUP}", "--out", "{OUT}"], "{DUP}:2: key 'response' given twice"),
     "YAML key given twice": ([*EVAL[:-2], "--config", "{YAML}", "--out", "{OUT}"], "{YAML}:3: key 'do_sample' given twice"),
+    "output under a file": (["data", "convert", "--dataset", "{IN}", "--field", "instruction=instruction,response=response",
+                             "--out", "{IN}/x/o.jsonl"], "--out {IN}/x/o.jsonl: Not a directory ({IN}/x)"),
     "max-memory not pairs": ([*DETECT, "--max-memory", "70GiB"], "option 'max_memory': '70GiB': '70GiB' is not device=size"),
 }
 
@@ -66,7 +68,8 @@ def test_bad_option_is_one_line(tmp_path, capsys, name):
     paths = files(tmp_path)
     code, lines = run_cli([a.format(**paths) for a in argv], capsys)
     assert code == 2, lines
-    assert len(lines) == 1 and lines[0].startswith(f"leaf {argv[0]}: error: "), lines
+    command = " ".join(argv[:2]) if argv[0] == "data" else argv[0]
+    assert len(lines) == 1 and lines[0].startswith(f"leaf {command}: error: "), lines
     assert expected.format(**paths) in lines[0], lines
     out = tmp_path / "out" / "o.jsonl"
     assert not out.parent.exists()
@@ -142,3 +145,18 @@ def test_distill_device_reaches_the_trainer(tmp_path, capsys):
     code, lines = run_cli(["distill", "--student", "s", "--teacher", "t", "--data", str(tmp_path / "d.jsonl"),
                            "--out", str(tmp_path / "o"), "--device", missing], capsys)
     assert code == 2 and len(lines) == 1 and f"option 'device': '{missing}'" in lines[0], lines
+
+
+def test_unwritable_output_names_the_option_and_path(tmp_path, capsys, monkeypatch):
+    """A folder the user may not write to (simulated: the tests may run as root, whom modes do not stop)."""
+    from pathlib import Path as P
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    paths = files(tmp_path)
+    monkeypatch.setattr(P, "mkdir", refuse)
+    code, lines = run_cli(["data", "convert", "--dataset", str(paths["IN"]), "--field",
+                           "instruction=instruction,response=response", "--out", str(paths["OUT"])], capsys)
+    assert code == 2, lines
+    assert lines == [f"leaf data convert: error: --out {paths['OUT']}: Permission denied ({paths['OUT'].parent})"]

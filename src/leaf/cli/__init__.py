@@ -28,6 +28,7 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -131,9 +132,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as exc:
         if args.debug:
             raise
-        message = " ".join(str(exc).split("\n", 1)[0].split()) if isinstance(exc, OSError) else str(exc)
+        message = os_message(exc, vars(args)) if isinstance(exc, OSError) else str(exc)
         print(f"leaf {name}: error: {message}", file=sys.stderr)
         return 2
+
+
+def os_message(exc: OSError, options: dict[str, Any]) -> str:
+    """What the file system said, naming the option whose path it concerns (the path itself, a folder above
+    it, or a file written beside it such as a sidecar or a temporary file)."""
+    text = " ".join(str(exc).split("\n", 1)[0].split())
+    if exc.filename is None or exc.strerror is None:
+        return text
+    failed = Path(str(exc.filename))
+    for name, value in options.items():
+        if not isinstance(value, (str, Path)) or name.startswith("_") or not str(value):
+            continue
+        given = Path(value)
+        if failed == given:
+            return f"--{name.replace('_', '-')} {value}: {exc.strerror}"
+        if given.is_relative_to(failed) or failed.parent == given.parent and failed.name.startswith(
+                (given.name, f".{given.name}")):
+            return f"--{name.replace('_', '-')} {value}: {exc.strerror} ({failed})"
+    return f"{failed}: {exc.strerror}"
 
 
 def _quiet_libraries() -> None:

@@ -155,7 +155,8 @@ def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 #: One decoder for every line: ``json.loads(line, object_pairs_hook=...)`` would build a new one per call
-#: (1.48x the time of plain ``json.loads`` on 10^5 sample lines; this decoder: 1.10x).
+#: (1.48x the time of plain ``json.loads`` on 10^5 sample lines; this decoder: 1.10x; all of
+#: :func:`iter_jsonl` over them: 0.751 s against 0.707 s without the check, 1.06x).
 _STRICT = json.JSONDecoder(object_pairs_hook=_refuse_duplicates)
 TOO_DEEP = "JSON nested too deeply to read (arrays or objects inside each other)"
 
