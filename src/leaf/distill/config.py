@@ -29,6 +29,8 @@ class DistillConfig:
     counterfactuals: Path | None = option(None, role="input", help="counterfactual records from `leaf prune` (JSONL)")
     teacher_cache: Path | None = option(None, role="input", help="folder written by `leaf cache-teacher`: train without loading the teacher")
     lam: float = option(0.5, low=0.0, high=1.0, help="lambda: weight of L_kd (originals); 1 - lambda weighs L_cd (counterfactuals)", aliases=["lambda"])
+    cd_weighting: str = option("term-mean", choices=["term-mean", "token"],
+                               help="how the two KL terms are weighted: term-mean = lambda x (mean over original tokens) + (1 - lambda) x (mean over counterfactual tokens), the paper's formula; token = one mean over all loss tokens, original tokens weighted lambda and counterfactual ones 1 - lambda (at lambda 0.5 every token alike, as when both kinds share one file)")
     temperature: float = option(1.0, low=1e-6, help="softmax temperature T of the KL (loss scaled by T^2)")
     alpha: float = option(0.0, low=0.0, help="weight of an extra cross-entropy on the reference response")
     kl_chunk_size: int = option(1024, help="loss tokens per chunk of fp32 log-probs (0 = all at once)")

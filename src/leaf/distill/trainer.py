@@ -79,10 +79,12 @@ class DistillTrainer(Trainer):
         mix: str = "interleave",
         group_by_length: bool = False,
         chunked_head: str = "auto",
+        cd_weighting: str = "term-mean",
         **kwargs: Any,
     ) -> None:
         self.mix = mix
         self.chunked_head = chunked_head
+        self.cd_weighting = cd_weighting
         self.group_by_length = group_by_length  # --mix interleave: grouped inside InterleavedSampler
         super().__init__(*args, **kwargs)
         self.lam, self.temperature, self.alpha = lam, temperature, alpha
@@ -147,7 +149,8 @@ class DistillTrainer(Trainer):
         # row-major order of `rows`. Models without it give (B, L, ...) outputs, indexed by `rows`.
         keep = torch.zeros_like(labels, dtype=torch.bool)
         keep[:, :-1] = loss_positions(labels)
-        w_kl, w_ce = hybrid_token_weights(is_cf, self.lam, n_kd, n_cd, self.alpha, n_ce=n_kd + n_cd)
+        w_kl, w_ce = hybrid_token_weights(is_cf, self.lam, n_kd, n_cd, self.alpha, n_ce=n_kd + n_cd,
+                                          cd_weighting=self.cd_weighting)
         loss_kw = dict(
             labels=targets if self.alpha else None, w_ce=w_ce * scale if self.alpha else None,
             temperature=self.temperature, chunk_size=self.kl_chunk_size, vocab_size=self.vocab_size,
@@ -217,7 +220,8 @@ class DistillTrainer(Trainer):
                 rows = {k: v for part in gather_object([rows]) for k, v in part.items()}
         finally:
             self._eval_rows = None
-        output.metrics.update(eval_metrics(rows.values(), self.lam, self.alpha, metric_key_prefix))
+        output.metrics.update(eval_metrics(rows.values(), self.lam, self.alpha, metric_key_prefix,
+                                                  cd_weighting=self.cd_weighting))
         return output
 
     def _chunk_heads(self, n_rows: int) -> bool:
@@ -346,11 +350,14 @@ class DistillTrainer(Trainer):
         super().log(logs, start_time)
 
 
-def eval_metrics(rows: Any, lam: float, alpha: float, prefix: str = "eval") -> dict[str, float]:
+def eval_metrics(rows: Any, lam: float, alpha: float, prefix: str = "eval",
+                 cd_weighting: str = "term-mean") -> dict[str, float]:
     """The LeaF loss of held-out examples from their ``(KL sum, loss tokens, counterfactual?, CE sum)``.
 
-    As in training, each term is a mean over its own loss tokens: ``lambda x L_kd + (1 - lambda) x L_cd
-    (+ alpha x CE over all loss tokens)``; with one kind of example only, its term is the loss.
+    As in training: with ``term-mean`` each term is a mean over its own loss tokens, ``lambda x L_kd +
+    (1 - lambda) x L_cd``; with ``token`` one pooled mean ``(lambda x S_kd + (1 - lambda) x S_cd) /
+    (lambda x n_kd + (1 - lambda) x n_cd)`` (:func:`~leaf.distill.losses.hybrid_token_weights`); plus
+    ``alpha x CE over all loss tokens``. With one kind of example only, its term is the loss.
     """
     kd = cd = ce = 0.0
     n_kd = n_cd = examples = 0
@@ -367,7 +374,10 @@ def eval_metrics(rows: Any, lam: float, alpha: float, prefix: str = "eval") -> d
     if n_cd:
         out[f"{prefix}_cd_loss"] = cd / n_cd
     if n_kd and n_cd:
-        loss = lam * kd / n_kd + (1 - lam) * cd / n_cd
+        if cd_weighting == "token":
+            loss = (lam * kd + (1 - lam) * cd) / (lam * n_kd + (1 - lam) * n_cd)
+        else:
+            loss = lam * kd / n_kd + (1 - lam) * cd / n_cd
     else:
         loss = kd / n_kd if n_kd else (cd / n_cd if n_cd else float("nan"))
     if alpha:
@@ -713,6 +723,7 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
         mix=config.mix,
         group_by_length=config.group_by_length,
         chunked_head=config.chunked_head,
+        cd_weighting=config.cd_weighting,
     )
     if os.environ.get("LEAF_VERBOSE", "1") == "0":  # `leaf distill` without -v: the bar, not raw loss dicts
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
