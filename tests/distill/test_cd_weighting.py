@@ -13,7 +13,7 @@ from leaf.config import ConfigError, make
 from leaf.distill import DistillConfig, distill
 from leaf.distill.data import load_examples
 from leaf.distill.losses import DenseTeacher, distill_loss, forward_kl, hybrid_token_weights, loss_rows
-from leaf.distill.trainer import eval_metrics
+from leaf.distill.metrics import eval_metrics
 from leaf.models import load_model, load_tokenizer
 
 

@@ -8,10 +8,12 @@ Python keyword arguments (:mod:`leaf.config`). Importing this module is light
 from __future__ import annotations
 
 import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from leaf.config import ConfigError, MissingExtra, option
+from leaf.config import ConfigError, MissingExtra, option, to_dict
 
 #: The module each tracker needs (checked before anything loads).
 TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
@@ -157,3 +159,17 @@ class CacheConfig:
             raise ConfigError("top_k must be >= 1")
         if self.temperature <= 0:
             raise ConfigError("temperature must be > 0")
+
+
+#: The run folder's record of the settings (and of the run: ``_run``), read by resume and the model card.
+CONFIG_FILE = "leaf_config.json"
+#: Options never written to leaf_config.json or the model card.
+SECRET_OPTIONS = ("hub_token",)
+
+
+def public_settings(config: DistillConfig) -> dict[str, Any]:
+    """The config as leaf_config.json and the model card record it: JSON-safe, secrets (the Hub token) left out."""
+    record = to_dict(config)
+    for name in SECRET_OPTIONS:
+        record.pop(name, None)
+    return json.loads(json.dumps(record, default=str))
