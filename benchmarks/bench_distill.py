@@ -108,7 +108,8 @@ def _timer_callback(timer: _Timer):
 
 
 def run_leaf(root: Path, steps: int, batch: int, cache: bool, precision: str = "fp32", chunked_head: str = "auto") -> dict:
-    from leaf.distill.trainer import DistillConfig, build_trainer
+    from leaf.distill.config import DistillConfig
+    from leaf.distill.run import build_trainer
 
     out = Path(tempfile.mkdtemp())
     cfg = DistillConfig(

@@ -122,13 +122,6 @@ def test_every_layer_entry_exists(name):
     assert (ROOT / name).is_dir() or (ROOT / f"{name}.py").exists() or name in ("__init__",), name
 
 
-#: Import circles still in the tree, each as the sorted modules of one circle; the split of the distillation
-#: trainer and of the recipe runner removes them (then this set becomes empty and stays so).
-KNOWN_CIRCLES: set[tuple[str, ...]] = {
-    ("leaf.distill.card", "leaf.distill.trainer"),
-    ("leaf.recipe.estimate", "leaf.recipe.runner"),
-}
-
 
 def module_targets(module: str, names: list[str], known: set[str]) -> list[str]:
     """The modules one import statement loads: ``from leaf.data import records`` loads leaf.data.records."""
@@ -184,7 +177,7 @@ def circles(graph: dict[str, set[str]]) -> set[tuple[str, ...]]:
 
 def test_no_two_modules_import_each_other():
     """No import circle between modules of the package, direct or through others (lazy imports count)."""
-    assert circles(import_graph()) - KNOWN_CIRCLES == set()
+    assert circles(import_graph()) == set()
 
 
 def test_the_circle_finder_sees_circles():

@@ -137,7 +137,7 @@ def test_the_stages_pass_max_memory_and_name_their_flags(tmp_path, monkeypatch, 
     from leaf.config import build
     from leaf.distill import build_cache
     from leaf.distill.config import CacheConfig, DistillConfig
-    from leaf.distill.trainer import build_trainer
+    from leaf.distill.run import build_trainer
 
     tiny_llama.save_pretrained(tmp_path)
     llama_tok.save_pretrained(tmp_path)

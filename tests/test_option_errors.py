@@ -135,7 +135,7 @@ def test_distill_device_reaches_the_trainer(tmp_path, capsys):
     import torch
 
     from leaf.distill.config import DistillConfig
-    from leaf.distill.trainer import training_arguments
+    from leaf.distill.arguments import training_arguments
 
     kw = dict(student="s", teacher="t", data=tmp_path / "d.jsonl", out=tmp_path / "o")
     args = training_arguments(DistillConfig(device="cpu", **kw))

@@ -9,7 +9,7 @@ import yaml
 
 from leaf.config import build, load_yaml
 from leaf.distill import DistillConfig
-from leaf.distill.trainer import training_arguments
+from leaf.distill.arguments import training_arguments
 
 ROOT = Path(__file__).resolve().parents[2] / "configs"
 # The configs docs/distill.md and docs/scaling.md name; each must exist and load (a missing one fails here),

@@ -11,10 +11,10 @@ import torch
 
 from leaf.cli import main
 from leaf.data.records import DataError
-from leaf.distill import distill
+from leaf.distill import DistillConfig, distill
 from leaf.distill.data import load_examples
 from leaf.distill.losses import forward_kl
-from leaf.distill.trainer import DistillConfig, build_trainer
+from leaf.distill.run import build_trainer
 from leaf.models import load_model, load_tokenizer
 from leaf.tiny import DEFAULT_CORPUS
 

@@ -6,7 +6,7 @@ import random
 
 from leaf.distill import DistillConfig
 from leaf.distill.data import InterleavedSampler
-from leaf.distill.trainer import training_arguments
+from leaf.distill.arguments import training_arguments
 
 
 def _data(n=1200, share_cf=0.3, seed=0):
@@ -57,7 +57,7 @@ def test_option_maps_to_training_arguments_for_shuffle_only(tmp_path):
 
 
 def test_trainer_uses_the_grouped_sampler(distill_setup, tmp_path):
-    from leaf.distill.trainer import build_trainer
+    from leaf.distill.run import build_trainer
 
     for mix in ("interleave", "shuffle"):
         cfg = DistillConfig(student=str(distill_setup / "student"), teacher=str(distill_setup / "teacher"),

@@ -17,7 +17,7 @@ from leaf.data.jsonl import SettingsMismatch
 from leaf.distill import distill
 from leaf.distill.data import load_examples
 from leaf.distill.losses import forward_kl
-from leaf.distill.trainer import DistillConfig
+from leaf.distill.config import DistillConfig
 from leaf.models import load_model, load_tokenizer
 
 
@@ -198,7 +198,7 @@ def test_two_process_cpu_run_matches_one_process(distill_setup, tmp_path):
 
 def test_selected_rows_path_equals_full_logits_path(distill_setup, tmp_path):
     """logits_to_keep (only loss positions through the LM head) gives the same loss as full logits."""
-    from leaf.distill.trainer import build_trainer
+    from leaf.distill.run import build_trainer
 
     cfg = DistillConfig(
         student=str(distill_setup / "student"), teacher=str(distill_setup / "teacher"), data=distill_setup / "d.jsonl",
@@ -235,7 +235,7 @@ def test_every_step_mixes_originals_and_counterfactuals(distill_setup, tmp_path)
     assert len(rows) == 8
     assert all(r["kd_loss"] > 0 and r["cd_loss"] > 0 for r in rows)
     from leaf.distill.data import InterleavedSampler
-    from leaf.distill.trainer import build_trainer
+    from leaf.distill.run import build_trainer
 
     cfg = dict(student=str(distill_setup / "student"), teacher=str(distill_setup / "teacher"), data=distill_setup / "d.jsonl",
                counterfactuals=distill_setup / "cf.jsonl")
@@ -279,7 +279,7 @@ def test_chunked_head_loss_and_gradients_equal_full_logit_path(distill_setup, tm
     """Fused path (plain linear student head: each chunk projected once, gradients in the forward pass) and, with
     a forward hook on the student's head, the checkpointed path (recomputed in backward) equal the full logits."""
     from leaf.distill.losses import _linear_head
-    from leaf.distill.trainer import build_trainer
+    from leaf.distill.run import build_trainer
 
     cfg = DistillConfig(
         student=str(distill_setup / "student"), teacher=str(distill_setup / "teacher"), data=distill_setup / "d.jsonl",
@@ -313,7 +313,7 @@ def test_chunked_head_loss_and_gradients_equal_full_logit_path(distill_setup, tm
 
 def test_chunked_head_with_topk_cache_equals_full_logit_path(distill_setup, tmp_path):
     from leaf.distill.cache import CacheConfig, build_cache
-    from leaf.distill.trainer import build_trainer
+    from leaf.distill.run import build_trainer
 
     cache = build_cache(CacheConfig(
         teacher=str(distill_setup / "teacher"), tokenizer=str(distill_setup / "student"), data=distill_setup / "d.jsonl",
@@ -372,7 +372,7 @@ def test_several_trackers_and_a_missing_one_is_one_line(distill_setup, tmp_path,
 
 def test_auto_chunks_the_heads_only_when_the_logits_would_be_large(distill_setup, tmp_path, monkeypatch):
     import leaf.distill.trainer as trainer_module
-    from leaf.distill.trainer import build_trainer
+    from leaf.distill.run import build_trainer
 
     cfg = DistillConfig(student=str(distill_setup / "student"), teacher=str(distill_setup / "teacher"),
                         data=distill_setup / "d.jsonl", out=tmp_path / "x")

@@ -56,12 +56,13 @@ class Arm:
     ``sets``: counterfactual sets in the second loss term (``()``: plain KD, lambda 1; ``None``: no
     training, the student as built; ``"extra"``: KD on the pool plus as many extra originals as the
     gradient set has records, the compute-matched control). ``lam``: this arm's lambda (default: the
-    demo's ``--lam``).
+    demo's ``--lam``). ``cd_weighting``: how the two loss terms are weighted (``leaf distill --cd-weighting``).
     """
 
     sets: tuple[str, ...] | str | None
     lam: float | None = None
     help: str = ""
+    cd_weighting: str = "term-mean"
 
 
 _V1_ARMS: dict[str, Arm] = {
@@ -102,6 +103,8 @@ _V2_FULL: dict[str, Arm] = {
     "leaf_instr_verify_both": Arm(("gradient_verify_both",), help="deletion, records verified by both models "
                                                                   "(the paper's rule)"),
     "leaf_instr_unverified": Arm(("gradient_unverified",), help="deletion, records not verified"),
+    "leaf_resample_all_token": Arm(("all_resample",), help="leaf_resample_all with --cd-weighting token (one mean "
+                                                          "over all loss tokens)", cd_weighting="token"),
 }
 
 #: The lambda sweep of ``--full``: these arms again at each of ``--sweep-lams``.

@@ -230,6 +230,7 @@ def run_seed(seed: int, cfg: DemoConfig, models: Any, out: Path, timer: Timer) -
             with timer("distill"):
                 summary = distill(DistillConfig(
                     student=student, teacher=teacher, data=data, counterfactuals=cfs, lam=lam,
+                    cd_weighting=spec.cd_weighting,
                     out=train_dir, max_steps=cfg.steps, epochs=1000, batch_size=cfg.batch_size,
                     grad_accum=1, learning_rate=cfg.learning_rate, warmup_steps=5, precision="fp32",
                     dtype="float32", save_steps=10**9, logging_steps=5, seed=seed, max_length=512))

@@ -3,7 +3,13 @@
 * :mod:`leaf.distill.config` -- :class:`DistillConfig` and :class:`CacheConfig` (the options);
 * :mod:`leaf.distill.losses` -- the KL / hybrid losses as pure, chunked tensor functions;
 * :mod:`leaf.distill.data` -- training examples from samples and counterfactual records, and the collator;
-* :mod:`leaf.distill.trainer` -- :class:`DistillTrainer`, a ``transformers.Trainer`` subclass, and ``distill()``;
+* :mod:`leaf.distill.trainer` -- :class:`DistillTrainer`, a ``transformers.Trainer`` subclass;
+* :mod:`leaf.distill.run` -- ``distill()`` and ``build_trainer()``: one whole run, with
+  :mod:`~leaf.distill.arguments` (the ``TrainingArguments``), :mod:`~leaf.distill.callbacks` (metrics files),
+  :mod:`~leaf.distill.metrics` (the held-out loss), :mod:`~leaf.distill.heldout` (the evaluation set),
+  :mod:`~leaf.distill.resume` (checkpoints and the resume rule) and :mod:`~leaf.distill.teacher` (where the
+  live teacher runs);
+* :mod:`leaf.distill.card` -- the model card and ``--push-to-hub``;
 * :mod:`leaf.distill.cache` -- the offline teacher top-k log-prob cache.
 
 Python API: ``from leaf.distill import DistillConfig, distill``; ``distill(DistillConfig(...))`` or
@@ -19,8 +25,8 @@ from leaf.distill.config import CacheConfig, DistillConfig
 
 
 def distill(config: DistillConfig | None = None, **kwargs: Any) -> Any:
-    """Run a distillation; see :func:`leaf.distill.trainer.distill`."""
-    from leaf.distill.trainer import distill as _distill
+    """Run a distillation; see :func:`leaf.distill.run.distill`."""
+    from leaf.distill.run import distill as _distill
 
     return _distill(config, **kwargs)
 

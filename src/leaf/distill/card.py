@@ -24,7 +24,7 @@ import yaml
 
 from leaf.config import ConfigError
 from leaf.data.records import DataError
-from leaf.distill.config import DistillConfig
+from leaf.distill.config import CONFIG_FILE, DistillConfig, public_settings
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,6 @@ def card_data(config: DistillConfig) -> Any:
 
 def model_card(config: DistillConfig, out: str | Path) -> str:
     """The card's text (front matter + body) from the run recorded in ``out``."""
-    from leaf.distill.trainer import CONFIG_FILE, public_settings
 
     out = Path(out)
     recorded = _read_json(out / CONFIG_FILE) or {}

@@ -8,10 +8,12 @@ Python keyword arguments (:mod:`leaf.config`). Importing this module is light
 from __future__ import annotations
 
 import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from leaf.config import ConfigError, MissingExtra, option
+from leaf.config import ConfigError, MissingExtra, option, to_dict
 from leaf.models import check_device, check_max_memory
 
 #: The module each tracker needs (checked before anything loads).
@@ -30,6 +32,8 @@ class DistillConfig:
     counterfactuals: Path | None = option(None, role="input", help="counterfactual records from `leaf prune` (JSONL)")
     teacher_cache: Path | None = option(None, role="input", help="folder written by `leaf cache-teacher`: train without loading the teacher")
     lam: float = option(0.5, low=0.0, high=1.0, help="lambda: weight of L_kd (originals); 1 - lambda weighs L_cd (counterfactuals)", aliases=["lambda"])
+    cd_weighting: str = option("term-mean", choices=["term-mean", "token"],
+                               help="how the two KL terms are weighted: term-mean = lambda x (mean over original tokens) + (1 - lambda) x (mean over counterfactual tokens), the paper's formula; token = one mean over all loss tokens, original tokens weighted lambda and counterfactual ones 1 - lambda (at lambda 0.5 every token alike, as when both kinds share one file)")
     temperature: float = option(1.0, low=1e-6, help="softmax temperature T of the KL (loss scaled by T^2)")
     alpha: float = option(0.0, low=0.0, help="weight of an extra cross-entropy on the reference response")
     kl_chunk_size: int = option(1024, help="loss tokens per chunk of fp32 log-probs (0 = all at once)")
@@ -157,3 +161,17 @@ class CacheConfig:
             raise ConfigError("top_k must be >= 1")
         if self.temperature <= 0:
             raise ConfigError("temperature must be > 0")
+
+
+#: The run folder's record of the settings (and of the run: ``_run``), read by resume and the model card.
+CONFIG_FILE = "leaf_config.json"
+#: Options never written to leaf_config.json or the model card.
+SECRET_OPTIONS = ("hub_token",)
+
+
+def public_settings(config: DistillConfig) -> dict[str, Any]:
+    """The config as leaf_config.json and the model card record it: JSON-safe, secrets (the Hub token) left out."""
+    record = to_dict(config)
+    for name in SECRET_OPTIONS:
+        record.pop(name, None)
+    return json.loads(json.dumps(record, default=str))

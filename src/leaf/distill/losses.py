@@ -123,6 +123,10 @@ def hybrid_loss(
 # Token weights: how the hybrid objective becomes one weighted sum.
 # ----------------------------------------------------------------------------
 
+#: How the two KL terms are weighted (``--cd-weighting``): each a mean over its own tokens, or one pooled mean.
+CD_WEIGHTINGS = ("term-mean", "token")
+
+
 
 def hybrid_token_weights(
     is_counterfactual: Tensor,
@@ -131,14 +135,24 @@ def hybrid_token_weights(
     n_cd: Tensor | float,
     alpha: float = 0.0,
     n_ce: Tensor | float | None = None,
+    cd_weighting: str = "term-mean",
 ) -> tuple[Tensor, Tensor]:
     """Per-loss-token weights so that ``sum(w_kl * kl + w_ce * ce)`` is the hybrid loss.
 
     ``n_kd`` / ``n_cd`` are the numbers of loss tokens of originals /
     counterfactuals in the *whole* optimiser step (all micro-batches and all
     processes): weighting each micro-batch's tokens by them makes gradient
-    accumulation and data parallelism give exactly the full-batch mean. A term
-    with no tokens contributes 0.
+    accumulation and data parallelism give exactly the full-batch mean.
+
+    ``cd_weighting`` (see :data:`CD_WEIGHTINGS`):
+
+    * ``term-mean`` (the paper's formula): ``lam * S_kd / n_kd + (1 - lam) * S_cd / n_cd``,
+      each term a mean over its own tokens; a term with no tokens contributes 0;
+    * ``token`` (one pooled mean, as when originals and counterfactuals share one
+      file): ``(lam * S_kd + (1 - lam) * S_cd) / (lam * n_kd + (1 - lam) * n_cd)``,
+      where ``S`` are the summed token KLs. At ``lam = 0.5`` every loss token weighs
+      the same; a step without counterfactual tokens is the plain mean KL of its
+      originals (and the other way round).
 
     Args:
         is_counterfactual: ``(N,)`` bool, one entry per loss token.
@@ -146,9 +160,18 @@ def hybrid_token_weights(
         ``(w_kl, w_ce)``, both ``(N,)`` fp32.
     """
     cf = is_counterfactual.float()
-    n_kd_t = torch.as_tensor(n_kd, dtype=torch.float32, device=cf.device).clamp(min=1)
-    n_cd_t = torch.as_tensor(n_cd, dtype=torch.float32, device=cf.device).clamp(min=1)
-    w_kl = (1 - cf) * (lam / n_kd_t) + cf * ((1 - lam) / n_cd_t)
+    if cd_weighting == "token":
+        kd_t = torch.as_tensor(n_kd, dtype=torch.float32, device=cf.device)
+        cd_t = torch.as_tensor(n_cd, dtype=torch.float32, device=cf.device)
+        pooled = lam * kd_t + (1 - lam) * cd_t
+        pooled = torch.where(pooled > 0, pooled, torch.ones_like(pooled))  # no weighted token: all weights 0
+        w_kl = ((1 - cf) * lam + cf * (1 - lam)) / pooled
+    elif cd_weighting == "term-mean":
+        n_kd_t = torch.as_tensor(n_kd, dtype=torch.float32, device=cf.device).clamp(min=1)
+        n_cd_t = torch.as_tensor(n_cd, dtype=torch.float32, device=cf.device).clamp(min=1)
+        w_kl = (1 - cf) * (lam / n_kd_t) + cf * ((1 - lam) / n_cd_t)
+    else:
+        raise ValueError(f"cd_weighting must be one of {', '.join(CD_WEIGHTINGS)}, got {cd_weighting!r}")
     if alpha:
         total = (n_kd + n_cd) if n_ce is None else n_ce
         w_ce = torch.full_like(cf, alpha) / torch.as_tensor(total, dtype=torch.float32, device=cf.device).clamp(min=1)

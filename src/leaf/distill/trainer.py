@@ -1,6 +1,6 @@
-"""LeaF Stage 2 on ``transformers.Trainer``: the config, the Trainer subclass, and ``distill()``.
+"""LeaF Stage 2's ``transformers.Trainer`` subclass, :class:`DistillTrainer`.
 
-:class:`DistillTrainer` only overrides what distillation changes:
+It only overrides what distillation changes:
 
 * ``compute_loss`` runs the student, gets the teacher's targets (a live,
   frozen teacher forward on the *same* input ids, or the cached top-k), and
@@ -8,57 +8,37 @@
 * ``_get_num_items_in_batch`` counts the loss tokens of originals and of
   counterfactuals over the whole optimiser step (all gradient-accumulation
   micro-batches, all processes), so each term of
-  ``lambda * L_kd + (1 - lambda) * L_cd`` is a mean over its own tokens and
-  the update does not depend on how the step is split;
+  ``lambda * L_kd + (1 - lambda) * L_cd`` is a mean over its own tokens (or,
+  with ``--cd-weighting token``, the pooled mean is over all of them) and the
+  update does not depend on how the step is split;
+* ``evaluation_loop`` reports the loss over all held-out tokens
+  (:func:`leaf.distill.metrics.eval_metrics`);
 * ``log`` adds ``kd_loss``, ``cd_loss``, ``ce_loss`` and ``tokens_per_s``.
 
 Everything else (mixed precision, accumulation, cosine schedule, checkpoints,
 resume, DDP / FSDP / DeepSpeed through accelerate, tensorboard / wandb) is the
-Trainer's own.
+Trainer's own. The run around it (data, models, arguments, callbacks, the
+output folder) is :mod:`leaf.distill.run`.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
-import os
-import shutil
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer
 
-from leaf.data.jsonl import write_atomic
 from leaf.batching import loss_positions
-from leaf.config import Summary, field_names, make, to_dict
-from leaf.data.jsonl import SettingsMismatch
-from leaf.data.records import DataError
-from leaf.distill.config import DistillConfig
 from leaf.distill.losses import DenseTeacher, TopKTeacher, distill_loss, hybrid_token_weights, loss_rows
+from leaf.distill.metrics import eval_metrics
+from leaf.distill.teacher import place_teacher
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "leaf_config.json"
 #: ``--chunked-head auto`` chunks the output heads when a micro-batch's fp32 logits would exceed this.
 CHUNKED_HEAD_BYTES = 256 * 2**20
-
-#: One row per evaluation on the held-out set (step, epoch, eval_loss, eval_kd_loss, eval_cd_loss, ...).
-EVAL_METRICS_FILE = "eval_metrics.jsonl"
-#: The held-out sample groups of --eval-split (ids of the original samples), for the record.
-HELDOUT_FILE = "eval_heldout.json"
-#: Options never written to leaf_config.json or the model card.
-SECRET_OPTIONS = ("hub_token",)
-
-METRIC_FIELDS = ("step", "epoch", "loss", "kd_loss", "cd_loss", "ce_loss", "lr", "grad_norm", "tokens_per_s")
-
-
-# ----------------------------------------------------------------------------
-# The Trainer subclass.
-# ----------------------------------------------------------------------------
 
 
 class DistillTrainer(Trainer):
@@ -79,30 +59,21 @@ class DistillTrainer(Trainer):
         mix: str = "interleave",
         group_by_length: bool = False,
         chunked_head: str = "auto",
+        cd_weighting: str = "term-mean",
         **kwargs: Any,
     ) -> None:
         self.mix = mix
         self.chunked_head = chunked_head
+        self.cd_weighting = cd_weighting
         self.group_by_length = group_by_length  # --mix interleave: grouped inside InterleavedSampler
         super().__init__(*args, **kwargs)
         self.lam, self.temperature, self.alpha = lam, temperature, alpha
         self.kl_chunk_size, self.vocab_size = kl_chunk_size, vocab_size
-        self.teacher = self._place_teacher(teacher, teacher_device) if teacher is not None else None
+        self.teacher = place_teacher(teacher, self, teacher_device) if teacher is not None else None
         self._keep_ok: bool | None = None  # does the student accept a boolean logits_to_keep?
         self._sums = torch.zeros(4, dtype=torch.float64)  # kd, cd, ce (step-normalised), tokens
         self._eval_rows: dict[int, tuple[float, int, bool, float]] | None = None  # during evaluation_loop
         self._last_log = (0, time.perf_counter())
-
-    def _place_teacher(self, teacher: Any, device: str | None) -> Any:
-        teacher.eval()
-        teacher.requires_grad_(False)
-        if self.is_deepspeed_enabled:
-            return _deepspeed_teacher(teacher, self.accelerator)
-        if self.is_fsdp_enabled:
-            return self.accelerator.prepare_model(teacher, evaluation_mode=True)
-        if getattr(teacher, "hf_device_map", None):
-            return teacher  # placed by device_map
-        return teacher.to(device or self.args.device)
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         from leaf.distill.data import InterleavedSampler
@@ -147,7 +118,8 @@ class DistillTrainer(Trainer):
         # row-major order of `rows`. Models without it give (B, L, ...) outputs, indexed by `rows`.
         keep = torch.zeros_like(labels, dtype=torch.bool)
         keep[:, :-1] = loss_positions(labels)
-        w_kl, w_ce = hybrid_token_weights(is_cf, self.lam, n_kd, n_cd, self.alpha, n_ce=n_kd + n_cd)
+        w_kl, w_ce = hybrid_token_weights(is_cf, self.lam, n_kd, n_cd, self.alpha, n_ce=n_kd + n_cd,
+                                          cd_weighting=self.cd_weighting)
         loss_kw = dict(
             labels=targets if self.alpha else None, w_ce=w_ce * scale if self.alpha else None,
             temperature=self.temperature, chunk_size=self.kl_chunk_size, vocab_size=self.vocab_size,
@@ -217,7 +189,8 @@ class DistillTrainer(Trainer):
                 rows = {k: v for part in gather_object([rows]) for k, v in part.items()}
         finally:
             self._eval_rows = None
-        output.metrics.update(eval_metrics(rows.values(), self.lam, self.alpha, metric_key_prefix))
+        output.metrics.update(eval_metrics(rows.values(), self.lam, self.alpha, metric_key_prefix,
+                                                  cd_weighting=self.cd_weighting))
         return output
 
     def _chunk_heads(self, n_rows: int) -> bool:
@@ -346,462 +319,8 @@ class DistillTrainer(Trainer):
         super().log(logs, start_time)
 
 
-def eval_metrics(rows: Any, lam: float, alpha: float, prefix: str = "eval") -> dict[str, float]:
-    """The LeaF loss of held-out examples from their ``(KL sum, loss tokens, counterfactual?, CE sum)``.
-
-    As in training, each term is a mean over its own loss tokens: ``lambda x L_kd + (1 - lambda) x L_cd
-    (+ alpha x CE over all loss tokens)``; with one kind of example only, its term is the loss.
-    """
-    kd = cd = ce = 0.0
-    n_kd = n_cd = examples = 0
-    for kl_sum, n, is_cf, ce_sum in rows:
-        examples += 1
-        if is_cf:
-            cd, n_cd = cd + kl_sum, n_cd + n
-        else:
-            kd, n_kd = kd + kl_sum, n_kd + n
-        ce += ce_sum
-    out: dict[str, float] = {f"{prefix}_examples": examples, f"{prefix}_loss_tokens": n_kd + n_cd}
-    if n_kd:
-        out[f"{prefix}_kd_loss"] = kd / n_kd
-    if n_cd:
-        out[f"{prefix}_cd_loss"] = cd / n_cd
-    if n_kd and n_cd:
-        loss = lam * kd / n_kd + (1 - lam) * cd / n_cd
-    else:
-        loss = kd / n_kd if n_kd else (cd / n_cd if n_cd else float("nan"))
-    if alpha:
-        out[f"{prefix}_ce_loss"] = ce / max(n_kd + n_cd, 1)
-        loss += alpha * out[f"{prefix}_ce_loss"]
-    out[f"{prefix}_loss"] = loss
-    return out
-
-
-def _quiet_progress() -> type:
-    from transformers.trainer_callback import ProgressCallback
-
-    class QuietProgress(ProgressCallback):
-        """The Trainer's progress bar without its raw ``{'loss': ...}`` lines (metrics.jsonl/csv hold them)."""
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
-            return None
-
-    return QuietProgress
-
-
-_QuietProgress = _quiet_progress()
-
-
 def _token_counts(labels: Any, is_cf_row: Any) -> Any:
     """``[n_kd, n_cd]``: loss tokens of originals and counterfactuals in a ``(B, L)`` label batch."""
     has = loss_positions(labels).sum(1)
     cf = is_cf_row.bool().to(has.device)
     return torch.stack([has[~cf].sum(), has[cf].sum()]).long().cpu()
-
-
-def _deepspeed_teacher(teacher: Any, accelerator: Any) -> Any:
-    """Shard a frozen teacher with the student's DeepSpeed config (ZeRO-3 partitions it; others replicate)."""
-    import copy
-
-    import deepspeed
-
-    plugin = accelerator.state.deepspeed_plugin
-    config = copy.deepcopy(plugin.deepspeed_config)
-    stage = config.get("zero_optimization", {}).get("stage", 0)
-    if stage != 3:
-        config["zero_optimization"] = {"stage": 0}
-    for key in ("optimizer", "scheduler"):
-        config.pop(key, None)
-    engine, *_ = deepspeed.initialize(model=teacher, config=config)
-    engine.eval()
-    return engine
-
-
-
-
-# ----------------------------------------------------------------------------
-# Metrics files.
-# ----------------------------------------------------------------------------
-
-
-def _metrics_callback(output_dir: Path) -> Any:
-
-    class MetricsFiles(TrainerCallback):
-        """Writes DIR/metrics.jsonl and DIR/metrics.csv (one row per logging step) and DIR/eval_metrics.jsonl
-        (one row per evaluation), on the main process."""
-
-        def __init__(self) -> None:
-            self.jsonl = output_dir / "metrics.jsonl"
-            self.csv = output_dir / "metrics.csv"
-            self.eval = output_dir / EVAL_METRICS_FILE
-
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            if not state.is_world_process_zero:
-                return
-            if self.eval.exists():  # a resumed run: drop evaluations past the checkpoint
-                kept = [x for x in self.eval.read_text().splitlines() if x.strip() and json.loads(x)["step"] <= state.global_step]
-                self.eval.write_text("".join(x + "\n" for x in kept))
-            rows = []
-            if self.jsonl.exists():  # a resumed run: drop rows past the checkpoint
-                rows = [json.loads(x) for x in self.jsonl.read_text().splitlines() if x.strip()]
-                rows = [r for r in rows if r["step"] <= state.global_step]
-            self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            with self.csv.open("w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=METRIC_FIELDS)
-                w.writeheader()
-                w.writerows({k: r.get(k) for k in METRIC_FIELDS} for r in rows)
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
-            if not state.is_world_process_zero or not logs or "kd_loss" not in logs:
-                return
-            row = {
-                "step": state.global_step,
-                "epoch": logs.get("epoch", state.epoch),
-                "loss": logs["loss"],
-                "kd_loss": logs["kd_loss"],
-                "cd_loss": logs["cd_loss"],
-                "ce_loss": logs["ce_loss"],
-                "lr": logs.get("learning_rate"),
-                "grad_norm": logs.get("grad_norm"),
-                "tokens_per_s": logs["tokens_per_s"],
-            }
-            with self.jsonl.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
-            with self.csv.open("a", newline="") as fh:
-                csv.DictWriter(fh, fieldnames=METRIC_FIELDS).writerow(row)
-
-        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, Any] | None = None,
-                        **kw: Any) -> None:
-            if not state.is_world_process_zero or not metrics:
-                return
-            row = {"step": state.global_step, "epoch": state.epoch,
-                   **{k: v for k, v in metrics.items() if k.startswith("eval_")}}
-            self.eval.parent.mkdir(parents=True, exist_ok=True)
-            with self.eval.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
-
-    return MetricsFiles()
-
-
-# ----------------------------------------------------------------------------
-# distill(): the whole run.
-# ----------------------------------------------------------------------------
-
-
-def _bf16_available() -> bool:
-
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-
-
-def _checkpoints(output_dir: Path) -> list[Path]:
-    return sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
-
-
-def _use_cpu(device: str) -> bool:
-    """``--device`` -> ``TrainingArguments.use_cpu``; ``cuda:N`` makes GPU N the current one, which the Trainer takes."""
-    if device == "auto":
-        return not torch.cuda.is_available()
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is not None:
-        torch.cuda.set_device(dev.index)
-    return dev.type == "cpu"
-
-
-def training_arguments(config: DistillConfig) -> Any:
-    """The ``TrainingArguments`` a config maps to."""
-
-    precision = config.precision
-    if precision == "auto":
-        precision = "bf16" if _bf16_available() else "fp32"
-    return TrainingArguments(
-        output_dir=str(config.out),
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        optim=config.optim,
-        max_grad_norm=config.max_grad_norm,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        logging_steps=config.logging_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        report_to=config.report_to,
-        seed=config.seed,
-        data_seed=config.seed,
-        remove_unused_columns=False,
-        dataloader_num_workers=config.dataloader_num_workers,
-        activation_checkpointing=config.gradient_checkpointing,
-        use_cpu=_use_cpu(config.device),
-        ddp_find_unused_parameters=False,
-        disable_tqdm=None,
-        label_names=["labels"],
-        eval_strategy="steps" if config.has_eval else "no",
-        eval_steps=(config.eval_steps or config.save_steps) if config.has_eval else None,
-        per_device_eval_batch_size=config.eval_batch_size or config.batch_size,
-        **_length_grouping(config.group_by_length and config.mix == "shuffle"),  # interleave: InterleavedSampler
-    )
-
-
-def _length_grouping(on: bool) -> dict[str, Any]:
-    """transformers' length-grouped sampler: ``train_sampling_strategy`` (5.x) or ``group_by_length`` (4.x)."""
-    if not on:
-        return {}
-    names = TrainingArguments.__dataclass_fields__
-    return {"train_sampling_strategy": "group_by_length"} if "train_sampling_strategy" in names else {"group_by_length": True}
-
-
-@dataclass
-class DistillSummary(Summary):
-    out: Path
-    steps: int
-    examples: int
-    counterfactual_examples: int
-    lambda_used: float
-    resumed: bool
-    eval_loss: float | None = None  #: the final evaluation's loss (None without an evaluation set)
-    hub_repo: str | None = None  #: the repository pushed to (--push-to-hub)
-
-    def line(self) -> str:
-        resumed = " (resumed)" if self.resumed else ""
-        evaluated = f"; eval loss {self.eval_loss:.4f}" if self.eval_loss is not None else ""
-        pushed = f"; pushed to https://huggingface.co/{self.hub_repo}" if self.hub_repo else ""
-        return (f"trained {self.steps} steps{resumed} on {self.examples} examples "
-                f"({self.counterfactual_examples} counterfactual, lambda {self.lambda_used}){evaluated}; "
-                f"wrote {self.out}{pushed}")
-
-
-def distill(config: DistillConfig | None = None, **kwargs: Any) -> DistillSummary:
-    """Distil ``config.teacher`` (or its cache) into ``config.student`` in ``config.out``.
-
-    Takes a :class:`DistillConfig` or its fields as keyword arguments.
-    """
-    config = make(DistillConfig, config, kwargs, "leaf.distill()")
-    out = Path(config.out)
-    resume = _resume_point(config)
-    trainer = build_trainer(config)
-    trainer.train(resume_from_checkpoint=True if resume else None)
-    final_eval = None
-    if trainer.eval_dataset is not None:
-        final_eval = last_evaluation(trainer.state.log_history, trainer.state.global_step)
-        if final_eval is None:  # the last step was not an --eval-steps multiple: evaluate the final model
-            final_eval = trainer.evaluate()
-        trainer.save_metrics("eval", final_eval)  # eval_results.json (main process)
-    trainer.save_state()  # trainer_state.json: every logged step and evaluation (main process)
-    _save_final(trainer, trainer.processing_class, out, lora=config.lora_r > 0)
-    run = json.loads((out / CONFIG_FILE).read_text())["_run"] if (out / CONFIG_FILE).exists() else {}
-    repo = None
-    if trainer.is_world_process_zero():
-        from leaf.distill.card import push_to_hub, write_card
-
-        write_card(config, out)  # always: README.md of the output folder
-        if config.push_to_hub:
-            repo = push_to_hub(config, out)
-    trainer.accelerator.wait_for_everyone()
-    return DistillSummary(out, int(trainer.state.global_step), run.get("examples", 0),
-                          run.get("counterfactual_examples", 0), run.get("lambda_used", config.lam), resume,
-                          None if final_eval is None else float(final_eval["eval_loss"]), repo)
-
-
-def last_evaluation(log_history: list[dict[str, Any]], step: int) -> dict[str, Any] | None:
-    """The evaluation logged at ``step`` (``eval_*`` metrics), or None."""
-    for entry in reversed(log_history):
-        if "eval_loss" in entry and entry.get("step") == step:
-            return {k: v for k, v in entry.items() if k.startswith("eval_")}
-    return None
-
-
-#: Options that do not change what is trained: a resumed run may differ in these.
-_RESUME_FREE = ("out", "overwrite", "logging_steps", "save_steps", "save_total_limit", "report_to",
-                "dataloader_num_workers", "max_steps", "epochs", "eval_data", "eval_counterfactuals", "eval_steps",
-                "eval_batch_size", "push_to_hub", "hub_model_id", "hub_private", "hub_token", "card_results",
-                "license")
-
-
-def _resume_point(config: DistillConfig) -> bool:
-    """The resume rule every stage shares: same folder + same settings resumes, other settings are refused.
-
-    ``--overwrite`` deletes an earlier run's checkpoints and starts over.
-    """
-    out = Path(config.out)
-    checkpoints = _checkpoints(out)
-    if not checkpoints:
-        return False
-    if config.overwrite:
-        for path in checkpoints:
-            shutil.rmtree(path)
-        return False
-    saved_file = out / CONFIG_FILE
-    if saved_file.exists():
-        saved = json.loads(saved_file.read_text())
-        saved = {field_names(DistillConfig).get(k): v for k, v in saved.items() if k in field_names(DistillConfig)}
-        now = to_dict(config)
-        differ = sorted(k for k in saved if k not in _RESUME_FREE and k in now and saved[k] != now[k])
-        if differ:
-            raise SettingsMismatch(
-                f"{out} holds a run with other settings (differ in: {', '.join(differ)}); "
-                "use another --out, or --overwrite to start over"
-            )
-    log.info("resuming from %s", checkpoints[-1])
-    return True
-
-
-def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> Any:
-    """Load data, models (or the cache) and return a ready :class:`DistillTrainer`; writes leaf_config.json."""
-
-    from leaf.distill.data import DistillCollator, ExampleDataset, check_tokenizers, load_examples, shared_vocab_size
-    from leaf.models import load_model, load_tokenizer
-
-    config.check_trackers()
-    out = Path(config.out)
-    args = training_arguments(config)
-    tokenizer = load_tokenizer(config.student)
-    all_examples = load_examples(tokenizer, config.data, config.counterfactuals, include_eos=config.include_eos, max_length=config.max_length)
-    examples, eval_examples, eval_ids, heldout = _eval_split(config, tokenizer, all_examples)
-    held = set(eval_ids)
-    dataset = ExampleDataset(examples, [i for i in range(len(all_examples)) if i not in held])
-    eval_dataset = ExampleDataset(eval_examples, eval_ids) if eval_examples else None
-    collator: Any = DistillCollator(tokenizer.pad_token_id, config.pad_to_multiple_of)
-
-    teacher = None
-    teacher_vocab = None
-    if config.teacher_cache is not None:
-        from leaf.distill.cache import CachedCollator, TeacherCache
-
-        cache = TeacherCache.open(config.teacher_cache)
-        cache.check(tokenizer, all_examples, config.temperature, config.data, config.counterfactuals)
-        collator = CachedCollator(collator, cache, ExampleDataset(all_examples))  # items' index: into all_examples
-        teacher_vocab = cache.manifest["vocab_size"]
-    else:
-        assert config.teacher is not None
-        check_tokenizers(tokenizer, load_tokenizer(config.teacher))
-        teacher_dtype = config.teacher_dtype
-        if teacher_dtype == "auto":
-            teacher_dtype = "bfloat16" if args.bf16 else "float32"
-        teacher = load_model(config.teacher, dtype=teacher_dtype, device="cpu", device_map=config.teacher_device_map,
-                             max_memory=config.teacher_max_memory, what="teacher",
-                             hint="use --teacher-device-map auto (with --max-memory), DeepSpeed ZeRO-3, "
-                                  "--teacher-cache or a smaller --teacher-dtype")
-
-    # One kind of example only: its term gets all the weight (no counterfactuals = plain KD, whatever lambda says).
-    n_cf = sum(e.counterfactual for e in examples)
-    lam = config.lam if 0 < n_cf < len(examples) else (1.0 if n_cf == 0 else 0.0)
-    if lam != config.lam:
-        log.warning("only %s examples: using lambda = %s instead of %s", "original" if n_cf == 0 else "counterfactual", lam, config.lam)
-
-    student = load_model(config.student, dtype=config.dtype, device="cpu", trainable=True)
-    student.train()
-    vocab = shared_vocab_size(student, teacher, tokenizer, teacher_vocab)
-    if config.lora_r > 0:
-        from peft import LoraConfig, get_peft_model
-
-        targets: Any = config.lora_target_modules
-        if targets == ["all-linear"]:
-            targets = "all-linear"
-        student = get_peft_model(student, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=targets, task_type="CAUSAL_LM"))
-
-    trainer = DistillTrainer(
-        model=student,
-        args=args,
-        train_dataset=dataset,
-        eval_dataset=eval_dataset,
-        data_collator=collator,
-        processing_class=tokenizer,
-        callbacks=[_metrics_callback(out), *(callbacks or [])],
-        teacher=teacher,
-        lam=lam,
-        temperature=config.temperature,
-        alpha=config.alpha,
-        kl_chunk_size=config.kl_chunk_size or None,
-        vocab_size=vocab,
-        teacher_device=config.teacher_device,
-        mix=config.mix,
-        group_by_length=config.group_by_length,
-        chunked_head=config.chunked_head,
-    )
-    if os.environ.get("LEAF_VERBOSE", "1") == "0":  # `leaf distill` without -v: the bar, not raw loss dicts
-        from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-        trainer.pop_callback(PrinterCallback)  # prints the dicts when there is no bar (not a terminal)
-        if trainer.pop_callback(ProgressCallback) is not None:
-            trainer.add_callback(_QuietProgress)
-    if trainer.is_world_process_zero():
-        out.mkdir(parents=True, exist_ok=True)
-        record = public_settings(config)
-        n_eval_cf = sum(e.counterfactual for e in eval_examples)
-        record["_run"] = {
-            "examples": len(examples),
-            "counterfactual_examples": n_cf,
-            "eval_examples": len(eval_examples),
-            "eval_counterfactual_examples": n_eval_cf,
-            "heldout_examples": len(heldout),
-            "lambda_used": lam,
-            "shared_vocab_size": vocab,
-            "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
-            "processes": args.world_size,
-            "distributed_type": str(trainer.accelerator.distributed_type).split(".")[-1],
-            "backend": trainer.accelerator.state.backend,
-            "effective_batch": config.batch_size * config.grad_accum * args.world_size,
-            "torch": torch.__version__,
-        }
-        write_atomic(out / CONFIG_FILE, json.dumps(record, indent=2, default=str) + "\n")
-        if config.eval_split > 0:
-            write_atomic(out / HELDOUT_FILE, json.dumps({
-                "eval_split": config.eval_split, "seed": config.seed,
-                "sources": sorted({e.group for e in heldout}), "examples": [e.key for e in heldout],
-            }, indent=2) + "\n")
-    return trainer
-
-
-def public_settings(config: DistillConfig) -> dict[str, Any]:
-    """The config as leaf_config.json and the model card record it: JSON-safe, secrets (the Hub token) left out."""
-    record = to_dict(config)
-    for name in SECRET_OPTIONS:
-        record.pop(name, None)
-    return json.loads(json.dumps(record, default=str))
-
-
-def _eval_split(config: DistillConfig, tokenizer: Any, all_examples: list[Any]) -> tuple[list[Any], list[Any], list[int], list[Any]]:
-    """``(training examples, evaluation examples, their ids, the examples --eval-split held out)``.
-
-    The ids of held-out examples are their positions in ``all_examples`` (the teacher cache's collator looks
-    them up there); --eval-data / --eval-counterfactuals examples follow. Any of those equal to a training
-    example (same key, or the same tokens) is refused: evaluation is on samples never trained on.
-    """
-    from leaf.distill.data import load_examples, split_heldout
-
-    train_pos, held_pos = split_heldout(all_examples, config.eval_split, config.seed)
-    train = [all_examples[i] for i in train_pos]
-    heldout = [all_examples[i] for i in held_pos]
-    eval_examples, eval_ids = list(heldout), list(held_pos)
-    if config.eval_data is not None or config.eval_counterfactuals is not None:
-        extra = load_examples(tokenizer, config.eval_data, config.eval_counterfactuals, include_eos=config.include_eos,
-                              max_length=config.max_length)
-        keys = {e.key for e in train}
-        tokens = {tuple(e.input_ids) for e in train}
-        clash = [e.key for e in extra if e.key in keys or tuple(e.input_ids) in tokens]
-        if clash:
-            where = config.eval_data if config.eval_data is not None else config.eval_counterfactuals
-            raise DataError([(f"{where}: {len(clash)} evaluation example(s) are also training examples (same id "
-                              f"or same text), e.g. {', '.join(clash[:3])}; evaluation must be on held-out samples")])
-        eval_ids += range(len(all_examples), len(all_examples) + len(extra))
-        eval_examples += extra
-    return train, eval_examples, eval_ids, heldout
-
-
-def _save_final(trainer: Any, tokenizer: Any, out: Path, *, lora: bool) -> None:
-    """Final student in ``out`` (safetensors, loadable with ``from_pretrained``) plus its tokenizer."""
-    if lora:
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        merged = model.merge_and_unload()
-        if trainer.is_world_process_zero():
-            merged.save_pretrained(out)
-            tokenizer.save_pretrained(out)
-    else:
-        trainer.save_model(str(out))  # gathers ZeRO-3 / FSDP shards; saves the tokenizer (processing_class)
-    trainer.accelerator.wait_for_everyone()

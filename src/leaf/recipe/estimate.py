@@ -35,6 +35,7 @@ from leaf.estimate import (
     training_bytes_per_gpu,
     weights_bytes,
 )
+from leaf.recipe.stages import accelerate_config
 
 ASSUMED_SAMPLES = 1000
 ASSUMED_TOKENS = 512  #: tokens of a rendered sample (docs/scaling.md: 128 prompt + 384 response)
@@ -396,7 +397,7 @@ class Estimator:
         flops = flops_training(ns, tokens, checkpointing=ckpt) + (flops_forward(nt, tokens) if nt else 0)
         est.lines.append(("FLOPs", (f"(2 x {_p(nt)} teacher + " if nt else "(") + f"{c} x {_p(ns)} student) x "
                                    f"{_n(tokens)} = {_e(flops)}"))
-        acc = _accelerate(step, self.p)
+        acc = accelerate_config(step, self.p.gpus)
         sharded = "zero3" in acc or "fsdp" in acc
         micro = int(cfg.batch_size * T)
         mem = training_bytes_per_gpu(student.config, tokens_per_gpu=micro, gpus=self.gpus, sharded=sharded,
@@ -513,12 +514,6 @@ class Estimator:
             est.lines.insert(3, ("tokens", f"{src.tokens:.0f} per sample ({src.how_tokens})"))
         est.lines = [(k, v) for k, v in est.lines if v]
         return est
-
-
-def _accelerate(step: Any, plan: Any) -> str:
-    from leaf.recipe.runner import accelerate_config
-
-    return accelerate_config(step, plan)
 
 
 def estimate_plan(plan: Any) -> list[StageEstimate]:

@@ -33,11 +33,7 @@ import yaml
 from leaf.config import ConfigError, Summary, build, make, read_yaml_mapping, to_dict
 from leaf.data.jsonl import SettingsMismatch, dumps, write_atomic
 from leaf.recipe.config import RecipeConfig
-from leaf.recipe.stages import FREE, Step, plan, report_view
-
-ACCELERATE = {"zero3": "configs/accelerate/deepspeed_zero3.yaml", "ddp": "configs/accelerate/multi_gpu_ddp.yaml",
-              "single": "configs/accelerate/single_gpu.yaml"}
-
+from leaf.recipe.stages import FREE, Step, accelerate_config, plan, report_view
 
 # -- the recipe -------------------------------------------------------------------------------
 
@@ -379,18 +375,10 @@ def resolved_yaml(p: Plan) -> str:
         if step.sources:
             entry["input"] = list(step.sources)
         if step.kind.name == "distill":
-            entry["accelerate"] = accelerate_config(step, p)
+            entry["accelerate"] = accelerate_config(step, p.gpus)
         entry.update(json.loads(dumps(to_dict(p.configs[step.name]))))
         doc["stages"][step.name] = entry
     return yaml.safe_dump(doc, sort_keys=False, width=120)
-
-
-def accelerate_config(step: Step, p: Plan) -> str:
-    if step.accelerate:
-        return str(step.accelerate)
-    if p.gpus == 1:
-        return ACCELERATE["single"]
-    return ACCELERATE["ddp"] if step.values.get("teacher_cache") else ACCELERATE["zero3"]
 
 
 def commands(p: Plan) -> str:
@@ -404,7 +392,7 @@ def commands(p: Plan) -> str:
         for key, files in step.merges.items():
             lines.append(f"mkdir -p {Path(step.values[key]).parent} && cat {' '.join(files)} > {step.values[key]}")
         if step.kind.name == "distill":
-            lines.append(f"accelerate launch --config_file {accelerate_config(step, p)} --num_processes {p.gpus} "
+            lines.append(f"accelerate launch --config_file {accelerate_config(step, p.gpus)} --num_processes {p.gpus} "
                          f"-m leaf distill --config {step.yaml}")
         elif step.kind.name == "report":
             lines.append(f"leaf run {p.recipe} --only {step.name}  # links the stages' files into {step.folder}")

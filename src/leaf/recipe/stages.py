@@ -360,6 +360,21 @@ def _wire(step: Step, chosen_raw: Any, earlier: list[Step], shared: Mapping[str,
         step.sources = [s.name for s in earlier if s.kind.name != "report"]
 
 
+#: The accelerate config a distill stage launches with when the recipe names none (paths in the repository).
+ACCELERATE = {"zero3": "configs/accelerate/deepspeed_zero3.yaml", "ddp": "configs/accelerate/multi_gpu_ddp.yaml",
+              "single": "configs/accelerate/single_gpu.yaml"}
+
+
+def accelerate_config(step: Step, gpus: int) -> str:
+    """The accelerate config of a distill stage: the recipe's own, else single GPU, DDP with a teacher cache
+    (no teacher to shard), or DeepSpeed ZeRO-3."""
+    if step.accelerate:
+        return str(step.accelerate)
+    if gpus == 1:
+        return ACCELERATE["single"]
+    return ACCELERATE["ddp"] if step.values.get("teacher_cache") else ACCELERATE["zero3"]
+
+
 def report_view(step: Step, steps: list[Step]) -> list[tuple[Path, str, str]]:
     """What the report's folder holds: ``(source, target inside RUN/<report>/, link | copy | folder)``.
 
