@@ -129,3 +129,13 @@ def test_missing_gguf_package_is_one_line(tmp_path: Path, cache: Path, monkeypat
     assert leaf_gguf.main([str(src)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "needs the gguf package" in err and str(src) in err
+
+
+def test_cached_finds_only_a_done_conversion(tmp_path: Path, cache: Path) -> None:
+    src = tmp_path / "tiny.gguf"
+    write_tiny(src)
+    assert leaf_gguf.cached(src) is None  # nothing converted yet, and cached() converts nothing
+    assert not cache.exists()
+    assert leaf_gguf.cached(src) is None
+    folder = leaf_gguf.resolve(src)
+    assert leaf_gguf.cached(src) == folder

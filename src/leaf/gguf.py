@@ -131,6 +131,16 @@ def convert(path: Path, out: Path, meta: dict[str, Any] | None = None, digest: s
     return out
 
 
+def cached(path: str | os.PathLike[str]) -> str | None:
+    """The converted folder of a GGUF source when already in the cache (nothing is converted), else None."""
+    try:
+        source = gguf_file(path)
+    except GGUFError:
+        return None
+    out = cache_root() / sha256(source) if source is not None else None
+    return str(out) if out is not None and (out / MARKER).exists() else None
+
+
 def resolve(path: str | os.PathLike[str]) -> str:
     """A Hugging Face folder for ``path``: the cached conversion of a GGUF source, else ``path`` unchanged."""
     source = gguf_file(path)
