@@ -94,6 +94,10 @@ def load_generator(
             raise RuntimeError("backend 'vllm' needs the vllm package (pip install 'leaf[vllm]') and a CUDA GPU")
         from vllm import LLM
 
+        from leaf.gguf import resolve
+
+        name_or_path = resolve(name_or_path)  # vLLM reads the converted folder of a .gguf source
+
         kwargs: dict[str, Any] = {"model": name_or_path, "dtype": "auto" if dtype == "auto" else dtype}
         if max_model_len:
             kwargs["max_model_len"] = max_model_len

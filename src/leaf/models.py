@@ -315,6 +315,9 @@ def load_tokenizer(name_or_path: str) -> Any:
     """A fast tokenizer (leaf needs offset mappings) with a pad token, whose offsets cover its input."""
     from transformers import AutoTokenizer
 
+    from leaf.gguf import resolve
+
+    name_or_path = resolve(name_or_path)  # a .gguf source -> its cached converted folder
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError, KeyError) as exc:
@@ -348,6 +351,9 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM
 
+    from leaf.gguf import resolve
+
+    name_or_path = resolve(name_or_path)  # a .gguf source -> its cached converted folder
     device = resolve_device(device)
     limits = parse_max_memory(max_memory)
     if limits and device_map is None:

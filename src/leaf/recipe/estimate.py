@@ -66,7 +66,9 @@ def model_info(ref: str | None) -> Model | None:
     """A model's config without its weights: a local config.json, a published one, or unknown."""
     if not ref:
         return None
-    local = Path(ref) / "config.json"
+    from leaf.gguf import cached
+
+    local = Path(cached(ref) or ref) / "config.json"  # a converted .gguf source's config; none read before conversion
     if local.is_file():
         try:
             return Model(ref, json.loads(local.read_text(encoding="utf-8")), f"{local}")
