@@ -121,3 +121,37 @@ def test_an_output_that_is_an_input_is_refused_whatever_overwrite_says(tmp_path,
     assert main([a.format(**names) for a in argv] + (["--overwrite"] if argv[0] in ("detect", "label") else [])) == 2
     assert flags.format(**names) in capsys.readouterr().err
     assert f.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["distill", "--student", "{m}", "--data", "{f}", "--out", "{m}"], "inside the model folder --student"),
+        (["detect", "--teacher", "{m}", "--student", "s", "--data", "{f}", "--out", "{m}/tokenizer.json",
+          "--overwrite"], "inside the model folder --teacher"),
+        (["detect", "--teacher", "t", "--student", "s", "--data", "{f}.new", "--out", "{f}", "--overwrite"],
+         "(which writes in.jsonl.new) is the input --data"),
+        (["detect", "--teacher", "t", "--student", "s", "--data", "{f}.meta.json", "--out", "{f}"],
+         "(which writes in.jsonl.meta.json) is the input --data"),
+        (["detect", "--teacher", "t", "--student", "s", "--data", "{f}", "--out", "/dev/full", "--overwrite"],
+         "--out /dev/full exists and is not a regular file"),
+        (["detect", "--teacher", "t", "--student", "s", "--data", "/dev/zero", "--out", "{f}.out"],
+         "--data /dev/zero is not a regular file"),
+        (["distill", "--student", "s", "--data", "{m}/in.jsonl", "--out", "{m}"], "is a folder holding the input --data"),
+    ],
+)
+def test_no_written_path_touches_an_input(tmp_path, monkeypatch, capsys, argv, message):
+    from leaf.cli import main
+
+    m = tmp_path / "model"
+    m.mkdir()
+    (m / "tokenizer.json").write_text("{}")
+    (m / "in.jsonl").write_text('{"id": 1, "instruction": "q", "response": "a"}\n')
+    f = tmp_path / "in.jsonl"
+    for path in (f, tmp_path / "in.jsonl.new", tmp_path / "in.jsonl.meta.json"):
+        path.write_text('{"id": 1, "instruction": "q", "response": "a"}\n')
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert main([a.format(m=m, f=f) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
