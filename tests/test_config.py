@@ -155,3 +155,23 @@ def test_no_written_path_touches_an_input(tmp_path, monkeypatch, capsys, argv, m
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_a_second_writer_on_one_output_is_refused_by_name(tmp_path, capsys):
+    import fcntl
+    import os
+
+    from leaf.cli import main
+
+    f = tmp_path / "in.jsonl"
+    f.write_text('{"id": 1, "instruction": "q", "response": "a"}\n')
+    out = tmp_path / "out.jsonl"
+    with open(tmp_path / "out.jsonl.lock", "w") as held:  # another run holds the output
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("4242")
+        held.flush()
+        assert main(["detect", "--teacher", "t", "--student", "s", "--data", str(f), "--out", str(out)]) == 2
+        fcntl.flock(held, fcntl.LOCK_UN)
+    err = capsys.readouterr().err
+    assert f"--out {out} is being written by pid 4242" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and os.path.exists(tmp_path / "out.jsonl.lock")
