@@ -86,7 +86,7 @@ LOCKED = ("detect", "label", "evaluate", "prune", "cache-teacher", "distill", "a
 @contextlib.contextmanager
 def _output_lock(out: Any) -> Iterator[None]:
     """An exclusive advisory lock on ``OUT.lock`` for the whole run (removed after); a held lock is a ConfigError."""
-    if out is None:
+    if out is None or os.environ.get("RANK", "0") != "0":  # a distributed run: rank 0 holds it for all ranks
         yield
         return
     import fcntl
