@@ -121,3 +121,57 @@ def test_an_output_that_is_an_input_is_refused_whatever_overwrite_says(tmp_path,
     assert main([a.format(**names) for a in argv] + (["--overwrite"] if argv[0] in ("detect", "label") else [])) == 2
     assert flags.format(**names) in capsys.readouterr().err
     assert f.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["distill", "--student", "{m}", "--data", "{f}", "--out", "{m}"], "inside the model folder --student"),
+        (["detect", "--teacher", "{m}", "--student", "s", "--data", "{f}", "--out", "{m}/tokenizer.json",
+          "--overwrite"], "inside the model folder --teacher"),
+        (["detect", "--teacher", "t", "--student", "s", "--data", "{f}.new", "--out", "{f}", "--overwrite"],
+         "(which writes in.jsonl.new) is the input --data"),
+        (["detect", "--teacher", "t", "--student", "s", "--data", "{f}.meta.json", "--out", "{f}"],
+         "(which writes in.jsonl.meta.json) is the input --data"),
+        (["detect", "--teacher", "t", "--student", "s", "--data", "{f}", "--out", "/dev/full", "--overwrite"],
+         "--out /dev/full exists and is not a regular file"),
+        (["detect", "--teacher", "t", "--student", "s", "--data", "/dev/zero", "--out", "{f}.out"],
+         "--data /dev/zero is not a regular file"),
+        (["distill", "--student", "s", "--data", "{m}/in.jsonl", "--out", "{m}"], "is a folder holding the input --data"),
+    ],
+)
+def test_no_written_path_touches_an_input(tmp_path, monkeypatch, capsys, argv, message):
+    from leaf.cli import main
+
+    m = tmp_path / "model"
+    m.mkdir()
+    (m / "tokenizer.json").write_text("{}")
+    (m / "in.jsonl").write_text('{"id": 1, "instruction": "q", "response": "a"}\n')
+    f = tmp_path / "in.jsonl"
+    for path in (f, tmp_path / "in.jsonl.new", tmp_path / "in.jsonl.meta.json"):
+        path.write_text('{"id": 1, "instruction": "q", "response": "a"}\n')
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert main([a.format(m=m, f=f) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_a_second_writer_on_one_output_is_refused_by_name(tmp_path, capsys):
+    import fcntl
+    import os
+
+    from leaf.cli import main
+
+    f = tmp_path / "in.jsonl"
+    f.write_text('{"id": 1, "instruction": "q", "response": "a"}\n')
+    out = tmp_path / "out.jsonl"
+    with open(tmp_path / "out.jsonl.lock", "w") as held:  # another run holds the output
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("4242")
+        held.flush()
+        assert main(["detect", "--teacher", "t", "--student", "s", "--data", str(f), "--out", str(out)]) == 2
+        fcntl.flock(held, fcntl.LOCK_UN)
+    err = capsys.readouterr().err
+    assert f"--out {out} is being written by pid 4242" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and os.path.exists(tmp_path / "out.jsonl.lock")

@@ -294,22 +294,70 @@ def _resolve(path: Path, name: str, source: str) -> Path:
         raise ConfigError(f"{source}: {_flag(name)} {path}: cannot follow the path ({reason})") from None
 
 
+#: Options whose value, when it is a local folder, is a model: every file inside it is an input.
+MODEL_OPTIONS = ("teacher", "student", "model", "models")
+#: Names a command writes beside an output (resume files, sidecars): each must miss every input too.
+SIDECARS = ("", ".new", ".meta.json", ".skipped.jsonl", ".uncovered.jsonl", ".summary.json", ".lock")
+
+
+def _special(path: Path) -> bool:
+    """An existing path that is neither a regular file nor a folder (device, FIFO, socket)."""
+    try:
+        return path.exists() and not (path.is_file() or path.is_dir())
+    except OSError:
+        return False
+
+
 def _check_outputs(cls: type, values: dict[str, Any], source: str) -> None:
-    """Refuse an output path that resolves to an input path: a run must never destroy what it reads."""
+    """Refuse any path a run writes that resolves to, or lies in, an input: a run never destroys what it reads.
+
+    Inputs are the ``role="input"`` options plus model options naming a local folder
+    (every file inside counts). Each output is checked with its sidecar names
+    (:data:`SIDECARS`); an output folder that holds an input is refused, and so are
+    inputs and outputs that exist but are not regular files or folders.
+    """
     roles = {f.name: f.metadata.get("role") for f in dataclasses.fields(cls) if f.init}
-    inputs = {name: [_resolve(p, name, source) for p in _paths(values.get(name))]
-              for name, r in roles.items() if r == "input"}
+    inputs: dict[str, list[Path]] = {}
+    folders: dict[str, list[Path]] = {}
+    for name, role in roles.items():
+        if role == "input":
+            inputs[name] = [_resolve(p, name, source) for p in _paths(values.get(name))]
+        elif name in MODEL_OPTIONS:
+            folders[name] = [_resolve(p, name, source) for p in _paths(values.get(name)) if p.is_dir()]
+    for in_name, paths in inputs.items():
+        for path in paths:
+            if _special(path):
+                raise ConfigError(f"{source}: {_flag(in_name)} {path} is not a regular file or folder")
     for name, role in roles.items():
         if role != "output":
             continue
         for out in _paths(values.get(name)):
-            target = _resolve(out, name, source)
-            for in_name, paths in inputs.items():
-                if target in paths:
-                    raise ConfigError(
-                        f"{source}: {_flag(name)} {out} is the input {_flag(in_name)}: refusing to overwrite an "
-                        "input (choose another output path)"
-                    )
+            if _special(out):
+                raise ConfigError(f"{source}: {_flag(name)} {out} exists and is not a regular file or folder")
+            base = _resolve(out, name, source)
+            for suffix in SIDECARS:
+                target = base.with_name(base.name + suffix) if suffix else base
+                for in_name, paths in inputs.items():
+                    if target in paths:
+                        what = f"{out}" if not suffix else f"{out} (which writes {target.name})"
+                        raise ConfigError(
+                            f"{source}: {_flag(name)} {what} is the input {_flag(in_name)}: refusing to overwrite an "
+                            "input (choose another output path)"
+                        )
+                for in_name, paths in folders.items():
+                    for folder in paths:
+                        if target == folder or folder in target.parents:
+                            raise ConfigError(
+                                f"{source}: {_flag(name)} {out} is inside the model folder {_flag(in_name)} {folder}: "
+                                "refusing to overwrite an input (choose another output path)"
+                            )
+            for in_name, paths in {**inputs, **folders}.items():
+                for path in paths:
+                    if base in path.parents:
+                        raise ConfigError(
+                            f"{source}: {_flag(name)} {out} is a folder holding the input {_flag(in_name)} {path}: "
+                            "refusing to overwrite an input (choose another output path)"
+                        )
 
 
 def make(cls: type[T], config: T | None = None, kwargs: dict[str, Any] | None = None, where: str = "") -> T:

@@ -21,12 +21,13 @@ written stays; the same command resumes) and exits with status 130.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
 import pkgutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -73,9 +74,46 @@ class Command:
 
     def __call__(self, args: argparse.Namespace) -> int:
         config = resolve(load_object(self.config), args)
-        summary = load_object(self.run)(config)
+        with _output_lock(getattr(config, "out", None) if self.name in LOCKED else None):
+            summary = load_object(self.run)(config)
         print(summary.line())
         return 0
+
+
+#: Commands that write one output for a whole run: a second writer on the same ``--out`` is refused.
+LOCKED = ("detect", "label", "evaluate", "prune", "cache-teacher", "distill", "analyze")
+
+
+@contextlib.contextmanager
+def _output_lock(out: Any) -> Iterator[None]:
+    """An exclusive advisory lock on ``OUT.lock`` for the whole run (removed after); a held lock is a ConfigError."""
+    if out is None or os.environ.get("RANK", "0") != "0":  # a distributed run: rank 0 holds it for all ranks
+        yield
+        return
+    import fcntl
+
+    path = Path(out).resolve()
+    lock = path.with_name(path.name + ".lock")
+    made = [d for d in lock.parents if not d.exists()]  # folders this lock creates, deepest first
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ConfigError(f"--out {out} is being written by pid {holder} (lock {lock}); wait for it to finish") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+            for folder in made:  # a run that failed before writing leaves no empty folder behind
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
 
 def _commands() -> list[Command]:
