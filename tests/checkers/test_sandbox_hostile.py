@@ -390,6 +390,7 @@ def test_namespaces_hide_other_processes_and_the_network():
         "import os, socket\nprint(os.getpid(), sorted(p for p in os.listdir('/proc') if p.isdigit()))\n"
         "print(socket.if_nameindex())\n",
         isolate=True,
+        sandbox="none",
     )
     assert res.passed, res.stderr
     pid_line, net_line = res.stdout.splitlines()[:2]

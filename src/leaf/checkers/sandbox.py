@@ -61,6 +61,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from leaf.checkers import _bwrap
+
 NOBODY = 65534
 log = logging.getLogger(__name__)
 
@@ -187,12 +189,16 @@ def _remove_tree(path: Path) -> None:
 class _Box:
     """A temporary directory with the candidate's folder (``box``) and the runners; removed on exit."""
 
-    def __init__(self, python: str | None, drop_privileges: bool, isolate: bool | None) -> None:
+    def __init__(self, python: str | None, drop_privileges: bool, isolate: bool | None, sandbox: str = "bwrap") -> None:
         self.python = python or sys.executable
+        self.sandbox = _bwrap.check_mode(sandbox)
+        if self.sandbox == "bwrap":
+            _bwrap.require(self.python)
         self.as_nobody = drop_privileges and _nobody_can_run(self.python)
-        if os.geteuid() == 0 and not self.as_nobody:
+        if os.geteuid() == 0 and not self.as_nobody and self.sandbox == "none":
             _warn_root(self.python)
-        self.prefix = _NAMESPACES if _use_namespaces(isolate, self.python, self.as_nobody) else []
+        use_ns = self.sandbox == "none" and _use_namespaces(isolate, self.python, self.as_nobody)
+        self.prefix = _NAMESPACES if use_ns else []
         self.dir = Path(tempfile.mkdtemp(prefix="leaf-sandbox-"))
         self.box = self.dir / "box"
         self.procs: list[subprocess.Popen] = []
@@ -230,12 +236,23 @@ class _Box:
     def candidate(self, mode: str, *, memory_mb: int, timeout: float, file_size_mb: int, stdin: Any, out: Any,
                   err: Any, fds: tuple[int, int] = (-1, -1), entry: str = "") -> subprocess.Popen:
         runner = self.write("leaf-child.py", _script("_child.py"))
-        cmd = [*self.prefix, self.python, "-I", "-B", str(runner), str(self.box), str(self.dir),
-               str(self.box / "program.py"), str(memory_mb), str(int(timeout) + 1), str(file_size_mb),
-               mode, str(fds[0]), str(fds[1]), entry]  # fmt: skip
+        limits = [str(memory_mb), str(int(timeout) + 1), str(file_size_mb), mode, str(fds[0]), str(fds[1]), entry]
+        user = _user_kwargs(self.as_nobody)
+        if self.sandbox == "bwrap":
+            os.chmod(runner, 0o644)
+            os.chmod(self.box / "program.py", 0o644)
+            files = {"child.py": str(runner), "program.py": str(self.box / "program.py")}
+            python = os.path.realpath(self.python)
+            inner = [python, "-I", "-S", "-B", f"{_bwrap.FILES}/child.py", _bwrap.BOX, _bwrap.FILES,
+                     f"{_bwrap.FILES}/program.py", *limits]  # fmt: skip
+            cmd = _bwrap.command(inner, self.python, files, tmp_mb=max(file_size_mb, 64))
+            user = {}
+        else:
+            cmd = [*self.prefix, self.python, "-I", "-B", str(runner), str(self.box), str(self.dir),
+                   str(self.box / "program.py"), *limits]  # fmt: skip
         proc = subprocess.Popen(cmd, stdin=stdin, stdout=out, stderr=err, cwd=self.box, env=clean_env(str(self.box)),
                                 start_new_session=True, close_fds=True, pass_fds=[f for f in fds if f >= 0],
-                                **_user_kwargs(self.as_nobody))  # fmt: skip
+                                **user)  # fmt: skip
         self.procs.append(proc)
         return proc
 
@@ -251,6 +268,7 @@ def run_python(
     drop_privileges: bool = True,
     script: bool = False,
     isolate: bool | None = None,
+    sandbox: str = "bwrap",
 ) -> RunResult:
     """Run ``program`` (Python source) fenced in; ``passed`` means it ended with status 0 in time.
 
@@ -258,7 +276,7 @@ def run_python(
     tests are judged by :func:`run_tests`. ``script=True`` runs it as ``__main__`` (a
     ``sys.exit(0)`` is a normal end); otherwise leaving through ``sys.exit`` is a failure.
     """
-    with _Box(python, drop_privileges, isolate) as box:
+    with _Box(python, drop_privileges, isolate, sandbox) as box:
         box.write("program.py", program, in_box=True)
         if stdin is not None:
             box.write("stdin.txt", stdin)
@@ -293,6 +311,7 @@ def run_tests(
     python: str | None = None,
     drop_privileges: bool = True,
     isolate: bool | None = None,
+    sandbox: str = "bwrap",
 ) -> RunResult:
     """Judge ``source`` (the candidate's program) by ``tests`` (see the module doc).
 
@@ -306,7 +325,7 @@ def run_tests(
 
     entry_name = re.split(r"[().]", entry.replace("()", "."))[-1] or entry
     job = json.dumps({"prompt": prompt, "tests": tests, "entry": entry, "entry_name": entry_name})
-    with _Box(python, drop_privileges, isolate) as box:
+    with _Box(python, drop_privileges, isolate, sandbox) as box:
         box.write("program.py", source, in_box=True)
         judge_script = box.write("leaf-judge.py", _script("_judge.py"))
         judge_dir = box.dir / "judge"
