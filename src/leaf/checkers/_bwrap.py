@@ -26,8 +26,10 @@ import shutil
 import subprocess
 import sys
 
+from leaf.checkers import CODE_SANDBOXES as MODES
+from leaf.config import ConfigError
+
 NOBODY = 65534
-MODES = ("bwrap", "none")
 MISSING = (
     "code evaluation needs bubblewrap (apt-get install bubblewrap), or --code-sandbox none where the container "
     "is the boundary"
@@ -37,8 +39,9 @@ FILES = "/leaf"  # where the caller's read-only files appear inside the sandbox
 log = logging.getLogger(__name__)
 
 
-class SandboxUnavailable(RuntimeError):
-    """bubblewrap is missing or cannot create namespaces here (the message says what to do)."""
+class SandboxUnavailable(ConfigError):
+    """bubblewrap is missing or cannot create namespaces here; the one-line message says what to do
+    (a ``ConfigError``: the command line prints it without a traceback and exits with status 2)."""
 
 
 def which() -> str | None:
@@ -151,5 +154,5 @@ def require(python: str | None = None) -> None:
 
 def check_mode(mode: str) -> str:
     if mode not in MODES:
-        raise ValueError(f"code sandbox {mode!r}: use one of {', '.join(MODES)}")
+        raise ConfigError(f"--code-sandbox {mode!r}: use one of {', '.join(MODES)}")
     return mode
