@@ -22,8 +22,7 @@ from leaf.checkers.sandbox import run_python, run_tests
 from leaf.data.records import Sample
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.skipif(bool(_bwrap._check(os.path.realpath(sys.executable))),
-                                reason="bubblewrap cannot run here")  # fmt: skip
+pytestmark = pytest.mark.skipif(bool(_bwrap.unavailable()), reason="bubblewrap cannot run here")
 
 
 def _code(tests, entry="f", **meta):

@@ -49,6 +49,25 @@ def which() -> str | None:
     return shutil.which("bwrap")
 
 
+def interpreter(python: str) -> str:
+    """The base interpreter behind ``python`` (a virtual environment's own ``bin`` is not bound)."""
+    exe = os.path.realpath(python)
+    if exe == os.path.realpath(sys.executable) and sys.prefix != sys.base_prefix:
+        base = os.path.join(sys.base_prefix, "bin", "python%d.%d" % sys.version_info[:2])
+        if os.path.isfile(base):
+            return os.path.realpath(base)
+    return exe
+
+
+@functools.lru_cache(maxsize=2)
+def _has_option(bwrap: str, option: str) -> bool:
+    try:
+        res = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return option in res.stdout + res.stderr
+
+
 def _prefix(python: str) -> str:
     exe = os.path.realpath(python)
     if os.path.realpath(sys.executable) == exe:
@@ -66,7 +85,7 @@ def _system_binds(python: str) -> list[str]:
             args += ["--ro-bind", top, top]
             bound.append(top)
     prefix = _prefix(python)
-    exe_dir = os.path.dirname(os.path.realpath(python))
+    exe_dir = os.path.dirname(interpreter(python))
     for root in (prefix, exe_dir):
         if not any(root == b or root.startswith(b + "/") for b in bound):
             parts = root.strip("/").split("/")[:-1]
@@ -101,8 +120,8 @@ def command(
             "--setenv", "HOME", BOX, "--setenv", "TMPDIR", BOX]  # fmt: skip
     cmd += _system_binds(python)
     cmd += ["--proc", "/proc", "--dev", "/dev"]
-    size = str(max(1, tmp_mb) << 20)
-    cmd += ["--perms", "1777", "--size", size, "--tmpfs", BOX, "--perms", "1777", "--size", size, "--tmpfs", "/dev/shm"]
+    size = ["--size", str(max(1, tmp_mb) << 20)] if _has_option(exe, "--size") else []  # bubblewrap >= 0.8
+    cmd += ["--perms", "1777", *size, "--tmpfs", BOX, "--perms", "1777", *size, "--tmpfs", "/dev/shm"]
     cmd += ["--perms", "0755", "--dir", FILES]
     for name, src in files.items():
         cmd += ["--ro-bind", src, f"{FILES}/{name}"]
@@ -115,7 +134,7 @@ def command(
 
 
 def _probe(python: str, drop: str) -> tuple[bool, str]:
-    inner = [os.path.realpath(python), "-I", "-S", "-c", "import os, sys; sys.stdout.write('%d %d' % (os.getuid(), os.getpid()))"]
+    inner = [interpreter(python), "-I", "-S", "-c", "import os, sys; sys.stdout.write('%d %d' % (os.getuid(), os.getpid()))"]
     try:
         res = subprocess.run(command(inner, python, {}, tmp_mb=1, drop=drop), stdin=subprocess.DEVNULL,
                              capture_output=True, timeout=30, env={"PATH": "/usr/bin:/bin"})  # fmt: skip
@@ -145,9 +164,14 @@ def _check(python: str) -> str:
     return ""
 
 
+def unavailable(python: str | None = None) -> str:
+    """Why bwrap cannot run ``python`` here (one line), or "" where it can (probed once per interpreter)."""
+    return _check(os.path.realpath(python or sys.executable))
+
+
 def require(python: str | None = None) -> None:
     """Raise :class:`SandboxUnavailable` (one line: what to install) unless bwrap works here (probed once)."""
-    why = _check(os.path.realpath(python or sys.executable))
+    why = unavailable(python)
     if why:
         raise SandboxUnavailable(why)
 

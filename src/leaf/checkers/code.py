@@ -37,7 +37,7 @@ import json
 import re
 from typing import Any
 
-from leaf.checkers._bwrap import check_mode, require
+from leaf.checkers import _bwrap
 from leaf.checkers.sandbox import RunResult, run_python, run_tests
 
 _FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
@@ -219,9 +219,9 @@ class CodeChecker:
     def __init__(self, timeout: float = 10.0, memory_mb: int = 1024, sandbox: str = "bwrap") -> None:
         self.timeout = timeout
         self.memory_mb = memory_mb
-        self.sandbox = check_mode(sandbox)
+        self.sandbox = _bwrap.check_mode(sandbox)
         if sandbox == "bwrap":
-            require()  # refuse now, in one line, rather than at the first sample
+            _bwrap.require()  # refuse now, in one line, rather than at the first sample
         self.last: RunResult | None = None
 
     def run(self, prediction: str, sample: Any) -> RunResult:

@@ -242,8 +242,7 @@ class _Box:
             os.chmod(runner, 0o644)
             os.chmod(self.box / "program.py", 0o644)
             files = {"child.py": str(runner), "program.py": str(self.box / "program.py")}
-            python = os.path.realpath(self.python)
-            inner = [python, "-I", "-S", "-B", f"{_bwrap.FILES}/child.py", _bwrap.BOX, _bwrap.FILES,
+            inner = [_bwrap.interpreter(self.python), "-I", "-S", "-B", f"{_bwrap.FILES}/child.py", _bwrap.BOX, _bwrap.FILES,
                      f"{_bwrap.FILES}/program.py", *limits]  # fmt: skip
             cmd = _bwrap.command(inner, self.python, files, tmp_mb=max(file_size_mb, 64))
             user = {}
