@@ -16,9 +16,18 @@ Two entry points:
 * :func:`run_python` -- run a program on its own (stdin/stdout tasks): ``passed`` only says that
   it ended with status 0 in time; the caller judges its output.
 
-The candidate's process (``_child.py``) runs this interpreter with ``-I -B`` in a fresh
-temporary directory, with an environment that carries nothing of ours, in its own session
-(process group) killed as a whole at the end, and before the program starts it:
+By default (``sandbox="bwrap"``) the candidate's process runs under bubblewrap in an empty world:
+the standard library read-only, a private ``/tmp`` (its folder) and ``/dev/shm``, its own
+``/proc``, no network, no project, venv, data or predictions, as ``nobody`` (see
+:mod:`leaf.checkers._bwrap`); where bubblewrap cannot run, :class:`~leaf.checkers._bwrap.SandboxUnavailable`
+says what to install. ``sandbox="none"`` (the container is the boundary) runs it on the host's
+file system as below. The judge runs outside bubblewrap: it runs only the benchmark's prompt and
+tests, and holds the expected values.
+
+The candidate's process (``_child.py``) runs the interpreter with ``-I -B`` (``-I -S -B``, the
+base interpreter, under bubblewrap) in a fresh temporary directory, with an environment that
+carries nothing of ours, in its own session (process group) killed as a whole at the end, and
+before the program starts it:
 
 * sets resource limits: address space, CPU seconds, size of a written file, no core files,
   ``RLIMIT_NPROC`` = 0 (no new processes or threads for an unprivileged user);
@@ -33,15 +42,15 @@ temporary directory, with an environment that carries nothing of ours, in its ow
   signals to any process but itself, ``ctypes``, sockets, building code objects, ``gc``
   introspection, tracing hooks.
 
-On Linux, where an unprivileged user may create namespaces, it also runs under
+With ``sandbox="none"``, on Linux, where an unprivileged user may create namespaces, it also runs under
 ``unshare --user --pid --net --mount --mount-proc`` (detected at run time; never required): it
 then sees no other process (its ``/proc`` is its own), has no network, and every process it
 might start dies with it. When this process runs as root and the interpreter is usable by
 ``nobody``, the candidate and the judge run as ``nobody``.
 
-This is containment for benchmark code written by a model, not a security boundary: an audit
-hook can be bypassed by code that corrupts the interpreter's memory (e.g. crafted bytecode
-through ``marshal``). Evaluate untrusted models inside a container or VM.
+The audit hook alone is not a security boundary: it can be bypassed by code that corrupts the
+interpreter's memory (e.g. crafted bytecode through ``marshal``); bubblewrap is the boundary then,
+with no seccomp filter and no cgroup limits. Evaluate untrusted models inside a container or VM.
 """
 
 from __future__ import annotations
