@@ -276,3 +276,59 @@ def test_all_humaneval_canonical_solutions_pass_and_the_overhead_is_small(boxed,
         assert failed == [], (name, failed)
     print(f"seconds per HumanEval problem: bwrap {timings['bwrap']:.3f}, none {timings['none']:.3f}")
     assert timings["bwrap"] < timings["none"] + 0.5
+
+
+def test_the_os_layer_holds_without_the_audit_hook(tmp_path, monkeypatch):
+    """bubblewrap alone (a plain interpreter, no runner, no hook): what a candidate that removed the
+    hook could still reach."""
+    import subprocess
+
+    monkeypatch.setenv("FAKE_SECRET", "abc")
+    host_file = tmp_path / "host.txt"
+    host_file.write_text("host")
+    probe = (
+        "import os, json\nout = {}\n"
+        "def tryit(k, f):\n    try:\n        out[k] = f()\n    except OSError as e:\n        out[k] = type(e).__name__\n"
+        "tryit('init environ', lambda: 'abc' in open('/proc/1/environ', 'rb').read().decode(errors='replace'))\n"
+        "tryit('shadow', lambda: open('/etc/shadow').read())\n"
+        f"tryit('host tmp', lambda: open({str(host_file)!r}).read())\n"
+        "tryit('write usr', lambda: open('/usr/leaf-x', 'w'))\n"
+        f"tryit('write prefix', lambda: open({os.path.realpath(sys.base_prefix) + '/leaf-x'!r}, 'w'))\n"
+        "out['secret'] = 'FAKE_SECRET' in os.environ\nout['uid'] = os.getuid()\n"
+        "print(json.dumps(out))\n"
+    )
+    cmd = _bwrap.command([_bwrap.interpreter(sys.executable), "-I", "-S", "-c", probe], sys.executable, {}, tmp_mb=8)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=dict(os.environ))
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout)
+    writes = {got.pop("write usr"), got.pop("write prefix")}
+    assert got == {"init environ": "PermissionError", "shadow": "FileNotFoundError", "host tmp": "FileNotFoundError",
+                   "secret": False, "uid": 65534}  # fmt: skip
+    assert writes <= {"PermissionError", "OSError"}, writes  # read-only binds (EROFS) or not ours (EACCES)
+    assert not os.path.exists("/usr/leaf-x")
+
+
+@pytest.mark.parametrize("command", ["label", "prune"])
+def test_label_and_prune_verify_refuse_without_bubblewrap_before_loading_a_model(monkeypatch, tmp_path, capsys, command):
+    from leaf.cli import main
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"id": "a", "instruction": "i", "response": "r"}) + "\n")
+    out = tmp_path / "o.jsonl"
+    argv = {
+        "label": ["label", "--teacher", "no-such-model", "--student", "no-such-model", "--data", str(data),
+                  "--task", "code", "--out", str(out)],
+        "prune": ["prune", "--data", str(data), "--detections", str(data), "--out", str(out), "--verify",
+                  "--teacher", "no-such-model", "--student", "no-such-model", "--task", "code"],
+    }[command]  # fmt: skip
+    monkeypatch.setattr(_bwrap, "which", lambda: None)
+    _bwrap._check.cache_clear()
+    try:
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith("code evaluation needs bubblewrap (apt-get install bubblewrap), or --code-sandbox none "
+                            "where the container is the boundary"), err  # fmt: skip
+        assert len(err.splitlines()) == 1 and not out.exists()
+    finally:
+        _bwrap._check.cache_clear()
