@@ -332,3 +332,25 @@ def test_label_and_prune_verify_refuse_without_bubblewrap_before_loading_a_model
         assert len(err.splitlines()) == 1 and not out.exists()
     finally:
         _bwrap._check.cache_clear()
+
+
+def _boxed_processes() -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if b"/leaf/child.py" in fh.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def test_a_candidate_that_runs_past_its_time_leaves_no_process():
+    spinner = "import os\ndef f(x):\n    while True:\n        pass\n"
+    quick = get_checker("code", timeout=1)
+    assert not quick.check(spinner, _code("assert f(2) == 4")) and quick.last.status == "timeout"
+    deadline = time.monotonic() + 3
+    while _boxed_processes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _boxed_processes() == []
