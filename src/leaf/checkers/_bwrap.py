@@ -75,7 +75,10 @@ def _prefix(python: str) -> str:
     return os.path.dirname(os.path.dirname(exe))
 
 
-def _system_binds(python: str) -> list[str]:
+@functools.lru_cache(maxsize=4)
+def _system_binds(python: str) -> tuple[str, ...]:
+    """What the sandbox sees of this machine: system folders and the interpreter's prefix, read-only,
+    with every package folder in them covered by an empty tmpfs."""
     args: list[str] = []
     bound: list[str] = []
     for top in ("/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin"):
@@ -100,7 +103,7 @@ def _system_binds(python: str) -> list[str]:
             masks.update(p for p in glob.glob(os.path.join(base, pattern)) if os.path.isdir(p) and not os.path.islink(p))
     for mask in sorted(masks):
         args += ["--tmpfs", mask]
-    return args
+    return tuple(args)
 
 
 def command(
@@ -118,7 +121,7 @@ def command(
         cmd += ["--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY)]
     cmd += ["--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8",
             "--setenv", "HOME", BOX, "--setenv", "TMPDIR", BOX]  # fmt: skip
-    cmd += _system_binds(python)
+    cmd += _system_binds(os.path.realpath(python))
     cmd += ["--proc", "/proc", "--dev", "/dev"]
     size = ["--size", str(max(1, tmp_mb) << 20)] if _has_option(exe, "--size") else []  # bubblewrap >= 0.8
     cmd += ["--perms", "1777", *size, "--tmpfs", BOX, "--perms", "1777", *size, "--tmpfs", "/dev/shm"]
