@@ -7,6 +7,23 @@ import pytest
 from leaf.tiny import build_model, build_tokenizer
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _code_sandbox_none_without_bubblewrap():
+    """Where bubblewrap cannot run, code checks in tests run as with ``--code-sandbox none`` (the audit
+    hook and limits); tests/checkers/test_sandbox_bwrap.py, which tests bubblewrap itself, then skips."""
+    from leaf.checkers import _bwrap, sandbox
+
+    if _bwrap.unavailable():
+        init = sandbox._Box.__init__
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(_bwrap, "require", lambda python=None: None)
+            mp.setattr(sandbox._Box, "__init__",
+                       lambda self, python, drop, isolate, mode="bwrap": init(self, python, drop, isolate, "none"))
+            yield
+    else:
+        yield
+
+
 @pytest.fixture(scope="session")
 def tokenizers():
     """One locally trained tokenizer per template style: llama3, chatml, none."""

@@ -130,7 +130,8 @@ def test_deleting_or_writing_files_outside_is_refused(tmp_path):
     ]
     for code in attacks:
         assert not checker.check(code, _tiny(ASSERT_F)), code
-        assert "sandbox" in checker.last.stderr or "Permission" in checker.last.stderr
+        # refused by the audit hook, or (under bubblewrap, where /tmp is private) not even there
+        assert any(w in checker.last.stderr for w in ("sandbox", "Permission", "No such file")), checker.last.stderr
     assert victim.read_text() == "keep me"
     assert (folder / "inner.txt").read_text() == "me too"
 
@@ -185,7 +186,7 @@ def test_environment_secrets_are_not_inherited(monkeypatch):
 def test_sandbox_env_is_minimal():
     res = run_python("import os\nprint(sorted(os.environ))")
     assert res.passed
-    assert set(eval(res.stdout)) <= {"PATH", "LANG", "HOME", "TMPDIR", "LC_CTYPE"}
+    assert set(eval(res.stdout)) <= {"PATH", "LANG", "HOME", "TMPDIR", "LC_CTYPE", "PWD"}  # bwrap sets PWD (/tmp)
 
 
 def test_stdin_stdout_cases():

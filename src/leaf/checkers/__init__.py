@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from leaf.config import MissingExtra
 
-__all__ = ["TASKS", "Checker", "MissingExtra", "checker_for", "get_checker"]
+__all__ = ["CODE_SANDBOXES", "CODE_SANDBOX_HELP", "TASKS", "Checker", "MissingExtra", "check_code_sandbox", "checker_for", "get_checker"]
 
 
 class Checker(Protocol):
@@ -26,6 +26,11 @@ class Checker(Protocol):
 
 
 TASKS = ("math", "code", "qa", "exact")
+CODE_SANDBOXES = ("bwrap", "none")  # how code candidates are fenced in (see leaf.checkers._bwrap)
+CODE_SANDBOX_HELP = (
+    "code task: run candidates under bubblewrap with nothing but the standard library and a private /tmp (bwrap), "
+    "or only with the audit hook and resource limits where the container is the boundary (none)"
+)
 
 
 def check_answer_pattern(task: str | None, pattern: str | None) -> None:
@@ -39,13 +44,25 @@ def check_answer_pattern(task: str | None, pattern: str | None) -> None:
     answer_pattern(pattern)
 
 
-def checker_for(task: str, *, code_timeout: float = 10.0, answer_pattern: str | None = None) -> Checker:
-    """The checker a stage config asks for (``task``, ``code_timeout``, ``answer_pattern``), the one way
-    evaluate, label and prune --verify build it."""
+def check_code_sandbox(task: str | None, sandbox: str) -> None:
+    """Refuse (one line, a ``ConfigError``) code checking under ``bwrap`` where bubblewrap cannot run;
+    called before any model is loaded. ``none`` trusts the container to be the boundary."""
+    from leaf.checkers import _bwrap
+
+    _bwrap.check_mode(sandbox)
+    if task == "code" and sandbox == "bwrap":
+        _bwrap.require()
+
+
+def checker_for(
+    task: str, *, code_timeout: float = 10.0, answer_pattern: str | None = None, code_sandbox: str = "bwrap"
+) -> Checker:
+    """The checker a stage config asks for (``task``, ``code_timeout``, ``answer_pattern``, ``code_sandbox``),
+    the one way evaluate, label and prune --verify build it."""
     if answer_pattern is not None and task != "exact":
         raise ValueError(f"--answer-pattern applies to --task exact, not {task}")
     if task == "code":
-        return get_checker(task, timeout=code_timeout)
+        return get_checker(task, timeout=code_timeout, sandbox=code_sandbox)
     if task == "exact":
         return get_checker(task, pattern=answer_pattern)
     return get_checker(task)

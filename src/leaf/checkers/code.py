@@ -20,7 +20,11 @@ code block that defines the entry point (else the longest block; an unclosed
 final block counts), or the raw text when there is no fence. ``prompt + candidate``
 runs in a fenced process that only answers calls; the tests run in a separate
 judge process where the entry point is a proxy returning plain values, and the
-judge alone gives the verdict (see :mod:`leaf.checkers.sandbox`). Malformed tests
+judge alone gives the verdict (see :mod:`leaf.checkers.sandbox`); by default
+(``sandbox="bwrap"``) the candidate's process runs under bubblewrap in an empty
+world -- the standard library, a private ``/tmp``, nothing else (see
+:mod:`leaf.checkers._bwrap`) -- and the checker refuses to start where bubblewrap
+cannot run; ``sandbox="none"`` is for a container that is itself the boundary. Malformed tests
 (no entry point, not code, blank, no assert, an indented ``def check``) raise
 ``ValueError`` naming the field: a data error, never a pass. stdin/stdout cases
 pass when the program ends with status 0 in time and its output matches.
@@ -33,6 +37,7 @@ import json
 import re
 from typing import Any
 
+from leaf.checkers import _bwrap
 from leaf.checkers.sandbox import RunResult, run_python, run_tests
 
 _FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
@@ -211,9 +216,12 @@ class CodeChecker:
 
     name = "code"
 
-    def __init__(self, timeout: float = 10.0, memory_mb: int = 1024) -> None:
+    def __init__(self, timeout: float = 10.0, memory_mb: int = 1024, sandbox: str = "bwrap") -> None:
         self.timeout = timeout
         self.memory_mb = memory_mb
+        self.sandbox = _bwrap.check_mode(sandbox)
+        if sandbox == "bwrap":
+            _bwrap.require()  # refuse now, in one line, rather than at the first sample
         self.last: RunResult | None = None
 
     def run(self, prediction: str, sample: Any) -> RunResult:
@@ -231,6 +239,7 @@ class CodeChecker:
             prompt=meta.get("prompt") or "",
             timeout=self.timeout,
             memory_mb=self.memory_mb,
+            sandbox=self.sandbox,
         )
 
     def _run_cases(self, prediction: str, sample: Any, cases: list[Any]) -> RunResult:
@@ -251,7 +260,8 @@ class CodeChecker:
             except (ValueError, TypeError) as exc:
                 raise ValueError(f"sample {sample.id!r}: field 'meta.tests': a functional case is not JSON ({exc})") from None
             last = run_tests(
-                prompt + "\n" + code, tests, f"Solution().{func}", prompt=prompt, timeout=self.timeout, memory_mb=self.memory_mb
+                prompt + "\n" + code, tests, f"Solution().{func}", prompt=prompt, timeout=self.timeout, memory_mb=self.memory_mb,
+                sandbox=self.sandbox,
             )
             if not last.passed:
                 return last
@@ -259,7 +269,8 @@ class CodeChecker:
             if case.get("testtype") == "functional":
                 continue
             last = run_python(
-                prompt + code, stdin=str(case["input"]), timeout=self.timeout, memory_mb=self.memory_mb, script=True
+                prompt + code, stdin=str(case["input"]), timeout=self.timeout, memory_mb=self.memory_mb, script=True,
+                sandbox=self.sandbox,
             )
             if not last.passed:
                 return last

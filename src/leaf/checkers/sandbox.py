@@ -16,9 +16,18 @@ Two entry points:
 * :func:`run_python` -- run a program on its own (stdin/stdout tasks): ``passed`` only says that
   it ended with status 0 in time; the caller judges its output.
 
-The candidate's process (``_child.py``) runs this interpreter with ``-I -B`` in a fresh
-temporary directory, with an environment that carries nothing of ours, in its own session
-(process group) killed as a whole at the end, and before the program starts it:
+By default (``sandbox="bwrap"``) the candidate's process runs under bubblewrap in an empty world:
+the standard library read-only, a private ``/tmp`` (its folder) and ``/dev/shm``, its own
+``/proc``, no network, no project, venv, data or predictions, as ``nobody`` (see
+:mod:`leaf.checkers._bwrap`); where bubblewrap cannot run, :class:`~leaf.checkers._bwrap.SandboxUnavailable`
+says what to install. ``sandbox="none"`` (the container is the boundary) runs it on the host's
+file system as below. The judge runs outside bubblewrap: it runs only the benchmark's prompt and
+tests, and holds the expected values.
+
+The candidate's process (``_child.py``) runs the interpreter with ``-I -B`` (``-I -S -B``, the
+base interpreter, under bubblewrap) in a fresh temporary directory, with an environment that
+carries nothing of ours, in its own session (process group) killed as a whole at the end, and
+before the program starts it:
 
 * sets resource limits: address space, CPU seconds, size of a written file, no core files,
   ``RLIMIT_NPROC`` = 0 (no new processes or threads for an unprivileged user);
@@ -33,15 +42,15 @@ temporary directory, with an environment that carries nothing of ours, in its ow
   signals to any process but itself, ``ctypes``, sockets, building code objects, ``gc``
   introspection, tracing hooks.
 
-On Linux, where an unprivileged user may create namespaces, it also runs under
+With ``sandbox="none"``, on Linux, where an unprivileged user may create namespaces, it also runs under
 ``unshare --user --pid --net --mount --mount-proc`` (detected at run time; never required): it
 then sees no other process (its ``/proc`` is its own), has no network, and every process it
 might start dies with it. When this process runs as root and the interpreter is usable by
 ``nobody``, the candidate and the judge run as ``nobody``.
 
-This is containment for benchmark code written by a model, not a security boundary: an audit
-hook can be bypassed by code that corrupts the interpreter's memory (e.g. crafted bytecode
-through ``marshal``). Evaluate untrusted models inside a container or VM.
+The audit hook alone is not a security boundary: it can be bypassed by code that corrupts the
+interpreter's memory (e.g. crafted bytecode through ``marshal``); bubblewrap is the boundary then,
+with no seccomp filter and no cgroup limits. Evaluate untrusted models inside a container or VM.
 """
 
 from __future__ import annotations
@@ -60,6 +69,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from leaf.checkers import _bwrap
 
 NOBODY = 65534
 log = logging.getLogger(__name__)
@@ -187,12 +198,16 @@ def _remove_tree(path: Path) -> None:
 class _Box:
     """A temporary directory with the candidate's folder (``box``) and the runners; removed on exit."""
 
-    def __init__(self, python: str | None, drop_privileges: bool, isolate: bool | None) -> None:
+    def __init__(self, python: str | None, drop_privileges: bool, isolate: bool | None, sandbox: str = "bwrap") -> None:
         self.python = python or sys.executable
+        self.sandbox = _bwrap.check_mode(sandbox)
+        if self.sandbox == "bwrap":
+            _bwrap.require(self.python)
         self.as_nobody = drop_privileges and _nobody_can_run(self.python)
-        if os.geteuid() == 0 and not self.as_nobody:
+        if os.geteuid() == 0 and not self.as_nobody and self.sandbox == "none":
             _warn_root(self.python)
-        self.prefix = _NAMESPACES if _use_namespaces(isolate, self.python, self.as_nobody) else []
+        use_ns = self.sandbox == "none" and _use_namespaces(isolate, self.python, self.as_nobody)
+        self.prefix = _NAMESPACES if use_ns else []
         self.dir = Path(tempfile.mkdtemp(prefix="leaf-sandbox-"))
         self.box = self.dir / "box"
         self.procs: list[subprocess.Popen] = []
@@ -230,12 +245,22 @@ class _Box:
     def candidate(self, mode: str, *, memory_mb: int, timeout: float, file_size_mb: int, stdin: Any, out: Any,
                   err: Any, fds: tuple[int, int] = (-1, -1), entry: str = "") -> subprocess.Popen:
         runner = self.write("leaf-child.py", _script("_child.py"))
-        cmd = [*self.prefix, self.python, "-I", "-B", str(runner), str(self.box), str(self.dir),
-               str(self.box / "program.py"), str(memory_mb), str(int(timeout) + 1), str(file_size_mb),
-               mode, str(fds[0]), str(fds[1]), entry]  # fmt: skip
+        limits = [str(memory_mb), str(int(timeout) + 1), str(file_size_mb), mode, str(fds[0]), str(fds[1]), entry]
+        user = _user_kwargs(self.as_nobody)
+        if self.sandbox == "bwrap":
+            os.chmod(runner, 0o644)
+            os.chmod(self.box / "program.py", 0o644)
+            files = {"child.py": str(runner), "program.py": str(self.box / "program.py")}
+            inner = [_bwrap.interpreter(self.python), "-I", "-S", "-B", f"{_bwrap.FILES}/child.py", _bwrap.BOX, _bwrap.FILES,
+                     f"{_bwrap.FILES}/program.py", *limits]  # fmt: skip
+            cmd = _bwrap.command(inner, self.python, files, tmp_mb=max(file_size_mb, 64))
+            user = {}
+        else:
+            cmd = [*self.prefix, self.python, "-I", "-B", str(runner), str(self.box), str(self.dir),
+                   str(self.box / "program.py"), *limits]  # fmt: skip
         proc = subprocess.Popen(cmd, stdin=stdin, stdout=out, stderr=err, cwd=self.box, env=clean_env(str(self.box)),
                                 start_new_session=True, close_fds=True, pass_fds=[f for f in fds if f >= 0],
-                                **_user_kwargs(self.as_nobody))  # fmt: skip
+                                **user)  # fmt: skip
         self.procs.append(proc)
         return proc
 
@@ -251,6 +276,7 @@ def run_python(
     drop_privileges: bool = True,
     script: bool = False,
     isolate: bool | None = None,
+    sandbox: str = "bwrap",
 ) -> RunResult:
     """Run ``program`` (Python source) fenced in; ``passed`` means it ended with status 0 in time.
 
@@ -258,7 +284,7 @@ def run_python(
     tests are judged by :func:`run_tests`. ``script=True`` runs it as ``__main__`` (a
     ``sys.exit(0)`` is a normal end); otherwise leaving through ``sys.exit`` is a failure.
     """
-    with _Box(python, drop_privileges, isolate) as box:
+    with _Box(python, drop_privileges, isolate, sandbox) as box:
         box.write("program.py", program, in_box=True)
         if stdin is not None:
             box.write("stdin.txt", stdin)
@@ -293,6 +319,7 @@ def run_tests(
     python: str | None = None,
     drop_privileges: bool = True,
     isolate: bool | None = None,
+    sandbox: str = "bwrap",
 ) -> RunResult:
     """Judge ``source`` (the candidate's program) by ``tests`` (see the module doc).
 
@@ -306,7 +333,7 @@ def run_tests(
 
     entry_name = re.split(r"[().]", entry.replace("()", "."))[-1] or entry
     job = json.dumps({"prompt": prompt, "tests": tests, "entry": entry, "entry_name": entry_name})
-    with _Box(python, drop_privileges, isolate) as box:
+    with _Box(python, drop_privileges, isolate, sandbox) as box:
         box.write("program.py", source, in_box=True)
         judge_script = box.write("leaf-judge.py", _script("_judge.py"))
         judge_dir = box.dir / "judge"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from leaf.checkers import TASKS, check_answer_pattern
+from leaf.checkers import CODE_SANDBOX_HELP, CODE_SANDBOXES, TASKS, check_answer_pattern, check_code_sandbox
 from leaf.config import ConfigError, option
 from leaf.generation import BACKENDS
 from leaf.models import DTYPES, check_device
@@ -54,6 +54,7 @@ class EvaluateConfig:
     seed: int = option(0, help="random seed for sampling")
     workers: int = option(4, help="code checks run in parallel in this many sandboxes")
     code_timeout: float = option(10.0, help="seconds per program run for code benchmarks")
+    code_sandbox: str = option("bwrap", choices=CODE_SANDBOXES, help=CODE_SANDBOX_HELP)
     answer_pattern: str | None = option(
         None, help="exact task: a regular expression with one group that finds the answer in a generation (the "
                    "last match), and in the reference response when a sample has no 'answer' (as lm-eval's filters)")
@@ -62,6 +63,7 @@ class EvaluateConfig:
     def validate(self) -> None:
         check_answer_pattern(self.task, self.answer_pattern)
         check_sampling(self.do_sample, self.temperature)
+        check_code_sandbox(self.task, self.code_sandbox)
         if self.compare:
             return
         if self.predictions is None and (not self.model or not self.benchmark):
@@ -94,6 +96,7 @@ class LabelConfig:
     top_p: float = option(1.0, low=0.0, high=1.0, help="nucleus sampling mass (with --do-sample)")
     seed: int = option(0, help="random seed for sampling")
     code_timeout: float = option(10.0, help="seconds per program run (code task)")
+    code_sandbox: str = option("bwrap", choices=CODE_SANDBOXES, help=CODE_SANDBOX_HELP)
     answer_pattern: str | None = option(
         None, help="exact task: a regular expression with one group that finds the answer in a generation (the "
                    "last match), and in the reference response when a sample has no 'answer' (as lm-eval's filters)")
@@ -105,3 +108,4 @@ class LabelConfig:
     def validate(self) -> None:
         check_answer_pattern(self.task, self.answer_pattern)
         check_sampling(self.do_sample, self.temperature)
+        check_code_sandbox(self.task, self.code_sandbox)

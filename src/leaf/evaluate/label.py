@@ -122,7 +122,8 @@ def label(config: LabelConfig | None = None, **kwargs: Any) -> LabelSummary:
     if rank != 0:  # each process generated its share of the prompts, merged by process 0, which labels
         barrier()
         return _counts(cfg.out, samples)
-    checker = checker_for(cfg.task, code_timeout=cfg.code_timeout, answer_pattern=cfg.answer_pattern)
+    checker = checker_for(cfg.task, code_timeout=cfg.code_timeout, answer_pattern=cfg.answer_pattern,
+                          code_sandbox=cfg.code_sandbox)
     for s in todo:
         missing = [role for role in ("teacher", "student") if id_key(s.id) not in gens[role]]
         if missing:  # generation ran out of memory on this prompt even alone: leave it unlabelled, say so

@@ -49,11 +49,12 @@ def score(
     workers: int = 4,
     code_timeout: float = 10.0,
     answer_pattern: str | None = None,
+    code_sandbox: str = "bwrap",
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """``(summary, records)`` for the samples that have a prediction (others count as wrong)."""
     from leaf.checkers import checker_for
 
-    checker: Any = checker_for(task, code_timeout=code_timeout, answer_pattern=answer_pattern)
+    checker: Any = checker_for(task, code_timeout=code_timeout, answer_pattern=answer_pattern, code_sandbox=code_sandbox)
     preds = [predictions.get(id_key(s.id)) for s in samples]
 
     def one(k: int) -> dict[str, Any]:
@@ -185,11 +186,12 @@ def _score_predictions(cfg: EvaluateConfig) -> tuple[str, str, dict[str, Any], l
         name = cfg.predictions.name.removesuffix(".jsonl")
         samples = [r.as_sample() for r in rows]
     summary, records = score(samples, preds, task, benchmark=name, workers=cfg.workers, code_timeout=cfg.code_timeout,
-                             answer_pattern=cfg.answer_pattern)
+                             answer_pattern=cfg.answer_pattern, code_sandbox=cfg.code_sandbox)
     return name, task, summary, records
 
 
 def _generate_and_score(cfg: EvaluateConfig, results: dict[str, Any]) -> None:
+    from leaf.checkers import check_code_sandbox
     from leaf.data.benchmarks import BENCHMARKS, load_benchmark
     from leaf.distributed import rank_and_world
     from leaf.generation import decoding_options, generate_to_jsonl, load_generator
@@ -198,6 +200,8 @@ def _generate_and_score(cfg: EvaluateConfig, results: dict[str, Any]) -> None:
     loaded = [
         load_benchmark(spec, task=cfg.task, limit=cfg.limit) for spec in cfg.benchmark
     ]  # fail before loading a model
+    for _, task, _ in loaded:
+        check_code_sandbox(task, cfg.code_sandbox)
     model, tok = load_generator(cfg.model, backend=cfg.backend, dtype=cfg.dtype, device=cfg.device)
     for name, task, samples in loaded:
         budget = cfg.max_new_tokens or (BENCHMARKS[name].max_new_tokens if name in BENCHMARKS else 1024)
@@ -224,7 +228,7 @@ def _generate_and_score(cfg: EvaluateConfig, results: dict[str, Any]) -> None:
         if rank_and_world()[0] != 0:
             continue  # the generations are merged; process 0 scores them
         summary, recs = score(samples, gens, task, benchmark=name, workers=cfg.workers, code_timeout=cfg.code_timeout,
-                              answer_pattern=cfg.answer_pattern)
+                              answer_pattern=cfg.answer_pattern, code_sandbox=cfg.code_sandbox)
         results["benchmarks"][name] = summary
         results["records"] = [r for r in results["records"] if r.get("benchmark") != name] + recs
         log.info("%s: %.2f%% (%d/%d)", name, 100 * summary["accuracy"], summary["correct"], summary["total"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from leaf.checkers import TASKS, check_answer_pattern
+from leaf.checkers import CODE_SANDBOX_HELP, CODE_SANDBOXES, TASKS, check_answer_pattern, check_code_sandbox
 from leaf.config import option
 from leaf.models import DTYPES, check_device
 from leaf.prune.counterfactuals import STRATEGIES
@@ -45,6 +45,7 @@ class PruneConfig:
     answer_pattern: str | None = option(
         None, help="exact task: a regular expression with one group that finds the answer in a generation (the "
                    "last match), and in the reference response when a sample has no 'answer' (as lm-eval's filters)")
+    code_sandbox: str = option("bwrap", choices=CODE_SANDBOXES, help=CODE_SANDBOX_HELP)
     max_new_tokens: int = option(256, low=1, help="generation length for --verify")
     batch_size: int = option(8, low=1, help="generation batch size for --verify")
     device: str = option("auto", check=check_device, help="device for --verify generation and resampling (auto: cuda if present)")
@@ -52,6 +53,8 @@ class PruneConfig:
 
     def validate(self) -> None:
         check_answer_pattern(self.task, self.answer_pattern)
+        if self.verify:
+            check_code_sandbox(self.task, self.code_sandbox)
         if self.verify and self.verify_with == "both" and not (self.teacher and self.student):
             raise ValueError("--verify needs --teacher and --student (or --verify-with teacher and --teacher)")
         if self.verify and not self.teacher:

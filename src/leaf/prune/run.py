@@ -185,7 +185,7 @@ def _live_verifier(cfg: PruneConfig) -> tuple[Any, Any]:
     from leaf.generation import generate_to_jsonl
     from leaf.models import load_model, load_tokenizer
 
-    checker = checker_for(cfg.task, answer_pattern=cfg.answer_pattern)
+    checker = checker_for(cfg.task, answer_pattern=cfg.answer_pattern, code_sandbox=cfg.code_sandbox)
     out = Path(cfg.out)
 
     def text_key(record: dict[str, Any]) -> str:
