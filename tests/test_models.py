@@ -139,20 +139,21 @@ def test_the_stages_pass_max_memory_and_name_their_flags(tmp_path, monkeypatch, 
     from leaf.distill.config import CacheConfig, DistillConfig
     from leaf.distill.run import build_trainer
 
-    tiny_llama.save_pretrained(tmp_path)
-    llama_tok.save_pretrained(tmp_path)
+    model = tmp_path / "model"  # outputs beside the model folder, never inside it (an input)
+    tiny_llama.save_pretrained(model)
+    llama_tok.save_pretrained(model)
     monkeypatch.setattr(models, "free_memory", lambda device: 1)
-    cfg = DetectConfig(teacher=str(tmp_path), student=str(tmp_path), data=tmp_path / "d.jsonl", out=tmp_path / "o.jsonl",
+    cfg = DetectConfig(teacher=str(model), student=str(model), data=tmp_path / "d.jsonl", out=tmp_path / "o.jsonl",
                        max_memory="cpu=1KiB", dtype="float32", device="cpu")
     with pytest.raises(models.ModelTooLarge, match=r"^teacher .*allows 0 GiB \(cpu 0 GiB\): use --teacher-device-map"):
         DetectionScorer.load(cfg, {})
     data = tmp_path / "d.jsonl"
     data.write_text('{"id": 0, "instruction": "What is 2 + 3?", "response": "5"}\n')
-    cache = CacheConfig(teacher=str(tmp_path), out=tmp_path / "cache", data=data, dtype="float32", device="cpu",
+    cache = CacheConfig(teacher=str(model), out=tmp_path / "cache", data=data, dtype="float32", device="cpu",
                         max_memory="cpu=1KiB")
     with pytest.raises(models.ModelTooLarge, match=r"^teacher .*: use --device-map auto \(with --max-memory\)"):
         build_cache(cache)
-    distill = build(DistillConfig, {"student": str(tmp_path), "teacher": str(tmp_path), "out": tmp_path / "run",
+    distill = build(DistillConfig, {"student": str(model), "teacher": str(model), "out": tmp_path / "run",
                                     "data": data, "max_memory": "cpu=1KiB", "precision": "fp32"})  # the alias
     assert distill.teacher_max_memory == "cpu=1KiB"
     with pytest.raises(models.ModelTooLarge, match=r"^teacher .*: use --teacher-device-map auto \(with --max-memory\)"):
