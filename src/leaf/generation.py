@@ -102,7 +102,7 @@ def load_generator(
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
         return LLM(**kwargs), tok
-    return load_model(name_or_path, dtype=dtype, device=device), tok
+    return load_model(name_or_path, dtype=dtype, device=device, tokenizer=tok), tok
 
 
 def _encode_prompts(tokenizer: Any, instructions: Sequence[str]) -> list[list[int]]:
@@ -187,6 +187,7 @@ def _generate_hf(
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
     if stop:
         gen_kwargs.update(stop_strings=list(stop), tokenizer=tokenizer)
+    gen_kwargs["logits_processor"] = [_finite_logits(getattr(model, "name_or_path", "") or type(model).__name__)]
 
     out: list[str | None] = [None] * len(ids)
     torch.manual_seed(seed)
@@ -210,6 +211,29 @@ def _generate_hf(
         for i, text in zip(batch, halving(batch, run, skip)):
             out[i] = text
     return [t if t is not None else "" for t in out]
+
+
+def _finite_logits(name: str) -> Any:
+    """A logits processor that stops generation on NaN or +inf logits, naming the model: a model that
+    overflows would otherwise answer with token 0 at every step and be scored wrong without a word."""
+    import torch
+    from transformers import LogitsProcessor
+
+    from leaf.models import NonFiniteError
+
+    class FiniteLogits(LogitsProcessor):
+        def __init__(self) -> None:
+            self.step = 0
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            self.step += 1
+            if bool(torch.isnan(scores).any() or torch.isposinf(scores).any()):
+                raise NonFiniteError(
+                    f"{name}: the model's logits are not finite at generated token {self.step}; its forward pass "
+                    "overflowed (check --dtype); the answers written so far are kept and a rerun resumes after them")
+            return scores
+
+    return FiniteLogits()
 
 
 def _until_eos(tokens: list[int], eos: int | list[int] | None) -> list[int]:

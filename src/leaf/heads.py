@@ -100,6 +100,12 @@ def output_head(model: Any) -> OutputHead:
             want = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
         if "hidden" not in store:
             raise NotImplementedError(f"{type(model).__name__}'s forward does not call its output embeddings module")
+        if not bool(torch.isfinite(want).all()):
+            from leaf.models import NonFiniteError
+
+            name = getattr(model, "name_or_path", "") or type(model).__name__
+            raise NonFiniteError(f"{name}: the model's logits are not finite on a two-token probe input; its forward "
+                                 "pass overflows (check --dtype)")
         with torch.no_grad():
             got = head(store["hidden"])
         if got.shape != want.shape or not torch.allclose(got.float(), want.float(), rtol=1e-3, atol=1e-3 * float(want.abs().max()) + 1e-6):

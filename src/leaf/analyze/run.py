@@ -213,6 +213,7 @@ def analyze(config: AnalyzeConfig | None = None, **kwargs: Any) -> AnalyzeSummar
                 device=config.device,
                 device_map=config.device_map,
                 attn_implementation="eager",
+                tokenizer=tokenizer,
             )
             model_config = model.config
         else:

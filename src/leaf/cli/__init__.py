@@ -165,14 +165,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         # outputs are written whole batches at a time, so what was written stays and a rerun skips it
+        _end_progress_bars()
         print(f"leaf {name}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     except USER_ERRORS as exc:
         if args.debug:
             raise
         message = os_message(exc, vars(args)) if isinstance(exc, OSError) else str(exc)
+        _end_progress_bars()
         print(f"leaf {name}: error: {message}", file=sys.stderr)
         return 2
+
+
+def _end_progress_bars() -> None:
+    """Close the progress bars a failed command left open, so its one line starts a line of its own."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 def os_message(exc: OSError, options: dict[str, Any]) -> str:

@@ -74,6 +74,7 @@ class DetectionScorer:
     method: str = "gradient"
     seed: int = 0
     gradient_checkpointing: bool = False
+    names: dict[str, str] | None = None  #: model folders, named when a model gives non-finite numbers
 
     @classmethod
     def load(cls, cfg: Any, tokenizers: dict[str, Any]) -> DetectionScorer:
@@ -87,15 +88,19 @@ class DetectionScorer:
             max_memory=cfg.max_memory,
             what="teacher",
             hint="use --teacher-device-map auto (with --max-memory) or a smaller --dtype",
+            tokenizer=tokenizers.get("teacher"),
         )
-        student = load_model(cfg.student, dtype=cfg.dtype, device=cfg.device)
+        student = load_model(cfg.student, dtype=cfg.dtype, device=cfg.device, what="student",
+                             tokenizer=tokenizers.get("student"))
         pads = {name: tok.pad_token_id or 0 for name, tok in tokenizers.items()}
-        return cls(teacher, student, pads, cfg.rule, cfg.projection, cfg.method, cfg.seed, cfg.gradient_checkpointing)
+        return cls(teacher, student, pads, cfg.rule, cfg.projection, cfg.method, cfg.seed, cfg.gradient_checkpointing,
+                   {"teacher": cfg.teacher, "student": cfg.student})
 
     def score_batch(self, batch: list[Prepared]) -> list[Detection]:
         ckpt = self.gradient_checkpointing
         g_t, loss_t = model_saliency(self.teacher, [p.views["teacher"] for p in batch], self.pad_ids["teacher"], ckpt)
         g_s, loss_s = model_saliency(self.student, [p.views["student"] for p in batch], self.pad_ids["student"], ckpt)
+        self._check_finite(batch, {"teacher": (g_t, loss_t), "student": (g_s, loss_s)})
         surprisal = None
         if self.method in NEEDS_SURPRISAL:
             surprisal = model_surprisal(self.student, [p.views["student"] for p in batch], self.pad_ids["student"])
@@ -103,6 +108,23 @@ class DetectionScorer:
             self._record(p, g_t[b], g_s[b], loss_t[b], loss_s[b], None if surprisal is None else surprisal[b])
             for b, p in enumerate(batch)
         ]
+
+    def _check_finite(self, batch: list[Prepared], got: dict[str, tuple[list[torch.Tensor], list[float]]]) -> None:
+        """A NaN / infinite loss or saliency stops the run naming the sample and the model (nothing of it is written)."""
+        import math
+
+        from leaf.models import NonFiniteError
+
+        for role, (sal, losses) in got.items():
+            for p, g, loss in zip(batch, sal, losses):
+                what = "loss" if not math.isfinite(loss) else "saliency" if not bool(torch.isfinite(g).all()) else None
+                if what:
+                    folder = (self.names or {}).get(role, "")
+                    raise NonFiniteError(
+                        f"sample {p.key or p.sample.id}: the {role}'s {what} is not finite"
+                        f"{f' ({folder})' if folder else ''}; its forward pass overflowed (check --dtype); "
+                        "the detections written so far are kept and a rerun resumes after them"
+                    )
 
     def _record(self, p: Prepared, g_t: torch.Tensor, g_s: torch.Tensor, loss_t: float, loss_s: float,
                 surprisal: torch.Tensor | None) -> Detection:

@@ -143,7 +143,7 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
 
     teacher = load_model(config.teacher, dtype=config.dtype, device=config.device, device_map=config.device_map,
                          max_memory=config.max_memory, what="teacher",
-                         hint="use --device-map auto (with --max-memory) or a smaller --dtype")
+                         hint="use --device-map auto (with --max-memory) or a smaller --dtype", tokenizer=tokenizer)
     vocab = model_vocab_size(teacher)
     manifest = {**settings, "vocab_size": vocab, "examples": len(examples), "tokens": sum(e.n_loss_tokens for e in examples), "complete": False, "config": to_dict(config)}
     if rank == 0:
@@ -174,6 +174,13 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
             lps, ids = [], []
             for c0 in range(0, n_rows, step):  # one chunk of fp32 log-probs at a time
                 z = logits_of(slice(c0, c0 + step)).float()
+                if bool(torch.isnan(z).any() or torch.isposinf(z).any()):
+                    from leaf.models import NonFiniteError
+
+                    raise NonFiniteError(
+                        f"{config.teacher}: the teacher's logits are not finite in a batch of "
+                        f"{', '.join(e.key for e in items[:3])}{' ...' if len(items) > 3 else ''}; its forward pass "
+                        "overflowed (check --dtype); the shards written so far are kept and a rerun resumes after them")
                 lp, ix = torch.log_softmax(z / config.temperature, dim=-1).topk(config.top_k, dim=-1)
                 lps.append(lp.to(store).cpu())
                 ids.append(ix.to(torch.int32).cpu())

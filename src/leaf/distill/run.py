@@ -162,6 +162,8 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
         chunked_head=config.chunked_head,
         cd_weighting=config.cd_weighting,
     )
+    trainer.model_names = {"student": config.student,  # named by the one-line stop on non-finite numbers
+                           "teacher": str(config.teacher_cache or config.teacher)}
     if os.environ.get("LEAF_VERBOSE", "1") == "0":  # `leaf distill` without -v: the bar, not raw loss dicts
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 

@@ -159,7 +159,35 @@ class DistillTrainer(Trainer):
             elif self._eval_rows is not None:
                 self._record_eval(rows // L, B, is_cf_row, parts, index)
         loss = parts.loss
+        if model.training and self.args.world_size == 1 and not bool(torch.isfinite(loss.detach())):
+            # one process: stop at the micro-batch (several: the all-reduced gradient norm stops every process)
+            self._stop_non_finite(f"the distillation loss is {float(loss)}")
         return (loss, out) if return_outputs else loss
+
+    # -- non-finite numbers stop the run before anything of theirs is applied or saved -------
+    def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        # fp16 mixed precision: the gradient scaler skips steps with inf gradients by design
+        if grad_norm is not None and not self.args.fp16 and not torch.isfinite(torch.as_tensor(grad_norm)).all():
+            self._stop_non_finite(f"the gradient norm is {float(grad_norm)}")
+        return grad_norm
+
+    def _stop_non_finite(self, what: str) -> None:
+        """One line naming the step, the models and the likely cause; raised before the optimiser step."""
+        from leaf.models import NonFiniteError, first_non_finite
+
+        names = getattr(self, "model_names", {})
+        student, teacher = names.get("student", "the student"), names.get("teacher", "the teacher")
+        bad = first_non_finite(self.accelerator.unwrap_model(self.model))
+        if bad is not None:
+            cause = f"the student's weights hold NaN or infinite values (first in {bad})"
+        else:
+            cause = ("the weights are finite, so a forward pass overflowed (check --dtype / --teacher-dtype; "
+                     "float32 overflows only on extreme weights or inputs)")
+        raise NonFiniteError(
+            f"step {self.state.global_step + 1}: {what} (student {student}, teacher {teacher}); {cause}; "
+            "stopped before this step changed the weights, and nothing of it was saved"
+        )
 
     # -- evaluation: the loss over all held-out tokens -------------------------------------
     def _record_eval(self, row_of: Any, B: int, is_cf_row: Any, parts: Any, index: Any) -> None:

@@ -165,7 +165,8 @@ def _replacer(cfg: PruneConfig) -> Replacer | None:
             return Resampler(None, load_tokenizer(path), cfg.seed).replacements
         path = cfg.student if cfg.resample_from == "student" else cfg.teacher
         assert path is not None
-        resampler = Resampler(load_model(path, dtype=cfg.dtype, device=cfg.device), load_tokenizer(path), cfg.seed)
+        tok = load_tokenizer(path)
+        resampler = Resampler(load_model(path, dtype=cfg.dtype, device=cfg.device, tokenizer=tok), tok, cfg.seed)
         return resampler.replacements
     return None
 
@@ -199,8 +200,14 @@ def _live_verifier(cfg: PruneConfig) -> tuple[Any, Any]:
         # the model is loaded only if some answer is not on disk yet
         got = generate_to_jsonl(None, None, keyed, out.with_name(f"{out.name}.verify-{role}.jsonl"),
                                 settings=settings, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                                load=lambda: (load_model(path, dtype=cfg.dtype, device=cfg.device),
-                                              load_tokenizer(path)))
+                                load=lambda: _model_and_tokenizer(path, cfg))
         return [got[r["id"]] for r in keyed]
 
     return answer, checker.check
+
+
+def _model_and_tokenizer(path: str, cfg: Any) -> tuple[Any, Any]:
+    from leaf.models import load_model, load_tokenizer
+
+    tok = load_tokenizer(path)
+    return load_model(path, dtype=cfg.dtype, device=cfg.device, tokenizer=tok), tok
