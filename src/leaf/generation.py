@@ -40,7 +40,10 @@ DECODING = ("do_sample", "temperature", "top_p", "seed")
 
 def decoding_options(config: Any) -> dict[str, Any]:
     """The :data:`DECODING` options of any stage config that generates (label, evaluate, ...)."""
-    return {name: getattr(config, name) for name in DECODING}
+    out = {name: getattr(config, name) for name in DECODING}
+    if getattr(config, "special_tokens_in_text", "warn") == "escape":  # other prompt ids: part of the settings
+        out["escape_special"] = True
+    return out
 
 
 def truncate_at_stop(text: str, stop: Sequence[str] | None) -> str:
@@ -105,8 +108,16 @@ def load_generator(
     return load_model(name_or_path, dtype=dtype, device=device, tokenizer=tok), tok
 
 
-def _encode_prompts(tokenizer: Any, instructions: Sequence[str]) -> list[list[int]]:
+def _encode_prompts(tokenizer: Any, instructions: Sequence[str], escape_special: bool = False) -> list[list[int]]:
+    """Token ids of each generation prompt; with ``escape_special`` the instruction's control-token strings are
+    tokenised as ordinary text (the template's own control tokens stay control tokens)."""
     prompts = [render_prompt(tokenizer, ins) for ins in instructions]
+    if escape_special:
+        from leaf.data.render import prompt_instruction_span
+        from leaf.data.special import encode_parts
+
+        return [encode_parts(tokenizer, p, [prompt_instruction_span(tokenizer, ins, p)])[0]
+                for p, ins in zip(prompts, instructions)]
     return [list(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
 
 
@@ -125,6 +136,7 @@ def generate(
     seed: int = 0,
     on_batch: Callable[[list[int], list[str]], None] | None = None,
     progress: bool = False,
+    escape_special: bool = False,
 ) -> list[str]:
     """The model's answer to each instruction (greedy unless ``do_sample``).
 
@@ -138,7 +150,7 @@ def generate(
         raise ValueError("batch_size must be >= 1")
     if not instructions:
         return []
-    ids = _encode_prompts(tokenizer, instructions)
+    ids = _encode_prompts(tokenizer, instructions, escape_special)
     if is_vllm_model(model):
         return _generate_vllm(model, ids, max_new_tokens, do_sample, temperature, top_p, stop, seed, on_batch)
     batches = length_batches([len(x) + max_new_tokens for x in ids], batch_size, max_tokens_per_batch,
@@ -348,7 +360,7 @@ def _generate_sharded(models: Callable[[], tuple[Any, Any]], records: Sequence[d
     wanted = {str(r["id"]) for r in records}
     if base:
         model, tokenizer = models()
-        ids = _encode_prompts(tokenizer, [r[instruction_field] for r in base])
+        ids = _encode_prompts(tokenizer, [r[instruction_field] for r in base], generate_kwargs.get("escape_special", False))
         if is_vllm_model(model):  # vLLM takes the prompts in chunks, in input order
             batches = [list(range(s, min(s + VLLM_CHUNK, len(ids)))) for s in range(0, len(ids), VLLM_CHUNK)]
         else:  # exactly the batches generate() forms for these prompts

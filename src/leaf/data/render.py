@@ -196,6 +196,14 @@ def turn_end(tokenizer: Any) -> str:
     return tokenizer.eos_token or ""
 
 
+def prompt_instruction_span(tokenizer: Any, instruction: str, prompt: str) -> Span:
+    """Where ``instruction`` lies in its generation prompt (``prompt = render_prompt(tokenizer, instruction)``)."""
+    pre, _, post = render_prompt(tokenizer, _SENTINEL_I).partition(_SENTINEL_I)
+    if prompt.startswith(pre) and prompt.endswith(post) and len(prompt) >= len(pre) + len(post):
+        return len(pre), len(prompt) - len(post)
+    return 0, len(prompt)  # a template that rewrites its fixed text: the whole prompt is literal
+
+
 def render_prompt(tokenizer: Any, instruction: str) -> str:
     """The generation prompt for ``instruction`` (chat template or plain template)."""
     if not has_chat_template(tokenizer):
@@ -223,12 +231,21 @@ class Encoding:
         return out
 
 
-def encode(tokenizer: Any, text: str) -> Encoding:
-    """Tokenize rendered text (special tokens come from the text itself)."""
+def encode(tokenizer: Any, text: str, literal: Sequence[Span] = ()) -> Encoding:
+    """Tokenize rendered text (special tokens come from the text itself).
+
+    ``literal``: character ranges (the sample's contents) whose special-token strings are tokenised as
+    ordinary text (``--special-tokens-in-text escape``, :func:`leaf.data.special.encode_parts`).
+    """
     if not getattr(tokenizer, "is_fast", False):
         raise TemplateError(
             f"{type(tokenizer).__name__} is not a fast tokenizer: leaf needs offset mappings "
             "(load it with use_fast=True, or convert it with `tokenizers`)"
         )
+    if literal:
+        from leaf.data.special import encode_parts
+
+        ids, offsets = encode_parts(tokenizer, text, literal)
+        return Encoding(ids, offsets)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     return Encoding(list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]])

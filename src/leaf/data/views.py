@@ -60,18 +60,20 @@ def gaps(lo: int, hi: int, ranges: list[Span]) -> list[Span]:
 
 def make_view(tokenizer: Any, instruction: str, response: str, *, cut: int = 0,
               loss_start: int = 0, loss_end: int | None = None,
-              render_mode: str = "auto") -> tuple[View, Rendered]:
+              render_mode: str = "auto", escape_special: bool = False) -> tuple[View, Rendered]:
     """Render and tokenize one sample for one model.
 
     ``instruction`` is the (possibly cut) text the model sees; ``cut`` is added to
     offsets so they index the original instruction. Targets are the response
     tokens of ``[loss_start, loss_end)`` (character offsets into ``response``);
+    ``escape_special``: control-token strings inside the instruction and response are tokenised as text;
     scored are the instruction tokens plus, when ``loss_start > 0``, the response
     tokens before the targets. ``render_mode``: see :func:`leaf.data.render.render`.
     """
     end = len(response) if loss_end is None else loss_end
     rendered = render(tokenizer, instruction, response[:end], render_mode)
-    enc = encode(tokenizer, rendered.text)
+    literal = (rendered.instruction_span, rendered.response_span) if escape_special else ()
+    enc = encode(tokenizer, rendered.text, literal)
     targets = enc.tokens_in([rendered.response_to_text(loss_start, end)])
     scored, offsets, fields = [], [], []
     parts = [("instruction", rendered.instruction_span, cut + rendered.instruction_offset)]

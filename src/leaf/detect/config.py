@@ -8,6 +8,7 @@ from typing import Any
 
 from leaf.config import option
 from leaf.data.render import RENDER_MODES
+from leaf.data.special import SPECIAL_TOKEN_POLICIES, SPECIAL_TOKENS_HELP
 from leaf.detect.decision import DEFAULT_TAU, PERCENTILE_CAP
 from leaf.detect.methods import METHODS
 from leaf.detect.prepare import TRUNCATION_POLICIES
@@ -66,6 +67,8 @@ class DetectConfig:
                               "then the response verbatim then the end-of-turn token (prompt-then-response, for "
                               "reasoning templates that rewrite the assistant turn), or auto: template, else "
                               "prompt-then-response for a sample the template cannot render verbatim")
+
+    special_tokens_in_text: str = option("warn", choices=SPECIAL_TOKEN_POLICIES, help=SPECIAL_TOKENS_HELP)
 
     def validate(self) -> None:
         if self.tau is not None and self.percentile is not None:

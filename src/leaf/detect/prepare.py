@@ -83,6 +83,7 @@ def prepare(
     loss_end: int | None = None,
     key: str | None = None,
     render_mode: str = "auto",
+    escape_special: bool = False,
 ) -> Prepared | Skipped:
     """Views of ``sample`` for every named tokenizer, fitted to ``max_length``.
 
@@ -102,7 +103,8 @@ def prepare(
         for name, tok in tokenizers.items():
             try:
                 views[name] = make_view(tok, instruction, sample.response, cut=cut, loss_start=loss_start,
-                                        loss_end=loss_end, render_mode=render_mode)[0]
+                                        loss_end=loss_end, render_mode=render_mode,
+                                        escape_special=escape_special)[0]
             except TemplateError as exc:
                 return Skipped(sample, f"{name}: {exc}")
         for name, v in views.items():

@@ -69,12 +69,15 @@ def _settings(cfg: DetectConfig) -> dict[str, Any]:
     if cfg.max_tokens_per_batch is not None:  # the batches' composition (absent: as before the option existed)
         s["max_tokens_per_batch"] = cfg.max_tokens_per_batch
     s.update(cfg.rule, data_sha256=_file_hash(cfg.data))
+    if cfg.special_tokens_in_text == "escape":  # other token ids: not resumable from a run without it
+        s["special_tokens_in_text"] = "escape"
     return s
 
 
 def units(sample: Sample, tokenizers: dict[str, Any], cfg: DetectConfig) -> list[Prepared | Skipped]:
     """What is scored for one sample: itself, or one unit per later response segment."""
-    fit = {"max_length": cfg.max_length, "truncation": cfg.truncation, "render_mode": cfg.render}
+    fit = {"max_length": cfg.max_length, "truncation": cfg.truncation, "render_mode": cfg.render,
+           "escape_special": cfg.special_tokens_in_text == "escape"}
     if cfg.level == "instruction":
         return [prepare(sample, tokenizers, **fit)]
     segs = segment_response(sample.response, cfg.segments)
@@ -101,6 +104,10 @@ def detect(config: DetectConfig | None = None, **kwargs: Any) -> DetectSummary:
     from leaf.models import load_tokenizer
 
     tokenizers = {"teacher": load_tokenizer(cfg.teacher), "student": load_tokenizer(cfg.student)}
+    from leaf.data.records import record_locations
+    from leaf.data.special import apply_policy, scan
+
+    apply_policy(cfg.special_tokens_in_text, scan(samples, tokenizers, lambda: record_locations(cfg.data)))
     prepared: list[Prepared] = []
     summary = DetectSummary(out=Path(cfg.out), samples=len(samples))
     for s in samples:

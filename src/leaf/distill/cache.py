@@ -106,7 +106,8 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
         check_tokenizers(tokenizer, load_tokenizer(config.teacher))
     if config.top_k > len(tokenizer):
         raise ConfigError(f"--top-k {config.top_k} is more than the {len(tokenizer)} tokens of the vocabulary")
-    examples = load_examples(tokenizer, config.data, config.counterfactuals, include_eos=config.include_eos, max_length=config.max_length)
+    examples = load_examples(tokenizer, config.data, config.counterfactuals, include_eos=config.include_eos, max_length=config.max_length,
+                             special_tokens=config.special_tokens_in_text)
     settings = {
         "format": FORMAT,
         "teacher": config.teacher,

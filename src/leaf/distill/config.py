@@ -15,6 +15,7 @@ from typing import Any
 
 from leaf.config import ConfigError, MissingExtra, option, to_dict
 from leaf.models import check_device, check_max_memory
+from leaf.data.special import SPECIAL_TOKEN_POLICIES, SPECIAL_TOKENS_HELP
 
 #: The module each tracker needs (checked before anything loads).
 TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
@@ -39,6 +40,7 @@ class DistillConfig:
     kl_chunk_size: int = option(1024, help="loss tokens per chunk of fp32 log-probs (0 = all at once)")
     include_eos: bool = option(True, help="also train on the end-of-turn token after the response (teaches stopping)")
     max_length: int = option(4096, help="truncate rendered examples to this many tokens")
+    special_tokens_in_text: str = option("warn", choices=SPECIAL_TOKEN_POLICIES, help=SPECIAL_TOKENS_HELP)
     epochs: float = option(3.0, low=0.0, help="training epochs", aliases=["num_train_epochs"])
     max_steps: int = option(-1, help="stop after this many optimiser steps (-1: run all epochs)")
     learning_rate: float = option(1e-5, help="peak learning rate")
@@ -142,6 +144,7 @@ class CacheConfig:
     temperature: float = option(1.0, low=1e-6, help="temperature T of the cached log-probs (training must use the same)")
     include_eos: bool = option(True, help="also cache the end-of-turn token after the response")
     max_length: int = option(4096, help="truncate rendered examples to this many tokens")
+    special_tokens_in_text: str = option("warn", choices=SPECIAL_TOKEN_POLICIES, help=SPECIAL_TOKENS_HELP)
     batch_size: int = option(8, low=1, help="examples per teacher forward")
     max_tokens_per_batch: int | None = option(
         None, low=1, help="also cap each teacher forward at this many tokens once padded (batches of similar-length "

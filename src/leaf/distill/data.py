@@ -73,10 +73,11 @@ def build_example(
     include_eos: bool = True,
     max_length: int | None = None,
     source: str = "",
+    escape_special: bool = False,
 ) -> Example | None:
     """Render, tokenize and mask one sample; ``None`` when truncation leaves no loss token."""
     rendered = render(tokenizer, sample.instruction, sample.response)
-    enc = encode(tokenizer, rendered.text)
+    enc = encode(tokenizer, rendered.text, (rendered.instruction_span, rendered.response_span) if escape_special else ())
     start = 0 if loss_start is None else loss_start
     lo, hi = rendered.response_to_text(start, len(sample.response))
     loss_tokens = set(enc.tokens_in([(lo, hi)]))
@@ -118,8 +119,12 @@ def load_examples(
     *,
     include_eos: bool = True,
     max_length: int | None = 4096,
+    special_tokens: str = "warn",
 ) -> list[Example]:
     """Examples of the original samples (``data``) followed by the counterfactual records.
+
+    ``special_tokens``: what to do with control-token strings inside a sample's text
+    (:mod:`leaf.data.special`: ``warn``, ``escape`` or ``error``).
 
     Originals may also carry ``loss_start``. A counterfactual whose
     ``source_id`` is not among the originals is kept (with a warning): its own
@@ -141,10 +146,18 @@ def load_examples(
                         len(orphans))
         sources = [id_key(r.source_id) if r.source_id is not None else f"cf:{id_key(r.id)}" for r in records]
         parts.append(([r.as_sample() for r in records], [r.loss_start for r in records], True, sources))
+    from leaf.data.records import record_locations
+    from leaf.data.special import apply_policy, scan
+
+    paths = [p for p in (data, counterfactuals) if p is not None]
+    hits = [h for (samples, *_), path in zip(parts, paths)
+            for h in scan(samples, {"student": tokenizer}, lambda path=path: record_locations(path))]
+    apply_policy(special_tokens, hits)
+    escape = special_tokens == "escape" and bool(hits)
     for samples, starts, is_cf, srcs in parts:
         for s, start, src in zip(samples, starts, srcs):
             ex = build_example(tokenizer, s, counterfactual=is_cf, loss_start=start, include_eos=include_eos,
-                               max_length=max_length, source=src)
+                               max_length=max_length, source=src, escape_special=escape)
             if ex is None:
                 dropped += 1
             else:

@@ -26,7 +26,7 @@ def eval_split(config: DistillConfig, tokenizer: Any, all_examples: list[Any]) -
     eval_examples, eval_ids = list(heldout), list(held_pos)
     if config.eval_data is not None or config.eval_counterfactuals is not None:
         extra = load_examples(tokenizer, config.eval_data, config.eval_counterfactuals, include_eos=config.include_eos,
-                              max_length=config.max_length)
+                              max_length=config.max_length, special_tokens=config.special_tokens_in_text)
         keys = {e.key for e in train}
         tokens = {tuple(e.input_ids) for e in train}
         clash = [e.key for e in extra if e.key in keys or tuple(e.input_ids) in tokens]

@@ -98,7 +98,8 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
     out = Path(config.out)
     args = training_arguments(config)
     tokenizer = load_tokenizer(config.student)
-    all_examples = load_examples(tokenizer, config.data, config.counterfactuals, include_eos=config.include_eos, max_length=config.max_length)
+    all_examples = load_examples(tokenizer, config.data, config.counterfactuals, include_eos=config.include_eos,
+                                 max_length=config.max_length, special_tokens=config.special_tokens_in_text)
     examples, eval_examples, eval_ids, heldout = eval_split(config, tokenizer, all_examples)
     held = set(eval_ids)
     dataset = ExampleDataset(examples, [i for i in range(len(all_examples)) if i not in held])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from leaf.checkers import CODE_SANDBOX_HELP, CODE_SANDBOXES, TASKS, check_answer_pattern, check_code_sandbox
 from leaf.config import ConfigError, option
+from leaf.data.special import SPECIAL_TOKEN_POLICIES, SPECIAL_TOKENS_HELP
 from leaf.generation import BACKENDS
 from leaf.models import DTYPES, check_device
 
@@ -59,6 +60,7 @@ class EvaluateConfig:
         None, help="exact task: a regular expression with one group that finds the answer in a generation (the "
                    "last match), and in the reference response when a sample has no 'answer' (as lm-eval's filters)")
     overwrite: bool = option(False, help="discard earlier generations written with other settings")
+    special_tokens_in_text: str = option("warn", choices=SPECIAL_TOKEN_POLICIES, help=SPECIAL_TOKENS_HELP)
 
     def validate(self) -> None:
         check_answer_pattern(self.task, self.answer_pattern)
@@ -104,6 +106,7 @@ class LabelConfig:
         False, help="leave out samples the checker cannot judge (no gold answer / tests) instead of stopping"
     )
     overwrite: bool = option(False, help="start over even if outputs of other settings exist")
+    special_tokens_in_text: str = option("warn", choices=SPECIAL_TOKEN_POLICIES, help=SPECIAL_TOKENS_HELP)
 
     def validate(self) -> None:
         check_answer_pattern(self.task, self.answer_pattern)

@@ -84,6 +84,13 @@ def label(config: LabelConfig | None = None, **kwargs: Any) -> LabelSummary:
         log.warning("%s: left out %d sample(s) without a gold answer", cfg.data, len(problems))
         if not samples:
             raise DataError([f"{cfg.data}: no sample has a gold answer for the {cfg.task} checker"])
+    from leaf.data.records import record_locations
+    from leaf.data.special import apply_policy, scan
+    from leaf.models import load_tokenizer
+
+    tokenizers = {"teacher": load_tokenizer(cfg.teacher), "student": load_tokenizer(cfg.student)}
+    apply_policy(cfg.special_tokens_in_text, scan(samples, tokenizers, lambda: record_locations(cfg.data),
+                                                  fields=("instruction",)))
     decoding = {"max_new_tokens": cfg.max_new_tokens, **decoding_options(cfg)}
     from leaf.distributed import barrier, done_keys, rank_and_world
 

@@ -202,6 +202,7 @@ def _generate_and_score(cfg: EvaluateConfig, results: dict[str, Any]) -> None:
     ]  # fail before loading a model
     for _, task, _ in loaded:
         check_code_sandbox(task, cfg.code_sandbox)
+    _check_special_tokens(cfg, loaded)
     model, tok = load_generator(cfg.model, backend=cfg.backend, dtype=cfg.dtype, device=cfg.device)
     for name, task, samples in loaded:
         budget = cfg.max_new_tokens or (BENCHMARKS[name].max_new_tokens if name in BENCHMARKS else 1024)
@@ -293,3 +294,18 @@ def summary_table(results: dict[str, Any]) -> str:
         extra = f"  F1 {100 * b['f1']:.2f}" if "f1" in b else ""
         lines.append(f"{name:<16} {b['task']:<5} {100 * b['accuracy']:6.2f}%  ({b['correct']}/{b['total']}){extra}")
     return "\n".join(lines)
+
+
+def _check_special_tokens(cfg: Any, loaded: list[tuple[str, str, list[Any]]]) -> None:
+    """Control-token strings in the benchmarks' instructions: warned about, escaped or refused, before a model loads."""
+    from leaf.data.records import record_locations
+    from leaf.data.special import apply_policy, scan
+    from leaf.models import load_tokenizer
+
+    tok = load_tokenizer(cfg.model)
+    hits = []
+    for spec, (name, _task, samples) in zip(cfg.benchmark, loaded):
+        def where(spec: str = spec, name: str = name) -> dict[str, str]:
+            return record_locations(spec) if Path(spec).is_file() else {}
+        hits += scan(samples, {"model": tok}, where, fields=("instruction",))
+    apply_policy(cfg.special_tokens_in_text, hits)
