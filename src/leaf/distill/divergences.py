@@ -1,0 +1,162 @@
+"""The per-token divergences of distillation, with their analytic gradients (one chunk of rows at a time).
+
+Notation: ``p`` the teacher's and ``q`` the student's distribution at the
+training temperature ``T`` (``q = softmax(u)``, ``u = z_s / T``), ``lp`` /
+``lq`` their log-probs. Every divergence is multiplied by ``T^2`` (as the KL,
+Hinton et al.; at ``T = 1``, the default, nothing changes).
+
+==================  ==================================================================
+``forward-kl``      ``KL(p || q) = sum p (log p - log q)`` (mass-covering)
+``reverse-kl``      ``KL(q || p) = sum q (log q - log p)`` (mode-seeking)
+``jsd``             ``beta KL(p || m) + (1 - beta) KL(q || m)``, ``m = beta p + (1 - beta) q``;
+                    TRL's GKD convention: ``beta = 0`` is forward KL, ``beta = 1`` reverse KL
+                    (exactly those; between them the value goes to 0 at both ends)
+``skew-forward-kl`` ``KL(p || alpha p + (1 - alpha) q)`` (DistiLLM's SKL; ``alpha = 0``: forward KL)
+``skew-reverse-kl`` ``KL(q || alpha q + (1 - alpha) p)`` (DistiLLM's SRKL; ``alpha = 0``: reverse KL)
+``tvd``             ``1/2 sum |p - q|`` (total variation distance)
+==================  ==================================================================
+
+Gradients. For any per-row ``D(p, q)`` with ``G = dD/dq``, the gradient with
+respect to the student logits is ``T^2 * (1/T) * q (G - <q, G>)``; each
+divergence below gives ``q * G`` (up to a constant in ``G``, which cancels),
+written so that no ``1 / q`` is ever formed:
+
+* reverse KL: ``q G = q (lq - lp)``;
+* JSD: ``q G = (1 - beta) q (lq - lm)``;
+* skew forward KL: ``q G = -(1 - alpha) p q / m``;
+* skew reverse KL: ``q G = q (lq - lm - alpha q / m)``;
+* TVD: ``q G = q sign(q - p) / 2`` (0 where ``p = q``, as autograd's ``abs``).
+
+The teacher's tail bucket (top-k cache). Every divergence here is an
+f-divergence, ``sum_v q_v f(p_v / q_v)``. The cache's teacher is spread over
+the non-top-k ids in proportion to the student's own tail probabilities
+(:class:`leaf.distill.losses.TopKTeacher`), so ``p_v / q_v = p_tail / q_tail``
+on every tail id and the sum over the tail is ``q_tail f(p_tail / q_tail)``:
+exactly the divergence of the ``k + 1``-outcome distributions (the top k ids
+plus one tail bucket). Its gradient with respect to ``q`` on a tail id is
+``f(r) - r f'(r)`` with ``r = p_tail / q_tail`` either way, so treating the
+spread teacher as a constant gives the exact gradient of the bucketed
+divergence (the tests check both against autograd on the bucketed form).
+
+A teacher probability of exactly 0 (an empty tail bucket when the top k hold
+all the mass, or a ``-inf`` teacher logit) makes reverse KL infinite; its
+``log p`` is floored at :data:`LOG_FLOOR` (the log of float32's smallest normal
+number), so such a token costs ``q_v * (log q_v + 87.3)`` instead of ``inf``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+#: The divergences ``--divergence`` accepts.
+DIVERGENCES = ("forward-kl", "reverse-kl", "jsd", "skew-forward-kl", "skew-reverse-kl", "tvd")
+#: Floor of the teacher's log-probs in reverse KL: log of float32's smallest normal number (about -87.34).
+LOG_FLOOR = math.log(torch.finfo(torch.float32).tiny)
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """Which divergence, with its parameter: ``beta`` (JSD) or ``alpha`` (skew KLs), each in ``[0, 1]``."""
+
+    name: str = "forward-kl"
+    beta: float = 0.5
+    alpha: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.name not in DIVERGENCES:
+            raise ValueError(f"divergence must be one of {', '.join(DIVERGENCES)}, got {self.name!r}")
+        for what, value in (("beta", self.beta), ("alpha", self.alpha)):
+            if not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"divergence {what} must be in [0, 1], got {value}")
+
+    @property
+    def kind(self) -> str:
+        """The formula that computes it: the endpoints of JSD and the skew KLs are the plain KLs."""
+        if self.name == "jsd" and self.beta in (0.0, 1.0):
+            return "forward-kl" if self.beta == 0.0 else "reverse-kl"
+        if self.name == "skew-forward-kl" and self.alpha == 0.0:
+            return "forward-kl"
+        if self.name == "skew-reverse-kl" and self.alpha == 0.0:
+            return "reverse-kl"
+        return self.name
+
+    @property
+    def is_forward_kl(self) -> bool:
+        return self.kind == "forward-kl"
+
+    def describe(self) -> str:
+        """One line for logs: the name and its parameter."""
+        if self.name == "jsd":
+            return f"jsd (beta {self.beta:g})"
+        if self.name.startswith("skew"):
+            return f"{self.name} (alpha {self.alpha:g})"
+        return self.name
+
+
+FORWARD_KL = Divergence()
+
+
+def _mix_log(la: Tensor, lb: Tensor, wa: float) -> Tensor:
+    """``log(wa * exp(la) + (1 - wa) * exp(lb))`` for ``0 < wa < 1``."""
+    return torch.logaddexp(la + math.log(wa), lb + math.log1p(-wa))
+
+
+def _xlogy_rows(p: Tensor, lp: Tensor, lm: Tensor) -> Tensor:
+    """``sum p (lp - lm)`` per row, 0 where ``p = 0`` (whatever ``lp`` is)."""
+    return torch.where(p > 0, p * (lp - lm), torch.zeros_like(p)).sum(-1)
+
+
+def value_and_grad(lp: Tensor, lq: Tensor, divergence: Divergence) -> tuple[Tensor, Tensor]:
+    """Per-row divergence ``D(p, q)`` (no ``T^2``) and ``dD/du`` (``u = z_s / T``), both fp32.
+
+    Args:
+        lp: ``(c, V)`` teacher log-probs (``-inf`` where the teacher has no mass).
+        lq: ``(c, V)`` student log-probs.
+    Returns:
+        ``(value (c,), grad (c, V))``; multiply the gradient by ``T^2 / T = T`` for the logits.
+    """
+    kind = divergence.kind
+    q = lq.exp()
+    if kind == "forward-kl":
+        p = lp.exp()
+        return _xlogy_rows(p, lp, lq), q * p.sum(-1, keepdim=True) - p
+    if kind == "reverse-kl":
+        diff = lq - lp.clamp(min=LOG_FLOOR)
+        value = (q * diff).sum(-1)
+        qg = q * diff
+    elif kind == "tvd":
+        d = q - lp.exp()
+        value = 0.5 * d.abs().sum(-1)
+        qg = 0.5 * q * torch.sign(d)
+    elif kind == "jsd":
+        b = float(divergence.beta)
+        p = lp.exp()
+        lm = _mix_log(lp, lq, b)
+        student = q * (lq - lm)
+        value = b * _xlogy_rows(p, lp, lm) + (1 - b) * student.sum(-1)
+        qg = student.mul_(1 - b)
+    elif kind == "skew-forward-kl":
+        a = float(divergence.alpha)
+        p = lp.exp()
+        if a == 1.0:  # m = p: zero divergence, zero gradient
+            return torch.zeros_like(lq[..., 0]), torch.zeros_like(lq)
+        lm = _mix_log(lp, lq, a)
+        value = _xlogy_rows(p, lp, lm)
+        qg = -(1 - a) * torch.exp(lp + lq - lm)  # p q / m; 0 where p = 0
+        qg = torch.nan_to_num(qg, nan=0.0)
+    elif kind == "skew-reverse-kl":
+        a = float(divergence.alpha)
+        if a == 1.0:
+            return torch.zeros_like(lq[..., 0]), torch.zeros_like(lq)
+        lm = _mix_log(lq, lp, a)
+        diff = lq - lm
+        value = (q * diff).sum(-1)
+        qg = q * (diff - a * torch.exp(lq - lm))
+    else:  # pragma: no cover - Divergence validates the name
+        raise ValueError(kind)
+    grad = qg - q * qg.sum(-1, keepdim=True)
+    return value, grad
