@@ -38,24 +38,28 @@ plus one tail bucket). Its gradient with respect to ``q`` on a tail id is
 spread teacher as a constant gives the exact gradient of the bucketed
 divergence (the tests check both against autograd on the bucketed form).
 
-A teacher probability of exactly 0 (an empty tail bucket when the top k hold
-all the mass, or a ``-inf`` teacher logit) makes reverse KL infinite; its
-``log p`` is floored at :data:`LOG_FLOOR` (the log of float32's smallest normal
-number), so such a token costs ``q_v * (log q_v + 87.3)`` instead of ``inf``.
+Zero teacher mass. Reverse KL is infinite wherever the teacher has no mass
+and the student has some. A cache's empty tail bucket (the top k hold all the
+mass, up to rounding) is floored at float32's smallest normal number
+(:data:`leaf.distill.losses.TAIL_FLOOR`), and a live teacher's ``-inf``
+log-prob (a ``-inf`` logit) is replaced by :data:`LOG_FLOOR` (its log, about
+-87.3): such an id costs ``q_v (log q_v + 87.3)`` instead of ``inf``. The
+other divergences are finite without it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # torch is imported where the math runs: the options (leaf.distill.config) import this module
+    from torch import Tensor
 
 #: The divergences ``--divergence`` accepts.
 DIVERGENCES = ("forward-kl", "reverse-kl", "jsd", "skew-forward-kl", "skew-reverse-kl", "tvd")
-#: Floor of the teacher's log-probs in reverse KL: log of float32's smallest normal number (about -87.34).
-LOG_FLOOR = math.log(torch.finfo(torch.float32).tiny)
+#: A zero teacher probability's log-prob in reverse KL: log of float32's smallest normal number, 2^-126 (about -87.34).
+LOG_FLOOR = -126 * math.log(2)
 
 
 @dataclass(frozen=True)
@@ -102,11 +106,15 @@ FORWARD_KL = Divergence()
 
 def _mix_log(la: Tensor, lb: Tensor, wa: float) -> Tensor:
     """``log(wa * exp(la) + (1 - wa) * exp(lb))`` for ``0 < wa < 1``."""
+    import torch
+
     return torch.logaddexp(la + math.log(wa), lb + math.log1p(-wa))
 
 
 def _xlogy_rows(p: Tensor, lp: Tensor, lm: Tensor) -> Tensor:
     """``sum p (lp - lm)`` per row, 0 where ``p = 0`` (whatever ``lp`` is)."""
+    import torch
+
     return torch.where(p > 0, p * (lp - lm), torch.zeros_like(p)).sum(-1)
 
 
@@ -119,13 +127,15 @@ def value_and_grad(lp: Tensor, lq: Tensor, divergence: Divergence) -> tuple[Tens
     Returns:
         ``(value (c,), grad (c, V))``; multiply the gradient by ``T^2 / T = T`` for the logits.
     """
+    import torch
+
     kind = divergence.kind
     q = lq.exp()
     if kind == "forward-kl":
         p = lp.exp()
         return _xlogy_rows(p, lp, lq), q * p.sum(-1, keepdim=True) - p
     if kind == "reverse-kl":
-        diff = lq - lp.clamp(min=LOG_FLOOR)
+        diff = lq - torch.where(torch.isneginf(lp), torch.full_like(lp, LOG_FLOOR), lp)
         value = (q * diff).sum(-1)
         qg = q * diff
     elif kind == "tvd":

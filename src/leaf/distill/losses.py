@@ -203,6 +203,10 @@ class DenseTeacher:
         return torch.log_softmax(z.div_(temperature) if temperature != 1.0 else z, dim=-1)
 
 
+#: The least teacher mass of a top-k cache's tail bucket (float32's smallest normal number, about 1.2e-38).
+TAIL_FLOOR = torch.finfo(torch.float32).tiny
+
+
 @dataclass
 class TopKTeacher:
     """Cached teacher: top-k log-probs (at the training temperature) and their ids.
@@ -210,7 +214,9 @@ class TopKTeacher:
     ``logprobs``: ``(N, K)`` (any float dtype), ``ids``: ``(N, K)`` long, one
     row per loss token. The tail mass ``1 - sum(exp(logprobs))`` is spread over
     the other ids in proportion to the student's probabilities (see the module
-    docstring), which realises the tail-bucket KL.
+    docstring), which realises the tail-bucket KL -- and the tail-bucket form of
+    every divergence of :mod:`leaf.distill.divergences`, values and gradients.
+    The tail mass is floored at :data:`TAIL_FLOOR`.
     """
 
     logprobs: Tensor
@@ -225,13 +231,16 @@ class TopKTeacher:
                              "is unknown); rebuild the cache at that temperature")
         lp = self.logprobs[chunk].to(device).float()
         ids = self.ids[chunk].to(device).long()
-        top_mass = lp.exp().sum(-1, keepdim=True).clamp(max=1.0)
+        # the tail masses 1 - sum(top k) in float64 ((c, k) only): no cancellation error when the tail is small
+        wide = torch.float64 if lp.device.type != "mps" else torch.float32
+        top_mass = lp.to(wide).exp().sum(-1, keepdim=True).clamp(max=1.0)
         tail_mass = (1 - top_mass).clamp(min=0)
         # student's log-prob mass outside the teacher's top-k
-        s_top = student_lp.gather(-1, ids)
-        s_tail_lse = torch.log1p(-s_top.exp().sum(-1, keepdim=True).clamp(max=1 - 1e-7))
-        out = student_lp + torch.log(tail_mass.clamp(min=1e-30)) - s_tail_lse
-        out = torch.where(tail_mass > 0, out, torch.full_like(out, float("-inf")))
+        s_top = student_lp.gather(-1, ids).to(wide)
+        s_tail_lse = torch.log1p(-s_top.exp().sum(-1, keepdim=True).clamp(max=1 - 1e-7)).float()
+        # an empty tail (the top k hold all the mass, up to rounding) is floored at float32's smallest normal
+        # number: every divergence stays finite (reverse KL needs p > 0) and no value changes in float32
+        out = student_lp + (torch.log(tail_mass.clamp(min=TAIL_FLOOR)).float() - s_tail_lse)
         return out.scatter(-1, ids, lp)
 
 

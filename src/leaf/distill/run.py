@@ -161,6 +161,7 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
         group_by_length=config.group_by_length,
         chunked_head=config.chunked_head,
         cd_weighting=config.cd_weighting,
+        divergence=config.divergence_spec(),
     )
     if os.environ.get("LEAF_VERBOSE", "1") == "0":  # `leaf distill` without -v: the bar, not raw loss dicts
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
