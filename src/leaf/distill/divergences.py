@@ -92,6 +92,17 @@ class Divergence:
     def is_forward_kl(self) -> bool:
         return self.kind == "forward-kl"
 
+    def formula(self) -> str:
+        """The divergence in words, teacher p and student q (the model card's loss line)."""
+        return {
+            "forward-kl": "forward KL(teacher || student)",
+            "reverse-kl": "reverse KL(student || teacher)",
+            "jsd": f"generalized Jensen-Shannon divergence (beta {self.beta:g}; TRL GKD's convention)",
+            "skew-forward-kl": f"skew forward KL(teacher || {self.alpha:g} teacher + {1 - self.alpha:g} student)",
+            "skew-reverse-kl": f"skew reverse KL(student || {self.alpha:g} student + {1 - self.alpha:g} teacher)",
+            "tvd": "total variation distance(teacher, student)",
+        }[self.name]
+
     def describe(self) -> str:
         """One line for logs: the name and its parameter."""
         if self.name == "jsd":
@@ -105,21 +116,23 @@ FORWARD_KL = Divergence()
 
 
 def _mix_log(la: Tensor, lb: Tensor, wa: float) -> Tensor:
-    """``log(wa * exp(la) + (1 - wa) * exp(lb))`` for ``0 < wa < 1``."""
+    """``log(wa * exp(la) + (1 - wa) * exp(lb))`` for ``0 < wa < 1`` (one new buffer, one transient)."""
     import torch
 
-    return torch.logaddexp(la + math.log(wa), lb + math.log1p(-wa))
+    out = la + math.log(wa)
+    return torch.logaddexp(out, lb + math.log1p(-wa), out=out)
 
 
 def _xlogy_rows(p: Tensor, lp: Tensor, lm: Tensor) -> Tensor:
-    """``sum p (lp - lm)`` per row, 0 where ``p = 0`` (whatever ``lp`` is)."""
-    import torch
-
-    return torch.where(p > 0, p * (lp - lm), torch.zeros_like(p)).sum(-1)
+    """``sum p (lp - lm)`` per row, 0 where ``p = 0`` (whatever ``lp`` is; ``lm`` is finite)."""
+    return (lp - lm).mul_(p).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0).sum(-1)
 
 
 def value_and_grad(lp: Tensor, lq: Tensor, divergence: Divergence) -> tuple[Tensor, Tensor]:
     """Per-row divergence ``D(p, q)`` (no ``T^2``) and ``dD/du`` (``u = z_s / T``), both fp32.
+
+    ``lp`` and ``lq`` are left unchanged; at most about four more ``(c, V)`` fp32
+    buffers exist at once (two when it returns: the gradient and a freed one).
 
     Args:
         lp: ``(c, V)`` teacher log-probs (``-inf`` where the teacher has no mass).
@@ -133,40 +146,34 @@ def value_and_grad(lp: Tensor, lq: Tensor, divergence: Divergence) -> tuple[Tens
     q = lq.exp()
     if kind == "forward-kl":
         p = lp.exp()
-        return _xlogy_rows(p, lp, lq), q * p.sum(-1, keepdim=True) - p
+        return _xlogy_rows(p, lp, lq), q.mul_(p.sum(-1, keepdim=True)).sub_(p)
+    if divergence.name.startswith("skew") and float(divergence.alpha) == 1.0:  # m = p (or q): zero divergence
+        return torch.zeros_like(lq[..., 0]), torch.zeros_like(lq)
     if kind == "reverse-kl":
-        diff = lq - torch.where(torch.isneginf(lp), torch.full_like(lp, LOG_FLOOR), lp)
-        value = (q * diff).sum(-1)
-        qg = q * diff
+        qg = torch.where(torch.isneginf(lp), LOG_FLOOR, lp).neg_().add_(lq).mul_(q)  # q (lq - lp), -inf floored
+        value = qg.sum(-1)
     elif kind == "tvd":
-        d = q - lp.exp()
-        value = 0.5 * d.abs().sum(-1)
-        qg = 0.5 * q * torch.sign(d)
+        qg = lp.exp().neg_().add_(q)  # q - p
+        value = torch.linalg.vector_norm(qg, ord=1, dim=-1).mul_(0.5)
+        qg.sign_().mul_(q).mul_(0.5)
     elif kind == "jsd":
         b = float(divergence.beta)
-        p = lp.exp()
         lm = _mix_log(lp, lq, b)
-        student = q * (lq - lm)
-        value = b * _xlogy_rows(p, lp, lm) + (1 - b) * student.sum(-1)
-        qg = student.mul_(1 - b)
+        teacher = _xlogy_rows(lp.exp(), lp, lm)
+        qg = lm.neg_().add_(lq).mul_(q)  # q (lq - lm), in lm's storage
+        value = teacher.mul_(b).add_(qg.sum(-1), alpha=1 - b)
+        qg.mul_(1 - b)
     elif kind == "skew-forward-kl":
         a = float(divergence.alpha)
-        p = lp.exp()
-        if a == 1.0:  # m = p: zero divergence, zero gradient
-            return torch.zeros_like(lq[..., 0]), torch.zeros_like(lq)
         lm = _mix_log(lp, lq, a)
-        value = _xlogy_rows(p, lp, lm)
-        qg = -(1 - a) * torch.exp(lp + lq - lm)  # p q / m; 0 where p = 0
-        qg = torch.nan_to_num(qg, nan=0.0)
+        value = _xlogy_rows(lp.exp(), lp, lm)
+        qg = lm.neg_().add_(lp).add_(lq).exp_().mul_(-(1 - a))  # -(1 - a) p q / m; 0 where p = 0
     elif kind == "skew-reverse-kl":
         a = float(divergence.alpha)
-        if a == 1.0:
-            return torch.zeros_like(lq[..., 0]), torch.zeros_like(lq)
-        lm = _mix_log(lq, lp, a)
-        diff = lq - lm
+        diff = _mix_log(lq, lp, a).neg_().add_(lq)  # lq - lm
         value = (q * diff).sum(-1)
-        qg = q * (diff - a * torch.exp(lq - lm))
+        qg = diff.exp().mul_(-a).add_(diff).mul_(q)  # q (lq - lm - a q / m)
+        del diff
     else:  # pragma: no cover - Divergence validates the name
         raise ValueError(kind)
-    grad = qg - q * qg.sum(-1, keepdim=True)
-    return value, grad
+    return value, q.mul_(qg.sum(-1, keepdim=True).neg_()).add_(qg)  # q G - q <q, G>, in q's storage

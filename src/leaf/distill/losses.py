@@ -17,6 +17,12 @@ Notation: ``z_s`` / ``z_t`` are student / teacher logits of one token position,
 
 Only response tokens carry a loss (``loss_mask``); the caller builds it.
 
+Other divergences (reverse KL, generalized JSD, skew KLs, total variation;
+:mod:`leaf.distill.divergences`, ``divergence=``) replace the token KL in
+every path below -- live teacher, top-k cache, fused head -- with their own
+analytic gradients; ``kl`` in the results then holds that divergence
+(``T^2``-scaled). The tail bucket below is exact for all of them.
+
 Memory. A model's full-vocabulary fp32 log-probs for a batch are
 ``tokens x V x 4`` bytes (4096 tokens x 128k vocab = 2 GiB, per model). The
 :func:`distill_loss` function never holds more than ``chunk_size`` rows of
