@@ -334,3 +334,41 @@ def test_divergence_options_are_validated():
     with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
         Divergence("skew-forward-kl", alpha=2.0)
     assert set(DIVERGENCES) == {d.name for d in CASES}
+
+
+# ----------------------------------------------------------------------------
+# The option reaches the trainer (live teacher and cache alike).
+# ----------------------------------------------------------------------------
+
+
+def test_distill_runs_with_the_chosen_divergence(distill_setup, tmp_path):
+    """One step of `distill` per setting: the logged loss is the chosen divergence's (TVD is at most 1; a
+    full-vocabulary cache gives the live teacher's value), and leaf_config.json records it."""
+    import json
+
+    from leaf.distill import build_cache, distill
+    from leaf.distill.config import CacheConfig
+    from leaf.models import load_tokenizer
+
+    def first(out, **kw):
+        distill(student=str(distill_setup / "student"), data=distill_setup / "d.jsonl",
+                counterfactuals=distill_setup / "cf.jsonl", out=out, per_device_batch_size=12, grad_accum=1,
+                max_steps=1, save_steps=1000, lam=0.3, **kw)
+        return json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+
+    teacher = str(distill_setup / "teacher")
+    fwd = first(tmp_path / "fwd", teacher=teacher)
+    tvd = first(tmp_path / "tvd", teacher=teacher, divergence="tvd")
+    assert 0 < tvd["kd_loss"] <= 1 and 0 < tvd["cd_loss"] <= 1
+    assert abs(tvd["kd_loss"] - fwd["kd_loss"]) > 1e-3
+    saved = json.loads((tmp_path / "tvd" / "leaf_config.json").read_text())
+    assert saved["divergence"] == "tvd"
+    vocab = len(load_tokenizer(str(distill_setup / "student")))
+    cache = build_cache(CacheConfig(teacher=teacher, tokenizer=str(distill_setup / "student"),
+                                    data=distill_setup / "d.jsonl", counterfactuals=distill_setup / "cf.jsonl",
+                                    out=tmp_path / "cache", top_k=vocab)).out
+    for name, kw in (("tvd", {}), ("jsd", {"divergence_beta": 0.3})):
+        live = tvd if name == "tvd" else first(tmp_path / "live-jsd", teacher=teacher, divergence=name, **kw)
+        cached = first(tmp_path / f"cached-{name}", teacher_cache=cache, divergence=name, **kw)
+        for key in ("loss", "kd_loss", "cd_loss"):
+            assert cached[key] == pytest.approx(live[key], rel=1e-5), (name, key)
