@@ -193,6 +193,23 @@ def test_empty_tail_bucket_and_zero_teacher_mass_stay_finite():
     _close(dense, want, rtol=1e-4)
 
 
+@pytest.mark.parametrize("div", CASES, ids=IDS)
+def test_value_and_grad_leaves_its_inputs_and_matches_autograd(div):
+    """The building block on its own (every kind, forward KL's generic form included): dD/du, u the scaled logits."""
+    from leaf.distill.divergences import value_and_grad
+
+    z, t, _, _, _ = _case(seed=5)
+    lp, lq = torch.log_softmax(t, -1), torch.log_softmax(z, -1)
+    lp0, lq0 = lp.clone(), lq.clone()
+    value, grad = value_and_grad(lp, lq, div)
+    assert torch.equal(lp, lp0) and torch.equal(lq, lq0)
+    u = z.double().requires_grad_(True)
+    want = reference(div, torch.softmax(t.double(), -1), torch.softmax(u, -1))
+    want.sum().backward()
+    _close(value, want.detach())
+    _close(grad, u.grad)
+
+
 def test_endpoints_are_the_plain_kls():
     z, t, w, _, _ = _case(seed=3)
     rows = torch.arange(len(z))
