@@ -13,7 +13,8 @@ precomputed fp32 logits a chunk at a time (``live``) or as a top-64 cache
 (``topk``), T = 1, no cross-entropy. Time: median of ``--repeats`` passes after
 one warm-up pass, in this process. Memory: peak RSS increase of one pass, in a
 child process started under ``memory.EXACT_RSS_ENV`` (see benchmarks/memory.py;
-nothing is timed there), over the inputs already allocated.
+nothing is timed there), over the inputs and the previous pass's weight gradient (freed and
+allocated again inside the pass): the loss's working memory, i.e. the chunk buffers and the hidden-state gradient.
 """
 
 from __future__ import annotations
