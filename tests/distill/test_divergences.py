@@ -309,6 +309,64 @@ def test_head_paths_values_and_gradients(div, T, transform, teacher_kind, with_c
         assert float(lin.weight.grad[vocab:].abs().max()) == 0
 
 
+def _tiny_lm(kind):
+    """A one-layer Gemma-2 (final_logit_softcapping 3 in its config) or Cohere (logit_scale 0.5) model."""
+    import transformers
+
+    common = dict(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  num_key_value_heads=1, eos_token_id=1, bos_token_id=2, pad_token_id=0)
+    torch.manual_seed(6)
+    if kind == "gemma2":
+        config = transformers.Gemma2Config(head_dim=8, final_logit_softcapping=3.0, **common)
+        model = transformers.Gemma2ForCausalLM(config)
+        transform = lambda z: 3.0 * torch.tanh(z / 3.0)  # noqa: E731
+    else:
+        config = transformers.CohereConfig(logit_scale=0.5, **common)
+        model = transformers.CohereForCausalLM(config)
+        transform = lambda z: 0.5 * z  # noqa: E731
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40.0)  # logits of a few units: the softcap bends them
+    return model.eval(), transform
+
+
+@pytest.mark.parametrize("kind", ["gemma2", "cohere"])
+@pytest.mark.parametrize("div", [Divergence("reverse-kl"), Divergence("jsd", beta=0.5),
+                                 Divergence("skew-reverse-kl", alpha=0.1), Divergence("tvd")], ids=lambda d: d.name)
+@pytest.mark.parametrize("T", [0.5, 2.0])
+@pytest.mark.parametrize("with_ce", [False, True])
+def test_output_head_of_a_real_config_softcap_and_logit_scale(kind, div, T, with_ce):
+    """leaf.heads.output_head reads the transform from the model's config; the fused path (and the checkpointed
+    one) with it equal autograd through the transform written out by hand."""
+    from leaf.distill.losses import _linear_head
+    from leaf.heads import output_head
+
+    model, transform = _tiny_lm(kind)
+    head = output_head(model)
+    assert _linear_head(head) is not None and (head.softcap, head.multiply) == ((3.0, None) if kind == "gemma2" else (None, 0.5))
+    N, H, V = 9, 16, 40
+    hidden = torch.randn(N, H)
+    t_logits = torch.randn(N, V) * 3
+    w, labels, w_ce = torch.rand(N) + 0.1, torch.randint(0, V, (N,)), torch.rand(N)
+    kw = {"labels": labels, "w_ce": w_ce} if with_ce else {}
+    weight = model.lm_head.weight
+    W64 = weight.detach().double().requires_grad_(True)
+    h64 = hidden.double().requires_grad_(True)
+    z = transform(h64 @ W64.T)
+    ref, per = dense_reference(div, z, t_logits, T, w, **kw)
+    ref.backward()
+    assert float((z.detach().abs()).max()) > 1.0  # the transform is not the identity here
+    for fused in (True, False):
+        model.zero_grad(set_to_none=True)
+        h = hidden.clone().requires_grad_(True)
+        parts = chunked_head_kl(h, head, lambda sl: t_logits[sl], w, temperature=T, chunk_size=4, fused=fused,
+                                divergence=div, **kw)
+        parts.loss.backward()
+        _close(parts.loss, ref.detach(), rtol=5e-5)
+        _close(parts.kl, per.detach(), rtol=5e-5)
+        _close(h.grad, h64.grad, rtol=5e-5)
+        _close(weight.grad, W64.grad, rtol=5e-5)
+
+
 # ----------------------------------------------------------------------------
 # Temperature and options.
 # ----------------------------------------------------------------------------
