@@ -367,6 +367,28 @@ def test_output_head_of_a_real_config_softcap_and_logit_scale(kind, div, T, with
         _close(weight.grad, W64.grad, rtol=5e-5)
 
 
+@pytest.mark.parametrize("div", [Divergence("reverse-kl"), Divergence("jsd", beta=0.3), Divergence("tvd")],
+                         ids=lambda d: d.name)
+def test_fused_path_under_bf16_autocast_close_to_fp32(div):
+    """bf16 autocast (bf16 matrix products, fp32 divergence math and gradient buffers) stays close to fp32."""
+    torch.manual_seed(7)
+    N, H, V = 21, 16, 37
+    lin = torch.nn.Linear(H, V, bias=False)
+    hidden, t_logits, w = torch.randn(N, H), torch.randn(N, V) * 2, torch.rand(N) / N
+    results = []
+    for autocast in (True, False):
+        lin.zero_grad(set_to_none=True)
+        h = hidden.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            parts = chunked_head_kl(h, _Head(lin), lambda sl: t_logits[sl], w, temperature=1.5, chunk_size=4,
+                                    divergence=div)
+        parts.loss.backward()
+        assert h.grad.dtype == torch.float32 and lin.weight.grad.dtype == torch.float32
+        results.append((parts.loss.detach(), h.grad, lin.weight.grad))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=3e-2, atol=3e-2 * float(want.abs().max()))
+
+
 # ----------------------------------------------------------------------------
 # Temperature and options.
 # ----------------------------------------------------------------------------
