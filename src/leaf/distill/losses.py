@@ -275,7 +275,7 @@ class LossParts:
     """Result of :func:`distill_loss`: the scalar to backpropagate and per-token values (detached)."""
 
     loss: Tensor  # () weighted sum, differentiable w.r.t. the student logits
-    kl: Tensor  # (N,) fp32 per-token KL (T^2 scaled)
+    kl: Tensor  # (N,) fp32 per-token KL (T^2 scaled), or the divergence asked for
     ce: Tensor  # (N,) fp32 per-token cross-entropy of the labels (0 when labels are None)
 
 
