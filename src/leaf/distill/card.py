@@ -177,7 +177,7 @@ def model_card(config: DistillConfig, out: str | Path) -> str:
     epochs = state.get("epoch")
     settings: list[list[Any]] = [
         ["lambda (weight of L_kd)", f"{lam:g}" + (f" (asked {config.lam:g})" if lam != config.lam else "")],
-        ["loss", f"{loss}; token-level forward KL(teacher || student) x T^2, each term a mean over its own loss tokens"],
+        ["loss", f"{loss}; token-level {config.divergence_spec().formula()} x T^2, each term a mean over its own loss tokens"],
         ["temperature T", f"{config.temperature:g}"],
         ["learning rate", f"{config.learning_rate:g} ({config.lr_scheduler}, {config.warmup_steps} warm-up steps)"],
         ["optimiser steps", state.get("global_step", "?")],

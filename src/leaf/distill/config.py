@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from leaf.config import ConfigError, MissingExtra, option, to_dict
+from leaf.distill.divergences import DIVERGENCES, Divergence
 from leaf.models import check_device, check_max_memory
 from leaf.data.special import SPECIAL_TOKEN_POLICIES, SPECIAL_TOKENS_HELP
 
@@ -37,6 +38,16 @@ class DistillConfig:
                                help="how the two KL terms are weighted: term-mean = lambda x (mean over original tokens) + (1 - lambda) x (mean over counterfactual tokens), the paper's formula; token = one mean over all loss tokens, original tokens weighted lambda and counterfactual ones 1 - lambda (at lambda 0.5 every token alike, as when both kinds share one file)")
     temperature: float = option(1.0, low=1e-6, help="softmax temperature T of the KL (loss scaled by T^2)")
     alpha: float = option(0.0, low=0.0, help="weight of an extra cross-entropy on the reference response")
+    divergence: str = option("forward-kl", choices=DIVERGENCES,
+                             help="token divergence between teacher p and student q (docs/distill.md, Which divergence): "
+                                  "forward-kl = KL(p||q); reverse-kl = KL(q||p); jsd = generalized Jensen-Shannon with "
+                                  "--divergence-beta (0: forward KL, 1: reverse KL); skew-forward-kl = KL(p||a p + "
+                                  "(1-a) q) and skew-reverse-kl = KL(q||a q + (1-a) p) with a = --divergence-alpha; "
+                                  "tvd = total variation distance; each scaled by T^2")
+    divergence_beta: float = option(0.5, low=0.0, high=1.0, help="beta of --divergence jsd: the mixture m = beta p + "
+                                    "(1-beta) q; 0 = forward KL, 1 = reverse KL (TRL GKD's convention)")
+    divergence_alpha: float = option(0.1, low=0.0, high=1.0, help="skew alpha of --divergence skew-forward-kl / "
+                                     "skew-reverse-kl (0 = the plain KL; DistiLLM uses 0.1)")
     kl_chunk_size: int = option(1024, help="loss tokens per chunk of fp32 log-probs (0 = all at once)")
     include_eos: bool = option(True, help="also train on the end-of-turn token after the response (teaches stopping)")
     max_length: int = option(4096, help="truncate rendered examples to this many tokens")
@@ -102,6 +113,10 @@ class DistillConfig:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if self.alpha < 0:
             raise ConfigError(f"alpha must be >= 0, got {self.alpha}")
+        try:
+            self.divergence_spec()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.teacher is None and self.teacher_cache is None:
             raise ConfigError("give --teacher or --teacher-cache")
         if self.data is None and self.counterfactuals is None:
@@ -116,6 +131,10 @@ class DistillConfig:
             raise ConfigError("hub_model_id is empty")
         if "none" in self.report_to and len(self.report_to) > 1:
             raise ConfigError("report_to: 'none' cannot be combined with a tracker")
+
+    def divergence_spec(self) -> Divergence:
+        """The token divergence these options name (``--divergence`` with its beta / alpha)."""
+        return Divergence(self.divergence, beta=self.divergence_beta, alpha=self.divergence_alpha)
 
     @property
     def has_eval(self) -> bool:

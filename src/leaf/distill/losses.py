@@ -17,6 +17,12 @@ Notation: ``z_s`` / ``z_t`` are student / teacher logits of one token position,
 
 Only response tokens carry a loss (``loss_mask``); the caller builds it.
 
+Other divergences (reverse KL, generalized JSD, skew KLs, total variation;
+:mod:`leaf.distill.divergences`, ``divergence=``) replace the token KL in
+every path below -- live teacher, top-k cache, fused head -- with their own
+analytic gradients; ``kl`` in the results then holds that divergence
+(``T^2``-scaled). The tail bucket below is exact for all of them.
+
 Memory. A model's full-vocabulary fp32 log-probs for a batch are
 ``tokens x V x 4`` bytes (4096 tokens x 128k vocab = 2 GiB, per model). The
 :func:`distill_loss` function never holds more than ``chunk_size`` rows of
@@ -67,6 +73,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from leaf.batching import loss_positions
+from leaf.distill.divergences import FORWARD_KL, Divergence, value_and_grad
 
 # ----------------------------------------------------------------------------
 # Reference formulas (readable, unchunked, autograd): used by tests and docs.
@@ -202,6 +209,10 @@ class DenseTeacher:
         return torch.log_softmax(z.div_(temperature) if temperature != 1.0 else z, dim=-1)
 
 
+#: The least teacher mass of a top-k cache's tail bucket (float32's smallest normal number, about 1.2e-38).
+TAIL_FLOOR = torch.finfo(torch.float32).tiny
+
+
 @dataclass
 class TopKTeacher:
     """Cached teacher: top-k log-probs (at the training temperature) and their ids.
@@ -209,22 +220,33 @@ class TopKTeacher:
     ``logprobs``: ``(N, K)`` (any float dtype), ``ids``: ``(N, K)`` long, one
     row per loss token. The tail mass ``1 - sum(exp(logprobs))`` is spread over
     the other ids in proportion to the student's probabilities (see the module
-    docstring), which realises the tail-bucket KL.
+    docstring), which realises the tail-bucket KL -- and the tail-bucket form of
+    every divergence of :mod:`leaf.distill.divergences`, values and gradients.
+    The tail mass is floored at :data:`TAIL_FLOOR`.
     """
 
     logprobs: Tensor
     ids: Tensor
+    #: the temperature the log-probs were made at (None: not recorded); training at another one is refused
+    temperature: float | None = None
 
     def log_probs(self, chunk: slice, vocab: int, temperature: float, device: torch.device, student_lp: Tensor) -> Tensor:
+        if self.temperature is not None and float(self.temperature) != float(temperature):
+            raise ValueError(f"the cached teacher log-probs are at temperature {self.temperature:g}, training asks for "
+                             f"{temperature:g}: a top-k cache cannot be rescaled (its tail mass at another temperature "
+                             "is unknown); rebuild the cache at that temperature")
         lp = self.logprobs[chunk].to(device).float()
         ids = self.ids[chunk].to(device).long()
-        top_mass = lp.exp().sum(-1, keepdim=True).clamp(max=1.0)
+        # the tail masses 1 - sum(top k) in float64 ((c, k) only): no cancellation error when the tail is small
+        wide = torch.float64 if lp.device.type != "mps" else torch.float32
+        top_mass = lp.to(wide).exp().sum(-1, keepdim=True).clamp(max=1.0)
         tail_mass = (1 - top_mass).clamp(min=0)
         # student's log-prob mass outside the teacher's top-k
-        s_top = student_lp.gather(-1, ids)
-        s_tail_lse = torch.log1p(-s_top.exp().sum(-1, keepdim=True).clamp(max=1 - 1e-7))
-        out = student_lp + torch.log(tail_mass.clamp(min=1e-30)) - s_tail_lse
-        out = torch.where(tail_mass > 0, out, torch.full_like(out, float("-inf")))
+        s_top = student_lp.gather(-1, ids).to(wide)
+        s_tail_lse = torch.log1p(-s_top.exp().sum(-1, keepdim=True).clamp(max=1 - 1e-7)).float()
+        # an empty tail (the top k hold all the mass, up to rounding) is floored at float32's smallest normal
+        # number: every divergence stays finite (reverse KL needs p > 0) and no value changes in float32
+        out = student_lp + (torch.log(tail_mass.clamp(min=TAIL_FLOOR)).float() - s_tail_lse)
         return out.scatter(-1, ids, lp)
 
 
@@ -253,13 +275,13 @@ class LossParts:
     """Result of :func:`distill_loss`: the scalar to backpropagate and per-token values (detached)."""
 
     loss: Tensor  # () weighted sum, differentiable w.r.t. the student logits
-    kl: Tensor  # (N,) fp32 per-token KL (T^2 scaled)
+    kl: Tensor  # (N,) fp32 per-token KL (T^2 scaled), or the divergence asked for
     ce: Tensor  # (N,) fp32 per-token cross-entropy of the labels (0 when labels are None)
 
 
 class _ChunkedDistill(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, student_logits, rows, teacher, labels, w_kl, w_ce, temperature, chunk_size, vocab):  # type: ignore[override]
+    def forward(ctx, student_logits, rows, teacher, labels, w_kl, w_ce, temperature, chunk_size, vocab, divergence):  # type: ignore[override]
         flat = student_logits.reshape(-1, student_logits.shape[-1])
         device = flat.device
         # rows None: every row, in order (the chunked-head path: the logits are exactly the chunk's rows)
@@ -289,15 +311,21 @@ class _ChunkedDistill(torch.autograd.Function):
             if want_ce and temperature == 1.0:
                 ce = -lq.gather(-1, y).squeeze(-1)
             lp = teacher.log_probs(sl, vocab, temperature, device, lq)
-            p = lp.exp()
-            # p * (log p - log q), in place; 0 * (-inf) (no teacher mass) -> 0
-            kl = lp.sub_(lq).mul_(p).nan_to_num_(nan=0.0).sum(-1).mul_(temperature**2)
-            del lp
-            kl_out[sl] = kl
             wk = w_kl[sl].float()
+            if divergence.is_forward_kl:
+                p = lp.exp()
+                # p * (log p - log q), in place; 0 * (-inf) (no teacher mass) -> 0
+                kl = lp.sub_(lq).mul_(p).nan_to_num_(nan=0.0).sum(-1).mul_(temperature**2)
+                del lp
+                g = lq.exp_().sub_(p).mul_((temperature * wk).unsqueeze(-1))  # T * w * (q - p), reusing lq's storage
+                del p
+            else:  # T^2 D and T w dD/du (leaf.distill.divergences)
+                kl, g = value_and_grad(lp, lq, divergence)
+                del lp, lq
+                kl = kl.mul_(temperature**2)
+                g = g.mul_((temperature * wk).unsqueeze(-1))
+            kl_out[sl] = kl
             total = total + (wk * kl).sum()
-            g = lq.exp_().sub_(p).mul_((temperature * wk).unsqueeze(-1))  # T * w * (q - p), reusing lq's storage
-            del p
             if want_ce:
                 wc = w_ce[sl].float()
                 ce_out[sl] = ce
@@ -323,7 +351,7 @@ class _ChunkedDistill(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         # the saved buffer is used once: scale it in place instead of allocating another logits-sized tensor
         out = (grad if bool(grad_total == 1) else grad.mul_(grad_total.to(grad.dtype))).view(ctx.shape)
-        return out, None, None, None, None, None, None, None, None
+        return out, None, None, None, None, None, None, None, None, None
 
 
 def distill_loss(
@@ -337,6 +365,7 @@ def distill_loss(
     temperature: float = 1.0,
     chunk_size: int | None = 1024,
     vocab_size: int | None = None,
+    divergence: Divergence | None = None,
 ) -> LossParts:
     """``sum_i w_kl[i] * kl_i + w_ce[i] * ce_i`` over loss tokens, in chunks of ``chunk_size`` tokens.
 
@@ -352,12 +381,15 @@ def distill_loss(
         chunk_size: tokens per chunk; ``None`` or ``0`` = one chunk (unchunked).
         vocab_size: compare only ids ``< vocab_size`` (padded embedding rows of
             one model are dropped); default the student's ``V_s``.
+        divergence: the token divergence (:class:`leaf.distill.divergences.Divergence`; default forward KL);
+            ``kl`` of the result then holds it, ``T^2``-scaled.
     """
     vocab = vocab_size or student_logits.shape[-1]
     if labels is not None and w_ce is None:
         raise ValueError("labels given without w_ce")
     total, kl, ce = _ChunkedDistill.apply(
-        student_logits, rows, teacher, labels, w_kl, w_ce, float(temperature), chunk_size, vocab
+        student_logits, rows, teacher, labels, w_kl, w_ce, float(temperature), chunk_size, vocab,
+        divergence or FORWARD_KL,
     )
     return LossParts(total, kl, ce)
 
@@ -393,18 +425,18 @@ TeacherLogitsFn = Callable[[slice], Tensor]
 
 def _chunk_teacher(teacher: DenseTeacher | TopKTeacher | TeacherLogitsFn, sl: slice) -> Any:
     if isinstance(teacher, TopKTeacher):
-        return TopKTeacher(teacher.logprobs[sl], teacher.ids[sl])
+        return TopKTeacher(teacher.logprobs[sl], teacher.ids[sl], teacher.temperature)
     if isinstance(teacher, DenseTeacher):
         return DenseTeacher(teacher.logits, teacher.rows[sl])
     with torch.no_grad():
         return _LogitsTeacher(teacher(sl))
 
 
-def _head_kl_chunk(head, hidden, sl, teacher, labels, w_kl, w_ce, temperature, vocab):  # type: ignore[no-untyped-def]
+def _head_kl_chunk(head, hidden, sl, teacher, labels, w_kl, w_ce, temperature, vocab, divergence):  # type: ignore[no-untyped-def]
     logits = head(hidden)
     return _ChunkedDistill.apply(
         logits, None, _chunk_teacher(teacher, sl), None if labels is None else labels[sl], w_kl[sl],
-        None if w_ce is None else w_ce[sl], temperature, None, vocab or logits.shape[-1],
+        None if w_ce is None else w_ce[sl], temperature, None, vocab or logits.shape[-1], divergence,
     )
 
 
@@ -440,7 +472,8 @@ class _FusedHeadDistill(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, transform, teacher, labels, w_kl, w_ce, temperature, step, vocab, needs):  # type: ignore[override]
+    def forward(ctx, hidden, weight, bias, transform, teacher, labels, w_kl, w_ce, temperature, step, vocab, needs,  # type: ignore[override]
+                divergence):
         n, device = hidden.shape[0], hidden.device
         vocab = min(vocab, weight.shape[0])
         W = weight[:vocab]  # ids >= vocab are never compared: their logits are not computed, their gradient is 0
@@ -491,8 +524,13 @@ class _FusedHeadDistill(torch.autograd.Function):
                     del t
             else:
                 lp = teacher.log_probs(sl, vocab, T, device, lq)
-            p = lp.exp()
-            kl = lp.sub_(lq).mul_(p).nan_to_num_(nan=0.0).sum(-1).mul_(T**2)  # p (log p - log q); 0 * -inf -> 0
+            p = gd = None
+            if divergence.is_forward_kl:
+                p = lp.exp()
+                kl = lp.sub_(lq).mul_(p).nan_to_num_(nan=0.0).sum(-1).mul_(T**2)  # p (log p - log q); 0 * -inf -> 0
+            else:  # T^2 D; gd = dD/du (leaf.distill.divergences)
+                kl, gd = value_and_grad(lp, lq, divergence)
+                kl = kl.mul_(T**2)
             del lp
             kl_out[sl] = kl
             total = total + (wk.squeeze(-1) * kl).sum()
@@ -501,14 +539,18 @@ class _FusedHeadDistill(torch.autograd.Function):
                 ce_out[sl] = ce
                 total = total + (wc.squeeze(-1) * ce).sum()
             if not (need_h or need_w or need_b):
-                del lq, p
+                del lq, p, gd
                 continue
+            if gd is not None:  # g = T w_kl dD/du (+ w_ce (softmax(z) - onehot))
+                g = gd.mul_(T * wk)
+                if want_ce:
+                    g.add_((lq.exp_() if x1 is None else x1.softmax(-1)).mul_(wc))
+                del gd, lq
             # g = T w_kl (q - p) (+ w_ce (softmax(z) - onehot)), in lq's storage
-            g = lq.exp_()
-            if want_ce and T == 1.0:
-                g = g.mul_(wk + wc).sub_(p.mul_(wk))
+            elif want_ce and T == 1.0:
+                g = lq.exp_().mul_(wk + wc).sub_(p.mul_(wk))
             else:
-                g = g.sub_(p).mul_(T * wk)
+                g = lq.exp_().sub_(p).mul_(T * wk)
                 if want_ce:
                     g.add_(x1.softmax(-1).mul_(wc))
             del p, x1
@@ -547,7 +589,7 @@ class _FusedHeadDistill(torch.autograd.Function):
             raise RuntimeError("the fused distillation loss supports one backward pass (no retain_graph)")
         if not bool(grad_total == 1):
             grads = tuple(g.mul_(grad_total.to(g.dtype)) if g is not None else None for g in grads)
-        return (*grads, None, None, None, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None, None, None, None)
 
 
 def chunked_head_kl(
@@ -563,6 +605,7 @@ def chunked_head_kl(
     vocab_size: int | None = None,
     max_elements: int | None = None,
     fused: bool = True,
+    divergence: Divergence | None = None,
 ) -> LossParts:
     """:func:`distill_loss` computed from the student's final hidden states, one chunk of positions at a time.
 
@@ -594,12 +637,14 @@ def chunked_head_kl(
         max_elements: ... and at most this many logits per chunk (default on the fused path: 1/64 of the
             ``N x V`` logits, between :data:`FUSED_CHUNK_ELEMENTS` and :data:`HEAD_CHUNK_ELEMENTS`; on the
             checkpointed one :data:`HEAD_CHUNK_ELEMENTS`).
+        divergence: the token divergence (default forward KL), as in :func:`distill_loss`.
         fused: use the fused path (:class:`_FusedHeadDistill`) when the head is a plain linear map (a weight,
             or an output head whose module is exactly ``torch.nn.Linear``, unhooked); ``False``: always the
             checkpointed path. Same results either way (the tests check 1e-5).
     """
     if labels is not None and w_ce is None:
         raise ValueError("labels given without w_ce")
+    divergence = divergence or FORWARD_KL
     if isinstance(student_head, Tensor):
         weight = student_head
         head: Callable[[Tensor], Tensor] = lambda h: F.linear(h, weight)  # noqa: E731
@@ -623,14 +668,14 @@ def chunked_head_kl(
                  grad and bias is not None and bias.requires_grad)
         total, kl, ce = _FusedHeadDistill.apply(
             student_hidden, weight, bias, transform, teacher, labels, w_kl, w_ce, float(temperature), step,
-            int(vocab_size or weight.shape[0]), needs,
+            int(vocab_size or weight.shape[0]), needs, divergence,
         )
         return LossParts(total, kl, ce)
     total = student_hidden.new_zeros((), dtype=torch.float32)
     kls, ces = [], []
     for start in range(0, n, step):
         sl = slice(start, min(start + step, n))
-        args = (head, student_hidden[sl], sl, teacher, labels, w_kl, w_ce, float(temperature), vocab_size)
+        args = (head, student_hidden[sl], sl, teacher, labels, w_kl, w_ce, float(temperature), vocab_size, divergence)
         if torch.is_grad_enabled():
             t, kl, ce = checkpoint(_head_kl_chunk, *args, use_reentrant=False)
         else:

@@ -162,6 +162,7 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
         group_by_length=config.group_by_length,
         chunked_head=config.chunked_head,
         cd_weighting=config.cd_weighting,
+        divergence=config.divergence_spec(),
     )
     trainer.model_names = {"student": config.student,  # named by the one-line stop on non-finite numbers
                            "teacher": str(config.teacher_cache or config.teacher)}

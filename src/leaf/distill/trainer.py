@@ -60,9 +60,11 @@ class DistillTrainer(Trainer):
         group_by_length: bool = False,
         chunked_head: str = "auto",
         cd_weighting: str = "term-mean",
+        divergence: Any = None,
         **kwargs: Any,
     ) -> None:
         self.mix = mix
+        self.divergence = divergence  # a leaf.distill.divergences.Divergence; None: forward KL
         self.chunked_head = chunked_head
         self.cd_weighting = cd_weighting
         self.group_by_length = group_by_length  # --mix interleave: grouped inside InterleavedSampler
@@ -123,6 +125,7 @@ class DistillTrainer(Trainer):
         loss_kw = dict(
             labels=targets if self.alpha else None, w_ce=w_ce * scale if self.alpha else None,
             temperature=self.temperature, chunk_size=self.kl_chunk_size, vocab_size=self.vocab_size,
+            divergence=self.divergence,
         )
         if topk_lp is None and self.teacher is None:
             raise RuntimeError("no teacher and no cached teacher targets in the batch")
