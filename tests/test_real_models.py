@@ -1,4 +1,8 @@
-"""Real SmolLM2-135M-Instruct weights (scripts/fetch_models.sh): skipped, saying why, when not fetched."""
+"""Real SmolLM2-135M-Instruct weights (scripts/fetch_models.sh): skipped, saying why, when not fetched.
+
+The teacher is the real model; the student is made from it by keeping every other decoder layer
+(how pruned students are made in practice), so the two really differ.
+"""
 
 from __future__ import annotations
 
@@ -59,3 +63,122 @@ def test_one_sgd_step_matches_first_order_prediction(smol: tuple[object, object]
         with torch.no_grad():
             head.copy_(saved)
         head.requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory, smol: tuple[object, object]) -> Path:
+    """A folder with ``student/`` (every other layer of the real model) and a 4-problem distractor benchmark."""
+    from leaf.data.distractors import distractors
+
+    model, tok = smol
+    root = tmp_path_factory.mktemp("real_pair")
+    student = load_model(str(SMOL), dtype="float32", device="cpu")
+    layers = student.model.layers  # type: ignore[attr-defined]
+    student.model.layers = torch.nn.ModuleList(layers[i] for i in range(0, len(layers), 2))  # type: ignore[attr-defined]
+    for i, layer in enumerate(student.model.layers):  # type: ignore[attr-defined]
+        layer.self_attn.layer_idx = i
+    student.config.num_hidden_layers = len(student.model.layers)  # type: ignore[attr-defined]
+    student.config.layer_types = student.config.layer_types[::2] if getattr(student.config, "layer_types", None) else None  # type: ignore[attr-defined]
+    student.save_pretrained(root / "student")  # type: ignore[attr-defined]
+    tok.save_pretrained(root / "student")  # type: ignore[attr-defined]
+    distractors(out=root / "bench", n=4, seed=0, families=["add", "two-step"])
+    return root
+
+
+def _examples(pair: Path, tok: object, split: str) -> list[object]:
+    from leaf.data.records import load_samples
+    from leaf.distill.data import build_example
+
+    samples = [s for fam in ("add", "two-step") for s in load_samples(pair / "bench" / f"{fam}.{split}.jsonl")]
+    return [build_example(tok, s, counterfactual=split == "counterfactual") for s in samples]
+
+
+def test_batched_saliency_equals_unbatched_on_the_real_model(smol: tuple[object, object], pair: Path) -> None:
+    from leaf.detect.saliency import embedding_saliency, pad_batch
+
+    model, tok = smol
+    examples = _examples(pair, tok, "distracted")
+    assert len({len(e.input_ids) for e in examples}) > 1  # the batch really pads
+    ids, att, tgt = pad_batch([e.input_ids for e in examples], [[i for i, lab in enumerate(e.labels) if lab != -100]
+                                                                for e in examples],
+                              tok.pad_token_id)  # type: ignore[attr-defined]
+    batched, loss = embedding_saliency(model, ids, att, tgt)
+    for b, e in enumerate(examples):
+        n = len(e.input_ids)
+        alone, loss1 = embedding_saliency(model, ids[b:b + 1, :n], att[b:b + 1, :n], tgt[b:b + 1, :n])
+        torch.testing.assert_close(batched[b, :n], alone[0], rtol=1e-4, atol=1e-5 * float(alone.max()))
+        assert float(batched[b, n:].abs().sum()) == 0.0  # padding carries no saliency
+        assert loss[b].item() == pytest.approx(loss1.item(), rel=1e-5)
+        assert alone[0].min() >= 0 and alone[0].max() > 0
+
+
+def test_detect_batched_equals_one_at_a_time_on_the_real_pair(pair: Path, tmp_path: Path) -> None:
+    from leaf.data.detections import read_detections
+    from leaf.detect import detect
+
+    data = pair / "bench" / "add.distracted.jsonl"
+    runs = {}
+    for bs in (1, 4):
+        out = tmp_path / f"det{bs}.jsonl"
+        detect(teacher=str(SMOL), student=str(pair / "student"), data=data, out=out, batch_size=bs, dtype="float32",
+               device="cpu", progress=False)
+        runs[bs] = {d.unit_key: d for d in read_detections(out)}
+    assert runs[1].keys() == runs[4].keys() and len(runs[1]) == 4
+    for key, one in runs[1].items():
+        four = runs[4][key]
+        assert [t.flag for t in one.tokens] == [t.flag for t in four.tokens] and one.spans == four.spans
+        for a, b in zip(one.tokens, four.tokens):
+            assert a.g_teacher == pytest.approx(b.g_teacher, rel=1e-3, abs=1e-5)
+            assert a.g_student == pytest.approx(b.g_student, rel=1e-3, abs=1e-5)
+    assert any(t.flag for d in runs[1].values() for t in d.tokens)  # the pair really differs somewhere
+
+
+def _independent_loss(teacher: object, student: object, examples: list[object], lam: float) -> torch.Tensor:
+    """lam x mean KL over original loss tokens + (1 - lam) x mean over counterfactual ones, full logits."""
+    sums: dict[bool, list[torch.Tensor | int]] = {False: [torch.zeros(()), 0], True: [torch.zeros(()), 0]}
+    for ex in examples:
+        ids = torch.tensor([ex.input_ids])  # type: ignore[attr-defined]
+        with torch.no_grad():
+            t_logits = teacher(ids).logits[0, :-1]  # type: ignore[operator]
+        s_logp = torch.log_softmax(student(ids).logits[0, :-1].double(), -1)  # type: ignore[operator]
+        kl = torch.nn.functional.kl_div(s_logp, torch.log_softmax(t_logits.double(), -1), log_target=True,
+                                        reduction="none").sum(-1)
+        mask = torch.tensor(ex.labels[1:]) != -100  # type: ignore[attr-defined]
+        part = sums[ex.counterfactual]  # type: ignore[attr-defined]
+        part[0] = part[0] + kl[mask].sum()
+        part[1] = int(part[1]) + int(mask.sum())
+    return lam * sums[False][0] / sums[False][1] + (1 - lam) * sums[True][0] / sums[True][1]  # type: ignore[operator]
+
+
+def test_one_distillation_step_on_the_real_pair_matches_an_independent_computation(
+        smol: tuple[object, object], pair: Path, tmp_path: Path) -> None:
+    """`leaf distill` (KD + counterfactual term, SGD, one step over the whole set) logs the loss of a
+    full-logit float64 computation, and the loss then falls by lr x |grad|^2 to first order."""
+    from leaf.distill import distill
+
+    teacher, tok = smol
+    student = load_model(str(pair / "student"), dtype="float32", device="cpu")
+    examples = _examples(pair, tok, "distracted") + _examples(pair, tok, "counterfactual")
+    params = list(student.parameters())  # type: ignore[attr-defined]
+    for p in params:
+        p.requires_grad_(True)  # load_model hands out frozen weights
+    loss0 = _independent_loss(teacher, student, examples, 0.5)
+    grads = torch.autograd.grad(loss0, params)
+    g2 = sum(float(g.double().pow(2).sum()) for g in grads)
+    lr = 0.02 * loss0.item() / g2  # a step that should lower the loss by about 2 %
+
+    data = tmp_path / "d.jsonl"
+    cf = tmp_path / "cf.jsonl"
+    data.write_text("".join((pair / "bench" / f"{f}.distracted.jsonl").read_text() for f in ("add", "two-step")))
+    cf.write_text("".join((pair / "bench" / f"{f}.counterfactual.jsonl").read_text() for f in ("add", "two-step")))
+    out = distill(student=str(pair / "student"), teacher=str(SMOL), data=data, counterfactuals=cf, out=tmp_path / "run",
+                  lam=0.5, max_steps=1, batch_size=len(examples), grad_accum=1, learning_rate=lr, warmup_steps=0,
+                  optim="sgd", max_grad_norm=0.0, precision="fp32", save_steps=1000, chunked_head="always").out
+    import json
+
+    (row,) = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert row["loss"] == pytest.approx(loss0.item(), rel=1e-4)
+    after = _independent_loss(teacher, load_model(str(out), dtype="float32", device="cpu"), examples, 0.5).item()
+    drop, predicted = loss0.item() - after, lr * g2
+    assert drop > 0
+    assert abs(drop / predicted - 1) < 0.15
