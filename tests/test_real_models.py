@@ -6,6 +6,7 @@ The teacher is the real model; the student is made from it by keeping every othe
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -135,7 +136,8 @@ def test_detect_batched_equals_one_at_a_time_on_the_real_pair(pair: Path, tmp_pa
 
 def _independent_loss(teacher: object, student: object, examples: list[object], lam: float) -> torch.Tensor:
     """lam x mean KL over original loss tokens + (1 - lam) x mean over counterfactual ones, full logits."""
-    sums: dict[bool, list[torch.Tensor | int]] = {False: [torch.zeros(()), 0], True: [torch.zeros(()), 0]}
+    total = {False: torch.zeros((), dtype=torch.float64), True: torch.zeros((), dtype=torch.float64)}
+    count = {False: 0, True: 0}
     for ex in examples:
         ids = torch.tensor([ex.input_ids])  # type: ignore[attr-defined]
         with torch.no_grad():
@@ -144,10 +146,9 @@ def _independent_loss(teacher: object, student: object, examples: list[object], 
         kl = torch.nn.functional.kl_div(s_logp, torch.log_softmax(t_logits.double(), -1), log_target=True,
                                         reduction="none").sum(-1)
         mask = torch.tensor(ex.labels[1:]) != -100  # type: ignore[attr-defined]
-        part = sums[ex.counterfactual]  # type: ignore[attr-defined]
-        part[0] = part[0] + kl[mask].sum()
-        part[1] = int(part[1]) + int(mask.sum())
-    return lam * sums[False][0] / sums[False][1] + (1 - lam) * sums[True][0] / sums[True][1]  # type: ignore[operator]
+        total[ex.counterfactual] = total[ex.counterfactual] + kl[mask].sum()  # type: ignore[attr-defined]
+        count[ex.counterfactual] += int(mask.sum())  # type: ignore[attr-defined]
+    return lam * total[False] / count[False] + (1 - lam) * total[True] / count[True]
 
 
 def test_one_distillation_step_on_the_real_pair_matches_an_independent_computation(
@@ -174,8 +175,6 @@ def test_one_distillation_step_on_the_real_pair_matches_an_independent_computati
     out = distill(student=str(pair / "student"), teacher=str(SMOL), data=data, counterfactuals=cf, out=tmp_path / "run",
                   lam=0.5, max_steps=1, batch_size=len(examples), grad_accum=1, learning_rate=lr, warmup_steps=0,
                   optim="sgd", max_grad_norm=0.0, precision="fp32", save_steps=1000, chunked_head="always").out
-    import json
-
     (row,) = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert row["loss"] == pytest.approx(loss0.item(), rel=1e-4)
     after = _independent_loss(teacher, load_model(str(out), dtype="float32", device="cpu"), examples, 0.5).item()
