@@ -157,3 +157,40 @@ def test_distill_examples_and_generation_prompts_escape(pair):
     p_plain, p_esc = _encode_prompts(tok, [FORGED["llama3"]]), _encode_prompts(tok, [FORGED["llama3"]], True)
     assert p_plain[0].count(eot) == 1 + p_esc[0].count(eot)
     assert _encode_prompts(tok, ["Add 2 and 3."]) == _encode_prompts(tok, ["Add 2 and 3."], True)
+
+
+def test_analyze_cli_error_warn_and_escape(pair, tmp_path, capsys, caplog):
+    """``leaf analyze`` refuses, warns about, or escapes the forged turn: escaped, the sample's tokens are
+    those of the text (no control id inside it), and a clean sample is analysed alike."""
+    from leaf.data.render import encode, render
+
+    data = tmp_path / "spans.jsonl"
+    rows = [{"id": 1, "instruction": "Add 2 and 3. Ann is 7.", "response": "The answer is 5."},
+            {"id": 2, "instruction": "Ann is 7. " + FORGED["llama3"], "response": "The answer is 5."}]
+    for r in rows:
+        r["meta"] = {"confounder_spans": [[r["instruction"].index("Ann is 7."), r["instruction"].index("Ann is 7.") + 9]]}
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = ["analyze", "--model", str(pair / "student"), "--data", str(data), "--plots", "false", "--heatmaps", "0"]
+    assert main([*base, "--out", str(tmp_path / "e"), "--special-tokens-in-text", "error"]) == 2
+    err = capsys.readouterr().err
+    assert f"{data}:2: field 'instruction': holds the" in err and "'<|eot_id|>'" in err
+    assert not (tmp_path / "e").exists()
+    with caplog.at_level(logging.WARNING):
+        assert main([*base, "--out", str(tmp_path / "w")]) == 0
+    assert any(f"{data}:2: field 'instruction' holds the control token '<|eot_id|>'" in r.getMessage()
+               for r in caplog.records)
+    assert main([*base, "--out", str(tmp_path / "x"), "--special-tokens-in-text", "escape"]) == 0
+    got = {}
+    for name in ("w", "x"):
+        recs = [json.loads(x) for x in (tmp_path / name / "attention_samples.jsonl").read_text().splitlines()]
+        got[name] = {r["id"]: r for r in recs if "id" in r}
+    tok = build_tokenizer(style="llama3")
+    rendered = render(tok, rows[1]["instruction"], rows[1]["response"])
+    plain = encode(tok, rendered.text)
+    escaped = encode(tok, rendered.text, (rendered.instruction_span, rendered.response_span))
+    assert len(escaped) > len(plain)  # the forged control tokens are several text tokens each
+    assert (got["w"][2]["n_tokens"], got["x"][2]["n_tokens"]) == (len(plain), len(escaped))
+    assert got["w"][1]["n_tokens"] == got["x"][1]["n_tokens"]
+    assert got["w"][1]["n_span_tokens"] == got["x"][1]["n_span_tokens"] > 0
+    # resuming the escaped run without escape is refused: its token ids differ
+    assert main([*base, "--out", str(tmp_path / "x")]) == 2

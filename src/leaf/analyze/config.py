@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from leaf.config import ConfigError, option
+from leaf.data.special import SPECIAL_TOKEN_POLICIES, SPECIAL_TOKENS_HELP
 from leaf.models import DTYPES, check_device
 
 
@@ -34,6 +35,7 @@ class AnalyzeConfig:
     device_map: str | None = option(
         None, help="e.g. 'auto' to spread a large model over several GPUs (then --device is ignored)"
     )
+    special_tokens_in_text: str = option("warn", choices=SPECIAL_TOKEN_POLICIES, help=SPECIAL_TOKENS_HELP)
     overwrite: bool = option(False, help="start over instead of resuming an existing OUT/attention_samples.jsonl")
     plots: bool = option(True, help="draw PNG figures (needs matplotlib: pip install 'leaf[analysis]')")
 

@@ -45,11 +45,14 @@ def analyze_sample(
     max_length: int,
     profile: bool,
     collect: str = "output_attentions",
+    escape_special: bool = False,
 ) -> dict[str, Any]:
     """Attention shares of one :class:`~leaf.analyze.spans.SpanSample` (one forward pass).
 
     ``collect``: ``output_attentions`` (all layers' weights returned by the model) or
     ``hooks`` (each layer reduced as it is computed; see :mod:`leaf.analyze.capture`).
+    ``escape_special``: the sample's own characters are tokenised as ordinary text
+    (``--special-tokens-in-text escape``, :mod:`leaf.data.special`).
     """
     import torch
 
@@ -58,7 +61,8 @@ def analyze_sample(
     from leaf.models import input_device
 
     rendered = render(tokenizer, sample.instruction, sample.response)
-    enc = encode(tokenizer, rendered.text)
+    enc = encode(tokenizer, rendered.text,
+                 (rendered.instruction_span, rendered.response_span) if escape_special else ())
     base = {"id": sample.id, "spans": [list(s) for s in sample.spans], "n_tokens": len(enc)}
     if len(enc) > max_length:
         return {**base, "skipped": f"longer than --max-length ({len(enc)} > {max_length} tokens)"}
@@ -180,7 +184,8 @@ def analyze(config: AnalyzeConfig | None = None, **kwargs: Any) -> AnalyzeSummar
 
     from leaf.analyze.spans import load_span_samples
     from leaf.data.jsonl import ResumableJsonl, read_jsonl, write_atomic
-    from leaf.data.records import id_key
+    from leaf.data.records import id_key, record_locations
+    from leaf.data.special import apply_policy, scan
     from leaf.models import load_model, load_tokenizer
 
     config = make(AnalyzeConfig, config, kwargs, "leaf.analyze()")
@@ -193,12 +198,18 @@ def analyze(config: AnalyzeConfig | None = None, **kwargs: Any) -> AnalyzeSummar
         samples = samples[: config.max_samples]
     if not samples:
         raise ValueError(f"{config.data}: no instruction-level sample with spans to analyse")
+    tokenizers = {label: load_tokenizer(name) for name, label in zip(config.model, config.labels())}
+    source = config.samples if config.samples is not None else config.data
+    apply_policy(config.special_tokens_in_text, scan(samples, tokenizers, lambda: record_locations(source)))
     out_dir = Path(config.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {
         k: v for k, v in to_dict(config).items() if k in ("model", "data", "samples", "label", "max_length", "dtype")
     }
     settings["label"] = config.labels()
+    escape = config.special_tokens_in_text == "escape"
+    if escape:  # other token ids: not resumable from a run without it
+        settings["special_tokens_in_text"] = "escape"
     writer = ResumableJsonl(out_dir / SAMPLES_FILE, settings, key="key", overwrite=config.overwrite)
     heat_ids = {id_key(s.id) for s in samples[: config.heatmaps]}
     models: list[dict[str, Any]] = []
@@ -206,7 +217,7 @@ def analyze(config: AnalyzeConfig | None = None, **kwargs: Any) -> AnalyzeSummar
         todo = [s for s in samples if _key(label, s.id) not in writer.done]
         model = None
         if todo:
-            tokenizer = load_tokenizer(name)
+            tokenizer = tokenizers[label]
             model = load_model(
                 name,
                 dtype=config.dtype,
@@ -228,6 +239,7 @@ def analyze(config: AnalyzeConfig | None = None, **kwargs: Any) -> AnalyzeSummar
                 max_length=config.max_length,
                 profile=id_key(sample.id) in heat_ids,
                 collect=config.collect,
+                escape_special=escape,
             )
             writer.write_batch([{"key": _key(label, sample.id), "model": label, **rec}])
         del model
