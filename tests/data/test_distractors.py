@@ -168,9 +168,17 @@ def test_cli_subsets_and_bad_options(tmp_path, capsys):
     out = tmp_path / "b"
     assert main(["distractors", "--out", str(out), "--n", "4", "--families", "lookup", "--kinds", "number",
                  "--positions", "start"]) == 0
-    assert "wrote 3 files" in capsys.readouterr().out
+    assert "wrote 5 files" in capsys.readouterr().out
     assert sorted(p.name for p in out.glob("*.jsonl")) == [
-        "lookup.clean.jsonl", "lookup.counterfactual.jsonl", "lookup.distracted.jsonl"]
+        "clean.jsonl", "distracted.jsonl", "lookup.clean.jsonl", "lookup.counterfactual.jsonl",
+        "lookup.distracted.jsonl"]
+    for split in ("clean", "distracted"):
+        assert (out / f"{split}.jsonl").read_bytes() == (out / f"lookup.{split}.jsonl").read_bytes()
+    two = tmp_path / "two"
+    distractors(out=two, n=3, families=["two-step", "add"], seed=5)
+    for split in ("clean", "distracted"):  # every family in one file, in the order asked for
+        assert (two / f"{split}.jsonl").read_text() == "".join(
+            (two / f"{f}.{split}.jsonl").read_text() for f in ("two-step", "add"))
     recs = rows(out / "lookup.distracted.jsonl")
     assert {r["meta"]["kind"] for r in recs} == {"number"} and {r["meta"]["confounder_spans"][0][0] for r in recs} == {0}
     with pytest.raises(ConfigError, match="families"):

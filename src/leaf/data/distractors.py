@@ -53,6 +53,15 @@ from leaf.data.counterfactuals import Counterfactual, Removed, write_counterfact
 from leaf.data.jsonl import dumps, write_atomic
 
 SPLITS = ("clean", "distracted", "counterfactual")
+#: The sample splits (the third, counterfactual, is written as counterfactual records).
+SAMPLE_SPLITS = ("clean", "distracted")
+
+
+def split_file(split: str) -> str:
+    """The file holding a sample split of every family (``clean.jsonl``, ``distracted.jsonl``)."""
+    return f"{split}.jsonl"
+
+
 NAMES = ("Tom", "Ann", "Ben", "Eve", "Sam", "Mia", "Leo", "Zoe", "Max", "Ivy", "Dan", "Amy")
 #: Names only the ``name`` distractor uses (never a problem's name).
 OTHER_NAMES = ("Nia", "Raj", "Kai", "Uma", "Oscar", "Priya")
@@ -264,11 +273,14 @@ def distractors(config: DistractorsConfig | None = None, **kwargs: Any) -> Distr
     for family in families:  # refuse a position no problem of a family has room for before writing anything
         possible_positions(FAMILIES[family](random.Random(0)), positions)
     files, records, kind_counts = [], Counter[str](), Counter[str]()
+    merged: dict[str, list[str]] = {split: [] for split in SAMPLE_SPLITS}
     for family in families:
         recs = family_records(family, cfg.n, cfg.seed, kinds, positions)
-        for split in ("clean", "distracted"):
+        for split in SAMPLE_SPLITS:
             path = cfg.out / f"{family}.{split}.jsonl"
-            write_atomic(path, "".join(dumps(r) + "\n" for r in recs[split]))
+            lines = [dumps(r) + "\n" for r in recs[split]]
+            write_atomic(path, "".join(lines))
+            merged[split] += lines
             files.append(path.name)
         path = cfg.out / f"{family}.counterfactual.jsonl"
         write_counterfactuals(path, recs["counterfactual"], settings={
@@ -276,8 +288,11 @@ def distractors(config: DistractorsConfig | None = None, **kwargs: Any) -> Distr
         files.append(path.name)
         records.update({split: len(recs[split]) for split in SPLITS})
         kind_counts.update(r["meta"]["kind"] for r in recs["distracted"])
+    for split, lines in merged.items():  # every family in one file, in the order of --families
+        write_atomic(cfg.out / split_file(split), "".join(lines))
+        files.append(split_file(split))
     return DistractorsSummary(cfg.out, files, {s: records[s] for s in SPLITS}, {k: kind_counts[k] for k in kinds})
 
 
-__all__ = ["FAMILIES", "SPLITS", "DistractorsSummary", "Problem", "assemble", "distractor", "distractors",
-           "family_records", "forbidden_numbers"]
+__all__ = ["FAMILIES", "SAMPLE_SPLITS", "SPLITS", "DistractorsSummary", "Problem", "assemble", "distractor", "distractors",
+           "family_records", "forbidden_numbers", "split_file"]

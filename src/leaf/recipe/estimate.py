@@ -35,7 +35,7 @@ from leaf.estimate import (
     training_bytes_per_gpu,
     weights_bytes,
 )
-from leaf.recipe.stages import accelerate_config
+from leaf.recipe.stages import SAMPLES_KINDS, accelerate_config
 
 ASSUMED_SAMPLES = 1000
 ASSUMED_TOKENS = 512  #: tokens of a rendered sample (docs/scaling.md: 128 prompt + 384 response)
@@ -357,6 +357,27 @@ class Estimator:
         else:
             est.lines.append(("compute", "CPU, seconds (string edits)"))
 
+    def distractors(self, step: Any, cfg: Any, est: StageEstimate) -> None:
+        from leaf.data.distractors import SAMPLE_SPLITS, family_records, split_file
+
+        records: dict[str, list[dict[str, Any]]] = {split: [] for split in SAMPLE_SPLITS}
+        for family in dict.fromkeys(cfg.families):  # drawn in pure Python, as the stage writes them
+            got = family_records(family, cfg.n, cfg.seed, list(dict.fromkeys(cfg.kinds)),
+                                 list(dict.fromkeys(cfg.positions)))
+            for split in SAMPLE_SPLITS:
+                records[split] += got[split]
+        for split, recs in records.items():
+            self.files[str(step.folder / split_file(split))] = len(recs)
+        chosen = records[step.split]
+        student = next((s.values.get("student") for s in self.p.steps if s.values.get("student")), None)
+        tokens, how = _tokens(["\n".join((r["instruction"], r["response"])) for r in chosen], student)
+        self.data[step.name] = Data(len(chosen), tokens, f"{len(chosen):,} ({step.split} split, "
+                                                         f"{len(cfg.families)} families, seed {cfg.seed})", how)
+        est.lines[-1] = ("samples", ", ".join(f"{k} {len(v):,}" for k, v in records.items())
+                         + f"; later stages read {step.split}")
+        est.lines.append(("tokens", f"{tokens:.0f} per sample ({how})"))
+        est.lines.append(("compute", "CPU, seconds"))
+
     def _detect_data(self, step: Any) -> Data:
         for src in step.sources:
             if src in self.data:
@@ -366,7 +387,7 @@ class Estimator:
     def _examples(self, step: Any, cfg: Any) -> tuple[int, int, float]:
         """(originals, counterfactuals, tokens per example) a distill / cache-teacher step reads."""
         kinds = {s.name: s.kind.name for s in self.p.steps}
-        originals = [self.data[s] for s in step.sources if kinds.get(s) in ("convert", "demo-data") and s in self.data]
+        originals = [self.data[s] for s in step.sources if kinds.get(s) in SAMPLES_KINDS and s in self.data]
         cfs = [self.data[s] for s in step.sources if kinds.get(s) == "prune" and s in self.data]
         n_o = sum(d.samples for d in originals) or ASSUMED_SAMPLES
         n_c = sum(d.samples for d in cfs) if cfg.counterfactuals else 0

@@ -54,6 +54,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          ("out",), "samples.jsonl"),
     Kind("demo-data", "demo-data", "leaf.demo.export.config:DemoDataConfig", "leaf.demo.export:demo_data",
          ("out",), ""),
+    Kind("distractors", "distractors", "leaf.data.config:DistractorsConfig", "leaf.data.distractors:distractors",
+         ("out",), ""),
     Kind("label", "label", "leaf.evaluate.config:LabelConfig", "leaf.evaluate:label",
          ("data", "out"), "labelled.jsonl"),
     Kind("detect", "detect", "leaf.detect.config:DetectConfig", "leaf.detect:detect",
@@ -73,12 +75,14 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
 )}
 ALIASES = {"cache_teacher": "cache-teacher", "data": "convert", "eval": "evaluate", "demo_data": "demo-data"}
 #: Kinds whose output is a samples file the later stages read (the originals of distillation).
-SAMPLES_KINDS = ("convert", "demo-data")
+SAMPLES_KINDS = ("convert", "demo-data", "distractors")
 
 #: Keys of the recipe itself (not stage options): where the run goes, which stages, the cluster of the estimates.
 RECIPE_KEYS = ("run", "stages", "gpus", "gpu", "accelerate", "mfu")
 #: Keys of a stage section that are the runner's, not the stage's.
-STAGE_KEYS = ("stage", "input", "accelerate")
+STAGE_KEYS = ("stage", "input", "accelerate", "split")
+#: The sample splits of a distractors stage: ``split:`` picks the one later stages read as their samples.
+DISTRACTOR_SPLITS = ("distracted", "clean")
 #: Settings that do not change what a stage produces: a finished stage is not redone for them.
 FREE = frozenset({"overwrite", "progress"})
 #: ``model`` references an evaluate / analyze stage may use besides the names of distill stages.
@@ -97,6 +101,7 @@ class Step:
     merges: dict[str, list[str]] = field(default_factory=dict)  #: field -> files concatenated into its input
     accelerate: str | None = None  #: distill: the accelerate config of the printed launch command
     index: int = 0
+    split: str | None = None  #: distractors: the split later stages read as samples (RUN/<name>/SPLIT.jsonl)
 
     @property
     def output(self) -> Path:
@@ -177,8 +182,12 @@ def plan(recipe: Mapping[str, Any], source: str = "recipe") -> tuple[Path, list[
                 used.add(key)
         values.update(own)
         step = Step(name, kind, values, run / name, index=i,
-                    accelerate=sec.get("accelerate", settings.get("accelerate")))
+                    accelerate=sec.get("accelerate", settings.get("accelerate")), split=_split(kind, sec, where))
         _wire(step, sec.get("input"), steps, shared, where)
+        for key in MODEL_WORDS:
+            if isinstance(step.values.get(key), str) and step.values[key] in names:
+                raise ConfigError(f"{where}: {key} {step.values[key]!r} is a stage that does not run before "
+                                  "this one; list it earlier in `stages:`")
         if demo is not None and i > 0 and names[0] not in step.sources:
             step.sources.insert(0, names[0])  # reads the models (and maybe the data) of the demo-data stage
         steps.append(step)
@@ -210,10 +219,26 @@ def _demo_stage(names: list[str], kinds: Mapping[str, Kind], run: Path, shared: 
     return paths
 
 
-def _samples_file(step: Step) -> str:
-    """The samples a convert, label or demo-data stage writes (demo-data: its pool)."""
+def _split(kind: Kind, section: Mapping[str, Any], where: str) -> str | None:
+    """The ``split:`` of a distractors stage (default ``distracted``); refused on any other kind."""
+    if kind.name != "distractors":
+        if "split" in section:
+            raise ConfigError(f"{where}: `split:` is a key of distractors stages only; remove it")
+        return None
+    split = str(section.get("split", DISTRACTOR_SPLITS[0]))
+    if split not in DISTRACTOR_SPLITS:
+        raise ConfigError(f"{where}: split: {split!r}; use one of {', '.join(DISTRACTOR_SPLITS)}")
+    return split
+
+
+def _samples_file(step: Step, split: str | None = None) -> str:
+    """The samples a convert, label, demo-data (its pool) or distractors stage (a split of it) writes."""
     if step.kind.name == "demo-data":
         return str(step.kind.config_class().paths(step.folder)["samples"])
+    if step.kind.name == "distractors":
+        from leaf.data.distractors import split_file
+
+        return str(step.folder / split_file(split or step.split or DISTRACTOR_SPLITS[0]))
     return _output(step)
 
 
@@ -253,20 +278,27 @@ def _output(step: Step) -> str:
     return str(step.output)
 
 
-def _model_ref(ref: str, earlier: list[Step], values: Mapping[str, Any], where: str) -> tuple[str, str | None]:
-    """``(model path or id, the distill stage it comes from)`` of a ``model`` value of evaluate / analyze."""
-    if ref in MODEL_WORDS:
+def _model_ref(ref: str, earlier: list[Step], values: Mapping[str, Any], where: str,
+               key: str = "model") -> tuple[str, str | None]:
+    """``(model path or id, the distill stage it comes from)`` of a model value (evaluate / analyze ``model``,
+    any stage's ``teacher`` / ``student``): ``student`` / ``teacher`` (the recipe's shared keys), the name of
+    an earlier distill stage (the model it trained), or a model of the user's."""
+    if ref in MODEL_WORDS and ref != key:
         model = values.get(ref)
         if not model:
-            raise ConfigError(f"{where}: model {ref!r} needs the recipe's shared key `{ref}:`")
-        return str(model), None
+            raise ConfigError(f"{where}: {key} {ref!r} needs the recipe's shared key `{ref}:`")
+        ref = str(model)
+        if ref in MODEL_WORDS:
+            raise ConfigError(f"{where}: {key} {ref!r}: the shared key names the other one")
     for s in earlier:
         if s.name == ref:
             if s.kind.name != "distill":
-                raise ConfigError(f"{where}: model {ref!r} is a {s.kind.name} stage; name a distill stage, "
+                raise ConfigError(f"{where}: {key} {ref!r} is a {s.kind.name} stage; name a distill stage, "
                                   f"{' or '.join(MODEL_WORDS)}")
             return str(s.output), s.name
-    return ref, None  # a model of the user's (hub id or folder)
+    return (str(Path(ref).expanduser()) if ref.startswith("~") else ref), None  # the user's (hub id or folder)
+
+
 
 
 def _wire(step: Step, chosen_raw: Any, earlier: list[Step], shared: Mapping[str, Any], where: str) -> None:
@@ -280,6 +312,11 @@ def _wire(step: Step, chosen_raw: Any, earlier: list[Step], shared: Mapping[str,
                                   f"({', '.join(sorted(names)) or 'none'})")
     v, k = step.values, step.kind.name
     v["out"] = _output(step)
+    for key in MODEL_WORDS:  # a stage's teacher / student may be a model an earlier distill stage trained
+        if isinstance(v.get(key), str):
+            v[key], src = _model_ref(v[key], earlier, shared, where, key)
+            if src and src not in step.sources:
+                step.sources.append(src)
 
     def need(kinds_: tuple[str, ...], how: str = "latest", what: str = "") -> list[Step]:
         found = _pick(kinds_, earlier, chosen, how)
@@ -341,10 +378,21 @@ def _wire(step: Step, chosen_raw: Any, earlier: list[Step], shared: Mapping[str,
             tests = {k_: str(p) for k_, p in demo[0].kind.config_class().paths(demo[0].folder)["tests"].items()}
             v["benchmark"] = [tests.get(b, b) for b in _as_list(v["benchmark"])] if "benchmark" in v \
                 else list(tests.values())
+        splits = {f"{s.name}.{sp}": (s, _samples_file(s, sp)) for s in earlier if s.kind.name == "distractors"
+                  for sp in DISTRACTOR_SPLITS}
+        if splits and "benchmark" in v:  # STAGE.SPLIT: that split of an earlier distractors stage
+            for b in _as_list(v["benchmark"]):
+                if b in splits and splits[b][0].name not in step.sources:
+                    step.sources.append(splits[b][0].name)
+            v["benchmark"] = [splits[b][1] if b in splits else b for b in _as_list(v["benchmark"])]
     elif k == "analyze":
-        found = need(("detect",), what="the detections of")
-        feed("data", found[-1:], [_output(found[-1])])
-        v["samples"] = _data_of(found[-1])
+        known = _pick(("distractors",), earlier, chosen, "latest") if chosen else []
+        if known:  # samples whose meta.confounder_spans are known by construction (its chosen split)
+            feed("data", known, [_samples_file(known[0])])
+        else:
+            found = need(("detect",), what="the detections of")
+            feed("data", found[-1:], [_output(found[-1])])
+            v["samples"] = _data_of(found[-1])
         refs = _as_list(v.get("model")) or ["student", *[s.name for s in earlier if s.kind.name == "distill"]]
         models = [_model_ref(r, earlier, shared, where) for r in refs]
         v["model"] = [m for m, _ in models]

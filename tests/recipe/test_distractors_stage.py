@@ -1,0 +1,138 @@
+"""Recipe stages that make their own data and teacher: the ``distractors`` stage kind (its splits as
+samples and as evaluation sets) and a ``teacher`` / ``student`` that names an earlier distill stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from leaf.cli import main
+from leaf.config import ConfigError, build
+from leaf.data.config import DISTRACTOR_KINDS, DISTRACTOR_POSITIONS
+from leaf.data.distractors import family_records
+from leaf.recipe import RecipeConfig
+from leaf.recipe.estimate import estimate_plan
+from leaf.recipe.runner import resolve_plan
+from leaf.recipe.stages import plan
+from leaf.tiny import write_tiny
+
+ROOT = Path(__file__).resolve().parents[2]
+REAL = ROOT / "configs" / "recipes" / "real_smollm2.yaml"
+FAMILIES = ["add", "two-step"]
+KINDS, POSITIONS = list(DISTRACTOR_KINDS), list(DISTRACTOR_POSITIONS)
+
+
+def _recipe(tmp_path: Path, **change):
+    base = {
+        "run": str(tmp_path / "run"), "student": "my/student", "teacher": "finetune", "task": "math",
+        "stages": ["clean_data", "train_data", "tests", "finetune", "detect", "prune", "distill", "eval_teacher",
+                   "eval_leaf", "analyze"],
+        "clean_data": {"stage": "distractors", "n": 3, "seed": 1, "families": FAMILIES, "split": "clean"},
+        "train_data": {"stage": "distractors", "n": 3, "seed": 1, "families": FAMILIES},
+        "tests": {"stage": "distractors", "n": 2, "seed": 0, "families": FAMILIES},
+        "finetune": {"stage": "distill", "input": ["clean_data"], "teacher": "student", "alpha": 1.0},
+        "detect": {"input": ["train_data"]},
+        "distill": {"input": ["train_data", "prune"]},
+        "eval_teacher": {"stage": "evaluate", "model": "teacher", "benchmark": ["tests.clean", "tests.distracted"]},
+        "eval_leaf": {"stage": "evaluate", "model": "distill", "benchmark": ["tests.distracted", "gsm8k"]},
+        "analyze": {"input": ["tests"], "model": ["student", "distill"]},
+    }
+    base.update(change)
+    return base
+
+
+def test_the_stages_read_the_split_files_and_the_trained_teacher(tmp_path):
+    run, steps, _ = plan(_recipe(tmp_path))
+    by = {s.name: s for s in steps}
+    assert by["clean_data"].values["out"] == str(run / "clean_data")
+    assert by["finetune"].values["data"] == str(run / "clean_data" / "clean.jsonl")
+    assert (by["finetune"].values["teacher"], by["finetune"].values["student"]) == ("my/student", "my/student")
+    assert "counterfactuals" not in by["finetune"].values
+    assert by["detect"].values["data"] == str(run / "train_data" / "distracted.jsonl")  # the default split
+    assert by["detect"].values["teacher"] == str(run / "finetune") and by["detect"].values["student"] == "my/student"
+    assert set(by["detect"].sources) == {"train_data", "finetune"}
+    assert by["distill"].values["teacher"] == str(run / "finetune")
+    assert by["distill"].values["data"] == str(run / "train_data" / "distracted.jsonl")
+    assert by["distill"].values["counterfactuals"] == str(run / "prune" / "counterfactuals.jsonl")
+    assert "finetune" in by["distill"].sources
+    assert by["eval_teacher"].values["model"] == str(run / "finetune")
+    assert by["eval_teacher"].values["benchmark"] == [str(run / "tests" / "clean.jsonl"),
+                                                      str(run / "tests" / "distracted.jsonl")]
+    assert set(by["eval_teacher"].sources) == {"finetune", "tests"}
+    assert by["eval_leaf"].values["benchmark"] == [str(run / "tests" / "distracted.jsonl"), "gsm8k"]
+    # the known spans of the test problems, no detections needed
+    assert by["analyze"].values["data"] == str(run / "tests" / "distracted.jsonl")
+    assert by["analyze"].values.get("samples") is None
+    assert by["analyze"].values["model"] == ["my/student", str(run / "distill")]
+
+
+def test_a_home_folder_model_is_expanded(tmp_path):
+    _, steps, _ = plan(_recipe(tmp_path, student="~/models/s"))
+    assert steps[3].values["student"] == str(Path.home() / "models" / "s")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"detect": {"input": ["train_data"], "split": "clean"}}, "`split:` is a key of distractors stages only"),
+    ({"tests": {"stage": "distractors", "split": "counterfactual"}}, "split: 'counterfactual'; use one of"),
+    ({"finetune": {"stage": "distill", "input": ["clean_data"], "teacher": "distill"}},
+     "teacher 'distill' is a stage that does not run before this one"),
+    ({"teacher": "tests"}, "teacher 'tests' is a distractors stage; name a distill stage"),
+    ({"tests": {"stage": "distractors", "out": "x"}}, "'out' is a path between stages"),
+])
+def test_bad_references_are_refused(tmp_path, change, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        plan(_recipe(tmp_path, **change))
+
+
+def test_dry_run_counts_the_generated_records(tmp_path):
+    cfg = build(RecipeConfig, {"recipe": REAL, "overrides": [f"run={tmp_path / 'run'}"]})
+    est = {e.name: dict(e.lines) for e in estimate_plan(resolve_plan(cfg))}
+    assert est["teacher_data"]["samples"] == "clean 300, distracted 300; later stages read clean"
+    assert est["test_data"]["samples"] == "clean 90, distracted 90; later stages read distracted"
+    assert est["detect"]["samples"] == "300 (distracted split, 3 families, seed 1)"
+    tests = str(tmp_path / "run" / "test_data" / "distracted.jsonl")
+    assert est["eval_kd"][tests].startswith("90 samples x up to 64 new tokens")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_recipe_fine_tunes_its_teacher_then_detects_and_evaluates_with_it(tmp_path, capsys):
+    """End to end on the tiny pair: the data are written, the teacher is trained from the student, and the
+    stages after it load that teacher (the detections name it, its results score the test split)."""
+    write_tiny(out=tmp_path / "models")
+    student = tmp_path / "models" / "student"
+    train = {"max_steps": 1, "batch_size": 2, "grad_accum": 1, "precision": "fp32", "max_length": 256,
+             "save_steps": 1000, "warmup_steps": 0}
+    recipe = _recipe(
+        tmp_path, student=str(student), device="cpu", dtype="float32",
+        stages=["clean_data", "train_data", "tests", "finetune", "detect", "eval_teacher", "analyze"],
+        finetune={"stage": "distill", "input": ["clean_data"], "teacher": "student", "alpha": 1.0, **train},
+        detect={"input": ["train_data"], "batch_size": 2, "progress": False},
+        eval_teacher={"stage": "evaluate", "model": "teacher", "benchmark": ["tests.clean", "tests.distracted"],
+                      "max_new_tokens": 4, "batch_size": 4},
+        analyze={"input": ["tests"], "model": ["student", "teacher"], "plots": False, "heatmaps": 0},
+    )
+    for unused in ("prune", "distill", "eval_leaf"):
+        recipe.pop(unused, None)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(json.dumps(recipe))  # JSON is YAML
+    assert main(["run", str(path)]) == 0
+    run = tmp_path / "run"
+    for split in ("clean", "distracted"):
+        lines = (run / "tests" / f"{split}.jsonl").read_text().splitlines()
+        assert [json.loads(x) for x in lines] == [r for f in FAMILIES for r in family_records(
+            f, 2, 0, KINDS, POSITIONS)[split]]
+    assert (run / "finetune" / "model.safetensors").is_file()
+    meta = json.loads((run / "detect" / "detections.jsonl.meta.json").read_text())
+    assert meta["settings"]["teacher"] == str(run / "finetune")
+    detected = [json.loads(x) for x in (run / "detect" / "detections.jsonl").read_text().splitlines()]
+    assert sorted(d["id"] for d in detected) == sorted(
+        r["id"] for f in FAMILIES for r in family_records(f, 3, 1, KINDS, POSITIONS)["distracted"])
+    result = json.loads((run / "eval_teacher" / "results.json").read_text())
+    assert result["config"]["model"] == str(run / "finetune")
+    assert {k: v["total"] for k, v in result["benchmarks"].items()} == {"clean": 4, "distracted": 4}
+    attention = json.loads((run / "analyze" / "attention.json").read_text())
+    assert [m["model"] for m in attention["models"]] == [str(student), str(run / "finetune")]
+    assert all(len(m["samples"]) == 2 * len(FAMILIES) for m in attention["models"])
