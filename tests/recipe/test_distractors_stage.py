@@ -120,6 +120,8 @@ def test_a_recipe_fine_tunes_its_teacher_then_detects_and_evaluates_with_it(tmp_
     path.write_text(json.dumps(recipe))  # JSON is YAML
     assert main(["run", str(path)]) == 0
     run = tmp_path / "run"
+    table = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert [table[n][4] for n in ("clean_data", "train_data", "tests")] == ["6", "6", "4"]  # the split's records
     for split in ("clean", "distracted"):
         lines = (run / "tests" / f"{split}.jsonl").read_text().splitlines()
         assert [json.loads(x) for x in lines] == [r for f in FAMILIES for r in family_records(

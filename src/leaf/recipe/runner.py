@@ -240,6 +240,8 @@ def _count(summary: Any, step: Step) -> int | None:
             return int(summary.records_written)
         if kind == "analyze":
             return int(summary.models[0]["samples"]) if summary.models else 0
+        if kind == "distractors":  # the records of the split later stages read
+            return int(summary.records[step.split or "distracted"])
         if kind == "evaluate":
             return sum(int(b.get("total", 0)) for b in summary.results["benchmarks"].values())
         for attr in ("written", "samples", "examples"):  # convert, label, distill / cache-teacher
