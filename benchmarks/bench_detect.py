@@ -21,6 +21,7 @@ measured in the same run.
     python benchmarks/bench_detect.py            # both configurations, as in docs/benchmarks.md
     python benchmarks/bench_detect.py --quick    # a fast smoke run
     python benchmarks/bench_detect.py --device cuda --dtype bfloat16 --config gpu   # on a GPU
+    python benchmarks/bench_detect.py --config smollm2     # real SmolLM2-135M weights (--config gemma3: 262k vocab)
 
 On a GPU (``--device cuda``): models and inputs live there in ``--dtype``
 (SDPA attention as on CPU), times are taken after ``torch.cuda.synchronize``,
@@ -57,8 +58,26 @@ CONFIGS = {
     # for a GPU: Llama-3.2-1B's shape (1.24B parameters, GQA 32/8, vocab 128,256, tied), 1,024-token samples
     "gpu": dict(hidden=2048, layers=16, heads=32, kv_heads=8, inter=8192, vocab=128256, seq=1024, resp=512,
                 samples=64, batch_sizes=(1, 8, 16)),
+    # real pretrained weights (scripts/fetch_models.sh): SmolLM2-135M-Instruct, vocabulary 49,152, tied head
+    "smollm2": dict(model="smollm2-135m-instruct", seq=256, resp=64, samples=16, batch_sizes=(1, 4, 8)),
+    # Gemma-3-270M: vocabulary 262,144 (the output head is most of the logits' memory)
+    "gemma3": dict(model="gemma3-270m", seq=256, resp=64, samples=8, batch_sizes=(1, 4, 8)),
 }
 CPU_CONFIGS = ("medium", "small")
+#: Where the real models of the ``model`` configurations are (``LEAF_MODELS``, as scripts/fetch_models.sh).
+MODELS = Path(os.environ.get("LEAF_MODELS") or Path.home() / ".cache" / "leaf" / "models")
+
+
+def real_shape(cfg: dict) -> dict:
+    """A ``model`` configuration with the shape numbers of its real checkpoint's config.json filled in."""
+    if "model" not in cfg:
+        return cfg
+    path = MODELS / cfg["model"]
+    if not (path / "config.json").is_file():
+        raise SystemExit(f"{path}: not found; run scripts/fetch_models.sh (or set LEAF_MODELS)")
+    c = json.loads((path / "config.json").read_text())
+    c = c.get("text_config", c)
+    return dict(cfg, path=str(path), hidden=c["hidden_size"], layers=c["num_hidden_layers"], vocab=c["vocab_size"])
 
 #: Where and in which dtype the models run (``--device`` / ``--dtype``).
 DEVICE = torch.device("cpu")
@@ -76,6 +95,10 @@ def sync() -> None:
 
 def build(cfg: dict) -> LlamaForCausalLM:
     torch.manual_seed(0)
+    if "path" in cfg:  # real weights
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(cfg["path"], dtype=DTYPE, attn_implementation="sdpa").to(DEVICE)
     config = LlamaConfig(
         vocab_size=cfg["vocab"], hidden_size=cfg["hidden"], intermediate_size=cfg["inter"],
         num_hidden_layers=cfg["layers"], num_attention_heads=cfg["heads"],
@@ -277,13 +300,13 @@ def main() -> None:
         REPEATS = 1
     if args.memory_child:
         assert exact_rss_active(), "the memory child must run under EXACT_RSS_ENV"
-        cfg = dict(CONFIGS[args.memory_child], samples=args.samples)
+        cfg = real_shape(dict(CONFIGS[args.memory_child], samples=args.samples))
         cfg["batch_sizes"] = tuple(b for b in cfg["batch_sizes"] if b <= cfg["samples"])
         print(json.dumps(memory_run(cfg)))
         return
     results = []
     for name in names:
-        cfg = dict(CONFIGS[name])
+        cfg = real_shape(dict(CONFIGS[name]))
         if args.quick:
             cfg["samples"] = max(4, cfg["samples"] // 4)
             cfg["batch_sizes"] = tuple(b for b in cfg["batch_sizes"] if b <= cfg["samples"])

@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/bench_distill.py [--steps 6] [--batch 4] [--threads 1] [--out bench.json]
+    python benchmarks/bench_distill.py --model smollm2-135m-instruct   # real weights (49k vocabulary) as both
 
 One process trains at a time (no data parallelism). Each measurement runs in
 a fresh child process so that its peak memory (``ru_maxrss``: peak resident
@@ -87,6 +88,28 @@ def setup(root: Path, n: int, seed: int = 0, sizes: tuple[tuple[int, int], tuple
         tok.save_pretrained(root / name)
     with (root / "data.jsonl").open("w") as fh:
         fh.writelines(json.dumps(s) + "\n" for s in samples)
+
+
+def setup_real(root: Path, model: Path, n: int, seed: int = 0) -> None:
+    """A real checkpoint (scripts/fetch_models.sh) as both teacher and student (linked, not copied), and n
+    samples of the same words; the loss arms take its vocabulary."""
+    rng = random.Random(seed)
+    text = lambda k: " ".join(rng.choice(WORDS) for _ in range(k))  # noqa: E731
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("teacher", "student"):
+        (root / name).symlink_to(model.resolve(), target_is_directory=True)
+    with (root / "data.jsonl").open("w") as fh:
+        fh.writelines(json.dumps({"id": i, "instruction": text(60) + "?", "response": text(220) + "."}) + "\n"
+                      for i in range(n))
+
+
+def _vocab(root: Path | None) -> int:
+    """The output layer's rows: the real model's where --model gave one, else :data:`VOCAB`."""
+    config = root / "student" / "config.json" if root is not None else None
+    if config is not None and (root / "student").is_symlink() and config.is_file():
+        c = json.loads(config.read_text())
+        return int(c.get("text_config", c)["vocab_size"])
+    return VOCAB
 
 
 class _Timer:
@@ -194,7 +217,7 @@ def run_trl(root: Path, steps: int, batch: int) -> dict:
     }
 
 
-def run_loss(mode: str, tokens: int = 4096, rows: int = 4) -> dict:
+def run_loss(mode: str, tokens: int = 4096, rows: int = 4, vocab: int = VOCAB) -> dict:
     """Forward + backward of the KL alone on (rows, tokens/rows, V) fp32 logits (every position a loss token)."""
     import torch
 
@@ -202,8 +225,8 @@ def run_loss(mode: str, tokens: int = 4096, rows: int = 4) -> dict:
 
     g = torch.Generator().manual_seed(0)
     L = tokens // rows
-    student = torch.randn(rows, L, VOCAB, generator=g).requires_grad_(True)
-    teacher = torch.randn(rows, L, VOCAB, generator=g)
+    student = torch.randn(rows, L, vocab, generator=g).requires_grad_(True)
+    teacher = torch.randn(rows, L, vocab, generator=g)
     r = torch.arange(rows * L)
     w = torch.full((rows * L,), 1.0 / (rows * L))
     base = _current_rss_mb()
@@ -211,7 +234,7 @@ def run_loss(mode: str, tokens: int = 4096, rows: int = 4) -> dict:
     if mode == "autograd":
         loss = (forward_kl(teacher, student).reshape(-1) * w).sum()
     else:
-        loss = distill_loss(student, r, DenseTeacher(teacher.view(rows * L, VOCAB), r), w, chunk_size=1024 if mode == "chunked" else None).loss
+        loss = distill_loss(student, r, DenseTeacher(teacher.view(rows * L, vocab), r), w, chunk_size=1024 if mode == "chunked" else None).loss
     loss.backward()
     dt = time.perf_counter() - t0
     return {"loss": loss.item(), "seconds": dt, "peak_increase_mb": _rss_mb() - base, "logits_mb": student.numel() * 4 / 2**20}
@@ -225,7 +248,7 @@ def child(arm: str, root: Path, steps: int, batch: int, precision: str = "fp32",
     if arm == "trl-gkd":
         return run_trl(root, steps, batch)
     if arm.startswith("loss-"):
-        return run_loss(arm.split("-", 1)[1])
+        return run_loss(arm.split("-", 1)[1], vocab=_vocab(root))
     raise ValueError(arm)
 
 
@@ -251,6 +274,9 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="leaf arms: fp32, or bf16 autocast (GPU)")
     ap.add_argument("--student-size", type=_size, default=(128, 2), metavar="HIDDEN:LAYERS", help="student shape (default 128:2)")
     ap.add_argument("--teacher-size", type=_size, default=(256, 4), metavar="HIDDEN:LAYERS", help="teacher shape (default 256:4)")
+    ap.add_argument("--model", default=None, metavar="NAME",
+                    help="a real checkpoint as teacher and student: a folder of LEAF_MODELS (scripts/fetch_models.sh), "
+                         "e.g. smollm2-135m-instruct, or a path (a new --root)")
     ap.add_argument("--dry-run", action="store_true", help="check the arguments, print the plan, run nothing")
     ap.add_argument("--chunked-head", default="auto", choices=["auto", "always", "never"],
                     help="leaf arms: DistillConfig.chunked_head (default auto: full logits at this 32k vocabulary)")
@@ -261,7 +287,7 @@ def main() -> None:
     if args.dry_run:
         print(f"bench_distill: arms {' '.join(args.arms)}, precision {args.precision}, student {args.student_size}, "
               f"teacher {args.teacher_size} (hidden, layers), {args.samples} samples, batch {args.batch}, {args.steps} steps, "
-              f"chunked head {args.chunked_head}, "
+              f"chunked head {args.chunked_head}, model {args.model or 'tiny'}, "
               f"out {args.out}")
         return
     import torch
@@ -272,7 +298,13 @@ def main() -> None:
         return
 
     root = args.root or Path(tempfile.mkdtemp(prefix="leaf-bench-"))
-    if not (root / "data.jsonl").exists():
+    if not (root / "data.jsonl").exists() and args.model:
+        models = Path(os.environ.get("LEAF_MODELS") or Path.home() / ".cache" / "leaf" / "models")
+        model = Path(args.model) if Path(args.model).is_dir() else models / args.model
+        if not (model / "config.json").is_file():
+            ap.error(f"--model {args.model}: no model folder {model} (run scripts/fetch_models.sh)")
+        setup_real(root, model, args.samples)
+    elif not (root / "data.jsonl").exists():
         setup(root, args.samples, sizes=(args.teacher_size, args.student_size))
     if "leaf-cache" in args.arms and not (root / "cache" / "manifest.json").exists():
         from leaf.distill.cache import CacheConfig, build_cache

@@ -37,6 +37,11 @@ PROBES: dict[str, tuple[list[str], str]] = {
     "output under a file": (["data", "convert", "--dataset", "{IN}", "--field", "instruction=instruction,response=response",
                              "--out", "{IN}/x/o.jsonl"], "--out {IN}/x/o.jsonl: Not a directory ({IN}/x)"),
     "max-memory not pairs": ([*DETECT, "--max-memory", "70GiB"], "option 'max_memory': '70GiB': '70GiB' is not device=size"),
+    "distill from the student itself": (["distill", "--teacher", "org/m", "--student", "org/m/", "--data", "{IN}",
+                                         "--out", "{OUT}"], "--teacher org/m is the student itself and --alpha is 0"),
+    "distill from the student's folder by another path": (
+        ["distill", "--teacher", "{MODEL}", "--student", "{MODEL}/../model/.", "--data", "{IN}", "--out", "{OUT}"],
+        "is the student itself and --alpha is 0: every distillation term is zero"),
 }
 
 
@@ -45,6 +50,8 @@ def files(root: Path) -> dict[str, Path]:
     paths = {name: root / file for name, file in (("IN", "in.jsonl"), ("OUT", "out/o.jsonl"), ("LOOP", "loop"),
              ("DEEP", "deep.jsonl"), ("DUP", "dup.jsonl"), ("YAML", "cfg.yaml"))}
     paths["IN"].write_text(json.dumps(GOOD) + "\n")
+    paths["MODEL"] = root / "model"  # a local model folder (empty: every probe is refused before loading)
+    paths["MODEL"].mkdir()
     paths["LOOP"].symlink_to(paths["LOOP"])
     deep = "[" * 200_000 + "]" * 200_000
     paths["DEEP"].write_text(json.dumps({**GOOD, "meta": "X"}).replace('"X"', deep) + "\n")

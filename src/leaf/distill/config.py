@@ -121,6 +121,10 @@ class DistillConfig:
             raise ConfigError("give --teacher or --teacher-cache")
         if self.data is None and self.counterfactuals is None:
             raise ConfigError("give --data and/or --counterfactuals")
+        if self.teacher_cache is None and self.alpha == 0 and _same_model(self.teacher, self.student):
+            raise ConfigError(f"--teacher {self.teacher} is the student itself and --alpha is 0: every distillation "
+                              "term is zero, nothing would train; give another teacher, or --alpha > 0 to "
+                              "fine-tune on the reference responses with a KL anchor to the model itself")
         if self.eval_data is not None and self.teacher_cache is not None:
             raise ConfigError("--eval-data with --teacher-cache: the cache holds no targets for those samples; "
                               "use --eval-split (held out from the cached data) or a live --teacher")
@@ -183,6 +187,16 @@ class CacheConfig:
             raise ConfigError("top_k must be >= 1")
         if self.temperature <= 0:
             raise ConfigError("temperature must be > 0")
+
+
+def _same_model(a: str | None, b: str | None) -> bool:
+    """Whether two model references name one model: the same local folder, or the same hub id."""
+    if a is None or b is None:
+        return False
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return str(a).rstrip("/") == str(b).rstrip("/")
 
 
 #: The run folder's record of the settings (and of the run: ``_run``), read by resume and the model card.
