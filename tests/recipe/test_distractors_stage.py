@@ -138,3 +138,31 @@ def test_a_recipe_fine_tunes_its_teacher_then_detects_and_evaluates_with_it(tmp_
     attention = json.loads((run / "analyze" / "attention.json").read_text())
     assert [m["model"] for m in attention["models"]] == [str(student), str(run / "finetune")]
     assert all(len(m["samples"]) == 2 * len(FAMILIES) for m in attention["models"])
+
+
+def test_the_real_recipes_arms_learn_from_the_fine_tuned_teacher(tmp_path):
+    """Each arm of real_smollm2.yaml distils the fine-tuned teacher (a YAML anchor that carried the teacher
+    stage's `teacher: student` would make every term zero); only the teacher stage trains against itself,
+    with cross-entropy."""
+    p = resolve_plan(build(RecipeConfig, {"recipe": REAL, "overrides": [f"run={tmp_path / 'run'}"]}))
+    arms = {s.name: p.configs[s.name] for s in p.steps if s.kind.name == "distill"}
+    assert set(arms) == {"teacher_ft", "distill", "distill_kd", "distill_reweight", "distill_resample"}
+    for name, cfg in arms.items():
+        if name == "teacher_ft":
+            assert cfg.teacher == cfg.student and cfg.alpha == 1.0 and cfg.counterfactuals is None
+        else:
+            assert cfg.teacher == str(tmp_path / "run" / "teacher_ft") and cfg.alpha == 0.0
+    assert {n: (c.lam, c.counterfactuals is not None) for n, c in arms.items() if n != "teacher_ft"} == {
+        "distill": (0.5, True), "distill_kd": (1.0, False), "distill_reweight": (0.5, True),
+        "distill_resample": (0.5, True)}
+
+
+def test_a_stage_distilling_the_student_from_itself_is_refused(tmp_path):
+    recipe = _recipe(tmp_path, stages=["clean_data", "finetune"])
+    for unused in ("prune", "distill", "eval_leaf", "eval_teacher", "analyze", "detect", "train_data", "tests", "task"):
+        recipe.pop(unused, None)
+    recipe["finetune"] = {"stage": "distill", "input": ["clean_data"], "teacher": "student"}
+    path = tmp_path / "r.yaml"
+    path.write_text(json.dumps(recipe))
+    with pytest.raises(ConfigError, match="is the student itself and --alpha is 0"):
+        resolve_plan(build(RecipeConfig, {"recipe": path}))
