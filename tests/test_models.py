@@ -154,7 +154,8 @@ def test_the_stages_pass_max_memory_and_name_their_flags(tmp_path, monkeypatch, 
     with pytest.raises(models.ModelTooLarge, match=r"^teacher .*: use --device-map auto \(with --max-memory\)"):
         build_cache(cache)
     distill = build(DistillConfig, {"student": str(model), "teacher": str(model), "out": tmp_path / "run",
-                                    "data": data, "max_memory": "cpu=1KiB", "precision": "fp32"})  # the alias
+                                    "data": data, "max_memory": "cpu=1KiB", "precision": "fp32",  # the alias
+                                    "alpha": 1.0})  # a fine-tune anchored to the model itself (alpha 0: refused)
     assert distill.teacher_max_memory == "cpu=1KiB"
     with pytest.raises(models.ModelTooLarge, match=r"^teacher .*: use --teacher-device-map auto \(with --max-memory\)"):
         build_trainer(distill)

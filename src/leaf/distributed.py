@@ -73,6 +73,22 @@ def barrier() -> None:
         _state().wait_for_everyone()
 
 
+def finish() -> None:
+    """After a command ran to its end in a launched run: wait for every process, then leave the process group.
+
+    An interpreter that exits with the group still up can abort in the collective library's threads
+    (``terminate called without an active exception``, seen with gloo on a loaded machine) after the
+    outputs are written, failing the launcher. Nothing to do in a single process.
+    """
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def gather(obj: Any) -> list[Any]:
     """``obj`` of every rank, in rank order (``[obj]`` in a single process)."""
     rank, world = rank_and_world()
@@ -202,6 +218,6 @@ def merge_parts(
 
 
 __all__ = [
-    "BARRIER_TIMEOUT", "ShardMismatch", "barrier", "check_parts", "done_keys", "existing_parts", "gather",
+    "BARRIER_TIMEOUT", "ShardMismatch", "barrier", "check_parts", "done_keys", "existing_parts", "finish", "gather",
     "merge_parts", "part_path", "rank_and_world", "remove_parts", "shard",
 ]

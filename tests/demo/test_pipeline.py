@@ -102,9 +102,11 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert counts["teacher_correct"] >= 0.95 * counts["pool"]  # 160 of 160 in all 7 runs
     # KD on v1's all-confounded pool costs clean accuracy: pre-KD clean 0.52-0.62, KD 0.18-0.30 (loss >= 0.28)
     assert acc["kd"]["clean"] <= acc["pre_kd"]["clean"] - 0.1
-    # gradient detection finds the planted spans: hit rate 0.89-1.00, precision 0.89-1.00; random <= 0.11, PPL 0
+    # gradient detection finds the planted spans: hit rate 0.89-1.00, precision 0.67-1.00 (0.67 in a fresh clone
+    # on another machine at OMP_NUM_THREADS=1, hit rate 0.91 there); random <= 0.11, PPL 0
     det = {m: seed["detection"][m]["default"] for m in ("gradient", "random", "ppl")}
-    assert det["gradient"]["hit_rate"] >= 0.8 and det["gradient"]["precision"] >= 0.8
+    assert det["gradient"]["hit_rate"] >= 0.8 and det["gradient"]["precision"] >= 0.5
+    assert det["gradient"]["precision"] >= max(det["random"]["precision"], det["ppl"]["precision"]) + 0.4
     assert det["gradient"]["hit_rate"] >= max(det["random"]["hit_rate"], det["ppl"]["hit_rate"]) + 0.5
     # the teacher attends less to the planted spans than the student: teacher / pre-KD 0.68-0.70
     assert seed["attention"]["teacher"] <= 0.85 * seed["attention"]["pre_kd"]

@@ -160,7 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _quiet_libraries()
     name = " ".join(v for k, v in vars(args).items() if k == "command" or k.endswith("_action"))
     try:
-        return command(args)
+        code = command(args)
+        from leaf.distributed import finish
+
+        finish()  # a launched run leaves its process group before the interpreter exits
+        return code
     except KeyboardInterrupt:
         if args.debug:
             raise
