@@ -264,18 +264,28 @@ class DistractorsSummary(Summary):
         return f"wrote {len(self.files)} files to {self.out}: {per} records (distractor kinds: {kinds})"
 
 
+def _lists(cfg: DistractorsConfig) -> tuple[list[str], list[str], list[str]]:
+    """The families, kinds and positions these options name (each once, in order; none given: all)."""
+    return (list(dict.fromkeys(cfg.families or DISTRACTOR_FAMILIES)), list(dict.fromkeys(cfg.kinds or DISTRACTOR_KINDS)),
+            list(dict.fromkeys(cfg.positions or DISTRACTOR_POSITIONS)))
+
+
+def draw(cfg: DistractorsConfig) -> dict[str, dict[str, list[Any]]]:
+    """``{family: {split: records}}`` exactly as ``leaf distractors`` writes them for ``cfg`` (nothing is
+    written; pure Python, seeded)."""
+    families, kinds, positions = _lists(cfg)
+    return {family: family_records(family, cfg.n, cfg.seed, kinds, positions) for family in families}
+
+
 def distractors(config: DistractorsConfig | None = None, **kwargs: Any) -> DistractorsSummary:
     """``leaf distractors`` as a function: a :class:`DistractorsConfig` or its fields as keyword arguments."""
     cfg = make(DistractorsConfig, config, kwargs, "leaf.data.distractors()")
-    families = list(dict.fromkeys(cfg.families or DISTRACTOR_FAMILIES))
-    kinds = list(dict.fromkeys(cfg.kinds or DISTRACTOR_KINDS))
-    positions = list(dict.fromkeys(cfg.positions or DISTRACTOR_POSITIONS))
+    families, kinds, positions = _lists(cfg)
     for family in families:  # refuse a position no problem of a family has room for before writing anything
         possible_positions(FAMILIES[family](random.Random(0)), positions)
     files, records, kind_counts = [], Counter[str](), Counter[str]()
     merged: dict[str, list[str]] = {split: [] for split in SAMPLE_SPLITS}
-    for family in families:
-        recs = family_records(family, cfg.n, cfg.seed, kinds, positions)
+    for family, recs in draw(cfg).items():
         for split in SAMPLE_SPLITS:
             path = cfg.out / f"{family}.{split}.jsonl"
             lines = [dumps(r) + "\n" for r in recs[split]]
@@ -295,4 +305,4 @@ def distractors(config: DistractorsConfig | None = None, **kwargs: Any) -> Distr
 
 
 __all__ = ["FAMILIES", "SAMPLE_SPLITS", "SPLITS", "DistractorsSummary", "Problem", "assemble", "distractor", "distractors",
-           "family_records", "forbidden_numbers", "split_file"]
+           "draw", "family_records", "forbidden_numbers", "split_file"]

@@ -358,21 +358,17 @@ class Estimator:
             est.lines.append(("compute", "CPU, seconds (string edits)"))
 
     def distractors(self, step: Any, cfg: Any, est: StageEstimate) -> None:
-        from leaf.data.distractors import SAMPLE_SPLITS, family_records, split_file
+        from leaf.data.distractors import SAMPLE_SPLITS, draw, split_file
 
-        records: dict[str, list[dict[str, Any]]] = {split: [] for split in SAMPLE_SPLITS}
-        for family in dict.fromkeys(cfg.families):  # drawn in pure Python, as the stage writes them
-            got = family_records(family, cfg.n, cfg.seed, list(dict.fromkeys(cfg.kinds)),
-                                 list(dict.fromkeys(cfg.positions)))
-            for split in SAMPLE_SPLITS:
-                records[split] += got[split]
+        drawn = draw(cfg)  # the records themselves, as the stage writes them
+        records = {split: [r for recs in drawn.values() for r in recs[split]] for split in SAMPLE_SPLITS}
         for split, recs in records.items():
             self.files[str(step.folder / split_file(split))] = len(recs)
         chosen = records[step.split]
         student = next((s.values.get("student") for s in self.p.steps if s.values.get("student")), None)
         tokens, how = _tokens(["\n".join((r["instruction"], r["response"])) for r in chosen], student)
         self.data[step.name] = Data(len(chosen), tokens, f"{len(chosen):,} ({step.split} split, "
-                                                         f"{len(cfg.families)} families, seed {cfg.seed})", how)
+                                                         f"{len(drawn)} families, seed {cfg.seed})", how)
         est.lines[-1] = ("samples", ", ".join(f"{k} {len(v):,}" for k, v in records.items())
                          + f"; later stages read {step.split}")
         est.lines.append(("tokens", f"{tokens:.0f} per sample ({how})"))

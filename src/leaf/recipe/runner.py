@@ -33,7 +33,7 @@ import yaml
 from leaf.config import ConfigError, Summary, build, make, read_yaml_mapping, to_dict
 from leaf.data.jsonl import SettingsMismatch, dumps, write_atomic
 from leaf.recipe.config import RecipeConfig
-from leaf.recipe.stages import FREE, Step, accelerate_config, plan, report_view
+from leaf.recipe.stages import DISTRACTOR_SPLIT, FREE, Step, accelerate_config, plan, report_view
 
 # -- the recipe -------------------------------------------------------------------------------
 
@@ -241,7 +241,7 @@ def _count(summary: Any, step: Step) -> int | None:
         if kind == "analyze":
             return int(summary.models[0]["samples"]) if summary.models else 0
         if kind == "distractors":  # the records of the split later stages read
-            return int(summary.records[step.split or "distracted"])
+            return int(summary.records[step.split or DISTRACTOR_SPLIT])
         if kind == "evaluate":
             return sum(int(b.get("total", 0)) for b in summary.results["benchmarks"].values())
         for attr in ("written", "samples", "examples"):  # convert, label, distill / cache-teacher

@@ -81,8 +81,8 @@ SAMPLES_KINDS = ("convert", "demo-data", "distractors")
 RECIPE_KEYS = ("run", "stages", "gpus", "gpu", "accelerate", "mfu")
 #: Keys of a stage section that are the runner's, not the stage's.
 STAGE_KEYS = ("stage", "input", "accelerate", "split")
-#: The sample splits of a distractors stage: ``split:`` picks the one later stages read as their samples.
-DISTRACTOR_SPLITS = ("distracted", "clean")
+#: The split of a distractors stage later stages read as their samples unless ``split:`` names the other.
+DISTRACTOR_SPLIT = "distracted"
 #: Settings that do not change what a stage produces: a finished stage is not redone for them.
 FREE = frozenset({"overwrite", "progress"})
 #: ``model`` references an evaluate / analyze stage may use besides the names of distill stages.
@@ -225,9 +225,11 @@ def _split(kind: Kind, section: Mapping[str, Any], where: str) -> str | None:
         if "split" in section:
             raise ConfigError(f"{where}: `split:` is a key of distractors stages only; remove it")
         return None
-    split = str(section.get("split", DISTRACTOR_SPLITS[0]))
-    if split not in DISTRACTOR_SPLITS:
-        raise ConfigError(f"{where}: split: {split!r}; use one of {', '.join(DISTRACTOR_SPLITS)}")
+    from leaf.data.distractors import SAMPLE_SPLITS
+
+    split = str(section.get("split", DISTRACTOR_SPLIT))
+    if split not in SAMPLE_SPLITS:
+        raise ConfigError(f"{where}: split: {split!r}; use one of {', '.join(SAMPLE_SPLITS)}")
     return split
 
 
@@ -238,7 +240,7 @@ def _samples_file(step: Step, split: str | None = None) -> str:
     if step.kind.name == "distractors":
         from leaf.data.distractors import split_file
 
-        return str(step.folder / split_file(split or step.split or DISTRACTOR_SPLITS[0]))
+        return str(step.folder / split_file(split or step.split or DISTRACTOR_SPLIT))
     return _output(step)
 
 
@@ -297,8 +299,6 @@ def _model_ref(ref: str, earlier: list[Step], values: Mapping[str, Any], where: 
                                   f"{' or '.join(MODEL_WORDS)}")
             return str(s.output), s.name
     return (str(Path(ref).expanduser()) if ref.startswith("~") else ref), None  # the user's (hub id or folder)
-
-
 
 
 def _wire(step: Step, chosen_raw: Any, earlier: list[Step], shared: Mapping[str, Any], where: str) -> None:
@@ -378,8 +378,10 @@ def _wire(step: Step, chosen_raw: Any, earlier: list[Step], shared: Mapping[str,
             tests = {k_: str(p) for k_, p in demo[0].kind.config_class().paths(demo[0].folder)["tests"].items()}
             v["benchmark"] = [tests.get(b, b) for b in _as_list(v["benchmark"])] if "benchmark" in v \
                 else list(tests.values())
+        from leaf.data.distractors import SAMPLE_SPLITS
+
         splits = {f"{s.name}.{sp}": (s, _samples_file(s, sp)) for s in earlier if s.kind.name == "distractors"
-                  for sp in DISTRACTOR_SPLITS}
+                  for sp in SAMPLE_SPLITS}
         if splits and "benchmark" in v:  # STAGE.SPLIT: that split of an earlier distractors stage
             for b in _as_list(v["benchmark"]):
                 if b in splits and splits[b][0].name not in step.sources:
