@@ -131,7 +131,7 @@ def test_unknown_arm_is_refused(capsys):
 def test_quick_demo_v2_tables_agree_with_the_per_problem_verdicts(tmp_path):
     """The v2 run: a pool with clean problems, the distractor family, budgets, paired tests and the figure,
     every summary number recomputed here from the per-problem verdicts the run wrote."""
-    from leaf.demo.stats import paired
+    from leaf.stats import paired
 
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0

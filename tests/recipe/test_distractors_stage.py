@@ -146,15 +146,27 @@ def test_the_real_recipes_arms_learn_from_the_fine_tuned_teacher(tmp_path):
     with cross-entropy."""
     p = resolve_plan(build(RecipeConfig, {"recipe": REAL, "overrides": [f"run={tmp_path / 'run'}"]}))
     arms = {s.name: p.configs[s.name] for s in p.steps if s.kind.name == "distill"}
-    assert set(arms) == {"teacher_ft", "distill", "distill_kd", "distill_reweight", "distill_resample"}
+    assert set(arms) == {"teacher_ft", "distill", "distill_kd", "distill_reweight", "distill_resample",
+                         "distill_kd_s43", "distill_s43", "distill_kd_s44", "distill_s44", "distill_token"}
     for name, cfg in arms.items():
         if name == "teacher_ft":
             assert cfg.teacher == cfg.student and cfg.alpha == 1.0 and cfg.counterfactuals is None
         else:
             assert cfg.teacher == str(tmp_path / "run" / "teacher_ft") and cfg.alpha == 0.0
-    assert {n: (c.lam, c.counterfactuals is not None) for n, c in arms.items() if n != "teacher_ft"} == {
-        "distill": (0.5, True), "distill_kd": (1.0, False), "distill_reweight": (0.5, True),
-        "distill_resample": (0.5, True)}
+    assert {n: (c.lam, c.counterfactuals is not None, c.seed, c.cd_weighting) for n, c in arms.items()
+            if n != "teacher_ft"} == {
+        "distill": (0.5, True, 42, "term-mean"), "distill_kd": (1.0, False, 42, "term-mean"),
+        "distill_s43": (0.5, True, 43, "term-mean"), "distill_kd_s43": (1.0, False, 43, "term-mean"),
+        "distill_s44": (0.5, True, 44, "term-mean"), "distill_kd_s44": (1.0, False, 44, "term-mean"),
+        "distill_token": (0.5, True, 42, "token"), "distill_reweight": (0.5, True, 42, "term-mean"),
+        "distill_resample": (0.5, True, 42, "term-mean")}
+    # the seeds differ in training order alone: one teacher, one detection, one set of counterfactuals
+    for seed in (43, 44):
+        assert p.configs[f"distill_s{seed}"].counterfactuals == p.configs["distill"].counterfactuals
+        assert p.configs[f"distill_s{seed}"].teacher == p.configs["distill"].teacher
+    assert p.settings["arms"]["KD"] == ["eval_kd", "eval_kd_s43", "eval_kd_s44"]
+    assert [p.configs[e].model for e in p.settings["arms"]["LeaF"]] == [
+        str(tmp_path / "run" / d) for d in ("distill", "distill_s43", "distill_s44")]
 
 
 def test_a_stage_distilling_the_student_from_itself_is_refused(tmp_path):

@@ -33,7 +33,7 @@ from leaf.data.jsonl import dumps, read_jsonl, write_atomic
 from leaf.data.spans import overlaps
 from leaf.demo.config import ATTENTION_ARMS, CF_SETS, REFERENCES, SPLITS, DemoConfig
 from leaf.demo.metrics import detection_quality, mean_std
-from leaf.demo.stats import paired
+from leaf.stats import paired
 
 log = logging.getLogger(__name__)
 

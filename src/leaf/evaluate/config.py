@@ -37,6 +37,10 @@ class EvaluateConfig:
         None, role="input", help="score these generations (JSONL with id + prediction) instead of generating"
     )
     compare: list[Path] = option(role="input", default_factory=list, help="print a table comparing these results files and exit")
+    arm: list[str] = option(default_factory=list,
+                            help="NAME=RESULTS.json[,RESULTS.json...]: an arm with one results file per seed; repeat "
+                                 "the flag: prints each arm's accuracy over seeds and its paired comparison with the "
+                                 "first arm (per-problem McNemar tests), writes them as JSON to --out if given, exits")
     name: str | None = option(None, help="row label of this model in tables (default: --model)")
     max_new_tokens: int | None = option(None, low=1, help="generation budget (default: per benchmark, 512-2048)")
     batch_size: int = option(8, low=1, help="prompts per generation batch")
@@ -66,6 +70,16 @@ class EvaluateConfig:
         check_answer_pattern(self.task, self.answer_pattern)
         check_sampling(self.do_sample, self.temperature)
         check_code_sandbox(self.task, self.code_sandbox)
+        if self.compare and self.arm:
+            raise ConfigError("give --compare or --arm, not both")
+        if self.arm:
+            from leaf.evaluate.arms import parse_arm
+
+            names = [parse_arm(a)[0] for a in self.arm]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ConfigError(f"--arm: the arm {twice[0]!r} is given twice")
+            return
         if self.compare:
             return
         if self.predictions is None and (not self.model or not self.benchmark):

@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from leaf.config import Summary, make, to_dict
+from leaf.config import ConfigError, Summary, make, to_dict
 from leaf.data.jsonl import write_atomic
 from leaf.data.predictions import read_predictions
 from leaf.data.records import DataError, Sample, id_key
+from leaf.evaluate.arms import arms_text, compare_arms, markdown_table, parse_arm
 from leaf.evaluate.config import EvaluateConfig
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,8 @@ def evaluate(config: EvaluateConfig | None = None, **kwargs: Any) -> EvaluateSum
     cfg = make(EvaluateConfig, config, kwargs, "leaf.evaluate()")
     if cfg.compare:
         return EvaluateSummary(None, table=compare_table(cfg.compare))
+    if cfg.arm:
+        return _compare_arms(cfg)
     assert cfg.out is not None
     results = _load_existing(cfg.out, cfg.name or cfg.model or str(cfg.predictions))
     if cfg.predictions is not None:
@@ -238,6 +241,19 @@ def _generate_and_score(cfg: EvaluateConfig, results: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- tables
 
 
+def _compare_arms(cfg: EvaluateConfig) -> EvaluateSummary:
+    """``--arm``: the arms-over-seeds tables, and their JSON at ``--out`` when given."""
+    arms = dict(parse_arm(a) for a in cfg.arm)
+    if cfg.out is not None and any(Path(f).resolve() == cfg.out.resolve() for files in arms.values() for f in files):
+        raise ConfigError(f"--out {cfg.out} is one of the arms' results files (inputs are never overwritten)")
+    result = compare_arms(arms)
+    table = arms_text(result)
+    if cfg.out is not None:
+        write_atomic(cfg.out, json.dumps(result, indent=2) + "\n")
+        table += f"\nwrote {cfg.out}"
+    return EvaluateSummary(None, results=result, table=table)
+
+
 def compare_table(paths: Sequence[str | Path]) -> str:
     """A Markdown table: rows = results files (models), columns = benchmarks (paper order), averages in %."""
     from leaf.data.benchmarks import DISPLAY, PAPER_ORDER
@@ -274,17 +290,7 @@ def compare_table(paths: Sequence[str | Path]) -> str:
                 cells.append(f"{sum(vals) / len(vals):.2f}" if vals else "-")
         cells.append(f"{sum(accs.values()) / len(accs):.2f}" if accs else "-")
         rows.append(cells)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        return (
-            "| "
-            + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-            + " |"
-        )
-
-    sep = "|" + "|".join(("-" * (w + 2)) if i == 0 else ("-" * (w + 1) + ":") for i, w in enumerate(widths)) + "|"
-    return "\n".join([line(header), sep, *(line(r) for r in rows)])
+    return "\n".join(markdown_table(header, rows))
 
 
 def summary_table(results: dict[str, Any]) -> str:

@@ -361,9 +361,33 @@ def execute(p: Plan) -> RunSummary:
         from leaf.evaluate import evaluate
 
         summary.table = evaluate(compare=results).table
+    arms = compare_arms_of(p)
+    if arms:
+        summary.table += "\n\n" + arms
     reports = [s.output for s in p.steps if s.kind.name == "report" and s.output.is_file()]
     summary.report = reports[-1] if reports else None
     return summary
+
+
+def compare_arms_of(p: Plan) -> str:
+    """The recipe's ``arms:`` over seeds (``leaf evaluate --arm``), written to RUN/arms.json; arms whose evaluate
+    stages have not all finished are left out and named, and nothing is compared while the first arm is unfinished."""
+    arms: dict[str, list[str]] = p.settings.get("arms") or {}
+    if not arms:
+        return ""
+    by_name = {s.name: s for s in p.steps}
+    ready = {a: [str(by_name[m].output) for m in ms] for a, ms in arms.items()
+             if all(by_name[m].output.is_file() for m in ms)}
+    waiting = [a for a in arms if a not in ready]
+    note = f"arms not compared yet (their evaluate stages have not all run): {', '.join(waiting)}" if waiting else ""
+    first = next(iter(arms))
+    if first not in ready:
+        return note
+    from leaf.evaluate import evaluate
+
+    out = p.run / "arms.json"
+    table = evaluate(arm=[f"{a}={','.join(files)}" for a, files in ready.items()], out=out).table
+    return table + (f"\n{note}" if note else "")
 
 
 # -- the other modes ---------------------------------------------------------------------------

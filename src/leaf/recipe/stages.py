@@ -78,7 +78,7 @@ ALIASES = {"cache_teacher": "cache-teacher", "data": "convert", "eval": "evaluat
 SAMPLES_KINDS = ("convert", "demo-data", "distractors")
 
 #: Keys of the recipe itself (not stage options): where the run goes, which stages, the cluster of the estimates.
-RECIPE_KEYS = ("run", "stages", "gpus", "gpu", "accelerate", "mfu")
+RECIPE_KEYS = ("run", "stages", "gpus", "gpu", "accelerate", "mfu", "arms")
 #: Keys of a stage section that are the runner's, not the stage's.
 STAGE_KEYS = ("stage", "input", "accelerate", "split")
 #: The split of a distractors stage later stages read as their samples unless ``split:`` names the other.
@@ -146,6 +146,7 @@ def plan(recipe: Mapping[str, Any], source: str = "recipe") -> tuple[Path, list[
         raise ConfigError(f"{source}: a stage is listed twice in `stages:`; name each instance (e.g. distill_kd)")
     run = Path(str(recipe["run"]))
     settings = {k: recipe[k] for k in ("gpus", "gpu", "accelerate", "mfu") if k in recipe}
+    settings["arms"] = _arms(recipe.get("arms"), names, source)
     sections = {n: recipe.get(n) or {} for n in names}
     for n, sec in sections.items():
         if not isinstance(sec, Mapping):
@@ -195,7 +196,32 @@ def plan(recipe: Mapping[str, Any], source: str = "recipe") -> tuple[Path, list[
     if unused:
         raise ConfigError(f"{source}: shared key {unused[0]!r} is an option of none of the stages "
                           f"({', '.join(names)})")
+    for arm, members in settings["arms"].items():
+        wrong = [m for m in members if kinds[m].name != "evaluate"]
+        if wrong:
+            raise ConfigError(f"{source}: arms: {arm!r}: {wrong[0]!r} is a {kinds[wrong[0]].name} stage; an arm "
+                              "lists evaluate stages (one per seed)")
     return run, steps, settings
+
+
+def _arms(value: Any, names: list[str], source: str) -> dict[str, list[str]]:
+    """The recipe's ``arms:``: arm name -> its evaluate stages, one per seed (compared at the end of a run)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not value:
+        raise ConfigError(f"{source}: arms: expected a mapping ARM: [evaluate stages, one per seed], got {value!r}")
+    arms = {}
+    for arm, members in value.items():
+        listed = _as_list(members)
+        if not listed or not all(isinstance(m, str) for m in listed):
+            raise ConfigError(f"{source}: arms: {arm!r}: expected a list of evaluate stage names, got {members!r}")
+        missing = [m for m in listed if m not in names]
+        if missing:
+            raise ConfigError(f"{source}: arms: {arm!r}: {missing[0]!r} is not in `stages:`")
+        if len(set(listed)) != len(listed):
+            raise ConfigError(f"{source}: arms: {arm!r} lists a stage twice")
+        arms[str(arm)] = listed
+    return arms
 
 
 def _demo_stage(names: list[str], kinds: Mapping[str, Kind], run: Path, shared: Mapping[str, Any],

@@ -1,4 +1,4 @@
-"""Paired tests of the demo: McNemar's exact p-values against values computed another way."""
+"""Paired tests of arms (the demo, `leaf evaluate --arm`): McNemar's exact p-values against values computed another way."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from leaf.demo.stats import discordant, mcnemar_exact, paired
+from leaf.stats import discordant, mcnemar_exact, paired
 
 
 def _binom_two_sided(b: int, c: int) -> float:
