@@ -83,6 +83,34 @@ def test_a_stage_killed_midway_resumes_to_the_same_output(full, tiny, capsys):
         (run / "prune" / "counterfactuals.jsonl").read_text()
 
 
+def test_an_interrupted_stage_whose_input_was_made_again_starts_over(full, tiny, capsys, monkeypatch):
+    """A stage interrupted on old inputs does not resume its stale partial output once they are made again."""
+    import leaf.detect
+
+    run, _ = full
+    folder = tiny / "restarted"
+    assert leaf_run(tiny, folder, "--until", "label") == 0
+    real = leaf.detect.detect
+
+    def interrupted(cfg):
+        Path(cfg.out).write_text('{"stale": true}\n')  # a partial output made from the first labels
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(leaf.detect, "detect", interrupted)
+    assert leaf_run(tiny, folder, "--until", "detect") == 130  # interrupted
+    started = folder / "stages" / "detect.started.json"
+    assert started.is_file() and not (folder / "stages" / "detect.json").exists()
+    monkeypatch.setattr(leaf.detect, "detect", real)
+    assert leaf_run(tiny, folder, "--from", "label", "--until", "label") == 0  # its input, made again
+    capsys.readouterr()
+    assert leaf_run(tiny, folder, "--until", "detect") == 0
+    out = capsys.readouterr().out
+    assert "detect: label finished again since this stage was interrupted: starting it over" in out
+    assert "detect (detect): start" in out
+    assert (folder / "detect" / "detections.jsonl").read_text() == (run / "detect" / "detections.jsonl").read_text()
+    assert not started.exists()
+
+
 def test_a_changed_setting_of_a_finished_stage_is_refused(full, tiny, capsys):
     run, _ = full
     before = (run / "stages" / "detect.json").read_text()

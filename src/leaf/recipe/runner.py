@@ -123,12 +123,16 @@ def resolve_plan(cfg: RecipeConfig) -> Plan:
 
 
 def read_marker(step: Step) -> dict[str, Any] | None:
+    return _read_json(step.marker)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        obj = json.loads(step.marker.read_text(encoding="utf-8"))
+        obj = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return None  # a marker is written atomically; an unreadable one is treated as absent
+        return None  # markers are written atomically; an unreadable one is treated as absent
     return obj if isinstance(obj, dict) else None
 
 
@@ -322,11 +326,21 @@ def execute(p: Plan) -> RunSummary:
             continue
         if action == "redo":
             step.marker.unlink(missing_ok=True)
+            step.started.unlink(missing_ok=True)
             shutil.rmtree(step.folder, ignore_errors=True)
             for target in step.merges:
                 Path(step.values[target]).unlink(missing_ok=True)
+        upstream = {src: (markers.get(src) or {}).get("finished") for src in step.sources}
         resumed = action == "run" and step.folder.exists() and any(step.folder.iterdir())
+        started = _read_json(step.started)
+        if resumed and started is not None and started.get("upstream") != upstream:
+            changed = [s for s in upstream if (started.get("upstream") or {}).get(s) != upstream[s]]
+            _say(f"{tag}: {', '.join(changed) or 'an input'} finished again since this stage was interrupted: "
+                 "starting it over")
+            shutil.rmtree(step.folder, ignore_errors=True)
+            resumed = False
         step.folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(step.started, json.dumps({"stage": step.name, "upstream": upstream}, indent=2) + "\n")
         write_stage_yaml(step, cfg)
         _merge(step)
         if step.kind.name == "report":
@@ -345,10 +359,11 @@ def execute(p: Plan) -> RunSummary:
         count = _count(result, step)
         stamp = time.time()
         marker = {"stage": step.name, "kind": step.kind.name, "config": settings_of(cfg, p.run),
-                  "upstream": {s: (markers.get(s) or {}).get("finished") for s in step.sources},
+                  "upstream": upstream,
                   "finished": stamp, "seconds": round(seconds, 3), "samples": count, "output": str(step.output),
                   "summary": result.to_dict() if hasattr(result, "to_dict") else None}
         write_atomic(step.marker, json.dumps(marker, indent=2, default=str) + "\n")
+        step.started.unlink(missing_ok=True)
         markers[step.name] = marker
         status = "redone" if action == "redo" else ("resumed" if resumed else "ran")
         _say(f"{tag}: done in {seconds:.1f} s, {'-' if count is None else count} samples, wrote {step.output}")

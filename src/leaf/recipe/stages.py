@@ -113,6 +113,12 @@ class Step:
         return self.folder.parent / "stages" / f"{self.name}.json"
 
     @property
+    def started(self) -> Path:
+        """Written when the stage starts (the finish times of what it reads), removed when it finishes: an
+        interrupted stage whose inputs were made again since starts over instead of resuming."""
+        return self.folder.parent / "stages" / f"{self.name}.started.json"
+
+    @property
     def yaml(self) -> Path:
         return self.folder.parent / "stages" / f"{self.name}.yaml"
 
