@@ -104,7 +104,14 @@ def test_cache_is_resumable_and_checked(distill_setup, sharp_teacher, tmp_path):
     for key in a.index:
         for x, y in zip(a.get(key), b.get(key)):
             assert torch.equal(x, y)
-    assert load_file(str(part / "shard-00002.safetensors"))["ids"].dtype == torch.int32
+    tensors = load_file(str(part / "shard-00002.safetensors"))
+    assert tensors["ids"].dtype == torch.uint16  # the tiny teacher's vocabulary fits 16 bits
+    manifest = json.loads((part / "manifest.json").read_text())
+    payload = sum(load_file(str(p))[name].nbytes for p in shards for name in ("logprobs", "ids"))
+    assert payload == manifest["tokens"] * 4 * (4 + 2)  # k = 4: float32 log-probs, 16-bit ids
+    on_disk = sum(p.stat().st_size for p in sorted(part.glob("shard-*.safetensors")))
+    assert manifest["bytes_per_token"] == pytest.approx(on_disk / manifest["tokens"])
+    assert 4 * 6 < manifest["bytes_per_token"] < 4 * 6 + 3 * 2_000 / manifest["tokens"]  # 3 shards: offsets, header
     with pytest.raises(ConfigError, match="other settings"):
         _cache(distill_setup, sharp_teacher, part, 8, shard_size=5)
     with pytest.raises(ConfigError, match="temperature"):
@@ -156,3 +163,14 @@ def test_an_example_that_runs_out_of_memory_alone_is_skipped_and_named(distill_s
     with pytest.raises(ConfigError, match="skipped when they ran out of memory even alone"):
         tok = load_tokenizer(str(distill_setup / "teacher"))
         cache.check(tok, load_examples(tok, distill_setup / "d.jsonl"), 1.0)
+
+
+@pytest.mark.parametrize("vocab, dtype", [(49_152, "uint16"), (65_536, "uint16"), (65_537, "int32"),
+                                          (262_144, "int32")])
+def test_ids_are_stored_in_the_narrowest_dtype_that_holds_the_vocabulary(vocab, dtype):
+    from leaf.distill.cache import ids_dtype
+
+    kind = ids_dtype(vocab)
+    assert kind == getattr(torch, dtype)
+    top = torch.tensor([0, vocab - 1], dtype=torch.int64)
+    assert torch.equal(top.to(torch.int32).to(kind).long(), top)  # the largest id survives the round trip

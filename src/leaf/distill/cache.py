@@ -6,7 +6,8 @@ Layout of a cache folder ``DIR``:
 * ``DIR/shard-NNNNN.safetensors`` (``shard-rR-NNNNN.safetensors``: written by
   process ``R`` of a several-process run; read alike) -- tensors ``logprobs`` ``(n_tokens, k)``
   (teacher log-probs at temperature ``T``, sorted descending), ``ids``
-  ``(n_tokens, k)`` int32 token ids, ``offsets`` ``(n_examples + 1,)`` int64:
+  ``(n_tokens, k)`` token ids (uint16 when the teacher's vocabulary has at most
+  65,536 ids, else int32: :func:`ids_dtype`), ``offsets`` ``(n_examples + 1,)`` int64:
   example ``j`` of the shard owns rows ``offsets[j]:offsets[j+1]``; the
   safetensors metadata ``keys`` is the JSON list of example keys
   (``"orig:<id>"`` / ``"cf:<id>"``). One row per loss token, in sequence order.
@@ -45,6 +46,7 @@ TAIL_MASS_WARNING = 0.1
 MANIFEST_FIELDS = (
     "format", "teacher", "tokenizer_hash", "data_hash", "examples_hash", "k", "temperature",
     "vocab_size", "include_eos", "max_length", "store_dtype", "examples", "tokens", "mean_tail_mass",
+    "bytes_per_token",
 )
 
 
@@ -64,6 +66,18 @@ def examples_hash(examples: Sequence[Any]) -> str:
     return h.hexdigest()
 
 
+def ids_dtype(vocab: int) -> Any:
+    """The narrowest dtype that holds every id of a ``vocab``-row output layer: uint16 up to 65,536, else int32."""
+    import torch
+
+    return torch.uint16 if vocab <= 1 << 16 else torch.int32
+
+
+def bytes_per_token(out: Path, tokens: int) -> float:
+    """Bytes of the shard files per cached loss token (log-probs, ids, offsets and headers together)."""
+    return sum(p.stat().st_size for p in _shards(out)) / tokens if tokens else 0.0
+
+
 def _shards(out: Path) -> list[Path]:
     return sorted(out.glob("shard-*.safetensors"))
 
@@ -74,10 +88,12 @@ class CacheSummary(Summary):
     examples: int
     tokens: int
     mean_tail_mass: float
+    bytes_per_token: float = 0.0
 
     def line(self) -> str:
         return (f"cached the teacher's top-k of {self.tokens} tokens in {self.examples} examples "
-                f"(mean mass outside the top k {self.mean_tail_mass:.4f}); wrote {self.out}")
+                f"(mean mass outside the top k {self.mean_tail_mass:.4f}; {self.bytes_per_token:.0f} bytes per "
+                f"token); wrote {self.out}")
 
 
 def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummary:
@@ -150,7 +166,7 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
     if rank == 0:
         write_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
 
-    store = getattr(torch, config.store_dtype)
+    store, id_store = getattr(torch, config.store_dtype), ids_dtype(vocab)
     head = _output_head(teacher)
     skipped: list[str] = []
 
@@ -184,7 +200,7 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
                         "overflowed (check --dtype); the shards written so far are kept and a rerun resumes after them")
                 lp, ix = torch.log_softmax(z / config.temperature, dim=-1).topk(config.top_k, dim=-1)
                 lps.append(lp.to(store).cpu())
-                ids.append(ix.to(torch.int32).cpu())
+                ids.append(ix.to(torch.int32).to(id_store).cpu())
         lp_all, ids_all = torch.cat(lps), torch.cat(ids)
         out, start = [], 0
         for n in loss_positions(labels).sum(1).tolist():
@@ -235,8 +251,10 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
         barrier()  # every shard file is in place
         if rank != 0:
             barrier()  # process 0 writes the manifest
-            return CacheSummary(out, manifest["examples"], manifest["tokens"], _mean_tail_mass(out))
+            return CacheSummary(out, manifest["examples"], manifest["tokens"], _mean_tail_mass(out),
+                                bytes_per_token(out, manifest["tokens"]))
     manifest["mean_tail_mass"] = _mean_tail_mass(out)
+    manifest["bytes_per_token"] = bytes_per_token(out, manifest["tokens"])
     if manifest["mean_tail_mass"] > TAIL_MASS_WARNING:
         log.warning("%s: the top %d keep only %.0f%% of the teacher's probability on average (the KL treats the "
                     "rest as one bucket); raise --top-k or check --temperature", out, config.top_k,
@@ -246,7 +264,8 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
     write_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
     if world > 1:
         barrier()
-    return CacheSummary(out, manifest["examples"], manifest["tokens"], manifest["mean_tail_mass"])
+    return CacheSummary(out, manifest["examples"], manifest["tokens"], manifest["mean_tail_mass"],
+                        manifest["bytes_per_token"])
 
 
 def _output_head(model: Any) -> Any:
