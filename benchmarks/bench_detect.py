@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from memory import EXACT_RSS_ENV, PeakMemory, exact_rss_active  # noqa: E402
 
 from leaf.detect.saliency import embedding_saliency  # noqa: E402
+from leaf.gguf import fetched_models  # noqa: E402
 
 CONFIGS = {
     # ~36M parameters (tied embeddings, like LLaMA-3.2-1B), 256-token samples
@@ -65,7 +66,7 @@ CONFIGS = {
 }
 CPU_CONFIGS = ("medium", "small")
 #: Where the real models of the ``model`` configurations are (``LEAF_MODELS``, as scripts/fetch_models.sh).
-MODELS = Path(os.environ.get("LEAF_MODELS") or Path.home() / ".cache" / "leaf" / "models")
+MODELS = fetched_models()
 
 
 def real_shape(cfg: dict) -> dict:

@@ -299,7 +299,9 @@ def main() -> None:
 
     root = args.root or Path(tempfile.mkdtemp(prefix="leaf-bench-"))
     if not (root / "data.jsonl").exists() and args.model:
-        models = Path(os.environ.get("LEAF_MODELS") or Path.home() / ".cache" / "leaf" / "models")
+        from leaf.gguf import fetched_models
+
+        models = fetched_models()
         model = Path(args.model) if Path(args.model).is_dir() else models / args.model
         if not (model / "config.json").is_file():
             ap.error(f"--model {args.model}: no model folder {model} (run scripts/fetch_models.sh)")

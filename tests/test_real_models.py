@@ -6,17 +6,18 @@ The teacher is the real model; the student is made from it by keeping every othe
 
 from __future__ import annotations
 
+import copy
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from leaf.distill.losses import forward_kl
+from leaf.gguf import fetched_models
 from leaf.models import load_model, load_tokenizer
 
-ROOT = Path(os.environ.get("LEAF_MODELS") or Path.home() / ".cache" / "leaf" / "models")
+ROOT = fetched_models()
 SMOL = ROOT / "smollm2-135m-instruct"
 pytestmark = pytest.mark.skipif(not (SMOL / "config.json").exists(),
                                 reason=f"{SMOL} absent: run scripts/fetch_models.sh")
@@ -73,7 +74,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory, smol: tuple[object, object]) 
 
     model, tok = smol
     root = tmp_path_factory.mktemp("real_pair")
-    student = load_model(str(SMOL), dtype="float32", device="cpu")
+    student = copy.deepcopy(model)  # the loaded model itself stays whole for the other tests
     layers = student.model.layers  # type: ignore[attr-defined]
     student.model.layers = torch.nn.ModuleList(layers[i] for i in range(0, len(layers), 2))  # type: ignore[attr-defined]
     for i, layer in enumerate(student.model.layers):  # type: ignore[attr-defined]

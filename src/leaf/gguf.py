@@ -40,6 +40,11 @@ def cache_root() -> Path:
     return (Path(base) if base else Path.home() / ".cache" / "leaf") / "gguf"
 
 
+def fetched_models() -> Path:
+    """Where ``scripts/fetch_models.sh`` puts the real checkpoints: ``$LEAF_MODELS`` or ``~/.cache/leaf/models``."""
+    return Path(os.environ.get("LEAF_MODELS") or Path.home() / ".cache" / "leaf" / "models")
+
+
 def gguf_file(path: str | os.PathLike[str]) -> Path | None:
     """The GGUF file ``path`` names (itself, or the one inside a folder without config.json), else None."""
     p = Path(path)

@@ -111,6 +111,22 @@ def test_an_interrupted_stage_whose_input_was_made_again_starts_over(full, tiny,
     assert not started.exists()
 
 
+def test_an_option_added_since_a_stage_finished_counts_at_its_default_only(full, tiny, capsys):
+    """A marker written before an option existed: the option at its default changes nothing; set, it is refused."""
+    run, _ = full
+    older = tiny / "older"
+    shutil.copytree(run, older, symlinks=True)
+    path = older / "stages" / "detect.json"
+    marker = json.loads(path.read_text())
+    assert marker["config"].pop("special_tokens_in_text") == "warn"  # as if written before the option existed
+    path.write_text(json.dumps(marker))
+    capsys.readouterr()
+    assert leaf_run(tiny, older, "--until", "detect") == 0
+    assert "detect: skipped (finished with these settings" in capsys.readouterr().out
+    assert leaf_run(tiny, older, "--until", "detect", "--set", "detect.special_tokens_in_text=escape") == 2
+    assert "special_tokens_in_text (null -> \"escape\")" in capsys.readouterr().err
+
+
 def test_a_changed_setting_of_a_finished_stage_is_refused(full, tiny, capsys):
     run, _ = full
     before = (run / "stages" / "detect.json").read_text()

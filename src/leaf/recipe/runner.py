@@ -74,6 +74,21 @@ def settings_of(config: Any, run: Path) -> dict[str, Any]:
     return {k: _relative(v, str(run)) for k, v in values.items() if k not in FREE}
 
 
+def _unchanged_by_new_options(config: Any, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` without the options a finished stage's marker does not know that are at their defaults: an option
+    added to leaf since the stage finished does not change what it made."""
+    import dataclasses
+
+    defaults = {}
+    for f in dataclasses.fields(config):
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            defaults[f.name] = f.default_factory()
+    known = json.loads(dumps(defaults))
+    return {k: v for k, v in new.items() if k in old or k not in known or v != known[k]}
+
+
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     return [f"{k} ({json.dumps(old.get(k))} -> {json.dumps(new.get(k))})" for k in keys]
@@ -167,8 +182,8 @@ def check(p: Plan) -> dict[str, str]:
             plan_[step.name] = "run"
             will_run.add(step.name)
             continue
-        new = settings_of(p.configs[step.name], p.run)
         old = marker.get("config", {})
+        new = _unchanged_by_new_options(p.configs[step.name], old, settings_of(p.configs[step.name], p.run))
         if old != new:
             raise ConfigError(
                 f"stage {step.name!r} finished with other settings: {'; '.join(_differences(old, new))}. "
