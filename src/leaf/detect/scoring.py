@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,15 @@ from leaf.data.views import View
 from leaf.detect.prepare import Prepared
 from leaf.detect.projection import project_scores
 from leaf.detect.saliency import embedding_saliency, pad_batch, token_surprisal
+
+
+log = logging.getLogger(__name__)
+
+
+def _launched() -> bool:
+    from leaf.distributed import rank_and_world
+
+    return rank_and_world()[1] > 1
 
 
 def _round(x: float | None) -> float | None:
@@ -80,6 +90,8 @@ class DetectionScorer:
     def load(cls, cfg: Any, tokenizers: dict[str, Any]) -> DetectionScorer:
         from leaf.models import load_model
 
+        if getattr(cfg, "shard_models", "none") == "fsdp" and _launched():
+            return cls._load_sharded(cfg, tokenizers)
         teacher = load_model(
             cfg.teacher,
             dtype=cfg.dtype,
@@ -95,6 +107,27 @@ class DetectionScorer:
         pads = {name: tok.pad_token_id or 0 for name, tok in tokenizers.items()}
         return cls(teacher, student, pads, cfg.rule, cfg.projection, cfg.method, cfg.seed, cfg.gradient_checkpointing,
                    {"teacher": cfg.teacher, "student": cfg.student})
+
+    @classmethod
+    def _load_sharded(cls, cfg: Any, tokenizers: dict[str, Any]) -> DetectionScorer:
+        """Teacher and student loaded whole on this process's CPU, then sharded over every process (FSDP2)."""
+        from leaf.models import load_model, resolve_dtype
+        from leaf.sharding import shard_device, shard_model
+
+        dtype = resolve_dtype(cfg.dtype, shard_device(cfg.device))  # what runs on the GPU, not on the host
+        models = {
+            role: shard_model(load_model(getattr(cfg, role), dtype=dtype, device="cpu", what=role,
+                                         tokenizer=tokenizers.get(role)), cfg.device)
+            for role in ("teacher", "student")
+        }
+        from leaf.sharding import parameter_bytes
+
+        for role, model in models.items():
+            log.info("%s sharded (FSDP2): %.1f MiB of its weights on this process", role,
+                     parameter_bytes(model) / 2**20)
+        pads = {name: tok.pad_token_id or 0 for name, tok in tokenizers.items()}
+        return cls(models["teacher"], models["student"], pads, cfg.rule, cfg.projection, cfg.method, cfg.seed,
+                   False, {"teacher": cfg.teacher, "student": cfg.student})
 
     def score_batch(self, batch: list[Prepared]) -> list[Detection]:
         ckpt = self.gradient_checkpointing
