@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,9 @@ def shard_model(model: Any, device: str = "auto") -> Any:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    # The root returns an empty view as logits (leaf.heads.capture_head_input: the head runs afterwards, in
+    # chunks); nothing writes into it in place, so FSDP2's warning about views is noise on every batch.
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     where = shard_device(device)
     if where.startswith("cuda"):
         import torch
