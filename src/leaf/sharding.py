@@ -16,6 +16,8 @@ batches, so ``N`` GPUs compute at once (not one at a time, as a
   (:func:`leaf.heads.chunked_nll`), and it needs those weights gathered then;
   they are freed after the backward pass. (Making the head a unit of its own
   crashed the process on CPU when the chunks were recomputed in backward.)
+* ``--gradient-checkpointing`` composes: FSDP2 gathers a layer again before
+  its backward, which is when the checkpoint recomputes its forward;
 * the weights are frozen: only input gradients are taken, so no gradient is
   reduced and no optimizer state exists.
 

@@ -83,7 +83,7 @@ class DetectConfig:
             raise ValueError("--segments must be 2 or 3")
         check_sharding(self.shard_models, device=self.device, conflicts={
             "--teacher-device": self.teacher_device, "--teacher-device-map": self.teacher_device_map,
-            "--max-memory": self.max_memory, "--gradient-checkpointing": self.gradient_checkpointing})
+            "--max-memory": self.max_memory})
 
     @property
     def rule(self) -> dict[str, Any]:

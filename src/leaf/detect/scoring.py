@@ -127,7 +127,7 @@ class DetectionScorer:
                      parameter_bytes(model) / 2**20)
         pads = {name: tok.pad_token_id or 0 for name, tok in tokenizers.items()}
         return cls(models["teacher"], models["student"], pads, cfg.rule, cfg.projection, cfg.method, cfg.seed,
-                   False, {"teacher": cfg.teacher, "student": cfg.student})
+                   cfg.gradient_checkpointing, {"teacher": cfg.teacher, "student": cfg.student})
 
     def score_batch(self, batch: list[Prepared]) -> list[Detection]:
         ckpt = self.gradient_checkpointing
