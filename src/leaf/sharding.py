@@ -107,6 +107,21 @@ def shard_model(model: Any, device: str = "auto") -> Any:
     return model
 
 
+def load_sharded(name_or_path: str, *, dtype: str = "auto", device: str = "auto", what: str = "model",
+                 tokenizer: Any = None) -> Any:
+    """:func:`leaf.models.load_model` on this process's CPU (checked as usual), then :func:`shard_model`.
+
+    ``dtype="auto"`` resolves for the device the shards run on (bfloat16 on a GPU), not for the host.
+    """
+    from leaf.models import load_model, resolve_dtype
+
+    model = load_model(name_or_path, dtype=resolve_dtype(dtype, shard_device(device)), device="cpu", what=what,
+                       tokenizer=tokenizer)
+    model = shard_model(model, device)
+    log.info("%s sharded (FSDP2): %.1f MiB of its weights on this process", what, parameter_bytes(model) / 2**20)
+    return model
+
+
 def is_sharded(model: Any) -> bool:
     """Whether ``model`` is an FSDP2 module (its weights are DTensor shards outside its forward)."""
     try:
@@ -135,5 +150,5 @@ def parameter_bytes(model: Any) -> int:
     return total
 
 
-__all__ = ["SHARD_HELP", "SHARD_MODES", "check_sharding", "decoder_layers", "is_sharded", "lockstep_steps",
-           "parameter_bytes", "shard_device", "shard_model"]
+__all__ = ["SHARD_HELP", "SHARD_MODES", "check_sharding", "decoder_layers", "is_sharded", "load_sharded",
+           "lockstep_steps", "parameter_bytes", "shard_device", "shard_model"]

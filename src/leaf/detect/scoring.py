@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +21,6 @@ from leaf.data.views import View
 from leaf.detect.prepare import Prepared
 from leaf.detect.projection import project_scores
 from leaf.detect.saliency import embedding_saliency, pad_batch, token_surprisal
-
-
-log = logging.getLogger(__name__)
 
 
 def _launched() -> bool:
@@ -111,20 +107,10 @@ class DetectionScorer:
     @classmethod
     def _load_sharded(cls, cfg: Any, tokenizers: dict[str, Any]) -> DetectionScorer:
         """Teacher and student loaded whole on this process's CPU, then sharded over every process (FSDP2)."""
-        from leaf.models import load_model, resolve_dtype
-        from leaf.sharding import shard_device, shard_model
+        from leaf.sharding import load_sharded
 
-        dtype = resolve_dtype(cfg.dtype, shard_device(cfg.device))  # what runs on the GPU, not on the host
-        models = {
-            role: shard_model(load_model(getattr(cfg, role), dtype=dtype, device="cpu", what=role,
-                                         tokenizer=tokenizers.get(role)), cfg.device)
-            for role in ("teacher", "student")
-        }
-        from leaf.sharding import parameter_bytes
-
-        for role, model in models.items():
-            log.info("%s sharded (FSDP2): %.1f MiB of its weights on this process", role,
-                     parameter_bytes(model) / 2**20)
+        models = {role: load_sharded(getattr(cfg, role), dtype=cfg.dtype, device=cfg.device, what=role,
+                                     tokenizer=tokenizers.get(role)) for role in ("teacher", "student")}
         pads = {name: tok.pad_token_id or 0 for name, tok in tokenizers.items()}
         return cls(models["teacher"], models["student"], pads, cfg.rule, cfg.projection, cfg.method, cfg.seed,
                    cfg.gradient_checkpointing, {"teacher": cfg.teacher, "student": cfg.student})
