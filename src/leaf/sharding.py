@@ -40,9 +40,11 @@ log = logging.getLogger(__name__)
 #: Values of ``--shard-models``: ``none`` (every process holds whole models) or ``fsdp``.
 SHARD_MODES = ("none", "fsdp")
 
-SHARD_HELP = ("under a launcher (torchrun, accelerate launch): none = every process holds whole models; fsdp = "
-              "each process holds 1/N of the teacher's and the student's weights (torch FSDP2, a decoder layer "
-              "gathered at a time) and scores its own share of the batches (docs/scaling.md)")
+def shard_help(models: str) -> str:
+    """The ``--shard-models`` help of a command whose ``models`` (e.g. "the teacher's and the student's") it shards."""
+    return (f"under a launcher (torchrun, accelerate launch): none = every process holds whole models; fsdp = each "
+            f"process holds 1/N of {models} weights (torch FSDP2, a decoder layer gathered at a time) and runs its "
+            "own share of the batches (docs/scaling.md)")
 
 
 def check_sharding(mode: str, *, device: str = "auto", conflicts: dict[str, Any] | None = None) -> None:
@@ -150,5 +152,5 @@ def parameter_bytes(model: Any) -> int:
     return total
 
 
-__all__ = ["SHARD_HELP", "SHARD_MODES", "check_sharding", "decoder_layers", "is_sharded", "load_sharded",
-           "lockstep_steps", "parameter_bytes", "shard_device", "shard_model"]
+__all__ = ["SHARD_MODES", "check_sharding", "decoder_layers", "is_sharded", "load_sharded",
+           "lockstep_steps", "parameter_bytes", "shard_device", "shard_help", "shard_model"]

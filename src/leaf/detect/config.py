@@ -14,7 +14,7 @@ from leaf.detect.methods import METHODS
 from leaf.detect.prepare import TRUNCATION_POLICIES
 from leaf.detect.projection import RULES
 from leaf.models import DTYPES, check_device, check_max_memory
-from leaf.sharding import SHARD_HELP, SHARD_MODES, check_sharding
+from leaf.sharding import SHARD_MODES, check_sharding, shard_help
 
 
 @dataclass
@@ -58,7 +58,7 @@ class DetectConfig:
     )
     projection: str = option("mean", choices=RULES,
                              help="how teacher scores are carried onto student tokens when tokenizers differ")
-    shard_models: str = option("none", choices=SHARD_MODES, help=SHARD_HELP)
+    shard_models: str = option("none", choices=SHARD_MODES, help=shard_help("the teacher's and the student's"))
     gradient_checkpointing: bool = option(
         False, help="recompute decoder activations in the backward pass: memory grows about linearly with length "
                     "(same results, slower)")
