@@ -14,7 +14,9 @@ batches, so ``N`` GPUs compute at once (not one at a time, as a
   *not* resharded after forward: the output head is applied a chunk at a time
   to the final hidden states **after** the model's forward returns
   (:func:`leaf.heads.chunked_nll`), and it needs those weights gathered then;
-  they are freed after the backward pass. (Making the head a unit of its own
+  they are freed after the backward pass (after a forward-only pass, as in
+  ``leaf cache-teacher``, they stay gathered: one embedding and head more per
+  process). (Making the head a unit of its own
   crashed the process on CPU when the chunks were recomputed in backward.)
 * ``--gradient-checkpointing`` composes: FSDP2 gathers a layer again before
   its backward, which is when the checkpoint recomputes its forward;
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 
 #: Values of ``--shard-models``: ``none`` (every process holds whole models) or ``fsdp``.
 SHARD_MODES = ("none", "fsdp")
+
 
 def shard_help(models: str) -> str:
     """The ``--shard-models`` help of a command whose ``models`` (e.g. "the teacher's and the student's") it shards."""
