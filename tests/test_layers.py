@@ -22,7 +22,7 @@ LAYERS: dict[str, int] = {
     "config": 0,
     "data": 1,
     "models": 2, "generation": 2, "checkers": 2, "batching": 2, "heads": 2, "figures": 2, "tiny": 2,
-    "estimate": 2, "distributed": 2, "gguf": 2, "stats": 2,
+    "estimate": 2, "distributed": 2, "sharding": 2, "gguf": 2, "stats": 2,
     "detect": 3, "prune": 3, "distill": 3, "evaluate": 3, "analyze": 3,
     "report": 4,
     "demo": 5, "recipe": 5,

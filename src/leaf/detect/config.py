@@ -14,6 +14,7 @@ from leaf.detect.methods import METHODS
 from leaf.detect.prepare import TRUNCATION_POLICIES
 from leaf.detect.projection import RULES
 from leaf.models import DTYPES, check_device, check_max_memory
+from leaf.sharding import SHARD_MODES, check_sharding, shard_help
 
 
 @dataclass
@@ -57,6 +58,7 @@ class DetectConfig:
     )
     projection: str = option("mean", choices=RULES,
                              help="how teacher scores are carried onto student tokens when tokenizers differ")
+    shard_models: str = option("none", choices=SHARD_MODES, help=shard_help("the teacher's and the student's"))
     gradient_checkpointing: bool = option(
         False, help="recompute decoder activations in the backward pass: memory grows about linearly with length "
                     "(same results, slower)")
@@ -79,6 +81,9 @@ class DetectConfig:
             raise ValueError("--batch-size must be >= 1 and --max-length >= 8")
         if self.segments not in (2, 3):
             raise ValueError("--segments must be 2 or 3")
+        check_sharding(self.shard_models, device=self.device, conflicts={
+            "--teacher-device": self.teacher_device, "--teacher-device-map": self.teacher_device_map,
+            "--max-memory": self.max_memory})
 
     @property
     def rule(self) -> dict[str, Any]:

@@ -154,8 +154,13 @@ def detect(config: DetectConfig | None = None, **kwargs: Any) -> DetectSummary:
 
 
 def _score(cfg: DetectConfig, tokenizers: dict[str, Any], todo: list[list[Prepared]], writer: ResumableJsonl,
-           summary: DetectSummary) -> None:
-    """Score the batches ``todo`` and append their detections to ``writer``, counting into ``summary``."""
+           summary: DetectSummary, lockstep: tuple[int, list[Prepared]] | None = None) -> None:
+    """Score the batches ``todo`` and append their detections to ``writer``, counting into ``summary``.
+
+    ``lockstep = (steps, filler)`` (sharded models): run exactly ``steps`` batches, ``filler`` (results
+    discarded) after ``todo`` runs out, and no out-of-memory halving, so every process makes the same
+    collective calls.
+    """
     from leaf.detect.scoring import DetectionScorer
 
     scorer = DetectionScorer.load(cfg, tokenizers)
@@ -166,8 +171,16 @@ def _score(cfg: DetectConfig, tokenizers: dict[str, Any], todo: list[list[Prepar
         summary.skipped.append((p.sample.id, reason))
 
     bar = tqdm(total=sum(len(b) for b in todo), desc="detect", unit="sample", disable=not cfg.progress)
-    for batch in todo:
-        scored = halving(batch, scorer.score_batch, skip)  # halves a batch that runs out of memory
+    steps, filler = lockstep or (len(todo), [])
+    for i in range(steps):
+        if i >= len(todo):
+            scorer.score_batch(filler)  # padding: another process still has a batch to score
+            continue
+        batch = todo[i]
+        if lockstep:
+            scored: list[Any] = scorer.score_batch(batch)
+        else:
+            scored = halving(batch, scorer.score_batch, skip)  # halves a batch that runs out of memory
         detections = [d for d in scored if d is not None and d.unit_key not in writer.done]
         for det in detections:
             summary.scored_tokens += len(det.tokens)
@@ -183,7 +196,10 @@ def _detect_sharded(cfg: DetectConfig, tokenizers: dict[str, Any], summary: Dete
                     settings: dict[str, Any], key: str, schema: dict[str, Any], out_done: set[str], rank: int,
                     world: int) -> DetectSummary:
     """One of ``world`` processes: batch ``k`` of what ``OUT`` lacks goes to rank ``k % world``, into its part
-    ``OUT.part-RRRRR-of-NNNNN`` (resumable); rank 0 merges the parts into ``OUT`` in a single run's order."""
+    ``OUT.part-RRRRR-of-NNNNN`` (resumable); rank 0 merges the parts into ``OUT`` in a single run's order.
+
+    With ``--shard-models fsdp`` the models are sharded over the processes (:mod:`leaf.sharding`): the split,
+    the parts and the merge are the same, and a process with fewer batches left runs padding batches."""
     from leaf.distributed import barrier, gather, merge_parts, part_path, remove_parts, shard
 
     pending = [b for b in batches if any(p.key not in out_done for p in b)]
@@ -200,7 +216,13 @@ def _detect_sharded(cfg: DetectConfig, tokenizers: dict[str, Any], summary: Dete
     in_part = sum(1 for b in mine for p in b if p.key in writer.done and p.key not in out_done)
     writer.done |= out_done  # what OUT holds is not written again
     todo = [b for b in mine if any(p.key not in writer.done for p in b)]
-    if todo:
+    if cfg.shard_models == "fsdp":  # every process runs as many batches as the busiest one
+        from leaf.sharding import lockstep_steps
+
+        steps = lockstep_steps(len(todo))
+        if steps:
+            _score(cfg, tokenizers, todo, writer, summary, lockstep=(steps, pending[0]))
+    elif todo:
         _score(cfg, tokenizers, todo, writer, summary)
     writer.commit()
     summary.resumed += in_part

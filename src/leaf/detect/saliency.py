@@ -31,6 +31,8 @@ later response segment, scores read on instruction + earlier segments).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -43,6 +45,7 @@ from leaf.heads import (
     final_hidden_states,
     output_head,
 )
+from leaf.sharding import is_sharded
 
 # ----------------------------------------------------------------------------
 # Saliency and surprisal.
@@ -97,14 +100,42 @@ def embedding_saliency(
     b_idx, t_idx = keep.nonzero(as_tuple=True)  # row-major: the order of the packed hidden states
     targets = input_ids[b_idx, t_idx + 1]
     with torch.enable_grad(), checkpointed_layers(model, gradient_checkpointing):
-        embeds = model.get_input_embeddings()(input_ids).detach().requires_grad_(True)
-        hidden = final_hidden_states(model, keep, head, inputs_embeds=embeds, attention_mask=causal_attention_mask(attention_mask))
+        mask = causal_attention_mask(attention_mask)
+        if is_sharded(model):  # the embedding's weight is gathered only inside the model's forward
+            with embedding_leaf(model) as store:
+                hidden = final_hidden_states(model, keep, head, input_ids=input_ids, attention_mask=mask)
+            embeds = store["embeds"]
+        else:
+            embeds = model.get_input_embeddings()(input_ids).detach().requires_grad_(True)
+            hidden = final_hidden_states(model, keep, head, inputs_embeds=embeds, attention_mask=mask)
         nll = chunked_nll(head, hidden, targets.to(hidden.device), chunk_size).to(device)
         nll_sum = torch.zeros(input_ids.shape[0], device=device, dtype=torch.float32).index_add(0, b_idx, nll)
         loss = nll_sum / n_targets
         (grad,) = torch.autograd.grad(loss.sum(), embeds)
     saliency = grad.float().norm(dim=-1) * attention_mask
     return saliency.detach(), loss.detach().float()
+
+
+@contextlib.contextmanager
+def embedding_leaf(model: Any) -> Iterator[dict[str, torch.Tensor]]:
+    """While active, the input embedding's output becomes a leaf that requires grad, kept in ``store["embeds"]``.
+
+    The same tensor as ``get_input_embeddings()(input_ids)`` given as ``inputs_embeds``, but made inside the
+    model's own forward: under FSDP2 the embedding's weight is a shard outside it.
+    """
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(module: Any, args: Any, out: torch.Tensor) -> torch.Tensor:
+        store["embeds"] = out.detach().requires_grad_(True)
+        return store["embeds"]
+
+    handle = model.get_input_embeddings().register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+    if "embeds" not in store:
+        raise NotImplementedError(f"{type(model).__name__}'s forward does not call its input embeddings module")
 
 
 def pad_batch(

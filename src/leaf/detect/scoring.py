@@ -23,6 +23,12 @@ from leaf.detect.projection import project_scores
 from leaf.detect.saliency import embedding_saliency, pad_batch, token_surprisal
 
 
+def _launched() -> bool:
+    from leaf.distributed import rank_and_world
+
+    return rank_and_world()[1] > 1
+
+
 def _round(x: float | None) -> float | None:
     return None if x is None else float(f"{x:.6g}")
 
@@ -80,6 +86,8 @@ class DetectionScorer:
     def load(cls, cfg: Any, tokenizers: dict[str, Any]) -> DetectionScorer:
         from leaf.models import load_model
 
+        if getattr(cfg, "shard_models", "none") == "fsdp" and _launched():
+            return cls._load_sharded(cfg, tokenizers)
         teacher = load_model(
             cfg.teacher,
             dtype=cfg.dtype,
@@ -95,6 +103,17 @@ class DetectionScorer:
         pads = {name: tok.pad_token_id or 0 for name, tok in tokenizers.items()}
         return cls(teacher, student, pads, cfg.rule, cfg.projection, cfg.method, cfg.seed, cfg.gradient_checkpointing,
                    {"teacher": cfg.teacher, "student": cfg.student})
+
+    @classmethod
+    def _load_sharded(cls, cfg: Any, tokenizers: dict[str, Any]) -> DetectionScorer:
+        """Teacher and student loaded whole on this process's CPU, then sharded over every process (FSDP2)."""
+        from leaf.sharding import load_sharded
+
+        models = {role: load_sharded(getattr(cfg, role), dtype=cfg.dtype, device=cfg.device, what=role,
+                                     tokenizer=tokenizers.get(role)) for role in ("teacher", "student")}
+        pads = {name: tok.pad_token_id or 0 for name, tok in tokenizers.items()}
+        return cls(models["teacher"], models["student"], pads, cfg.rule, cfg.projection, cfg.method, cfg.seed,
+                   cfg.gradient_checkpointing, {"teacher": cfg.teacher, "student": cfg.student})
 
     def score_batch(self, batch: list[Prepared]) -> list[Detection]:
         ckpt = self.gradient_checkpointing

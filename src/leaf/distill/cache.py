@@ -158,9 +158,16 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
     if world > 1:
         barrier()  # every process has scanned the shards before any writes one
 
-    teacher = load_model(config.teacher, dtype=config.dtype, device=config.device, device_map=config.device_map,
-                         max_memory=config.max_memory, what="teacher",
-                         hint="use --device-map auto (with --max-memory) or a smaller --dtype", tokenizer=tokenizer)
+    sharded = config.shard_models == "fsdp" and world > 1  # leaf.sharding: the forwards run in lockstep
+    if sharded:
+        from leaf.sharding import load_sharded
+
+        teacher = load_sharded(config.teacher, dtype=config.dtype, device=config.device, what="teacher",
+                               tokenizer=tokenizer)
+    else:
+        teacher = load_model(config.teacher, dtype=config.dtype, device=config.device, device_map=config.device_map,
+                             max_memory=config.max_memory, what="teacher",
+                             hint="use --device-map auto (with --max-memory) or a smaller --dtype", tokenizer=tokenizer)
     vocab = model_vocab_size(teacher)
     manifest = {**settings, "vocab_size": vocab, "examples": len(examples), "tokens": sum(e.n_loss_tokens for e in examples), "complete": False, "config": to_dict(config)}
     if rank == 0:
@@ -220,11 +227,17 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
     next_shard = max((int(p.stem[len(prefix):]) for p in _shards(out) if p.stem[len(prefix):].isdigit()
                       and p.stem.startswith(prefix)), default=-1) + 1
     bar = tqdm(total=sum(len(c) for c in chunks), desc="teacher top-k", unit="ex", disable=not chunks)
+    if sharded:  # every process runs as many forwards as the busiest one, counted before any runs
+        from leaf.sharding import lockstep_steps
+
+        forwards = sum(len(length_batches([len(e.input_ids) for e in c], config.batch_size,
+                                          config.max_tokens_per_batch)) for c in chunks)
+        padding = lockstep_steps(forwards) - forwards
     for shard in chunks:
         per_key: dict[str, tuple[Any, Any]] = {}
         for group in length_batches([len(e.input_ids) for e in shard], config.batch_size, config.max_tokens_per_batch):
             items = [shard[i] for i in group]
-            for e, got in zip(items, halving(items, topk_of, skip)):
+            for e, got in zip(items, topk_of(items) if sharded else halving(items, topk_of, skip)):
                 if got is not None:
                     per_key[e.key] = got
             bar.update(len(items))
@@ -245,6 +258,9 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
         save_file(tensors, str(tmp), metadata={"keys": json.dumps(keys), "tail_mass_sum": repr(tail)})
         tmp.rename(final)
         next_shard += 1
+    if sharded:
+        for _ in range(padding):  # results discarded
+            topk_of(todo[:1])
     bar.close()
     if world > 1:
         skipped = [k for part in gather(skipped) for k in part]

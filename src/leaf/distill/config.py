@@ -16,6 +16,7 @@ from typing import Any
 from leaf.config import ConfigError, MissingExtra, option, to_dict
 from leaf.distill.divergences import DIVERGENCES, Divergence
 from leaf.models import check_device, check_max_memory
+from leaf.sharding import SHARD_MODES, check_sharding, shard_help
 from leaf.data.special import SPECIAL_TOKEN_POLICIES, SPECIAL_TOKENS_HELP
 
 #: The module each tracker needs (checked before anything loads).
@@ -178,9 +179,12 @@ class CacheConfig:
     device: str = option("auto", check=check_device, help="device of the teacher (auto: cuda if present, else cpu)")
     device_map: str | None = option(None, help="device_map of the teacher, e.g. auto")
     max_memory: str | None = option(None, check=check_max_memory, help="cap per device for the teacher's placement (implies --device-map auto): comma-separated device=size, a device being a GPU index, cpu or disk, a size in GiB/GB/MiB/MB (e.g. 0=70GiB,1=70GiB,cpu=100GiB)")
+    shard_models: str = option("none", choices=SHARD_MODES, help=shard_help("the teacher's"))
     overwrite: bool = option(False, help="discard an existing cache written with other settings")
 
     def validate(self) -> None:
+        check_sharding(self.shard_models, device=self.device,
+                       conflicts={"--device-map": self.device_map, "--max-memory": self.max_memory})
         if self.data is None and self.counterfactuals is None:
             raise ConfigError("give --data and/or --counterfactuals")
         if self.top_k < 1:
