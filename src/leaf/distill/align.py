@@ -82,6 +82,32 @@ def align_groups(student_offsets: Sequence[Span], student_tokens: Sequence[int],
     return groups
 
 
+def byte_offsets(text: str, offsets: Sequence[Span], pieces: Sequence[bytes | None]) -> list[Span]:
+    """Character offsets into ``text`` as UTF-8 byte offsets, splitting one character among its byte pieces.
+
+    Byte-level tokenizers can cut one multi-byte character into several tokens that all report the same
+    character span; their byte lengths (``pieces``, each token's bytes, None if unknown) separate them, so two
+    identical tokenizations align 1:1 everywhere.
+    """
+    cum = [0]
+    for ch in text:
+        cum.append(cum[-1] + len(ch.encode()))
+    out = [(cum[min(a, len(text))], cum[min(b, len(text))]) for a, b in offsets]
+    i = 0
+    while i < len(out):
+        j = i
+        while j + 1 < len(out) and offsets[j + 1] == offsets[i] and offsets[i][1] > offsets[i][0]:
+            j += 1
+        run = [pieces[k] for k in range(i, j + 1)]
+        a, b = out[i]
+        if j > i and all(p is not None for p in run) and sum(len(p) for p in run) == b - a:  # type: ignore[arg-type]
+            for k, p in zip(range(i, j + 1), run):
+                out[k] = (a, a + len(p))  # type: ignore[arg-type]
+                a += len(p)  # type: ignore[arg-type]
+        i = j + 1
+    return out
+
+
 def aligned_shares(groups: Sequence[Group]) -> tuple[int, int]:
     """``(student tokens in 1:1 groups, student tokens in merged groups)``."""
     one = sum(len(g.student) for g in groups if g.one_to_one)

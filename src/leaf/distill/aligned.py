@@ -64,25 +64,32 @@ class _BucketDivergence(torch.autograd.Function):
         return grad * g.unsqueeze(-1), None, None
 
 
-def merged_log_vectors(lp: Tensor, group: Tensor, targets: Tensor, n_groups: int) -> Tensor:
-    """``(G, V)`` merged log vectors of one side: first row's log-probs + the log-probs of the later actual tokens.
+def merged_log_vectors(lp: Tensor, group: Tensor, targets: Tensor, n_groups: int) -> tuple[Tensor, Tensor]:
+    """``((G, V) first rows' log-probs, (G,) log-prob of the later actual tokens)`` of one side.
 
-    ``lp``: ``(R, V)`` log-probs of the rows; ``group``: ``(R,)`` group index (0-based, consecutive, sorted);
-    ``targets``: ``(R,)`` the actual token of each row.
+    The merged log vector of a group is their sum. ``lp``: ``(R, V)`` log-probs of the rows; ``group``: ``(R,)``
+    group index (0-based, consecutive, sorted); ``targets``: ``(R,)`` the actual token of each row.
     """
     first = torch.ones_like(group, dtype=torch.bool)
     first[1:] = group[1:] != group[:-1]
     actual = lp.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1).masked_fill(first, 0.0)
     rest = torch.zeros(n_groups, dtype=lp.dtype, device=lp.device).index_add(0, group, actual)
-    return lp[first] + rest.unsqueeze(-1)
+    return lp[first], rest
 
 
-def _bucket(lv: Tensor, ids: Tensor) -> Tensor:
-    """``(G, S + 1)`` log-probs: the shared ids, then the tail ``1 - sum`` (floored at :data:`TAIL_FLOOR`)."""
-    shared = lv.index_select(-1, ids)
-    mass = torch.logsumexp(shared, dim=-1, keepdim=True).exp().clamp(max=1.0)
-    tail = torch.log((1 - mass).clamp(min=TAIL_FLOOR))
-    return torch.cat([shared, tail], dim=-1)
+def _bucket(first: Tensor, rest: Tensor, ids: Tensor) -> Tensor:
+    """``(G, S + 1)`` log-probs: the merged vector at the shared ids, then the tail bucket.
+
+    The tail is ``c * (mass of the first row outside the shared ids) + (1 - c)``, ``c = exp(rest)`` (the merged
+    vector's missing mass), summed directly rather than as ``1 - sum``: exactly 0 (floored at :data:`TAIL_FLOOR`)
+    when every id is shared and the group is one token, so one tokenizer gives today's loss to float rounding.
+    """
+    outside = torch.ones(first.shape[-1], dtype=torch.bool, device=first.device)
+    outside[ids] = False
+    out_mass = (first.exp() * outside).sum(-1)
+    tail = rest.exp() * out_mass - torch.expm1(rest)
+    return torch.cat([first.index_select(-1, ids) + rest.unsqueeze(-1),
+                      torch.log(tail.clamp(min=TAIL_FLOOR)).unsqueeze(-1)], dim=-1)
 
 
 def _uld(lv_s: Tensor, lv_t: Tensor) -> Tensor:
@@ -97,11 +104,12 @@ def _chunk(z_s, z_t, g_s, g_t, y_s, y_t, n, ids_s, ids_t, method, temperature, d
     lq = torch.log_softmax(z_s.float() / temperature, dim=-1)
     with torch.no_grad():
         lp = torch.log_softmax(z_t.float() / temperature, dim=-1)
-        lv_t = merged_log_vectors(lp, g_t, y_t, n)
-    lv_s = merged_log_vectors(lq, g_s, y_s, n)
+        first_t, rest_t = merged_log_vectors(lp, g_t, y_t, n)
+    first_s, rest_s = merged_log_vectors(lq, g_s, y_s, n)
     if method == "uld":
-        return _uld(lv_s, lv_t) * temperature**2
-    return _BucketDivergence.apply(_bucket(lv_s, ids_s), _bucket(lv_t, ids_t), divergence) * temperature**2
+        return _uld(first_s + rest_s.unsqueeze(-1), first_t + rest_t.unsqueeze(-1)) * temperature**2
+    lp_b = _bucket(first_t, rest_t, ids_t)
+    return _BucketDivergence.apply(_bucket(first_s, rest_s, ids_s), lp_b, divergence) * temperature**2
 
 
 @dataclass
