@@ -86,3 +86,15 @@ def test_gold_with_one_tokenizer_equals_the_same_tokenizer_run(distill_setup, tm
     gold = _metrics(_run(distill_setup, distill_setup / "teacher", tmp_path / "b", cross_tokenizer="gold", **kw).out)
     assert gold[0]["loss"] == pytest.approx(plain[0]["loss"], rel=1e-5)
     assert gold[0]["aligned_1to1"] == 1.0
+
+
+def test_the_topk_cache_refuses_another_tokenizer_in_one_line(distill_setup, other_teacher, tmp_path, capsys):
+    from leaf.cli import main
+
+    rc = main(["cache-teacher", "--teacher", str(other_teacher), "--tokenizer", str(distill_setup / "student"),
+               "--data", str(distill_setup / "d.jsonl"), "--out", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "top-k cache stores ids of one vocabulary" in err and "--cross-tokenizer auto" in err
+    with pytest.raises(Exception, match="--teacher-cache"):
+        distill(student=str(distill_setup / "student"), teacher_cache=tmp_path / "cache", data=distill_setup / "d.jsonl",
+                out=tmp_path / "x", cross_tokenizer="gold")

@@ -106,7 +106,7 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
     all_examples = load_examples(tokenizer, config.data, config.counterfactuals, include_eos=config.include_eos,
                                  max_length=config.max_length, special_tokens=config.special_tokens_in_text,
                                  teacher_tokenizer=teacher_tokenizer)
-    examples, eval_examples, eval_ids, heldout = eval_split(config, tokenizer, all_examples)
+    examples, eval_examples, eval_ids, heldout = eval_split(config, tokenizer, all_examples, teacher_tokenizer)
     held = set(eval_ids)
     dataset = ExampleDataset(examples, [i for i in range(len(all_examples)) if i not in held])
     eval_dataset = ExampleDataset(eval_examples, eval_ids) if eval_examples else None
