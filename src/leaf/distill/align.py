@@ -1,8 +1,9 @@
 """Aligning two tokenizations of one response, and the vocabulary two tokenizers share.
 
 Cross-tokenizer distillation compares a teacher and a student that cut the same
-text into different tokens. Both are placed on the characters of the response
-field (each token's ``[start, end)`` offsets, clipped to the loss region):
+text into different tokens. Both are placed on the same coordinates of the response
+field (each token's ``[start, end)`` offsets -- UTF-8 bytes in training, :func:`byte_offsets` --
+clipped to the loss region):
 
 * :func:`align_groups` cuts the region at every character position where a
   student token *and* a teacher token end -- the minimal common segmentation.
