@@ -98,3 +98,9 @@ def test_the_topk_cache_refuses_another_tokenizer_in_one_line(distill_setup, oth
     with pytest.raises(Exception, match="--teacher-cache"):
         distill(student=str(distill_setup / "student"), teacher_cache=tmp_path / "cache", data=distill_setup / "d.jsonl",
                 out=tmp_path / "x", cross_tokenizer="gold")
+
+
+def test_held_out_evaluation_with_another_tokenizer(distill_setup, other_teacher, tmp_path):
+    summary = _run(distill_setup, other_teacher, tmp_path / "ev", max_steps=2, batch_size=4, grad_accum=1,
+                   eval_split=0.25, eval_steps=1)
+    assert summary.eval_loss is not None and summary.eval_loss > 0
