@@ -125,7 +125,7 @@ def test_cache_refuses_a_tokenizer_of_another_vocabulary_and_a_top_k_beyond_it(d
 
     other = tmp_path / "other-tok"
     build_tokenizer(["completely different words here"] * 5, style="llama3", vocab_size=200).save_pretrained(other)
-    with pytest.raises(ConfigError, match="token-level KL needs one shared vocabulary"):
+    with pytest.raises(ConfigError, match="the top-k cache stores ids of one vocabulary"):
         build_cache(teacher=str(distill_setup / "teacher"), tokenizer=str(other), data=distill_setup / "d.jsonl",
                     out=tmp_path / "c")
     with pytest.raises(ConfigError, match="--top-k 100000 is more than the"):

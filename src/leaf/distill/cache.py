@@ -104,6 +104,7 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
 
     from leaf.distill.data import (
         DistillCollator,
+        TokenizerMismatch,
         check_tokenizers,
         load_examples,
         model_vocab_size,
@@ -119,7 +120,12 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
     tokenizer = load_tokenizer(config.tokenizer or config.teacher)
     if config.tokenizer and config.tokenizer != config.teacher:
         # the cached ids are the teacher's: the student's tokenizer must name the same tokens (as live distill checks)
-        check_tokenizers(tokenizer, load_tokenizer(config.teacher))
+        try:
+            check_tokenizers(tokenizer, load_tokenizer(config.teacher))
+        except TokenizerMismatch:
+            raise TokenizerMismatch("the teacher's tokenizer differs from --tokenizer: the top-k cache stores ids of "
+                                    "one vocabulary; distil from a teacher with another tokenizer live "
+                                    "(leaf distill --teacher ... --cross-tokenizer auto)") from None
     if config.top_k > len(tokenizer):
         raise ConfigError(f"--top-k {config.top_k} is more than the {len(tokenizer)} tokens of the vocabulary")
     examples = load_examples(tokenizer, config.data, config.counterfactuals, include_eos=config.include_eos, max_length=config.max_length,

@@ -56,10 +56,13 @@ def metrics_callback(output_dir: Path) -> Any:
                 "grad_norm": logs.get("grad_norm"),
                 "tokens_per_s": logs["tokens_per_s"],
             }
+            for key in ("aligned_1to1", "aligned_merged"):  # cross-tokenizer runs: shares of student loss tokens
+                if key in logs:
+                    row[key] = logs[key]
             with self.jsonl.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
             with self.csv.open("a", newline="") as fh:
-                csv.DictWriter(fh, fieldnames=METRIC_FIELDS).writerow(row)
+                csv.DictWriter(fh, fieldnames=METRIC_FIELDS, extrasaction="ignore").writerow(row)  # jsonl: all keys
 
         def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, Any] | None = None,
                         **kw: Any) -> None:

@@ -49,6 +49,12 @@ class DistillConfig:
                                     "(1-beta) q; 0 = forward KL, 1 = reverse KL (TRL GKD's convention)")
     divergence_alpha: float = option(0.1, low=0.0, high=1.0, help="skew alpha of --divergence skew-forward-kl / "
                                      "skew-reverse-kl (0 = the plain KL; DistiLLM uses 0.1)")
+    cross_tokenizer: str = option("off", choices=("off", "auto", "gold", "uld"),
+                                  help="a teacher with another tokenizer (docs/distill.md, Teachers with another "
+                                       "tokenizer): off = refuse it; auto = the same tokenizer as today, another one "
+                                       "with gold; gold = the teacher sees its own rendering, responses aligned on "
+                                       "characters, merged groups compared over the shared vocabulary plus a tail "
+                                       "bucket with --divergence; uld = sorted-probability L1 on the same groups")
     kl_chunk_size: int = option(1024, help="loss tokens per chunk of fp32 log-probs (0 = all at once)")
     include_eos: bool = option(True, help="also train on the end-of-turn token after the response (teaches stopping)")
     max_length: int = option(4096, help="truncate rendered examples to this many tokens")
@@ -126,6 +132,9 @@ class DistillConfig:
             raise ConfigError(f"--teacher {self.teacher} is the student itself and --alpha is 0: every distillation "
                               "term is zero, nothing would train; give another teacher, or --alpha > 0 to "
                               "fine-tune on the reference responses with a KL anchor to the model itself")
+        if self.cross_tokenizer in ("gold", "uld") and self.teacher_cache is not None:
+            raise ConfigError(f"--cross-tokenizer {self.cross_tokenizer} with --teacher-cache: the top-k cache holds "
+                              "ids of the student's vocabulary only; give a live --teacher")
         if self.eval_data is not None and self.teacher_cache is not None:
             raise ConfigError("--eval-data with --teacher-cache: the cache holds no targets for those samples; "
                               "use --eval-split (held out from the cached data) or a live --teacher")

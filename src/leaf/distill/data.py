@@ -52,6 +52,12 @@ class Example:
     labels: list[int]
     counterfactual: bool
     source: str = ""  #: id of the original sample it comes from (a counterfactual's source_id); "" = its own key
+    #: cross-tokenizer runs: the teacher's own rendering, its labels (the tokens of aligned groups), and the group
+    #: index of each student / teacher loss token (in position order); None with one tokenizer
+    teacher_input_ids: list[int] | None = None
+    teacher_labels: list[int] | None = None
+    groups: list[int] | None = None
+    teacher_groups: list[int] | None = None
 
     @property
     def group(self) -> str:
@@ -96,6 +102,77 @@ def build_example(
     return ex if ex.n_loss_tokens > 0 else None
 
 
+def _loss_region(tokenizer: Any, sample: Sample, start: int, escape: bool, include_eos: bool,
+                 max_length: int | None) -> tuple[list[int], list[tuple[int, int]], list[int], int | None]:
+    """One model's rendering: ids, offsets in the response field, response loss tokens, its end-of-turn loss token."""
+    rendered = render(tokenizer, sample.instruction, sample.response)
+    enc = encode(tokenizer, rendered.text, (rendered.instruction_span, rendered.response_span) if escape else ())
+    lo, hi = rendered.response_to_text(start, len(sample.response))
+    limit = len(enc.input_ids) if max_length is None else min(max_length, len(enc.input_ids))
+    tokens = [t for t in enc.tokens_in([(lo, hi)]) if 0 < t < limit]
+    from leaf.distill.align import byte_offsets, token_bytes
+
+    spelled = _spellings(tokenizer, token_bytes)
+    # byte offsets into the response field (a token's part before the response is clipped by the alignment)
+    r0 = rendered.response_span[0] - rendered.response_offset
+    field = " " * max(rendered.response_offset, 0) + rendered.text[rendered.response_span[0]:]
+    rel = [(max(a - r0, 0), max(b - r0, 0)) for a, b in enc.offsets]
+    offsets = byte_offsets(field, rel, [spelled.get(i) for i in enc.input_ids])
+    end = rendered.response_span[1]
+    after = [i for i, (a, _b) in enumerate(enc.offsets) if a >= end]
+    eos = after[0] if include_eos and after and after[0] < limit and enc.input_ids[after[0]] in set(
+        tokenizer.all_special_ids) else None
+    return list(enc.input_ids[:limit]), offsets, tokens, eos
+
+
+_SPELLINGS: dict[int, dict[int, bytes]] = {}
+
+
+def _spellings(tokenizer: Any, token_bytes: Any) -> dict[int, bytes]:
+    """:func:`leaf.distill.align.token_bytes` of a tokenizer, computed once per tokenizer object."""
+    key = id(tokenizer)
+    if key not in _SPELLINGS:
+        _SPELLINGS[key] = token_bytes(tokenizer)
+    return _SPELLINGS[key]
+
+
+def build_pair_example(student_tokenizer: Any, teacher_tokenizer: Any, sample: Sample, *, counterfactual: bool = False,
+                       loss_start: int | None = None, include_eos: bool = True, max_length: int | None = None,
+                       source: str = "", escape_special: bool = False) -> Example | None:
+    """An example for a teacher with another tokenizer: each model's own rendering, aligned on the response.
+
+    The loss tokens of both sides are the tokens of the groups of :func:`leaf.distill.align.align_groups` over
+    ``response[loss_start:]`` (a group cut by truncation is dropped), plus the two end-of-turn tokens as one last
+    group. ``None`` when nothing aligned is left.
+    """
+    from leaf.distill.align import align_groups
+
+    start = 0 if loss_start is None else loss_start
+    s_ids, s_off, s_tok, s_eos = _loss_region(student_tokenizer, sample, start, escape_special, include_eos, max_length)
+    t_ids, t_off, t_tok, t_eos = _loss_region(teacher_tokenizer, sample, start, escape_special, include_eos, max_length)
+    lo, hi = len(sample.response[:start].encode()), len(sample.response.encode())
+    groups = align_groups(s_off, s_tok, t_off, t_tok, lo, hi)
+    s_last, t_last = (s_tok[-1] if s_tok else -1), (t_tok[-1] if t_tok else -1)
+    if groups and (groups[-1].student[-1] != s_last or groups[-1].teacher[-1] != t_last):
+        groups.pop()  # defensive: never keep a group whose tokens a side lacks
+    pairs = [(list(g.student), list(g.teacher)) for g in groups]
+    if s_eos is not None and t_eos is not None and pairs:
+        pairs.append(([s_eos], [t_eos]))
+    s_lab, t_lab = [IGNORE_INDEX] * len(s_ids), [IGNORE_INDEX] * len(t_ids)
+    s_grp, t_grp = [], []
+    for k, (ss, ts) in enumerate(pairs):
+        for i in ss:
+            s_lab[i] = s_ids[i]
+            s_grp.append(k)
+        for i in ts:
+            t_lab[i] = t_ids[i]
+            t_grp.append(k)
+    if not pairs:
+        return None
+    prefix = "cf" if counterfactual else "orig"
+    return Example(f"{prefix}:{id_key(sample.id)}", s_ids, s_lab, counterfactual, source, t_ids, t_lab, s_grp, t_grp)
+
+
 def _check_loss_start(samples: Sequence[Sample], path: str | Path) -> list[int | None]:
     places = record_locations(path) if any(s.extra.get("loss_start") is not None for s in samples) else {}
     problems, starts = [], []
@@ -120,9 +197,11 @@ def load_examples(
     include_eos: bool = True,
     max_length: int | None = 4096,
     special_tokens: str = "warn",
+    teacher_tokenizer: Any = None,
 ) -> list[Example]:
     """Examples of the original samples (``data``) followed by the counterfactual records.
 
+    ``teacher_tokenizer``: a teacher with another tokenizer (:func:`build_pair_example`); None: one tokenizer.
     ``special_tokens``: what to do with control-token strings inside a sample's text
     (:mod:`leaf.data.special`: ``warn``, ``escape`` or ``error``).
 
@@ -156,8 +235,10 @@ def load_examples(
     escape = special_tokens == "escape" and bool(hits)
     for samples, starts, is_cf, srcs in parts:
         for s, start, src in zip(samples, starts, srcs):
-            ex = build_example(tokenizer, s, counterfactual=is_cf, loss_start=start, include_eos=include_eos,
-                               max_length=max_length, source=src, escape_special=escape)
+            kw = dict(counterfactual=is_cf, loss_start=start, include_eos=include_eos, max_length=max_length,
+                      source=src, escape_special=escape)
+            ex = (build_example(tokenizer, s, **kw) if teacher_tokenizer is None
+                  else build_pair_example(tokenizer, teacher_tokenizer, s, **kw))
             if ex is None:
                 dropped += 1
             else:
@@ -207,8 +288,12 @@ class ExampleDataset:
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         ex = self.examples[i]
-        return {"input_ids": ex.input_ids, "labels": ex.labels, "counterfactual": ex.counterfactual,
+        item = {"input_ids": ex.input_ids, "labels": ex.labels, "counterfactual": ex.counterfactual,
                 "index": self.ids[i]}
+        if ex.teacher_input_ids is not None:
+            item.update(teacher_input_ids=ex.teacher_input_ids, teacher_labels=ex.teacher_labels, groups=ex.groups,
+                        teacher_groups=ex.teacher_groups)
+        return item
 
 
 @dataclass
@@ -221,13 +306,26 @@ class DistillCollator:
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
+    teacher_pad_token_id: int | None = None  #: cross-tokenizer runs: pads the teacher's own ids
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
         ids, mask = pad([it["input_ids"] for it in items], self.pad_token_id, multiple_of=self.pad_to_multiple_of)
         labels, _ = pad([it["labels"] for it in items], IGNORE_INDEX, multiple_of=self.pad_to_multiple_of)
-        return {
+        extra: dict[str, Any] = {}
+        if "teacher_input_ids" in items[0]:
+            # cross-tokenizer: the teacher's own ids; group numbers made unique over the batch (row-major order)
+            t_ids, t_mask = pad([it["teacher_input_ids"] for it in items], self.teacher_pad_token_id or 0)
+            t_labels, _ = pad([it["teacher_labels"] for it in items], IGNORE_INDEX)
+            s_grp, t_grp, base = [], [], 0
+            for it in items:
+                s_grp += [base + g for g in it["groups"]]
+                t_grp += [base + g for g in it["teacher_groups"]]
+                base += max(it["groups"], default=-1) + 1
+            extra = {"teacher_input_ids": t_ids, "teacher_attention_mask": t_mask, "teacher_labels": t_labels,
+                     "groups": torch.tensor(s_grp, dtype=torch.long), "teacher_groups": torch.tensor(t_grp, dtype=torch.long)}
+        return {**extra,
             "input_ids": ids,
             "attention_mask": mask,
             "labels": labels,
@@ -263,7 +361,7 @@ def check_tokenizers(student_tokenizer: Any, teacher_tokenizer: Any) -> None:
     raise TokenizerMismatch(
         f"teacher and student tokenizers differ ({len(s)} vs {len(t)} tokens; e.g. {differ[:5]}): "
         "token-level KL needs one shared vocabulary. Use a teacher from the student's model family "
-        "(cross-tokenizer distillation is not supported)."
+        "or --cross-tokenizer auto (responses aligned on characters; docs/distill.md)."
     )
 
 

@@ -11,7 +11,7 @@ from leaf.distill.config import DistillConfig
 HELDOUT_FILE = "eval_heldout.json"
 
 
-def eval_split(config: DistillConfig, tokenizer: Any, all_examples: list[Any]) -> tuple[list[Any], list[Any], list[int], list[Any]]:
+def eval_split(config: DistillConfig, tokenizer: Any, all_examples: list[Any], teacher_tokenizer: Any = None) -> tuple[list[Any], list[Any], list[int], list[Any]]:
     """``(training examples, evaluation examples, their ids, the examples --eval-split held out)``.
 
     The ids of held-out examples are their positions in ``all_examples`` (the teacher cache's collator looks
@@ -26,7 +26,8 @@ def eval_split(config: DistillConfig, tokenizer: Any, all_examples: list[Any]) -
     eval_examples, eval_ids = list(heldout), list(held_pos)
     if config.eval_data is not None or config.eval_counterfactuals is not None:
         extra = load_examples(tokenizer, config.eval_data, config.eval_counterfactuals, include_eos=config.include_eos,
-                              max_length=config.max_length, special_tokens=config.special_tokens_in_text)
+                              max_length=config.max_length, special_tokens=config.special_tokens_in_text,
+                              teacher_tokenizer=teacher_tokenizer)
         keys = {e.key for e in train}
         tokens = {tuple(e.input_ids) for e in train}
         clash = [e.key for e in extra if e.key in keys or tuple(e.input_ids) in tokens]

@@ -38,13 +38,16 @@ class DistillSummary(Summary):
     resumed: bool
     eval_loss: float | None = None  #: the final evaluation's loss (None without an evaluation set)
     hub_repo: str | None = None  #: the repository pushed to (--push-to-hub)
+    aligned_1to1: float | None = None  #: cross-tokenizer runs: share of student loss tokens in 1:1 groups
 
     def line(self) -> str:
         resumed = " (resumed)" if self.resumed else ""
         evaluated = f"; eval loss {self.eval_loss:.4f}" if self.eval_loss is not None else ""
+        aligned = (f"; cross-tokenizer: {100 * self.aligned_1to1:.1f} % of loss tokens aligned 1:1, "
+                   f"{100 * (1 - self.aligned_1to1):.1f} % in merged groups") if self.aligned_1to1 is not None else ""
         pushed = f"; pushed to https://huggingface.co/{self.hub_repo}" if self.hub_repo else ""
         return (f"trained {self.steps} steps{resumed} on {self.examples} examples "
-                f"({self.counterfactual_examples} counterfactual, lambda {self.lambda_used}){evaluated}; "
+                f"({self.counterfactual_examples} counterfactual, lambda {self.lambda_used}){evaluated}{aligned}; "
                 f"wrote {self.out}{pushed}")
 
 
@@ -77,7 +80,8 @@ def distill(config: DistillConfig | None = None, **kwargs: Any) -> DistillSummar
     trainer.accelerator.wait_for_everyone()
     return DistillSummary(out, int(trainer.state.global_step), run.get("examples", 0),
                           run.get("counterfactual_examples", 0), run.get("lambda_used", config.lam), resume,
-                          None if final_eval is None else float(final_eval["eval_loss"]), repo)
+                          None if final_eval is None else float(final_eval["eval_loss"]), repo,
+                          (run.get("cross_tokenizer") or {}).get("aligned_1to1"))
 
 
 def last_evaluation(log_history: list[dict[str, Any]], step: int) -> dict[str, Any] | None:
@@ -98,13 +102,16 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
     out = Path(config.out)
     args = training_arguments(config)
     tokenizer = load_tokenizer(config.student)
+    teacher_tokenizer, aligned = cross_tokenizer_plan(config, tokenizer)
     all_examples = load_examples(tokenizer, config.data, config.counterfactuals, include_eos=config.include_eos,
-                                 max_length=config.max_length, special_tokens=config.special_tokens_in_text)
-    examples, eval_examples, eval_ids, heldout = eval_split(config, tokenizer, all_examples)
+                                 max_length=config.max_length, special_tokens=config.special_tokens_in_text,
+                                 teacher_tokenizer=teacher_tokenizer)
+    examples, eval_examples, eval_ids, heldout = eval_split(config, tokenizer, all_examples, teacher_tokenizer)
     held = set(eval_ids)
     dataset = ExampleDataset(examples, [i for i in range(len(all_examples)) if i not in held])
     eval_dataset = ExampleDataset(eval_examples, eval_ids) if eval_examples else None
-    collator: Any = DistillCollator(tokenizer.pad_token_id, config.pad_to_multiple_of)
+    collator: Any = DistillCollator(tokenizer.pad_token_id, config.pad_to_multiple_of,
+                                    None if teacher_tokenizer is None else teacher_tokenizer.pad_token_id)
 
     teacher = None
     teacher_vocab = None
@@ -117,7 +124,8 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
         teacher_vocab = cache.manifest["vocab_size"]
     else:
         assert config.teacher is not None
-        check_tokenizers(tokenizer, load_tokenizer(config.teacher))
+        if teacher_tokenizer is None:
+            check_tokenizers(tokenizer, load_tokenizer(config.teacher))
         teacher_dtype = config.teacher_dtype
         if teacher_dtype == "auto":
             teacher_dtype = "bfloat16" if args.bf16 else "float32"
@@ -134,7 +142,10 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
 
     student = load_model(config.student, dtype=config.dtype, device="cpu", trainable=True)
     student.train()
-    vocab = shared_vocab_size(student, teacher, tokenizer, teacher_vocab)
+    vocab = (shared_vocab_size(student, teacher, tokenizer, teacher_vocab) if teacher_tokenizer is None
+             else shared_vocab_size(student, None, tokenizer))
+    if teacher_tokenizer is not None:
+        aligned = _shared_ids(aligned, tokenizer, teacher_tokenizer, vocab, teacher)
     if config.lora_r > 0:
         from peft import LoraConfig, get_peft_model
 
@@ -163,6 +174,7 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
         chunked_head=config.chunked_head,
         cd_weighting=config.cd_weighting,
         divergence=config.divergence_spec(),
+        aligned=aligned,
     )
     trainer.model_names = {"student": config.student,  # named by the one-line stop on non-finite numbers
                            "teacher": str(config.teacher_cache or config.teacher)}
@@ -191,6 +203,12 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
             "effective_batch": config.batch_size * config.grad_accum * args.world_size,
             "torch": torch.__version__,
         }
+        if aligned is not None:
+            one = sum(1 for e in all_examples for g in _group_sizes(e) if g == (1, 1))
+            total = sum(len(e.groups or ()) for e in all_examples)
+            record["_run"]["cross_tokenizer"] = {"method": aligned[0], "shared_vocab": int(aligned[1].numel()),
+                                                 "aligned_1to1": one / max(total, 1),
+                                                 "aligned_merged": 1 - one / max(total, 1)}
         write_atomic(out / CONFIG_FILE, json.dumps(record, indent=2, default=str) + "\n")
         if config.eval_split > 0:
             write_atomic(out / HELDOUT_FILE, json.dumps({
@@ -198,6 +216,54 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
                 "sources": sorted({e.group for e in heldout}), "examples": [e.key for e in heldout],
             }, indent=2) + "\n")
     return trainer
+
+
+def cross_tokenizer_plan(config: DistillConfig, tokenizer: Any) -> tuple[Any, Any]:
+    """``(teacher tokenizer, method)`` for an aligned run, ``(None, None)`` for one shared tokenizer.
+
+    ``off`` keeps the refusal of another tokenizer; ``auto`` aligns only when the tokenizers differ.
+    """
+    from leaf.distill.data import TokenizerMismatch, check_tokenizers
+    from leaf.models import load_tokenizer
+
+    mode = config.cross_tokenizer
+    if mode == "off" or config.teacher is None:
+        return None, None
+    teacher_tokenizer = load_tokenizer(config.teacher)
+    if mode == "auto":
+        try:
+            check_tokenizers(tokenizer, teacher_tokenizer)
+            return None, None
+        except TokenizerMismatch:
+            mode = "gold"
+    log.info("cross-tokenizer distillation (%s): the teacher renders and tokenizes each sample itself", mode)
+    return teacher_tokenizer, mode
+
+
+def _shared_ids(method: str, tokenizer: Any, teacher_tokenizer: Any, vocab: int, teacher: Any) -> tuple[str, Any, Any]:
+    """``(method, student ids, teacher ids)`` of the shared vocabulary; the end-of-turn tokens are paired."""
+    from leaf.data.render import render, encode
+    from leaf.distill.align import shared_vocab
+    from leaf.distill.data import model_vocab_size
+
+    def end_of_turn(tok: Any) -> int | None:
+        r = render(tok, "hi", "ok")
+        enc = encode(tok, r.text)
+        after = [i for i, (a, _b) in enumerate(enc.offsets) if a >= r.response_span[1]]
+        return enc.input_ids[after[0]] if after and enc.input_ids[after[0]] in set(tok.all_special_ids) else None
+
+    s_end, t_end = end_of_turn(tokenizer), end_of_turn(teacher_tokenizer)
+    pairs = [(s_end, t_end)] if s_end is not None and t_end is not None else []
+    m = shared_vocab(tokenizer, teacher_tokenizer, pairs, vocab, model_vocab_size(teacher))
+    return method, torch.tensor(m.student, dtype=torch.long), torch.tensor(m.teacher, dtype=torch.long)
+
+
+def _group_sizes(example: Any) -> list[tuple[int, int]]:
+    """Per student loss token of a cross-tokenizer example: (student tokens, teacher tokens) of its group."""
+    from collections import Counter
+
+    s, t = Counter(example.groups or ()), Counter(example.teacher_groups or ())
+    return [(s[g], t[g]) for g in example.groups or ()]
 
 
 def _save_final(trainer: Any, tokenizer: Any, out: Path, *, lora: bool) -> None:

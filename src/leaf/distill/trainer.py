@@ -61,9 +61,13 @@ class DistillTrainer(Trainer):
         chunked_head: str = "auto",
         cd_weighting: str = "term-mean",
         divergence: Any = None,
+        aligned: Any = None,
         **kwargs: Any,
     ) -> None:
         self.mix = mix
+        #: cross-tokenizer runs: ``(method, student shared ids, teacher shared ids)``; None with one tokenizer
+        self.aligned = aligned
+        self._aligned_counts = torch.zeros(2, dtype=torch.float64)  # student loss tokens in 1:1 / merged groups
         self.divergence = divergence  # a leaf.distill.divergences.Divergence; None: forward KL
         self.chunked_head = chunked_head
         self.cd_weighting = cd_weighting
@@ -106,6 +110,8 @@ class DistillTrainer(Trainer):
         index = inputs.pop("index", None)
         topk_lp = inputs.pop("topk_logprobs", None)
         topk_ids = inputs.pop("topk_ids", None)
+        cross = {k: inputs.pop(k) for k in ("teacher_input_ids", "teacher_attention_mask", "teacher_labels", "groups",
+                                            "teacher_groups") if k in inputs}
         scale = 1.0
         if num_items_in_batch is None or not torch.is_tensor(num_items_in_batch) or num_items_in_batch.numel() != 2:
             num_items_in_batch = _token_counts(labels, is_cf_row)
@@ -131,8 +137,10 @@ class DistillTrainer(Trainer):
             raise RuntimeError("no teacher and no cached teacher targets in the batch")
         from leaf.distill.losses import chunked_head_kl
 
-        head = self._student_head(model) if self._chunk_heads(rows.numel()) else None
-        if head is not None:
+        head = self._student_head(model) if self._chunk_heads(rows.numel()) and not cross else None
+        if cross:
+            out, parts = self._aligned_parts(model, inputs, keep, rows, targets, cross, w_kl * scale, loss_kw)
+        elif head is not None:
             # Chunked output heads: the student gives its final hidden states at the loss positions (N, H), the
             # teacher a function of a chunk of them; no (N, V) logits of either model exist (see chunked_head_kl).
             out, hidden = self._forward(model, inputs, keep, head)
@@ -166,6 +174,52 @@ class DistillTrainer(Trainer):
             # one process: stop at the micro-batch (several: the all-reduced gradient norm stops every process)
             self._stop_non_finite(f"the distillation loss is {float(loss)}")
         return (loss, out) if return_outputs else loss
+
+    def _aligned_parts(self, model: Any, inputs: dict[str, Any], keep: Any, rows: Any, targets: Any,
+                       cross: dict[str, Any], w_kl: Any, loss_kw: dict[str, Any]) -> tuple[Any, Any]:
+        """The cross-tokenizer loss (:func:`leaf.distill.aligned.aligned_loss`): the teacher runs on its own ids; each
+        student loss token carries the divergence of its group (a group weighs the sum of its tokens' weights)."""
+        from leaf.distill.aligned import aligned_loss
+        from leaf.distill.losses import LossParts
+        from leaf.models import input_device
+
+        out = self._forward(model, inputs, keep)
+        logits = out.logits if out.logits.dim() == 2 else out.logits.reshape(-1, out.logits.shape[-1])[rows]
+        t_labels = cross["teacher_labels"]
+        t_rows, t_targets = loss_rows(t_labels)
+        t_keep = torch.zeros_like(t_labels, dtype=torch.bool)
+        t_keep[:, :-1] = loss_positions(t_labels)
+        dev = input_device(self.teacher)
+        kwargs = {"input_ids": cross["teacher_input_ids"].to(dev),
+                  "attention_mask": cross["teacher_attention_mask"].to(dev), "use_cache": False}
+        with torch.no_grad():
+            t_out = self.teacher(**kwargs, logits_to_keep=t_keep.to(dev)).logits if self._keep_ok else None
+            if t_out is None or t_out.dim() != 2:
+                t_out = self.teacher(**kwargs).logits
+                t_out = t_out.reshape(-1, t_out.shape[-1])[t_rows.to(dev)]
+        method, shared_s, shared_t = self.aligned
+        groups, t_groups = cross["groups"].to(logits.device), cross["teacher_groups"].to(logits.device)
+        n = int(groups.max()) + 1 if groups.numel() else 0
+        weights = torch.zeros(n, dtype=torch.float32, device=logits.device).index_add_(0, groups, w_kl.float())
+        vocab = self.vocab_size or logits.shape[-1]
+        parts = aligned_loss(logits[:, :vocab], t_out, groups, t_groups, targets.to(logits.device),
+                             t_targets.to(logits.device), weights, shared_s.to(logits.device),
+                             shared_t.to(logits.device), method=method, temperature=self.temperature,
+                             divergence=self.divergence, chunk_rows=self.kl_chunk_size)
+        kl = parts.per_group[groups]
+        loss = parts.loss
+        ce = torch.zeros_like(kl)
+        if loss_kw.get("labels") is not None:
+            ce_rows = torch.nn.functional.cross_entropy(logits.float(), targets.to(logits.device), reduction="none")
+            loss = loss + (loss_kw["w_ce"] * ce_rows).sum()
+            ce = ce_rows.detach()
+        with torch.no_grad():
+            sizes_s = torch.bincount(groups, minlength=n)
+            sizes_t = torch.bincount(t_groups, minlength=n)
+            one = ((sizes_s == 1) & (sizes_t == 1))[groups].sum()
+            if model.training:
+                self._aligned_counts += torch.stack([one, groups.numel() - one]).double().cpu()
+        return out, LossParts(loss, kl, ce)
 
     # -- non-finite numbers stop the run before anything of theirs is applied or saved -------
     def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
@@ -346,6 +400,12 @@ class DistillTrainer(Trainer):
             logs["ce_loss"] = float(sums[2]) / steps
             logs["tokens_per_s"] = float(sums[3]) / max(now - self._last_log[1], 1e-9)
             self._sums.zero_()
+            if self.aligned is not None:
+                counts = self._aligned_counts
+                total = max(float(counts.sum()), 1.0)
+                logs["aligned_1to1"] = float(counts[0]) / total
+                logs["aligned_merged"] = float(counts[1]) / total
+                self._aligned_counts.zero_()
             self._last_log = (self.state.global_step, now)
         super().log(logs, start_time)
 

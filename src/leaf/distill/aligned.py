@@ -1,0 +1,166 @@
+"""The cross-tokenizer token loss: teacher and student compared on aligned groups of tokens.
+
+Inputs are the loss rows of both models (their logits at the positions that
+predict each loss token) and, per row, the :class:`leaf.distill.align.Group`
+it belongs to (groups numbered ``0 .. G-1``, each side's rows consecutive per
+group and in group order).
+
+Merging. For one side of a group with tokens ``x_1 .. x_a`` predicted at rows
+``r_1 .. r_a``, the group's (log) vector over that side's vocabulary is
+
+    lv(y) = log p_{r_1}(y) + sum_{j=2..a} log p_{r_j}(x_j)
+
+the first position's distribution times the probability of the rest of the
+group's actual tokens (as TRL's GOLD merges a split token; a single-token side
+is just its distribution). Its total mass ``prod_j p(x_j)`` is at most 1.
+
+``gold``: both vectors are read at the shared ids (:class:`leaf.distill.align.VocabMap`)
+and the rest of each side's mass (``1 - sum`` over its shared ids) becomes one
+tail bucket: two distributions over ``S + 1`` outcomes, compared with the
+training divergence (``--divergence``, forward KL by default), ``T^2``-scaled.
+With one tokenizer on both sides every group is 1:1, the map is the identity
+and the tail is empty: the loss is the same-tokenizer divergence.
+
+``uld`` (Boizard et al.'s Universal Logit Distillation): each side's merged
+vector, sorted in decreasing order and padded with zeros to the larger
+vocabulary; the loss is their L1 distance, ``T^2``-scaled.
+
+Memory: groups are processed a chunk at a time under ``torch.utils.checkpoint``
+(fp32 log-probs of one chunk of rows exist at once, recomputed in backward);
+the logits of the loss rows themselves are the caller's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from leaf.distill.divergences import FORWARD_KL, Divergence, value_and_grad
+from leaf.distill.losses import TAIL_FLOOR
+
+#: The aligned comparisons ``--cross-tokenizer`` can ask for.
+ALIGNED_METHODS = ("gold", "uld")
+
+
+class _BucketDivergence(torch.autograd.Function):
+    """``D(p, q)`` per row of normalised log-probs ``lq`` (S + 1 outcomes); gradient from :func:`value_and_grad`.
+
+    ``value_and_grad`` gives ``dD/du`` for ``q = softmax(u)``; at ``u = lq`` (normalised) ``softmax(u) = exp(lq)``
+    for every parameter value, so that gradient is also the one with respect to ``lq`` along any path.
+    """
+
+    @staticmethod
+    def forward(ctx, lq, lp, divergence):  # type: ignore[override]
+        value, grad = value_and_grad(lp, lq.detach(), divergence)
+        ctx.save_for_backward(grad)
+        return value
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        (grad,) = ctx.saved_tensors
+        return grad * g.unsqueeze(-1), None, None
+
+
+def merged_log_vectors(lp: Tensor, group: Tensor, targets: Tensor, n_groups: int) -> tuple[Tensor, Tensor]:
+    """``((G, V) first rows' log-probs, (G,) log-prob of the later actual tokens)`` of one side.
+
+    The merged log vector of a group is their sum. ``lp``: ``(R, V)`` log-probs of the rows; ``group``: ``(R,)``
+    group index (0-based, consecutive, sorted); ``targets``: ``(R,)`` the actual token of each row.
+    """
+    first = torch.ones_like(group, dtype=torch.bool)
+    first[1:] = group[1:] != group[:-1]
+    actual = lp.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1).masked_fill(first, 0.0)
+    rest = torch.zeros(n_groups, dtype=lp.dtype, device=lp.device).index_add(0, group, actual)
+    return lp[first], rest
+
+
+def _bucket(first: Tensor, rest: Tensor, ids: Tensor) -> Tensor:
+    """``(G, S + 1)`` log-probs: the merged vector at the shared ids, then the tail bucket.
+
+    The tail is ``c * (mass of the first row outside the shared ids) + (1 - c)``, ``c = exp(rest)`` (the merged
+    vector's missing mass), summed directly rather than as ``1 - sum``: exactly 0 (floored at :data:`TAIL_FLOOR`)
+    when every id is shared and the group is one token, so one tokenizer gives today's loss to float rounding.
+    """
+    outside = torch.ones(first.shape[-1], dtype=torch.bool, device=first.device)
+    outside[ids] = False
+    out_mass = (first.exp() * outside).sum(-1)
+    tail = rest.exp() * out_mass - torch.expm1(rest)
+    return torch.cat([first.index_select(-1, ids) + rest.unsqueeze(-1),
+                      torch.log(tail.clamp(min=TAIL_FLOOR)).unsqueeze(-1)], dim=-1)
+
+
+def _uld(lv_s: Tensor, lv_t: Tensor) -> Tensor:
+    """L1 distance of the decreasingly sorted probability vectors, the shorter padded with zeros."""
+    a = lv_s.exp().sort(dim=-1, descending=True).values
+    b = lv_t.exp().sort(dim=-1, descending=True).values
+    k = min(a.shape[-1], b.shape[-1])
+    return (a[:, :k] - b[:, :k]).abs().sum(-1) + a[:, k:].sum(-1) + b[:, k:].sum(-1)
+
+
+def _chunk(z_s, z_t, g_s, g_t, y_s, y_t, n, ids_s, ids_t, method, temperature, divergence):  # type: ignore[no-untyped-def]
+    lq = torch.log_softmax(z_s.float() / temperature, dim=-1)
+    with torch.no_grad():
+        lp = torch.log_softmax(z_t.float() / temperature, dim=-1)
+        first_t, rest_t = merged_log_vectors(lp, g_t, y_t, n)
+    first_s, rest_s = merged_log_vectors(lq, g_s, y_s, n)
+    if method == "uld":
+        return _uld(first_s + rest_s.unsqueeze(-1), first_t + rest_t.unsqueeze(-1)) * temperature**2
+    lp_b = _bucket(first_t, rest_t, ids_t)
+    return _BucketDivergence.apply(_bucket(first_s, rest_s, ids_s), lp_b, divergence) * temperature**2
+
+
+@dataclass
+class AlignedParts:
+    loss: Tensor  #: () ``sum_g w_g D_g``
+    per_group: Tensor  #: (G,) detached ``D_g``
+
+
+def aligned_loss(student_logits: Tensor, teacher_logits: Tensor, student_group: Tensor, teacher_group: Tensor,
+                 student_targets: Tensor, teacher_targets: Tensor, weights: Tensor, shared_student: Tensor,
+                 shared_teacher: Tensor, *, method: str = "gold", temperature: float = 1.0,
+                 divergence: Divergence | None = None, chunk_rows: int | None = 1024) -> AlignedParts:
+    """``sum_g weights[g] * D_g`` over aligned groups, a chunk of groups at a time.
+
+    Args:
+        student_logits: ``(N_s, V_s)`` logits of the student's loss rows (gradients flow to them).
+        teacher_logits: ``(N_t, V_t)`` the teacher's (no gradient).
+        student_group, teacher_group: ``(N_s,)`` / ``(N_t,)`` group index of each row (sorted, 0 .. G-1, each
+            group present on both sides).
+        student_targets, teacher_targets: the actual token of each row (used to merge multi-token sides).
+        weights: ``(G,)`` weight of each group's divergence.
+        shared_student, shared_teacher: ``(S,)`` the shared ids (``VocabMap``), for ``gold``.
+        chunk_rows: about this many rows of either side per chunk (``None``: all at once).
+    """
+    if method not in ALIGNED_METHODS:
+        raise ValueError(f"method must be one of {', '.join(ALIGNED_METHODS)}, got {method!r}")
+    divergence = divergence or FORWARD_KL
+    n = int(weights.shape[0])
+    dev = student_logits.device
+    if n == 0:
+        return AlignedParts(student_logits.sum() * 0.0, torch.zeros(0, device=dev))
+    s_start = torch.searchsorted(student_group, torch.arange(n + 1, device=student_group.device)).tolist()
+    t_start = torch.searchsorted(teacher_group, torch.arange(n + 1, device=teacher_group.device)).tolist()
+    step = chunk_rows if chunk_rows and chunk_rows > 0 else max(len(student_group), len(teacher_group), 1)
+    total = student_logits.new_zeros((), dtype=torch.float32)
+    values = []
+    g0 = 0
+    while g0 < n:
+        g1 = g0 + 1
+        while g1 < n and max(s_start[g1 + 1] - s_start[g0], t_start[g1 + 1] - t_start[g0]) <= step:
+            g1 += 1
+        ss, ts = slice(s_start[g0], s_start[g1]), slice(t_start[g0], t_start[g1])
+        t_logits = teacher_logits[ts].to(dev)
+        args = (student_logits[ss], t_logits, student_group[ss] - g0, teacher_group[ts].to(dev) - g0,
+                student_targets[ss], teacher_targets[ts].to(dev), g1 - g0, shared_student, shared_teacher, method,
+                float(temperature), divergence)
+        if torch.is_grad_enabled() and student_logits.requires_grad:
+            d = checkpoint(_chunk, *args, use_reentrant=False)
+        else:
+            d = _chunk(*args)
+        total = total + (weights[g0:g1].float() * d).sum()
+        values.append(d.detach())
+        g0 = g1
+    return AlignedParts(total, torch.cat(values))

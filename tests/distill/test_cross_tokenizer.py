@@ -1,0 +1,106 @@
+"""End-to-end distillation from a teacher with another (tiny) tokenizer: trains, the loss falls, it resumes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from leaf.distill import distill
+from leaf.distill.data import build_example, build_pair_example, load_examples
+from leaf.data.records import Sample
+from leaf.tiny import DEFAULT_CORPUS, build_model, build_tokenizer
+
+
+@pytest.fixture(scope="module")
+def other_teacher(tmp_path_factory):
+    """A teacher with a ChatML tokenizer of another vocabulary size (the student's is llama3-style, 512)."""
+    root = tmp_path_factory.mktemp("xtok")
+    tok = build_tokenizer([c[::-1] for c in DEFAULT_CORPUS] + DEFAULT_CORPUS, style="chatml", vocab_size=400)
+    build_model(tok, hidden_size=32, num_layers=2, seed=3).save_pretrained(root / "teacher")
+    tok.save_pretrained(root / "teacher")
+    return root / "teacher"
+
+
+def test_pair_example_aligns_every_response_character(distill_setup, other_teacher):
+    from leaf.models import load_tokenizer
+
+    s_tok, t_tok = load_tokenizer(str(distill_setup / "student")), load_tokenizer(str(other_teacher))
+    sample = Sample(id=1, instruction=DEFAULT_CORPUS[0], response=DEFAULT_CORPUS[6])
+    ex = build_pair_example(s_tok, t_tok, sample)
+    same = build_example(s_tok, sample)
+    assert ex.labels == same.labels  # the student's loss tokens are today's (response + end of turn)
+    assert len(ex.groups) == ex.n_loss_tokens and len(ex.teacher_groups) == sum(
+        1 for y in ex.teacher_labels[1:] if y != -100)
+    assert sorted(set(ex.groups)) == sorted(set(ex.teacher_groups)) == list(range(max(ex.groups) + 1))
+    # the teacher's loss tokens spell the whole response (its own rendering), then its end-of-turn token
+    t_text = t_tok.decode([t for t, y in zip(ex.teacher_input_ids, ex.teacher_labels) if y != -100])
+    assert t_text == sample.response + "<|im_end|>"
+
+
+def _run(setup, teacher, out, **kw):
+    base = dict(student=str(setup / "student"), teacher=str(teacher), data=setup / "d.jsonl",
+                counterfactuals=setup / "cf.jsonl", out=out, save_steps=1000, cross_tokenizer="auto")
+    base.update(kw)
+    return distill(**base)
+
+
+def _metrics(out):
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_trains_loss_falls_and_resumes(distill_setup, other_teacher, tmp_path):
+    common = dict(max_steps=6, save_steps=3, batch_size=4, grad_accum=1, learning_rate=3e-2, warmup_steps=0,
+                  lr_scheduler="constant")
+    summary = _run(distill_setup, other_teacher, tmp_path / "full", **common)
+    rows = _metrics(summary.out)
+    assert "aligned 1:1" in summary.line() and 0 < summary.aligned_1to1 <= 1
+    assert all(0 <= r["aligned_1to1"] <= 1 and r["aligned_1to1"] + r["aligned_merged"] == pytest.approx(1) for r in rows)
+    assert all(r["cd_loss"] > 0 and r["kd_loss"] > 0 for r in rows)
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    run = json.loads((summary.out / "leaf_config.json").read_text())["_run"]["cross_tokenizer"]
+    assert run["method"] == "gold" and run["shared_vocab"] > 100
+    part = tmp_path / "part"
+    part.mkdir()
+    shutil.copytree(summary.out / "checkpoint-3", part / "checkpoint-3")
+    shutil.copy(summary.out / "leaf_config.json", part / "leaf_config.json")
+    resumed = _run(distill_setup, other_teacher, part, **common)
+    assert resumed.resumed
+    a, b = load_file(str(summary.out / "model.safetensors")), load_file(str(part / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_uld_trains(distill_setup, other_teacher, tmp_path):
+    summary = _run(distill_setup, other_teacher, tmp_path / "uld", cross_tokenizer="uld", max_steps=2, batch_size=6,
+                   grad_accum=1)
+    assert all(r["kd_loss"] > 0 for r in _metrics(summary.out))
+
+
+def test_gold_with_one_tokenizer_equals_the_same_tokenizer_run(distill_setup, tmp_path):
+    kw = dict(max_steps=1, batch_size=12, grad_accum=1, lam=0.3, temperature=2.0)
+    plain = _metrics(_run(distill_setup, distill_setup / "teacher", tmp_path / "a", cross_tokenizer="off", **kw).out)
+    gold = _metrics(_run(distill_setup, distill_setup / "teacher", tmp_path / "b", cross_tokenizer="gold", **kw).out)
+    assert gold[0]["loss"] == pytest.approx(plain[0]["loss"], rel=1e-5)
+    assert gold[0]["aligned_1to1"] == 1.0
+
+
+def test_the_topk_cache_refuses_another_tokenizer_in_one_line(distill_setup, other_teacher, tmp_path, capsys):
+    from leaf.cli import main
+
+    rc = main(["cache-teacher", "--teacher", str(other_teacher), "--tokenizer", str(distill_setup / "student"),
+               "--data", str(distill_setup / "d.jsonl"), "--out", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "top-k cache stores ids of one vocabulary" in err and "--cross-tokenizer auto" in err
+    with pytest.raises(Exception, match="--teacher-cache"):
+        distill(student=str(distill_setup / "student"), teacher_cache=tmp_path / "cache", data=distill_setup / "d.jsonl",
+                out=tmp_path / "x", cross_tokenizer="gold")
+
+
+def test_held_out_evaluation_with_another_tokenizer(distill_setup, other_teacher, tmp_path):
+    summary = _run(distill_setup, other_teacher, tmp_path / "ev", max_steps=2, batch_size=4, grad_accum=1,
+                   eval_split=0.25, eval_steps=1)
+    assert summary.eval_loss is not None and summary.eval_loss > 0
