@@ -111,6 +111,11 @@ def is_required(f: dataclasses.Field) -> bool:  # type: ignore[type-arg]
     return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
+def default_of(f: dataclasses.Field) -> Any:  # type: ignore[type-arg]
+    """The default value of an option that has one (a fresh one from its factory)."""
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
 def add_options(parser: argparse.ArgumentParser, cls: type, *, require: bool = True) -> None:
     """Add one flag per field of ``cls``; unset flags stay ``None`` so YAML can fill them.
 
@@ -125,12 +130,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, *, require: bool = T
         tp, _ = _base_type(hints[f.name])
         meta = f.metadata
         help_text = meta.get("help", "")
-        if is_required(f):
-            help_text += " (required)"
-        elif f.default_factory is not dataclasses.MISSING:
-            help_text += f" (default: {f.default_factory()})"
-        else:
-            help_text += f" (default: {f.default})"
+        help_text += " (required)" if is_required(f) else f" (default: {default_of(f)})"
         flags = [_flag(f.name), *(_flag(a) for a in meta.get("aliases", ()))]
         kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text.replace("%", "%%")}
         if require and is_required(f):
@@ -473,12 +473,7 @@ def options_markdown(cls: type) -> str:
             continue
         meta = f.metadata
         names = [f"`{_flag(f.name)}`", *(f"`{_flag(a)}`" for a in meta.get("aliases", ()))]
-        if is_required(f):
-            default = "required"
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f"`{f.default_factory()}`"
-        else:
-            default = f"`{f.default}`"
+        default = "required" if is_required(f) else f"`{default_of(f)}`"
         help_text = meta.get("help", "")
         if meta.get("choices"):
             help_text += f" (one of: {', '.join(map(str, meta['choices']))})"

@@ -213,7 +213,7 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
                         "overflowed (check --dtype); the shards written so far are kept and a rerun resumes after them")
                 lp, ix = torch.log_softmax(z / config.temperature, dim=-1).topk(config.top_k, dim=-1)
                 lps.append(lp.to(store).cpu())
-                ids.append(ix.to(torch.int32).to(id_store).cpu())
+                ids.append(ix.to(id_store).cpu())
         lp_all, ids_all = torch.cat(lps), torch.cat(ids)
         out, start = [], 0
         for n in loss_positions(labels).sum(1).tolist():

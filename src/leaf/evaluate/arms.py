@@ -72,7 +72,10 @@ def compare_arms(arms: Mapping[str, Sequence[str | Path]]) -> dict[str, Any]:
     baseline = next(iter(loaded))
     benchmarks = list(dict.fromkeys(b for runs in loaded.values() for _, v in runs for b in v))
     result: dict[str, Any] = {"baseline": baseline, "benchmarks": benchmarks, "arms": {}}
+    base = loaded[baseline]
     for name, runs in loaded.items():
+        if len(runs) > len(base):
+            raise DataError([f"arm {name!r}: {len(runs)} seeds, the baseline {baseline!r} only {len(base)}"])
         accuracy, versus = {}, {}
         for bench in benchmarks:
             missing = [str(p) for p, v in runs if bench not in v]
@@ -84,9 +87,6 @@ def compare_arms(arms: Mapping[str, Sequence[str | Path]]) -> dict[str, Any]:
                                "per_seed": per_seed}
             if name == baseline:
                 continue
-            base = loaded[baseline]
-            if len(runs) > len(base):
-                raise DataError([f"arm {name!r}: {len(runs)} seeds, the baseline {baseline!r} only {len(base)}"])
             try:
                 stats = paired([v[bench] for _, v in runs], [v[bench] for _, v in base[:len(runs)]])
             except ValueError:

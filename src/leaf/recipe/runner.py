@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from leaf.config import ConfigError, Summary, build, make, read_yaml_mapping, to_dict
+from leaf.config import ConfigError, Summary, build, default_of, is_required, make, read_yaml_mapping, to_dict
 from leaf.data.jsonl import SettingsMismatch, dumps, write_atomic
 from leaf.recipe.config import RecipeConfig
 from leaf.recipe.stages import DISTRACTOR_SPLIT, FREE, Step, accelerate_config, plan, report_view
@@ -79,13 +79,7 @@ def _unchanged_by_new_options(config: Any, old: dict[str, Any], new: dict[str, A
     added to leaf since the stage finished does not change what it made."""
     import dataclasses
 
-    defaults = {}
-    for f in dataclasses.fields(config):
-        if f.default is not dataclasses.MISSING:
-            defaults[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            defaults[f.name] = f.default_factory()
-    known = json.loads(dumps(defaults))
+    known = json.loads(dumps({f.name: default_of(f) for f in dataclasses.fields(config) if not is_required(f)}))
     return {k: v for k, v in new.items() if k in old or k not in known or v != known[k]}
 
 

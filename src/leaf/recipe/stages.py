@@ -152,7 +152,6 @@ def plan(recipe: Mapping[str, Any], source: str = "recipe") -> tuple[Path, list[
         raise ConfigError(f"{source}: a stage is listed twice in `stages:`; name each instance (e.g. distill_kd)")
     run = Path(str(recipe["run"]))
     settings = {k: recipe[k] for k in ("gpus", "gpu", "accelerate", "mfu") if k in recipe}
-    settings["arms"] = _arms(recipe.get("arms"), names, source)
     sections = {n: recipe.get(n) or {} for n in names}
     for n, sec in sections.items():
         if not isinstance(sec, Mapping):
@@ -163,6 +162,7 @@ def plan(recipe: Mapping[str, Any], source: str = "recipe") -> tuple[Path, list[
         raise ConfigError(f"{source}: section {orphans[0]!r} is not in `stages:` ({', '.join(names)}); "
                           "list it there or remove it")
     kinds = {n: kind_of(n, sections[n]) for n in names}
+    settings["arms"] = _arms(recipe.get("arms"), kinds, source)
     demo = _demo_stage(names, kinds, run, shared, source)
     if demo is not None:  # its models are every later stage's teacher and student
         shared = {**shared, **{k: str(demo[k]) for k in MODEL_WORDS}}
@@ -202,15 +202,10 @@ def plan(recipe: Mapping[str, Any], source: str = "recipe") -> tuple[Path, list[
     if unused:
         raise ConfigError(f"{source}: shared key {unused[0]!r} is an option of none of the stages "
                           f"({', '.join(names)})")
-    for arm, members in settings["arms"].items():
-        wrong = [m for m in members if kinds[m].name != "evaluate"]
-        if wrong:
-            raise ConfigError(f"{source}: arms: {arm!r}: {wrong[0]!r} is a {kinds[wrong[0]].name} stage; an arm "
-                              "lists evaluate stages (one per seed)")
     return run, steps, settings
 
 
-def _arms(value: Any, names: list[str], source: str) -> dict[str, list[str]]:
+def _arms(value: Any, kinds: Mapping[str, Kind], source: str) -> dict[str, list[str]]:
     """The recipe's ``arms:``: arm name -> its evaluate stages, one per seed (compared at the end of a run)."""
     if value is None:
         return {}
@@ -221,9 +216,13 @@ def _arms(value: Any, names: list[str], source: str) -> dict[str, list[str]]:
         listed = _as_list(members)
         if not listed or not all(isinstance(m, str) for m in listed):
             raise ConfigError(f"{source}: arms: {arm!r}: expected a list of evaluate stage names, got {members!r}")
-        missing = [m for m in listed if m not in names]
+        missing = [m for m in listed if m not in kinds]
         if missing:
             raise ConfigError(f"{source}: arms: {arm!r}: {missing[0]!r} is not in `stages:`")
+        wrong = [m for m in listed if kinds[m].name != "evaluate"]
+        if wrong:
+            raise ConfigError(f"{source}: arms: {arm!r}: {wrong[0]!r} is a {kinds[wrong[0]].name} stage; an arm "
+                              "lists evaluate stages (one per seed)")
         if len(set(listed)) != len(listed):
             raise ConfigError(f"{source}: arms: {arm!r} lists a stage twice")
         arms[str(arm)] = listed
