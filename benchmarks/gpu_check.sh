@@ -6,8 +6,8 @@
 # Prints, per benchmark, tokens/s, achieved TFLOP/s and its share of the chip's dense bf16 peak
 # (H100/H200 989, A100 312 TFLOP/s, from torch.cuda.get_device_name via leaf.estimate.gpu_for; any
 # other GPU: give --peak-tflops), and peak GPU memory (torch.cuda.max_memory_allocated). Raw results:
-# DIR/gpu_{detect,distill,shapes}.json (default benchmarks/results). Budget: each benchmark is capped at
-# 200 s (about 5 minutes in all on one H200; the caps bound it at 10).
+# DIR/gpu_{detect,distill,shapes,batching}.json (default benchmarks/results). Budget: each benchmark is capped at
+# 200 s (about 6 minutes in all on one H200, estimated; the caps bound it at 14).
 # --dry-run prints the commands and checks every benchmark's arguments (`--dry-run` of each script),
 # which works without a GPU. PYTHON (default: python) picks the interpreter.
 set -euo pipefail
@@ -31,13 +31,15 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-NAMES=(detect distill shapes)
+NAMES=(detect distill shapes batching)
 # Llama-3.2-1B's shape (1.24B parameters, vocab 128,256), 64 samples of ~1,000 tokens, batches 1/8/16
 CMD_detect="benchmarks/bench_detect.py --device cuda --dtype bfloat16 --config gpu --json $OUT/gpu_detect.json"
 # teacher 2048 x 16 layers (~1.1B), student 1024 x 8 (~0.17B), vocab 32,768; bf16 autocast; live teacher and top-64 cache
 CMD_distill="benchmarks/bench_distill.py --arms leaf-live leaf-cache --precision bf16 --teacher-size 2048:16 --student-size 1024:8 --samples 128 --batch 16 --steps 6 --repeats 1 --threads 8 --out $OUT/gpu_distill.json"
 # the published vocabularies (128k-262k) on cut models: memory of chunked heads vs full logits
 CMD_shapes="benchmarks/bench_shapes.py --device cuda --dtype bfloat16 --json $OUT/gpu_shapes.json"
+# mixed 64-2,048-token samples: sorted padded batches (SDPA) vs packed rows (flex attention's block mask), detection and training steps
+CMD_batching="benchmarks/bench_batching.py --device cuda --packed-attention flex_attention --no-memory --json $OUT/gpu_batching.json"
 
 if [ "$DRY" = 1 ]; then
   for name in "${NAMES[@]}"; do
@@ -130,5 +132,12 @@ if shapes:
     row("shapes (b) vocab 262k, after", None, None, mem.get("b_vocab_262144/after"))
     row("shapes (c) distill step, after", after.get("c_distill_tokens_per_s"), None, mem.get("c_distill_step/after"))
     print("shape ratios (after):", json.dumps(after))
+batching = load("batching")
+if batching:
+    t = batching["throughput"]
+    print(f"batching: detection samples/s fixed {t['fixed']['samples_per_s']}, max-tokens {t['max-tokens']['samples_per_s']}, "
+          f"packed {t['packed']['samples_per_s']} (packed / fixed {t['ratio_packed_vs_fixed']}x, goal 1.5x); training "
+          "steps packed speed vs padded: " + ", ".join(f"{k} {v['ratio_packed_speed_vs_padded']}x"
+                                                      for k, v in batching["training_steps"].items()))
 EOF
 exit $STATUS

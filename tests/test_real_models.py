@@ -114,6 +114,23 @@ def test_batched_saliency_equals_unbatched_on_the_real_model(smol: tuple[object,
         assert alone[0].min() >= 0 and alone[0].max() > 0
 
 
+def test_packed_saliency_equals_padded_on_the_real_model(smol: tuple[object, object], pair: Path) -> None:
+    """One packed row of the real model (position ids restarting per sample, no mask) gives the padded numbers."""
+    from leaf.detect.saliency import embedding_saliency, pack_batch, pad_batch
+
+    model, tok = smol
+    examples = _examples(pair, tok, "distracted")
+    seqs = [e.input_ids for e in examples]
+    targets = [[i for i, lab in enumerate(e.labels) if lab != -100] for e in examples]
+    padded, loss = embedding_saliency(model, *pad_batch(seqs, targets, tok.pad_token_id))  # type: ignore[attr-defined]
+    ids, att, tgt, rows, starts = pack_batch(seqs, targets, tok.pad_token_id)  # type: ignore[attr-defined]
+    packed, packed_loss = embedding_saliency(model, ids, att, tgt, packed=rows)
+    torch.testing.assert_close(packed_loss, loss, rtol=1e-5, atol=1e-6)
+    for b, (seq, start) in enumerate(zip(seqs, starts)):
+        want = padded[b, :len(seq)]
+        torch.testing.assert_close(packed[0, start:start + len(seq)], want, rtol=1e-4, atol=1e-5 * float(want.max()))
+
+
 def test_detect_batched_equals_one_at_a_time_on_the_real_pair(pair: Path, tmp_path: Path) -> None:
     from leaf.data.detections import read_detections
     from leaf.detect import detect

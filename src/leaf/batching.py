@@ -4,6 +4,9 @@
   value transformers' and PyTorch's cross-entropy skip);
 * :func:`pad` -- pad lists of ids (or labels) to one width, on the right (training,
   scoring) or on the left (generation), with the attention mask;
+* :func:`pack` -- concatenate lists of ids into one row with no padding (packed
+  sequences): position ids restart at each sample, so transformers confines
+  attention to each sample (``attention_mask=None``; see :func:`pack`);
 * :func:`loss_positions` -- which positions of a ``(B, L)`` label batch predict
   a loss token (position ``p`` predicts token ``p + 1``);
 * :func:`length_batches` -- group items of similar length into batches bounded in
@@ -44,6 +47,71 @@ def pad(sequences: Sequence[Sequence[int]], value: int, *, side: str = "right",
         ids[row, cols] = torch.as_tensor(list(seq), dtype=torch.long)
         mask[row, cols] = 1
     return ids, mask
+
+
+def pack(sequences: Sequence[Sequence[int]], labels: Sequence[Sequence[int]] | None = None, *,
+         pad_value: int = 0, multiple_of: int | None = None) -> dict[str, Any]:
+    """One ``(1, T)`` row holding every sequence end to end (packed sequences, no padding between them).
+
+    Returns ``input_ids``, ``position_ids`` (0, 1, ... restarting at each sequence), ``segment`` (the sequence
+    each token belongs to; ``-1`` for the padding that rounds ``T`` up to ``multiple_of``) and, with ``labels``,
+    ``labels`` whose first token of every sequence is :data:`IGNORE_INDEX` (position ``p`` predicts ``p + 1``: the
+    last token of one sequence must not predict the first of the next).
+
+    Given ``position_ids`` and no attention mask, transformers (>= 5, ``masking_utils``) reads a new sequence
+    wherever the position ids do not go up by one and masks attention to each sequence (SDPA / eager: a
+    block-causal mask; flash-attention: variable-length kernels; flex attention: a block mask), so every token
+    sees exactly what it sees in its own unpadded row. The padding tail gets positions restarting at 0: a
+    sequence of its own, attending only to itself.
+    """
+    import torch
+
+    lengths = [len(s) for s in sequences]
+    total = sum(lengths)
+    width = total if not multiple_of else (total + multiple_of - 1) // multiple_of * multiple_of
+    ids = torch.full((1, width), pad_value, dtype=torch.long)
+    positions = torch.zeros((1, width), dtype=torch.long)
+    segment = torch.full((1, width), -1, dtype=torch.long)
+    out_labels = torch.full((1, width), IGNORE_INDEX, dtype=torch.long) if labels is not None else None
+    start = 0
+    for i, (seq, n) in enumerate(zip(sequences, lengths)):
+        ids[0, start:start + n] = torch.as_tensor(list(seq), dtype=torch.long)
+        positions[0, start:start + n] = torch.arange(n)
+        segment[0, start:start + n] = i
+        if out_labels is not None:
+            assert labels is not None
+            if len(labels[i]) != n:
+                raise ValueError(f"sequence {i}: {n} ids but {len(labels[i])} labels")
+            out_labels[0, start + 1:start + n] = torch.as_tensor(list(labels[i][1:]), dtype=torch.long)
+        start += n
+    positions[0, total:] = torch.arange(width - total)
+    out = {"input_ids": ids, "position_ids": positions, "segment": segment}
+    if out_labels is not None:
+        out["labels"] = out_labels
+    return out
+
+
+def model_inputs(batch: dict[str, Any], device: Any = None, prefix: str = "") -> dict[str, Any]:
+    """A causal LM's keyword inputs from a collated batch: ``input_ids`` with the ``attention_mask``, or, for
+    packed rows (:func:`pack`), with the ``position_ids`` and no mask. ``prefix``: another
+    model's inputs in the same batch (``"teacher_"``); ``device``: moved there."""
+    names = ("input_ids", "attention_mask", "position_ids")
+    kwargs = {n: batch[prefix + n] for n in names if prefix + n in batch}
+    if device is not None:
+        kwargs = {n: v.to(device) for n, v in kwargs.items()}
+    return kwargs
+
+
+def per_item_counts(labels: Any, segment: Any = None, items: int | None = None) -> list[int]:
+    """Loss tokens of each item of a collated batch, in order: per row of a padded ``(B, L)`` label batch, or
+    per segment of packed rows (``items``: how many there are; default the highest segment + 1)."""
+    import torch
+
+    has = loss_positions(labels)
+    if segment is None:
+        return [int(n) for n in has.sum(1).tolist()]
+    owner = segment[:, 1:].to(has.device)[has]  # never padding: its labels are ignored
+    return torch.bincount(owner, minlength=items if items is not None else int(segment.max()) + 1).tolist()
 
 
 def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None, *,
@@ -113,4 +181,4 @@ def loss_positions(labels: Any) -> Any:
     return labels[:, 1:] != IGNORE_INDEX
 
 
-__all__ = ["IGNORE_INDEX", "halving", "is_out_of_memory", "length_batches", "loss_positions", "pad"]
+__all__ = ["IGNORE_INDEX", "halving", "is_out_of_memory", "length_batches", "loss_positions", "model_inputs", "pack", "pad", "per_item_counts"]

@@ -453,3 +453,37 @@ def load_model(
 def input_device(model: Any) -> Any:
     """Where input ids must go: the device of the input embedding (also under ``device_map``)."""
     return model.get_input_embeddings().weight.device
+
+
+#: Attention implementations whose kernels skip the other sequences of a packed row (variable-length flash
+#: attention, flex attention's block mask); SDPA and eager get a dense tokens x tokens block-causal mask instead.
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+PACKING_CHOICES = ("auto", "on", "off")
+
+#: The help text of the commands' ``--attention`` option.
+ATTENTION_HELP = ("the models' attention implementation (transformers' attn_implementation): sdpa, eager, "
+                  "flash_attention_2 (the flash-attn package, a GPU), flex_attention, or a kernels-hub name; "
+                  "default: transformers' choice (sdpa). With flash_attention_2 or flex_attention, --packing auto "
+                  "packs")
+
+
+def packing_help(what: str) -> str:
+    """The help text of a command's ``--packing`` option (``what``: what it packs)."""
+    return (f"packed sequences: {what} end to end in one row with no padding, position ids restarting at each "
+            "sample and attention confined to it (the same numbers as padded rows): on, off, or auto = on when "
+            "the model's attention kernel skips the other samples' tokens (flash-attention, flex attention) "
+            "and off with SDPA / eager, where the block mask is a dense tokens x tokens mask")
+
+
+def use_packing(choice: str, model: Any) -> bool:
+    """Pack sequences (``--packing on|off|auto``)? ``auto``: when ``model``'s attention implementation is one of
+    :data:`VARLEN_ATTENTION` (its cost then follows the real tokens, not the row's length squared)."""
+    if choice not in PACKING_CHOICES:
+        raise ConfigError(f"packing must be auto, on or off, got {choice!r}")
+    if choice != "auto":
+        return choice == "on"
+    config = getattr(model, "config", None)
+    impl = str(getattr(config, "_attn_implementation", "") or "")
+    return any(impl.endswith(name) for name in VARLEN_ATTENTION)

@@ -113,7 +113,7 @@ def shard_model(model: Any, device: str = "auto") -> Any:
 
 
 def load_sharded(name_or_path: str, *, dtype: str = "auto", device: str = "auto", what: str = "model",
-                 tokenizer: Any = None) -> Any:
+                 tokenizer: Any = None, attn_implementation: str | None = None) -> Any:
     """:func:`leaf.models.load_model` on this process's CPU (checked as usual), then :func:`shard_model`.
 
     ``dtype="auto"`` resolves for the device the shards run on (bfloat16 on a GPU), not for the host.
@@ -121,7 +121,7 @@ def load_sharded(name_or_path: str, *, dtype: str = "auto", device: str = "auto"
     from leaf.models import load_model, resolve_dtype
 
     model = load_model(name_or_path, dtype=resolve_dtype(dtype, shard_device(device)), device="cpu", what=what,
-                       tokenizer=tokenizer)
+                       tokenizer=tokenizer, attn_implementation=attn_implementation)
     model = shard_model(model, device)
     log.info("%s sharded (FSDP2): %.1f MiB of its weights on this process", what, parameter_bytes(model) / 2**20)
     return model

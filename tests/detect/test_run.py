@@ -309,3 +309,17 @@ def test_token_budget_and_out_of_memory_batches_give_the_same_detections(models,
             assert [t["flag"] for t in rec["tokens"]] == [t["flag"] for t in by_id[rec["id"]]["tokens"]]
             for ta, tb in zip(rec["tokens"], by_id[rec["id"]]["tokens"]):
                 assert ta["g_student"] == pytest.approx(tb["g_student"], rel=1e-4)
+
+
+@pytest.mark.parametrize("method, attention", [("gradient", None), ("ppl", "eager")])
+def test_packed_detection_equals_padded(models, data, tmp_path, method, attention):
+    kw = dict(batch_size=4, method=method, attention=attention)
+    padded = read_jsonl(_run(models, data, tmp_path / "a.jsonl", packing="off", **kw).out)
+    packed = read_jsonl(_run(models, data, tmp_path / "b.jsonl", packing="on", **kw).out)
+    assert [r["spans"] for r in padded] == [r["spans"] for r in packed]
+    for ra, rb in zip(padded, packed):
+        assert rb["loss_student"] == pytest.approx(ra["loss_student"], rel=1e-5)
+        assert [t["flag"] for t in ra["tokens"]] == [t["flag"] for t in rb["tokens"]]
+        for ta, tb in zip(ra["tokens"], rb["tokens"]):
+            for key in ("g_teacher", "g_student"):
+                assert tb[key] == pytest.approx(ta[key], rel=1e-5, abs=1e-7)

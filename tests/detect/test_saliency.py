@@ -330,3 +330,44 @@ def test_right_padded_batches_drop_the_padding_mask(tiny_llama):
     assert _rel(loss, want_loss) <= 1e-5
     nz = want_sal > 0
     assert (sal[~nz] == 0).all() and _rel(sal[nz], want_sal[nz]) <= 1e-5
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3-sliding"])
+def test_packed_equals_padded(llama_tok, tiny_llama, arch):
+    """One packed row (position ids restarting, no attention mask) gives every sample's padded saliency and loss;
+    the surprisal too. Gemma-3 with a sliding window shorter than the samples checks the window stays per sample."""
+    from leaf.detect.saliency import pack_batch, token_surprisal
+    from leaf.tiny import build_model
+
+    if arch == "llama":
+        model = tiny_llama
+    elif arch == "qwen2":
+        model = build_model(llama_tok, arch="qwen2", hidden_size=32, num_layers=2, seed=5)
+    else:
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+        torch.manual_seed(0)
+        model = Gemma3ForCausalLM(Gemma3TextConfig(
+            vocab_size=len(llama_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8,
+            layer_types=["sliding_attention", "full_attention"], pad_token_id=llama_tok.pad_token_id))
+    model.eval()
+    items = [_item(llama_tok, i, r) for i, r in PAIRS]
+    seqs, targets = [x[0] for x in items], [x[1] for x in items]
+    ids, att, tgt = pad_batch(seqs, targets, llama_tok.pad_token_id)
+    want, want_loss = embedding_saliency(model, ids, att, tgt)
+    p_ids, p_att, p_tgt, rows, starts = pack_batch(seqs, targets, llama_tok.pad_token_id)
+    assert p_ids.shape == (1, sum(len(s) for s in seqs))
+    got, got_loss = embedding_saliency(model, p_ids, p_att, p_tgt, packed=rows)
+    torch.testing.assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-6)
+    for b, (seq, start) in enumerate(zip(seqs, starts)):
+        torch.testing.assert_close(got[0, start:start + len(seq)], want[b, :len(seq)], rtol=1e-5, atol=1e-6)
+    s_want = token_surprisal(model, ids, att, tgt)
+    s_got = token_surprisal(model, p_ids, p_att, p_tgt, packed=rows)
+    for b, (seq, start) in enumerate(zip(seqs, starts)):
+        torch.testing.assert_close(s_got[0, start:start + len(seq)], s_want[b, :len(seq)], rtol=1e-5, atol=1e-6)
+    # a sample's own first token can never be a target in a packed row
+    bad = p_tgt.clone()
+    bad[0, starts[1]] = True
+    with pytest.raises(ValueError, match="first token of a packed sample"):
+        embedding_saliency(model, p_ids, p_att, bad, packed=rows)

@@ -13,7 +13,7 @@ from leaf.detect.decision import DEFAULT_TAU, PERCENTILE_CAP
 from leaf.detect.methods import METHODS
 from leaf.detect.prepare import TRUNCATION_POLICIES
 from leaf.detect.projection import RULES
-from leaf.models import DTYPES, check_device, check_max_memory
+from leaf.models import ATTENTION_HELP, DTYPES, PACKING_CHOICES, check_device, check_max_memory, packing_help
 from leaf.sharding import SHARD_MODES, check_sharding, shard_help
 
 
@@ -59,6 +59,8 @@ class DetectConfig:
     projection: str = option("mean", choices=RULES,
                              help="how teacher scores are carried onto student tokens when tokenizers differ")
     shard_models: str = option("none", choices=SHARD_MODES, help=shard_help("the teacher's and the student's"))
+    packing: str = option("auto", choices=PACKING_CHOICES, help=packing_help("each batch's samples"))
+    attention: str | None = option(None, help=ATTENTION_HELP)
     gradient_checkpointing: bool = option(
         False, help="recompute decoder activations in the backward pass: memory grows about linearly with length "
                     "(same results, slower)")

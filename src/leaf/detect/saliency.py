@@ -66,8 +66,10 @@ def embedding_saliency(
     target_mask: torch.Tensor,
     gradient_checkpointing: bool = False,
     chunk_size: int | None = None,
+    *,
+    packed: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token saliency and per-sample loss for a right-padded batch.
+    """Per-token saliency and per-sample loss for a right-padded batch, or for packed rows.
 
     Args:
         model: a Hugging Face causal LM (frozen or not: only input gradients are taken).
@@ -79,6 +81,9 @@ def embedding_saliency(
             backward pass (less memory, about one more forward pass of time).
         chunk_size: positions per output-head chunk (default :data:`LOSS_CHUNK`,
             always capped by :data:`LOSS_CHUNK_ELEMENTS` logits).
+        packed: the ``position_ids`` and ``segment`` of packed rows (:func:`leaf.batching.pack`): several
+            samples per row, attention confined to each (no attention mask is given to the model); the
+            losses are then per segment, ``[S]``, and ``attention_mask`` marks the real tokens.
 
     Returns:
         ``(saliency, loss)``: ``saliency`` ``[B, T]`` float32, the L2 norm of the
@@ -91,25 +96,31 @@ def embedding_saliency(
     input_ids = input_ids.to(device)
     attention_mask = attention_mask.to(device)
     target_mask = target_mask.to(device).bool() & attention_mask.bool()
-    n_targets = target_mask.sum(1)
-    if (n_targets == 0).any():
-        raise ValueError("every sample needs at least one target token")
-
     head = output_head(model)
     keep = _predicting(target_mask)
     b_idx, t_idx = keep.nonzero(as_tuple=True)  # row-major: the order of the packed hidden states
     targets = input_ids[b_idx, t_idx + 1]
+    if packed is None:
+        owner, n_owners, extra = b_idx, input_ids.shape[0], {"attention_mask": causal_attention_mask(attention_mask)}
+    else:
+        if (target_mask & (packed["position_ids"].to(device) == 0)).any():
+            raise ValueError("the first token of a packed sample cannot be a target (nothing precedes it)")
+        segment = packed["segment"].to(device)
+        owner, n_owners = segment[b_idx, t_idx + 1], int(segment.max()) + 1
+        extra = {"position_ids": packed["position_ids"].to(device)}
+    n_targets = torch.bincount(owner, minlength=n_owners)
+    if (n_targets == 0).any():
+        raise ValueError("every sample needs at least one target token")
     with torch.enable_grad(), checkpointed_layers(model, gradient_checkpointing):
-        mask = causal_attention_mask(attention_mask)
         if is_sharded(model):  # the embedding's weight is gathered only inside the model's forward
             with embedding_leaf(model) as store:
-                hidden = final_hidden_states(model, keep, head, input_ids=input_ids, attention_mask=mask)
+                hidden = final_hidden_states(model, keep, head, input_ids=input_ids, **extra)
             embeds = store["embeds"]
         else:
             embeds = model.get_input_embeddings()(input_ids).detach().requires_grad_(True)
-            hidden = final_hidden_states(model, keep, head, inputs_embeds=embeds, attention_mask=mask)
+            hidden = final_hidden_states(model, keep, head, inputs_embeds=embeds, **extra)
         nll = chunked_nll(head, hidden, targets.to(hidden.device), chunk_size).to(device)
-        nll_sum = torch.zeros(input_ids.shape[0], device=device, dtype=torch.float32).index_add(0, b_idx, nll)
+        nll_sum = torch.zeros(n_owners, device=device, dtype=torch.float32).index_add(0, owner, nll)
         loss = nll_sum / n_targets
         (grad,) = torch.autograd.grad(loss.sum(), embeds)
     saliency = grad.float().norm(dim=-1) * attention_mask
@@ -138,6 +149,25 @@ def embedding_leaf(model: Any) -> Iterator[dict[str, torch.Tensor]]:
         raise NotImplementedError(f"{type(model).__name__}'s forward does not call its input embeddings module")
 
 
+def pack_batch(sequences: list[list[int]], targets: list[list[int]], pad_id: int,
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor], list[int]]:
+    """:func:`pad_batch` for one packed row (:func:`leaf.batching.pack`): ``(input_ids, attention_mask,
+    target_mask, packed, starts)``, ``packed`` the position ids and segments for :func:`embedding_saliency`'s
+    ``packed=``, ``starts`` the column where each sequence begins."""
+    from leaf.batching import pack
+
+    row = pack(sequences, pad_value=pad_id)
+    starts, at = [], 0
+    for seq in sequences:
+        starts.append(at)
+        at += len(seq)
+    tgt = torch.zeros(row["input_ids"].shape, dtype=torch.bool)
+    for start, tg in zip(starts, targets):
+        tgt[0, [start + t for t in tg]] = True
+    att = (row["segment"] >= 0).long()
+    return row["input_ids"], att, tgt, {"position_ids": row["position_ids"], "segment": row["segment"]}, starts
+
+
 def pad_batch(
     sequences: list[list[int]],
     targets: list[list[int]],
@@ -156,8 +186,10 @@ def pad_batch(
 
 @torch.no_grad()
 def token_surprisal(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    positions: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
-    """``-log p(x_t | x_<t)`` in nats at the ``[B, T]`` bool ``positions`` (0 elsewhere and at t = 0).
+                    positions: torch.Tensor, chunk_size: int | None = None, *,
+                    packed: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """``-log p(x_t | x_<t)`` in nats at the ``[B, T]`` bool ``positions`` (0 elsewhere and at t = 0; with
+    ``packed`` rows, see :func:`embedding_saliency`, at each sample's first token).
 
     Logits exist for at most :func:`chunk_rows` positions at a time (see :func:`embedding_saliency`).
     """
@@ -165,13 +197,18 @@ def token_surprisal(model: Any, input_ids: torch.Tensor, attention_mask: torch.T
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     positions = positions.to(device).bool().clone()
     positions[:, 0] = False
+    if packed is not None:
+        positions &= packed["position_ids"].to(device) != 0
+        extra = {"position_ids": packed["position_ids"].to(device)}
+    else:
+        extra = {"attention_mask": causal_attention_mask(attention_mask)}
     out = torch.zeros(input_ids.shape, dtype=torch.float32, device=device)
     if not positions.any():
         return out.cpu()
     head = output_head(model)
     keep = _predicting(positions)
     b_idx, t_idx = keep.nonzero(as_tuple=True)
-    hidden = final_hidden_states(model, keep, head, input_ids=input_ids, attention_mask=causal_attention_mask(attention_mask))
+    hidden = final_hidden_states(model, keep, head, input_ids=input_ids, **extra)
     nll = chunked_nll(head, hidden, input_ids[b_idx, t_idx + 1].to(hidden.device), chunk_size)
     out[b_idx, t_idx + 1] = nll.to(device)
     return out.cpu()

@@ -20,7 +20,7 @@ from leaf.detect.methods import NEEDS_SURPRISAL, MethodContext, apply_method
 from leaf.data.views import View
 from leaf.detect.prepare import Prepared
 from leaf.detect.projection import project_scores
-from leaf.detect.saliency import embedding_saliency, pad_batch, token_surprisal
+from leaf.detect.saliency import embedding_saliency, pack_batch, pad_batch, token_surprisal
 
 
 def _launched() -> bool:
@@ -38,19 +38,31 @@ def _round_missing(x: float) -> float | None:
     return None if x != x else _round(x)
 
 
-def model_saliency(model: Any, views: list[View], pad_id: int,
-                   gradient_checkpointing: bool = False) -> tuple[list[torch.Tensor], list[float]]:
-    """Saliency of each view's scored tokens (one pass for the batch) and its loss."""
-    ids, att, tgt = pad_batch([v.input_ids for v in views], [v.targets for v in views], pad_id)
+def model_saliency(model: Any, views: list[View], pad_id: int, gradient_checkpointing: bool = False,
+                   packed: bool = False) -> tuple[list[torch.Tensor], list[float]]:
+    """Saliency of each view's scored tokens (one pass for the batch; ``packed``: the views end to end in one
+    row, :func:`pack_batch`) and its loss."""
+    seqs, targets = [v.input_ids for v in views], [v.targets for v in views]
+    if packed:
+        ids, att, tgt, rows, starts = pack_batch(seqs, targets, pad_id)
+        sal, loss = embedding_saliency(model, ids, att, tgt, gradient_checkpointing=gradient_checkpointing, packed=rows)
+        sal = sal.cpu()[0]
+        return [sal[[start + t for t in v.scored]] for start, v in zip(starts, views)], loss.cpu().tolist()
+    ids, att, tgt = pad_batch(seqs, targets, pad_id)
     sal, loss = embedding_saliency(model, ids, att, tgt, gradient_checkpointing=gradient_checkpointing)
     sal = sal.cpu()
     return [sal[b, v.scored] for b, v in enumerate(views)], loss.cpu().tolist()
 
 
-def model_surprisal(model: Any, views: list[View], pad_id: int) -> list[torch.Tensor]:
-    """Surprisal of each view's scored tokens (one no-grad pass for the batch)."""
-    ids, att, scored = pad_batch([v.input_ids for v in views], [v.scored for v in views], pad_id)
-    s = token_surprisal(model, ids, att, scored)
+def model_surprisal(model: Any, views: list[View], pad_id: int, packed: bool = False) -> list[torch.Tensor]:
+    """Surprisal of each view's scored tokens (one no-grad pass for the batch, packed or padded)."""
+    seqs, scored = [v.input_ids for v in views], [v.scored for v in views]
+    if packed:
+        ids, att, pos, rows, starts = pack_batch(seqs, scored, pad_id)
+        s = token_surprisal(model, ids, att, pos, packed=rows)[0]
+        return [s[[start + t for t in v.scored]] for start, v in zip(starts, views)]
+    ids, att, pos = pad_batch(seqs, scored, pad_id)
+    s = token_surprisal(model, ids, att, pos)
     return [s[b, v.scored] for b, v in enumerate(views)]
 
 
@@ -81,6 +93,7 @@ class DetectionScorer:
     seed: int = 0
     gradient_checkpointing: bool = False
     names: dict[str, str] | None = None  #: model folders, named when a model gives non-finite numbers
+    packing: str = "auto"  #: --packing: each model's batch as one packed row (auto: with a variable-length kernel)
 
     @classmethod
     def load(cls, cfg: Any, tokenizers: dict[str, Any]) -> DetectionScorer:
@@ -97,12 +110,13 @@ class DetectionScorer:
             what="teacher",
             hint="use --teacher-device-map auto (with --max-memory) or a smaller --dtype",
             tokenizer=tokenizers.get("teacher"),
+            attn_implementation=cfg.attention,
         )
         student = load_model(cfg.student, dtype=cfg.dtype, device=cfg.device, what="student",
-                             tokenizer=tokenizers.get("student"))
+                             tokenizer=tokenizers.get("student"), attn_implementation=cfg.attention)
         pads = {name: tok.pad_token_id or 0 for name, tok in tokenizers.items()}
         return cls(teacher, student, pads, cfg.rule, cfg.projection, cfg.method, cfg.seed, cfg.gradient_checkpointing,
-                   {"teacher": cfg.teacher, "student": cfg.student})
+                   {"teacher": cfg.teacher, "student": cfg.student}, cfg.packing)
 
     @classmethod
     def _load_sharded(cls, cfg: Any, tokenizers: dict[str, Any]) -> DetectionScorer:
@@ -110,19 +124,26 @@ class DetectionScorer:
         from leaf.sharding import load_sharded
 
         models = {role: load_sharded(getattr(cfg, role), dtype=cfg.dtype, device=cfg.device, what=role,
-                                     tokenizer=tokenizers.get(role)) for role in ("teacher", "student")}
+                                     tokenizer=tokenizers.get(role), attn_implementation=cfg.attention)
+                  for role in ("teacher", "student")}
         pads = {name: tok.pad_token_id or 0 for name, tok in tokenizers.items()}
         return cls(models["teacher"], models["student"], pads, cfg.rule, cfg.projection, cfg.method, cfg.seed,
-                   cfg.gradient_checkpointing, {"teacher": cfg.teacher, "student": cfg.student})
+                   cfg.gradient_checkpointing, {"teacher": cfg.teacher, "student": cfg.student}, cfg.packing)
 
     def score_batch(self, batch: list[Prepared]) -> list[Detection]:
+        from leaf.models import use_packing
+
         ckpt = self.gradient_checkpointing
-        g_t, loss_t = model_saliency(self.teacher, [p.views["teacher"] for p in batch], self.pad_ids["teacher"], ckpt)
-        g_s, loss_s = model_saliency(self.student, [p.views["student"] for p in batch], self.pad_ids["student"], ckpt)
+        packs = {role: use_packing(self.packing, getattr(self, role)) for role in ("teacher", "student")}
+        g_t, loss_t = model_saliency(self.teacher, [p.views["teacher"] for p in batch], self.pad_ids["teacher"], ckpt,
+                                     packs["teacher"])
+        g_s, loss_s = model_saliency(self.student, [p.views["student"] for p in batch], self.pad_ids["student"], ckpt,
+                                     packs["student"])
         self._check_finite(batch, {"teacher": (g_t, loss_t), "student": (g_s, loss_s)})
         surprisal = None
         if self.method in NEEDS_SURPRISAL:
-            surprisal = model_surprisal(self.student, [p.views["student"] for p in batch], self.pad_ids["student"])
+            surprisal = model_surprisal(self.student, [p.views["student"] for p in batch], self.pad_ids["student"],
+                                        packs["student"])
         return [
             self._record(p, g_t[b], g_s[b], loss_t[b], loss_s[b], None if surprisal is None else surprisal[b])
             for b, p in enumerate(batch)

@@ -111,9 +111,9 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
         tokenizer_fingerprint,
     )
     from leaf.distill.losses import loss_rows
-    from leaf.batching import halving, length_batches, loss_positions
+    from leaf.batching import halving, length_batches, loss_positions, model_inputs, per_item_counts
     from leaf.heads import chunk_rows, final_hidden_states
-    from leaf.models import input_device, load_model, load_tokenizer
+    from leaf.models import input_device, load_model, load_tokenizer, use_packing
 
     config = make(CacheConfig, config, kwargs, "leaf.distill.build_cache()")
     out = Path(config.out)
@@ -169,11 +169,12 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
         from leaf.sharding import load_sharded
 
         teacher = load_sharded(config.teacher, dtype=config.dtype, device=config.device, what="teacher",
-                               tokenizer=tokenizer)
+                               tokenizer=tokenizer, attn_implementation=config.attention)
     else:
         teacher = load_model(config.teacher, dtype=config.dtype, device=config.device, device_map=config.device_map,
                              max_memory=config.max_memory, what="teacher",
-                             hint="use --device-map auto (with --max-memory) or a smaller --dtype", tokenizer=tokenizer)
+                             hint="use --device-map auto (with --max-memory) or a smaller --dtype", tokenizer=tokenizer,
+                             attn_implementation=config.attention)
     vocab = model_vocab_size(teacher)
     manifest = {**settings, "vocab_size": vocab, "examples": len(examples), "tokens": sum(e.n_loss_tokens for e in examples), "complete": False, "config": to_dict(config)}
     if rank == 0:
@@ -189,7 +190,7 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
                           "index": 0} for e in items])
         dev = input_device(teacher)
         labels = batch["labels"]
-        inputs = {"input_ids": batch["input_ids"].to(dev), "attention_mask": batch["attention_mask"].to(dev)}
+        inputs = model_inputs(batch, dev)
         with torch.no_grad():
             if head is not None:  # final hidden states of the loss positions only, the head a chunk at a time
                 keep = torch.zeros_like(labels, dtype=torch.bool)
@@ -216,7 +217,7 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
                 ids.append(ix.to(id_store).cpu())
         lp_all, ids_all = torch.cat(lps), torch.cat(ids)
         out, start = [], 0
-        for n in loss_positions(labels).sum(1).tolist():
+        for n in per_item_counts(labels, batch.get("segment")):
             out.append((lp_all[start : start + n], ids_all[start : start + n]))
             start += n
         return out
@@ -225,7 +226,7 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
         log.warning("example %s not cached: %s", example.key, reason)
         skipped.append(example.key)
 
-    collate = DistillCollator(tokenizer.pad_token_id)
+    collate = DistillCollator(tokenizer.pad_token_id, packed=use_packing(config.packing, teacher))
     # Several processes: shard-file k of what is left goes to process k % world, written as shard-rR-NNNNN
     # (its own names, so processes never collide); one process keeps shard-NNNNN.
     prefix = "shard-" if world == 1 else f"shard-r{rank}-"

@@ -15,7 +15,7 @@ from typing import Any
 
 from leaf.config import ConfigError, MissingExtra, option, to_dict
 from leaf.distill.divergences import DIVERGENCES, Divergence
-from leaf.models import check_device, check_max_memory
+from leaf.models import ATTENTION_HELP, PACKING_CHOICES, check_device, check_max_memory, packing_help
 from leaf.sharding import SHARD_MODES, check_sharding, shard_help
 from leaf.data.special import SPECIAL_TOKEN_POLICIES, SPECIAL_TOKENS_HELP
 
@@ -111,6 +111,8 @@ class DistillConfig:
     hub_token: str | None = option(None, help="Hub token (default: the HF_TOKEN environment variable, else the token of `hf auth login`); never written to any file")
     card_results: list[Path] = option(default_factory=list, role="input", help="results JSON files of `leaf evaluate` whose accuracies go into the model card's evaluation table")
     license: str | None = option(None, help="license of the model card's front matter (e.g. apache-2.0)")
+    packing: str = option("auto", choices=PACKING_CHOICES, help=packing_help("each micro-batch's examples"))
+    attention: str | None = option(None, help=ATTENTION_HELP)
     group_by_length: bool = option(False, help="batch examples of similar length (less padding): transformers' length-grouped sampler with --mix shuffle; with --mix interleave, sorted by length within windows of 50 x the batch size, both kinds still in every step")
 
     def validate(self) -> None:
@@ -189,6 +191,8 @@ class CacheConfig:
     device_map: str | None = option(None, help="device_map of the teacher, e.g. auto")
     max_memory: str | None = option(None, check=check_max_memory, help="cap per device for the teacher's placement (implies --device-map auto): comma-separated device=size, a device being a GPU index, cpu or disk, a size in GiB/GB/MiB/MB (e.g. 0=70GiB,1=70GiB,cpu=100GiB)")
     shard_models: str = option("none", choices=SHARD_MODES, help=shard_help("the teacher's"))
+    packing: str = option("auto", choices=PACKING_CHOICES, help=packing_help("each batch's examples"))
+    attention: str | None = option(None, help=ATTENTION_HELP)
     overwrite: bool = option(False, help="discard an existing cache written with other settings")
 
     def validate(self) -> None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from leaf.batching import IGNORE_INDEX, pad
+from leaf.batching import IGNORE_INDEX, pack, pad
 from leaf.config import ConfigError
 from leaf.data.counterfactuals import read_counterfactuals
 from leaf.data.records import DataError, Sample, id_key, load_samples, record_locations
@@ -298,40 +298,48 @@ class ExampleDataset:
 
 @dataclass
 class DistillCollator:
-    """Right-pads a list of items to the longest one of the batch (dynamic padding).
+    """Right-pads a list of items to the longest one of the batch (dynamic padding), or packs them.
 
     Output tensors: ``input_ids``, ``attention_mask``, ``labels`` ``(B, L)``;
     ``counterfactual`` ``(B,)`` bool; ``index`` ``(B,)`` dataset indices.
+
+    With ``packed`` (``--packing``): the items end to end in one ``(1, T)`` row, no padding
+    (:func:`leaf.batching.pack`): ``input_ids``, ``position_ids`` restarting at each item, ``labels`` and
+    ``segment`` (the item of each token, ``-1`` for padding) ``(1, T)``, and no ``attention_mask`` (transformers
+    confines attention to each item from the position ids); ``counterfactual`` and ``index`` stay per item.
     """
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
     teacher_pad_token_id: int | None = None  #: cross-tokenizer runs: pads the teacher's own ids
+    packed: bool = False
+
+    def _rows(self, ids: list[Any], labels: list[Any], pad_id: int, multiple_of: int | None) -> dict[str, Any]:
+        if self.packed:
+            return pack(ids, labels, pad_value=pad_id, multiple_of=multiple_of)
+        padded, mask = pad(ids, pad_id, multiple_of=multiple_of)
+        return {"input_ids": padded, "attention_mask": mask, "labels": pad(labels, IGNORE_INDEX, multiple_of=multiple_of)[0]}
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
-        ids, mask = pad([it["input_ids"] for it in items], self.pad_token_id, multiple_of=self.pad_to_multiple_of)
-        labels, _ = pad([it["labels"] for it in items], IGNORE_INDEX, multiple_of=self.pad_to_multiple_of)
-        extra: dict[str, Any] = {}
+        batch = self._rows([it["input_ids"] for it in items], [it["labels"] for it in items], self.pad_token_id,
+                           self.pad_to_multiple_of)
         if "teacher_input_ids" in items[0]:
             # cross-tokenizer: the teacher's own ids; group numbers made unique over the batch (row-major order)
-            t_ids, t_mask = pad([it["teacher_input_ids"] for it in items], self.teacher_pad_token_id or 0)
-            t_labels, _ = pad([it["teacher_labels"] for it in items], IGNORE_INDEX)
+            t = self._rows([it["teacher_input_ids"] for it in items], [it["teacher_labels"] for it in items],
+                           self.teacher_pad_token_id or 0, None)
             s_grp, t_grp, base = [], [], 0
             for it in items:
                 s_grp += [base + g for g in it["groups"]]
                 t_grp += [base + g for g in it["teacher_groups"]]
                 base += max(it["groups"], default=-1) + 1
-            extra = {"teacher_input_ids": t_ids, "teacher_attention_mask": t_mask, "teacher_labels": t_labels,
-                     "groups": torch.tensor(s_grp, dtype=torch.long), "teacher_groups": torch.tensor(t_grp, dtype=torch.long)}
-        return {**extra,
-            "input_ids": ids,
-            "attention_mask": mask,
-            "labels": labels,
-            "counterfactual": torch.tensor([bool(it["counterfactual"]) for it in items]),
-            "index": torch.tensor([int(it["index"]) for it in items]),
-        }
+            batch.update({f"teacher_{k}": v for k, v in t.items()})
+            batch.update({"groups": torch.tensor(s_grp, dtype=torch.long),
+                          "teacher_groups": torch.tensor(t_grp, dtype=torch.long)})
+        batch["counterfactual"] = torch.tensor([bool(it["counterfactual"]) for it in items])
+        batch["index"] = torch.tensor([int(it["index"]) for it in items])
+        return batch
 
 
 # ----------------------------------------------------------------------------

@@ -96,7 +96,7 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
     """Load data, models (or the cache) and return a ready :class:`DistillTrainer`; writes leaf_config.json."""
 
     from leaf.distill.data import DistillCollator, ExampleDataset, check_tokenizers, load_examples, shared_vocab_size
-    from leaf.models import load_model, load_tokenizer
+    from leaf.models import load_model, load_tokenizer, use_packing
 
     config.check_trackers()
     out = Path(config.out)
@@ -110,8 +110,9 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
     held = set(eval_ids)
     dataset = ExampleDataset(examples, [i for i in range(len(all_examples)) if i not in held])
     eval_dataset = ExampleDataset(eval_examples, eval_ids) if eval_examples else None
-    collator: Any = DistillCollator(tokenizer.pad_token_id, config.pad_to_multiple_of,
-                                    None if teacher_tokenizer is None else teacher_tokenizer.pad_token_id)
+    padder = DistillCollator(tokenizer.pad_token_id, config.pad_to_multiple_of,
+                             None if teacher_tokenizer is None else teacher_tokenizer.pad_token_id)
+    collator: Any = padder
 
     teacher = None
     teacher_vocab = None
@@ -132,7 +133,7 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
         teacher = load_model(config.teacher, dtype=teacher_dtype, device="cpu", device_map=config.teacher_device_map,
                              max_memory=config.teacher_max_memory, what="teacher",
                              hint="use --teacher-device-map auto (with --max-memory), DeepSpeed ZeRO-3, "
-                                  "--teacher-cache or a smaller --teacher-dtype")
+                                  "--teacher-cache or a smaller --teacher-dtype", attn_implementation=config.attention)
 
     # One kind of example only: its term gets all the weight (no counterfactuals = plain KD, whatever lambda says).
     n_cf = sum(e.counterfactual for e in examples)
@@ -140,8 +141,10 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
     if lam != config.lam:
         log.warning("only %s examples: using lambda = %s instead of %s", "original" if n_cf == 0 else "counterfactual", lam, config.lam)
 
-    student = load_model(config.student, dtype=config.dtype, device="cpu", trainable=True)
+    student = load_model(config.student, dtype=config.dtype, device="cpu", trainable=True,
+                         attn_implementation=config.attention)
     student.train()
+    padder.packed = use_packing(config.packing, student)
     vocab = (shared_vocab_size(student, teacher, tokenizer, teacher_vocab) if teacher_tokenizer is None
              else shared_vocab_size(student, None, tokenizer))
     if teacher_tokenizer is not None:
@@ -201,6 +204,7 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
             "distributed_type": str(trainer.accelerator.distributed_type).split(".")[-1],
             "backend": trainer.accelerator.state.backend,
             "effective_batch": config.batch_size * config.grad_accum * args.world_size,
+            "packed": padder.packed,
             "torch": torch.__version__,
         }
         if aligned is not None:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from leaf.batching import loss_positions
+from leaf.batching import loss_positions, model_inputs, per_item_counts
 from leaf.distill.losses import DenseTeacher, TopKTeacher, distill_loss, hybrid_token_weights, loss_rows
 from leaf.distill.metrics import eval_metrics
 from leaf.distill.teacher import place_teacher
@@ -97,7 +97,7 @@ class DistillTrainer(Trainer):
     def _get_num_items_in_batch(self, batch_samples: list, device: Any) -> Any:
         counts = torch.zeros(2, dtype=torch.long)
         for batch in batch_samples:
-            counts += _token_counts(batch["labels"], batch["counterfactual"])
+            counts += _token_counts(batch["labels"], batch["counterfactual"], batch.get("segment"))
         counts = counts.to(device)
         if self.args.world_size > 1:
             counts = self.accelerator.gather(counts.view(1, 2)).view(-1, 2).sum(0)
@@ -108,20 +108,22 @@ class DistillTrainer(Trainer):
         labels = inputs.pop("labels")
         is_cf_row = inputs.pop("counterfactual").bool()
         index = inputs.pop("index", None)
+        segment = inputs.pop("segment", None)  # packed rows (--packing): the item of each token
         topk_lp = inputs.pop("topk_logprobs", None)
         topk_ids = inputs.pop("topk_ids", None)
         cross = {k: inputs.pop(k) for k in ("teacher_input_ids", "teacher_attention_mask", "teacher_labels", "groups",
-                                            "teacher_groups") if k in inputs}
+                                            "teacher_groups", "teacher_position_ids", "teacher_segment") if k in inputs}
         scale = 1.0
         if num_items_in_batch is None or not torch.is_tensor(num_items_in_batch) or num_items_in_batch.numel() != 2:
-            num_items_in_batch = _token_counts(labels, is_cf_row)
+            num_items_in_batch = _token_counts(labels, is_cf_row, segment)
         elif self.args.world_size > 1:
             scale = float(self.accelerator.num_processes)  # DDP / ZeRO average gradients over processes
         n_kd, n_cd = num_items_in_batch.float().to(labels.device)
 
         B, L = labels.shape
         rows, targets = loss_rows(labels)
-        is_cf = is_cf_row[rows // L]
+        owner = rows // L if segment is None else segment.reshape(-1)[rows]  # the item of each loss row
+        is_cf = is_cf_row[owner]
         # Only the loss positions matter (logits_to_keep = boolean mask; transformers >= 5): rows come in the
         # row-major order of `rows`. Models without it give (B, L, ...) outputs, indexed by `rows`.
         keep = torch.zeros_like(labels, dtype=torch.bool)
@@ -165,10 +167,11 @@ class DistillTrainer(Trainer):
                 kd = (parts.kl * (1 - cf)).sum() / n_kd.clamp(min=1)
                 cd = (parts.kl * cf).sum() / n_cd.clamp(min=1)
                 ce = parts.ce.sum() / (n_kd + n_cd).clamp(min=1)
-                step = torch.stack([kd * scale, cd * scale, ce * scale, inputs["attention_mask"].sum().float()])
+                real = inputs["attention_mask"].sum() if segment is None else (segment >= 0).sum()
+                step = torch.stack([kd * scale, cd * scale, ce * scale, real.float()])
                 self._sums += step.double().cpu()
             elif self._eval_rows is not None:
-                self._record_eval(rows // L, B, is_cf_row, parts, index)
+                self._record_eval(owner, is_cf_row.numel(), is_cf_row, parts, index)
         loss = parts.loss
         if model.training and self.args.world_size == 1 and not bool(torch.isfinite(loss.detach())):
             # one process: stop at the micro-batch (several: the all-reduced gradient norm stops every process)
@@ -190,8 +193,7 @@ class DistillTrainer(Trainer):
         t_keep = torch.zeros_like(t_labels, dtype=torch.bool)
         t_keep[:, :-1] = loss_positions(t_labels)
         dev = input_device(self.teacher)
-        kwargs = {"input_ids": cross["teacher_input_ids"].to(dev),
-                  "attention_mask": cross["teacher_attention_mask"].to(dev), "use_cache": False}
+        kwargs = {**model_inputs(cross, dev, prefix="teacher_"), "use_cache": False}
         with torch.no_grad():
             t_out = self.teacher(**kwargs, logits_to_keep=t_keep.to(dev)).logits if self._keep_ok else None
             if t_out is None or t_out.dim() != 2:
@@ -326,7 +328,7 @@ class DistillTrainer(Trainer):
         With ``head`` (chunked path): ``(output, hidden)``, the final hidden states ``(N, H)`` at ``keep``
         and no logits computed; without: the output with its logits.
         """
-        kwargs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "use_cache": False}
+        kwargs = {**model_inputs(inputs), "use_cache": False}
         n = int(keep.sum())
         if self._keep_ok is None:
             self._keep_ok = True  # try the mask once
@@ -353,7 +355,7 @@ class DistillTrainer(Trainer):
 
         teacher = self.teacher
         dev = input_device(teacher) if not self.is_deepspeed_enabled else self.args.device
-        kwargs = {"input_ids": inputs["input_ids"].to(dev), "attention_mask": inputs["attention_mask"].to(dev), "use_cache": False}
+        kwargs = {**model_inputs(inputs, dev), "use_cache": False}
         head = self._teacher_head() if chunked else None
         with torch.no_grad():
             if head is not None:
@@ -410,8 +412,9 @@ class DistillTrainer(Trainer):
         super().log(logs, start_time)
 
 
-def _token_counts(labels: Any, is_cf_row: Any) -> Any:
-    """``[n_kd, n_cd]``: loss tokens of originals and counterfactuals in a ``(B, L)`` label batch."""
-    has = loss_positions(labels).sum(1)
-    cf = is_cf_row.bool().to(has.device)
-    return torch.stack([has[~cf].sum(), has[cf].sum()]).long().cpu()
+def _token_counts(labels: Any, is_cf_row: Any, segment: Any = None) -> Any:
+    """``[n_kd, n_cd]``: loss tokens of originals and counterfactuals in a ``(B, L)`` label batch (packed rows:
+    ``segment`` names the item of each token, ``is_cf_row`` is per item)."""
+    cf = is_cf_row.bool().cpu()
+    per_item = torch.tensor(per_item_counts(labels, segment, len(cf)), dtype=torch.long)
+    return torch.stack([per_item[~cf].sum(), per_item[cf].sum()])
