@@ -435,6 +435,8 @@ def to_dict(config: Any) -> dict[str, Any]:
     out = {}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
+        if isinstance(value, (list, tuple)):
+            value = [str(v) if isinstance(v, Path) else v for v in value]
         out[f.name] = str(value) if isinstance(value, Path) else value
     return out
 

@@ -116,3 +116,38 @@ def test_analyze_api_on_detections_with_samples(run_dir, tmp_path):
     assert m["summary"]["samples"] == 0 and m["summary"]["skipped"] == {"longer than --max-length": 2}
     assert m["summary"]["share_on_span"] is None
     assert json.loads((tmp_path / "out" / "attention.json").read_text())["models"][0]["label"] == "student"
+
+
+def test_responses_make_each_models_own_answers_the_queries(run_dir, tmp_path, llama_tok):
+    """--responses: per model, the sample's response is its own generation (cut after the '####' line); the
+    records equal analyze_sample on that text, and a sample with no generation is left out for that model."""
+    from dataclasses import replace
+
+    gens = {
+        "student": ["It has 8.\n#### 8\nand more text", "Paris is it."],
+        "teacher": ["8 apples\n#### 8", "France.\n#### Paris", "48\n#### 48"],
+    }
+    files = []
+    for label, texts in gens.items():
+        path = tmp_path / f"{label}.jsonl"
+        path.write_text("".join(json.dumps({"id": k, "generation": t}) + "\n" for k, t in enumerate(texts)))
+        files.append(str(path))
+    out = tmp_path / "own"
+    argv = ["analyze", "--model", str(run_dir / "student"), str(run_dir / "teacher"), "--label", "student", "teacher",
+            "--data", str(run_dir / "cf.jsonl"), "--out", str(out), "--heatmaps", "0", "--plots", "false",
+            "--responses", *files]
+    assert main(argv) == 0
+    result = json.loads((out / "attention.json").read_text())
+    by_label = {m["label"]: m for m in result["models"]}
+    assert [r["id"] for r in by_label["student"]["samples"]] == [0, 1]  # no generation for sample 2
+    assert len(by_label["teacher"]["samples"]) == 3
+    _, samples = load_span_samples(run_dir / "cf.jsonl")
+    model = load_model(str(run_dir / "student"), attn_implementation="eager")
+    tok = load_tokenizer(str(run_dir / "student"))
+    want = analyze_sample(model, tok, replace(samples[0], response="It has 8.\n#### 8"), max_length=2048, profile=False)
+    got = by_label["student"]["samples"][0]
+    assert got["n_response_tokens"] == want["n_response_tokens"]
+    assert got["share_on_span"] == pytest.approx(want["share_on_span"], rel=1e-6)
+    reference = analyze_sample(model, tok, samples[0], max_length=2048, profile=False)
+    assert got["n_response_tokens"] != reference["n_response_tokens"]  # really another response
+    assert main(argv[:-1]) == 2  # one file for two models: one line, exit status 2

@@ -21,6 +21,11 @@ class AnalyzeConfig:
         None, role="input", help="the original samples (needed for a detections file; optional for counterfactuals)"
     )
     label: list[str] | None = option(None, help="one display name per --model (default: the folder name)")
+    responses: list[Path] | None = option(
+        None, role="input",
+        help="one generations file per --model (`leaf evaluate`'s RESULTS.generations/SPLIT.jsonl: id, generation): "
+             "the queries are then that model's own answers instead of the data's reference responses, cut after "
+             "the first line starting with '####' when there is one; samples it has no generation for are skipped")
     max_samples: int | None = option(None, help="analyse at most this many samples (in file order)")
     max_length: int = option(2048, help="skip samples longer than this many tokens")
     collect: str = option(
@@ -44,6 +49,8 @@ class AnalyzeConfig:
             raise ConfigError("give at least one --model")
         if self.label is not None and len(self.label) != len(self.model):
             raise ConfigError(f"--label: got {len(self.label)} label(s) for {len(self.model)} model(s)")
+        if self.responses is not None and len(self.responses) != len(self.model):
+            raise ConfigError(f"--responses: got {len(self.responses)} file(s) for {len(self.model)} model(s)")
         labels = self.labels()
         if len(set(labels)) != len(labels):
             raise ConfigError(f"model labels must be unique, got {labels}; pass --label")

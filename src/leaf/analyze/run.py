@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -207,14 +207,23 @@ def analyze(config: AnalyzeConfig | None = None, **kwargs: Any) -> AnalyzeSummar
         k: v for k, v in to_dict(config).items() if k in ("model", "data", "samples", "label", "max_length", "dtype")
     }
     settings["label"] = config.labels()
+    if config.responses is not None:  # absent without it, so files written before the option existed still resume
+        settings["responses"] = [str(p) for p in config.responses]
     escape = config.special_tokens_in_text == "escape"
     if escape:  # other token ids: not resumable from a run without it
         settings["special_tokens_in_text"] = "escape"
     writer = ResumableJsonl(out_dir / SAMPLES_FILE, settings, key="key", overwrite=config.overwrite)
     heat_ids = {id_key(s.id) for s in samples[: config.heatmaps]}
     models: list[dict[str, Any]] = []
-    for name, label in zip(config.model, config.labels()):
-        todo = [s for s in samples if _key(label, s.id) not in writer.done]
+    answers = [None] * len(config.model) if config.responses is None else [own_answers(p) for p in config.responses]
+    per_model: dict[str, list[Any]] = {}
+    for name, label, own in zip(config.model, config.labels(), answers):
+        mine = samples if own is None else [replace(s, response=own[id_key(s.id)]) for s in samples
+                                            if id_key(s.id) in own]
+        if not mine:
+            raise ValueError(f"{label}: its --responses file holds no generation for any sample of {config.data}")
+        per_model[label] = mine
+        todo = [s for s in mine if _key(label, s.id) not in writer.done]
         model = None
         if todo:
             tokenizer = tokenizers[label]
@@ -257,7 +266,7 @@ def analyze(config: AnalyzeConfig | None = None, **kwargs: Any) -> AnalyzeSummar
     for rec in read_jsonl(writer.commit()):
         stored[rec["key"]] = {k: v for k, v in rec.items() if k not in ("key", "model")}
     for entry in models:
-        records = [stored[_key(entry["label"], s.id)] for s in samples]
+        records = [stored[_key(entry["label"], s.id)] for s in per_model[entry["label"]]]
         entry["summary"] = summarise(records, entry["num_layers"])
         entry["samples"] = records
     result: dict[str, Any] = {
@@ -274,6 +283,26 @@ def analyze(config: AnalyzeConfig | None = None, **kwargs: Any) -> AnalyzeSummar
         result["figures"] = draw_all(result, out_dir)
     write_atomic(out_dir / RESULT_FILE, json.dumps(result, indent=1, ensure_ascii=False) + "\n")
     return AnalyzeSummary(out_dir, result)
+
+
+def own_answers(path: Path) -> dict[str, str]:
+    """``id -> generation`` of a generations file (``leaf evaluate``), each cut after its first line starting with
+    ``####`` (the answer line of GSM8K-style responses) when it has one."""
+    from leaf.data.jsonl import read_jsonl
+    from leaf.data.records import id_key
+
+    out: dict[str, str] = {}
+    for lineno, rec in enumerate(read_jsonl(path), 1):
+        if "id" not in rec or not isinstance(rec.get("generation"), str):
+            raise ValueError(f"{path}:{lineno}: field 'generation': expected a record with 'id' and a 'generation' string")
+        text = rec["generation"]
+        lines = text.split("\n")
+        for i, line in enumerate(lines):
+            if line.lstrip().startswith("####"):
+                text = "\n".join(lines[: i + 1])
+                break
+        out[id_key(rec["id"])] = text.strip() or text
+    return out
 
 
 def _key(label: str, sample_id: Any) -> str:
