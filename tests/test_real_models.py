@@ -199,3 +199,43 @@ def test_one_distillation_step_on_the_real_pair_matches_an_independent_computati
     drop, predicted = loss0.item() - after, lr * g2
     assert drop > 0
     assert abs(drop / predicted - 1) < 0.15
+
+
+def test_gradient_detection_flags_the_irrelevant_sentence_more_often_than_random(pair: Path, tmp_path: Path) -> None:
+    """60 distracted problems, the real model as teacher and its every-other-layer student: the gradient rule's
+    flags fall inside the irrelevant sentence (the benchmark's known character spans) more often than a random
+    pick of as many eligible tokens per problem, whose expectation and spread are computed exactly here
+    (hypergeometric per problem); and more problems have a flag there than random's expected count."""
+    from math import comb
+
+    from leaf.data.detections import read_detections
+    from leaf.data.distractors import distractors
+    from leaf.data.jsonl import read_jsonl
+    from leaf.data.spans import overlaps
+    from leaf.detect import detect
+
+    bench = tmp_path / "bench"
+    distractors(out=bench, n=20, seed=0, families=["add", "one-step", "two-step"])
+    truth = {str(r["id"]): r["meta"]["confounder_spans"] for r in read_jsonl(bench / "distracted.jsonl")}
+    out = tmp_path / "det.jsonl"
+    detect(teacher=str(SMOL), student=str(pair / "student"), data=bench / "distracted.jsonl", out=out, batch_size=4,
+           dtype="float32", device="cpu", progress=False)
+    inside = hits = 0
+    mean = var = hit_mean = 0.0
+    detections = read_detections(out)
+    assert len(detections) == 60
+    for det in detections:
+        spans = truth[str(det.id)]
+        tokens = [t for t in det.tokens_of("instruction") if t.text.strip()]
+        flagged = [t for t in tokens if t.flag]
+        e, i, n = len(tokens), sum(overlaps(t.start, t.end, spans) for t in tokens), len(flagged)
+        assert i > 0  # every problem has its sentence among the scored tokens
+        k = sum(overlaps(t.start, t.end, spans) for t in flagged)
+        inside += k
+        hits += k > 0
+        mean += n * i / e
+        var += n * (i / e) * (1 - i / e) * (e - n) / (e - 1) if e > 1 else 0.0
+        hit_mean += 1 - comb(e - i, n) / comb(e, n)
+    assert sum(t.flag for d in detections for t in d.tokens_of("instruction")) >= 30  # a real budget, not a handful
+    assert inside > mean + 2 * var**0.5, (inside, mean, var**0.5)
+    assert hits > hit_mean, (hits, hit_mean)
