@@ -60,12 +60,18 @@ def _sharded(proc):
     assert proc.stderr.count("student sharded (FSDP2)") == 2, proc.stderr[-3000:]
 
 
-@pytest.mark.parametrize("extra", [[], ["--gradient-checkpointing"]], ids=["plain", "checkpointed"])
+@pytest.mark.parametrize("extra", [[], ["--gradient-checkpointing"], ["--packing", "on"]],
+                         ids=["plain", "checkpointed", "packed"])
 def test_sharded_detect_equals_one_process(setup, one, tmp_path, extra):
-    """Checkpointed layers are recomputed in backward from weights FSDP2 gathers again: the same numbers."""
+    """Checkpointed layers are recomputed in backward from weights FSDP2 gathers again: the same numbers. Packed
+    rows (each process packs its own batches, padding batches too) give the packed one-process run's numbers
+    (packed against padded: tests/detect/test_run.py)."""
     out = tmp_path / "det.jsonl"
     proc = launch(_args(setup, out) + extra)
     _sharded(proc)
+    if "--packing" in extra:
+        one = tmp_path / "one-packed.jsonl"
+        detect(out=one, packing="on", **_kwargs(setup))
     _same_detections(one, out)  # saliency within 1e-5, every flag and span identical, same order and sidecar
     assert existing_parts(out) == {}
     assert f"{N} samples: {N} written, 0 already done" in proc.stdout
