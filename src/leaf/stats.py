@@ -52,4 +52,4 @@ def paired(per_seed_a: Sequence[Mapping[str, bool]], per_seed_b: Sequence[Mappin
     std = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) if len(diffs) > 1 else 0.0
     only_a, only_b = sum(s["only_a"] for s in seeds), sum(s["only_b"] for s in seeds)
     return {"diff_mean": mean, "diff_std": std, "seeds": seeds, "pooled_p": mcnemar_exact(only_a, only_b),
-            "wins": sum(d > 0 for d in diffs), "losses": sum(d < 0 for d in diffs)}
+            "only_a": only_a, "only_b": only_b, "wins": sum(d > 0 for d in diffs), "losses": sum(d < 0 for d in diffs)}

@@ -92,8 +92,7 @@ def compare_arms(arms: Mapping[str, Sequence[str | Path]]) -> dict[str, Any]:
             except ValueError:
                 raise DataError([f"arm {name!r} vs {baseline!r}, {bench}: the files scored different problems"]) \
                     from None
-            stats["only_arm"] = sum(s["only_a"] for s in stats["seeds"])
-            stats["only_baseline"] = sum(s["only_b"] for s in stats["seeds"])
+            stats["only_arm"], stats["only_baseline"] = stats.pop("only_a"), stats.pop("only_b")
             versus[bench] = stats
         entry: dict[str, Any] = {"files": [str(p) for p, _ in runs], "seeds": len(runs), "accuracy": accuracy}
         if name != baseline:
