@@ -104,3 +104,27 @@ def test_held_out_evaluation_with_another_tokenizer(distill_setup, other_teacher
     summary = _run(distill_setup, other_teacher, tmp_path / "ev", max_steps=2, batch_size=4, grad_accum=1,
                    eval_split=0.25, eval_steps=1)
     assert summary.eval_loss is not None and summary.eval_loss > 0
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_with_another_tokenizer(distill_setup, other_teacher, tmp_path):
+    """2 CPU processes (gloo) at the same effective batch: the losses and the aligned shares of the log are those
+    of 1 process (each process's aligned token counts gathered, as its losses are), and so is the update."""
+    from tests.distributed.launch import launch
+
+    out = tmp_path / "ddp"
+    proc = launch(["distill", "--student", str(distill_setup / "student"), "--teacher", str(other_teacher), "--data",
+                   str(distill_setup / "d.jsonl"), "--counterfactuals", str(distill_setup / "cf.jsonl"),
+                   "--cross-tokenizer", "auto", "--grad-accum", "1", "--max-steps", "2", "--save-steps", "1000",
+                   "--per-device-batch-size", "2", "--output-dir", str(out)], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = _run(distill_setup, other_teacher, tmp_path / "one", batch_size=4, grad_accum=1, max_steps=2).out
+    m2, m1 = _metrics(out), _metrics(one)
+    assert len(m2) == len(m1) == 2
+    for a, b in zip(m2, m1):
+        for key in ("loss", "kd_loss", "cd_loss", "grad_norm", "aligned_1to1", "aligned_merged"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), key
+    assert 0 < m1[0]["aligned_1to1"] < 1  # both kinds of group occur, so a per-process share could differ
+    w2, w1 = load_file(str(out / "model.safetensors")), load_file(str(one / "model.safetensors"))
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-5, atol=1e-7)

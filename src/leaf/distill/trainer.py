@@ -403,7 +403,9 @@ class DistillTrainer(Trainer):
             logs["tokens_per_s"] = float(sums[3]) / max(now - self._last_log[1], 1e-9)
             self._sums.zero_()
             if self.aligned is not None:
-                counts = self._aligned_counts
+                counts = self._aligned_counts.to(self.args.device)
+                if self.args.world_size > 1:  # every process's loss tokens, as the logged losses are
+                    counts = self.accelerator.gather(counts.view(1, -1)).view(-1, 2).sum(0)
                 total = max(float(counts.sum()), 1.0)
                 logs["aligned_1to1"] = float(counts[0]) / total
                 logs["aligned_merged"] = float(counts[1]) / total
