@@ -81,3 +81,23 @@ def test_real_shared_vocabulary_spells_the_same_bytes():
     # " the" is one token in both and is matched
     i, j = a.convert_tokens_to_ids("Ġthe"), b.convert_tokens_to_ids("▁the")
     assert dict(zip(m.student, m.teacher))[i] == j
+
+
+@pytest.mark.parametrize("pair", [("llama3_1", "qwen3"), ("llama3_1", "gemma3"), ("qwen3", "gemma3")])
+def test_the_tokens_each_tokenizer_emits_are_the_shared_ones(pair):
+    """Where a spelling exists on both sides, the id each tokenizer emits for it is the matched one: not a
+    byte-fallback twin (Gemma-3's digits and '.') nor a non-special added token left out ('\\n')."""
+    a, b = (_load(n) for n in pair)
+    m = shared_vocab(a, b)
+    ba, bb = token_bytes(a), token_bytes(b)
+    spelled_a, spelled_b = set(ba.values()), set(bb.values())
+    shared_a, shared_b = set(m.student), set(m.teacher)
+    text = "\n".join(TEXTS) + "\nTom has 13 + 7 = 20 stickers.\n#### 20\n"
+    emitted_a, emitted_b = a.encode(text, add_special_tokens=False), b.encode(text, add_special_tokens=False)
+    missing_a = [a.convert_ids_to_tokens(i) for i in emitted_a if ba[i] in spelled_b and i not in shared_a]
+    missing_b = [b.convert_ids_to_tokens(i) for i in emitted_b if bb[i] in spelled_a and i not in shared_b]
+    assert not missing_a and not missing_b, (missing_a[:10], missing_b[:10])
+    for ch in "0123456789.\n":  # each side's own token for these is matched to the other's
+        i, j = a.encode(ch, add_special_tokens=False), b.encode(ch, add_special_tokens=False)
+        if len(i) == 1 and len(j) == 1:
+            assert dict(zip(m.student, m.teacher)).get(i[0]) == j[0], repr(ch)

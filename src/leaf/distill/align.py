@@ -150,20 +150,28 @@ def _decoder_kinds(tokenizer: Any) -> set[str]:
     return kinds
 
 
+def _is_byte_fallback(token: str) -> bool:
+    return len(token) == 6 and token.startswith("<0x") and token.endswith(">")
+
+
 def token_bytes(tokenizer: Any) -> dict[int, bytes]:
-    """Each id's spelling as bytes; special / added tokens as ``b"\\x00special:" + content``."""
+    """Each id's spelling as bytes; special tokens as ``b"\\x00special:" + content``.
+
+    An added token that is not special (Gemma-3's ``"\\n"`` and runs of spaces or tabs) is text: spelled by
+    its content, as the tokenizer emits it for that text."""
     kinds = _decoder_kinds(tokenizer)
     byte_level = "ByteLevel" in kinds
     table = _byte_decoder() if byte_level else {}
-    added = {int(i): t.content for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items()}
+    added = {int(i): t for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items()}
     out: dict[int, bytes] = {}
     for token, idx in tokenizer.get_vocab().items():
         if idx in added:
-            out[idx] = b"\x00special:" + added[idx].encode()
+            a = added[idx]
+            out[idx] = (b"\x00special:" + a.content.encode()) if a.special else a.content.encode()
         elif byte_level:
             if all(c in table for c in token):
                 out[idx] = bytes(table[c] for c in token)
-        elif len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+        elif _is_byte_fallback(token):
             out[idx] = bytes([int(token[3:5], 16)])
         else:
             out[idx] = (token.replace("▁", " ") if "Metaspace" in kinds else token).encode()
@@ -183,14 +191,18 @@ class VocabMap:
 
 def shared_vocab(student_tokenizer: Any, teacher_tokenizer: Any, pairs: Sequence[tuple[int, int]] = (),
                  student_limit: int | None = None, teacher_limit: int | None = None) -> VocabMap:
-    """The tokens both tokenizers spell with the same bytes (the lowest id of each spelling on each side).
+    """The tokens both tokenizers spell with the same bytes, one id per spelling on each side: the one the
+    tokenizer emits for that text (a regular token before a byte-fallback ``<0xNN>`` one, which SentencePiece
+    uses only for characters it has no token for; else the lowest id).
 
     ``pairs``: ``(student id, teacher id)`` matched on purpose whatever their spelling (the two templates'
     end-of-turn tokens); ``*_limit``: ids at or above it (rows a model does not have) are left out.
     """
     def first_ids(tok: Any, limit: int | None) -> dict[bytes, int]:
+        fallback = set() if "ByteLevel" in _decoder_kinds(tok) else {
+            i for t, i in tok.get_vocab().items() if _is_byte_fallback(t)}
         best: dict[bytes, int] = {}
-        for idx, b in sorted(token_bytes(tok).items()):
+        for idx, b in sorted(token_bytes(tok).items(), key=lambda kv: (kv[0] in fallback, kv[0])):
             if (limit is None or idx < limit) and b not in best:
                 best[b] = idx
         return best
