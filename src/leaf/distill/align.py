@@ -159,11 +159,17 @@ def token_bytes(tokenizer: Any) -> dict[int, bytes]:
 
     An added token that is not special (Gemma-3's ``"\\n"`` and runs of spaces or tabs) is text: spelled by
     its content, as the tokenizer emits it for that text."""
+    return _spellings(tokenizer)[0]
+
+
+def _spellings(tokenizer: Any) -> tuple[dict[int, bytes], set[int]]:
+    """:func:`token_bytes`, and the ids of the SentencePiece byte-fallback tokens ``<0xNN>`` among them."""
     kinds = _decoder_kinds(tokenizer)
     byte_level = "ByteLevel" in kinds
     table = _byte_decoder() if byte_level else {}
     added = {int(i): t for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items()}
     out: dict[int, bytes] = {}
+    fallback: set[int] = set()
     for token, idx in tokenizer.get_vocab().items():
         if idx in added:
             a = added[idx]
@@ -173,9 +179,10 @@ def token_bytes(tokenizer: Any) -> dict[int, bytes]:
                 out[idx] = bytes(table[c] for c in token)
         elif _is_byte_fallback(token):
             out[idx] = bytes([int(token[3:5], 16)])
+            fallback.add(idx)
         else:
             out[idx] = (token.replace("▁", " ") if "Metaspace" in kinds else token).encode()
-    return out
+    return out, fallback
 
 
 @dataclass(frozen=True)
@@ -199,10 +206,9 @@ def shared_vocab(student_tokenizer: Any, teacher_tokenizer: Any, pairs: Sequence
     end-of-turn tokens); ``*_limit``: ids at or above it (rows a model does not have) are left out.
     """
     def first_ids(tok: Any, limit: int | None) -> dict[bytes, int]:
-        fallback = set() if "ByteLevel" in _decoder_kinds(tok) else {
-            i for t, i in tok.get_vocab().items() if _is_byte_fallback(t)}
+        spelled, fallback = _spellings(tok)
         best: dict[bytes, int] = {}
-        for idx, b in sorted(token_bytes(tok).items(), key=lambda kv: (kv[0] in fallback, kv[0])):
+        for idx, b in sorted(spelled.items(), key=lambda kv: (kv[0] in fallback, kv[0])):
             if (limit is None or idx < limit) and b not in best:
                 best[b] = idx
         return best
