@@ -137,8 +137,12 @@ def generate(
     on_batch: Callable[[list[int], list[str]], None] | None = None,
     progress: bool = False,
     escape_special: bool = False,
+    synced_gpus: bool = False,
 ) -> list[str]:
     """The model's answer to each instruction (greedy unless ``do_sample``).
+
+    ``synced_gpus``: the model is sharded over the processes (FSDP / ZeRO-3); every process keeps stepping
+    until all have finished (transformers' ``synced_gpus``), so they call it together.
 
     ``on_batch(indices, texts)`` is called as each batch finishes (indices into
     ``instructions``), which is how :func:`generate_to_jsonl` writes as it goes.
@@ -156,7 +160,8 @@ def generate(
     batches = length_batches([len(x) + max_new_tokens for x in ids], batch_size, max_tokens_per_batch,
                              longest_first=True)
     return _generate_hf(
-        model, tokenizer, ids, max_new_tokens, batches, do_sample, temperature, top_p, stop, seed, on_batch, progress
+        model, tokenizer, ids, max_new_tokens, batches, do_sample, temperature, top_p, stop, seed, on_batch, progress,
+        synced_gpus,
     )
 
 
@@ -173,6 +178,7 @@ def _generate_hf(
     seed: int,
     on_batch: Callable[[list[int], list[str]], None] | None,
     progress: bool,
+    synced_gpus: bool = False,
 ) -> list[str]:
     import torch
     from tqdm.auto import tqdm
@@ -192,6 +198,8 @@ def _generate_hf(
         "pad_token_id": pad_id,
         "eos_token_id": eos,
     }
+    if synced_gpus:
+        gen_kwargs["synced_gpus"] = True
     if do_sample:
         gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
     else:

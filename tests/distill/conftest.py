@@ -30,3 +30,13 @@ def distill_setup(tmp_path_factory):
             }
             fh.write(json.dumps(rec) + "\n")
     return root
+
+
+@pytest.fixture(scope="session")
+def other_teacher(tmp_path_factory):
+    """A teacher with a ChatML tokenizer of another vocabulary size (the student's is llama3-style, 512)."""
+    root = tmp_path_factory.mktemp("xtok")
+    tok = build_tokenizer([c[::-1] for c in DEFAULT_CORPUS] + DEFAULT_CORPUS, style="chatml", vocab_size=400)
+    build_model(tok, hidden_size=32, num_layers=2, seed=3).save_pretrained(root / "teacher")
+    tok.save_pretrained(root / "teacher")
+    return root / "teacher"

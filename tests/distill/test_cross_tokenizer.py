@@ -12,17 +12,7 @@ from safetensors.torch import load_file
 from leaf.distill import distill
 from leaf.distill.data import build_example, build_pair_example, load_examples
 from leaf.data.records import Sample
-from leaf.tiny import DEFAULT_CORPUS, build_model, build_tokenizer
-
-
-@pytest.fixture(scope="module")
-def other_teacher(tmp_path_factory):
-    """A teacher with a ChatML tokenizer of another vocabulary size (the student's is llama3-style, 512)."""
-    root = tmp_path_factory.mktemp("xtok")
-    tok = build_tokenizer([c[::-1] for c in DEFAULT_CORPUS] + DEFAULT_CORPUS, style="chatml", vocab_size=400)
-    build_model(tok, hidden_size=32, num_layers=2, seed=3).save_pretrained(root / "teacher")
-    tok.save_pretrained(root / "teacher")
-    return root / "teacher"
+from leaf.tiny import DEFAULT_CORPUS
 
 
 def test_pair_example_aligns_every_response_character(distill_setup, other_teacher):

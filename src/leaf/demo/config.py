@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 from pathlib import Path
 
 from leaf.config import option
@@ -57,12 +58,15 @@ class Arm:
     training, the student as built; ``"extra"``: KD on the pool plus as many extra originals as the
     gradient set has records, the compute-matched control). ``lam``: this arm's lambda (default: the
     demo's ``--lam``). ``cd_weighting``: how the two loss terms are weighted (``leaf distill --cd-weighting``).
+    ``options``: other ``leaf distill`` options of this arm (``(name, value)`` pairs: the divergence, on-policy
+    responses).
     """
 
     sets: tuple[str, ...] | str | None
     lam: float | None = None
     help: str = ""
     cd_weighting: str = "term-mean"
+    options: tuple[tuple[str, Any], ...] = ()
 
 
 _V1_ARMS: dict[str, Arm] = {
@@ -107,6 +111,18 @@ _V2_FULL: dict[str, Arm] = {
                                                           "over all loss tokens)", cd_weighting="token"),
 }
 
+#: The loss and response variants of distillation: named with ``--arms`` only (each against ``kd``).
+_V2_LOSSES: dict[str, Arm] = {
+    "kd_reverse_kl": Arm((), help="KD with reverse KL", options=(("divergence", "reverse-kl"),)),
+    "kd_jsd": Arm((), help="KD with generalized JSD, beta 0.5", options=(("divergence", "jsd"),)),
+    "kd_skew_kl": Arm((), help="KD with skew forward KL, alpha 0.1", options=(("divergence", "skew-forward-kl"),)),
+    "kd_tvd": Arm((), help="KD with total variation distance", options=(("divergence", "tvd"),)),
+    "kd_on_policy": Arm((), help="KD, half the responses the student's own (sampled)",
+                        options=(("student_responses", 0.5),)),
+    "leaf_resample_all_on_policy": Arm(("all_resample",), help="leaf_resample_all, half the responses the "
+                                       "student's own", options=(("student_responses", 0.5),)),
+}
+
 #: The lambda sweep of ``--full``: these arms again at each of ``--sweep-lams``.
 SWEEP_ARMS = ("kd_selected", "leaf_instr", "leaf_resample")
 
@@ -124,7 +140,7 @@ def arms_of(setting: str, full: bool, sweep_lams: list[float] | None = None) -> 
 
 
 #: Every arm name any setting knows (what ``--arms`` accepts).
-ALL_ARMS: dict[str, Arm] = {**_V1_ARMS, **arms_of("v2", True, [0.2, 0.8])}
+ALL_ARMS: dict[str, Arm] = {**_V1_ARMS, **arms_of("v2", True, [0.2, 0.8]), **_V2_LOSSES}
 #: Kept for callers of the v1 API: the v1 arms by name.
 ARMS = _V1_ARMS
 

@@ -233,7 +233,8 @@ def run_seed(seed: int, cfg: DemoConfig, models: Any, out: Path, timer: Timer) -
                     cd_weighting=spec.cd_weighting,
                     out=train_dir, max_steps=cfg.steps, epochs=1000, batch_size=cfg.batch_size,
                     grad_accum=1, learning_rate=cfg.learning_rate, warmup_steps=5, precision="fp32",
-                    dtype="float32", save_steps=10**9, logging_steps=5, seed=seed, max_length=512))
+                    dtype="float32", save_steps=10**9, logging_steps=5, seed=seed, max_length=512,
+                    student_max_new_tokens=64, **dict(spec.options)))
             write_atomic(train_dir / "demo_budget.json", json.dumps(
                 _budget(summary, data, cfs, cfg, tokenizer=student), indent=2) + "\n")
         if spec.sets is not None:
@@ -294,7 +295,9 @@ def _budget(summary: Any, data: Path, cfs: Path | None, cfg: DemoConfig, *, toke
 
     Every arm takes ``steps`` optimiser steps of ``batch_size`` examples drawn from its training set
     (originals and counterfactuals interleaved evenly), so the tokens it sees are ``steps x batch_size``
-    times the mean tokens per example of that set: the expected value is reported (exact over whole passes).
+    times the mean tokens per example of that set: the expected value is reported (exact over whole passes),
+    with the reference responses (an on-policy arm replaces ``student_responses`` of them by its own, spending
+    ``generation_share`` of its training time generating them).
     """
     from leaf.data.render import encode, render
 
@@ -305,7 +308,9 @@ def _budget(summary: Any, data: Path, cfs: Path | None, cfg: DemoConfig, *, toke
     examples = cfg.steps * cfg.batch_size
     return {"steps": summary.steps, "examples_per_step": cfg.batch_size, "examples_seen": examples,
             "training_set": summary.examples, "counterfactual_records": summary.counterfactual_examples,
-            "tokens_seen": round(examples * sum(lengths) / len(lengths))}
+            "tokens_seen": round(examples * sum(lengths) / len(lengths)),
+            "student_responses": summary.student_responses or 0,
+            "generation_share": round(summary.generation_share or 0.0, 4)}
 
 
 def _cached_eval(path: Path, name: str, model: Path | str,
@@ -375,8 +380,9 @@ def _v2_summary(per_seed: list[dict[str, Any]], accuracy: dict[str, Any]) -> dic
                     cell[f"{split}/{f}"] = paired([{k: v for k, v in x.items() if _family_of(k) == f} for x in a],
                                                   [{k: v for k, v in x.items() if _family_of(k) == f} for x in b])
             tests.setdefault(arm, {})[ref] = cell
-    budget = {arm: {k: mean_std([s["training"][arm][k] for s in per_seed if s["training"].get(arm)])
-                    for k in ("steps", "examples_seen", "tokens_seen", "counterfactual_records")}
+    budget = {arm: {k: mean_std([s["training"][arm].get(k, 0) for s in per_seed if s["training"].get(arm)])
+                    for k in ("steps", "examples_seen", "tokens_seen", "counterfactual_records", "student_responses",
+                              "generation_share")}
               for arm in per_seed[0]["training"]}
     summary = {"families": families, "by_family": by_family, "paired": tests, "budget": budget}
     summary["goals"] = goals({"accuracy": accuracy, **summary})
@@ -498,10 +504,13 @@ def v2_tables(summary: dict[str, Any]) -> str:
                 text += f"| {arm} | {ref} | " + " | ".join(cells) + " |\n"
     budget = summary.get("budget") or {}
     if budget:
-        text += "\n### Training budget per arm (mean over seeds)\n\n| Arm | steps | examples seen | tokens seen | counterfactual records |\n|---|---:|---:|---:|---:|\n"
+        text += ("\n### Training budget per arm (mean over seeds)\n\n| Arm | steps | examples seen | tokens seen "
+                 "(reference responses) | counterfactual records | student responses | generation share |\n"
+                 "|---|---:|---:|---:|---:|---:|---:|\n")
         for arm, b in budget.items():
-            text += f"| {arm} | " + " | ".join(f"{b[k]['mean']:.0f}" for k in ("steps", "examples_seen", "tokens_seen",
-                                                                              "counterfactual_records")) + " |\n"
+            text += f"| {arm} | " + " | ".join(f"{b[k]['mean']:.0f}" for k in (
+                "steps", "examples_seen", "tokens_seen", "counterfactual_records", "student_responses"))
+            text += f" | {100 * b.get('generation_share', {}).get('mean', 0.0):.0f} % |\n"
     text += "\n### Goals of the v2 benchmark\n\n| goal | measured | met |\n|---|---|---|\n"
     text += "".join(f"| {g['goal']} | {g['measured']} | {'yes' if g['met'] else '**no**'} |\n" for g in summary["goals"])
     return text

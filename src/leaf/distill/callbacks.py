@@ -56,7 +56,8 @@ def metrics_callback(output_dir: Path) -> Any:
                 "grad_norm": logs.get("grad_norm"),
                 "tokens_per_s": logs["tokens_per_s"],
             }
-            for key in ("aligned_1to1", "aligned_merged"):  # cross-tokenizer runs: shares of student loss tokens
+            for key in ("aligned_1to1", "aligned_merged",  # cross-tokenizer runs: shares of student loss tokens
+                        "student_responses", "student_response_tokens", "generation_share"):  # on-policy runs
                 if key in logs:
                     row[key] = logs[key]
             with self.jsonl.open("a") as fh:

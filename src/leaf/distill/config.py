@@ -55,6 +55,21 @@ class DistillConfig:
                                        "with gold; gold = the teacher sees its own rendering, responses aligned on "
                                        "characters, merged groups compared over the shared vocabulary plus a tail "
                                        "bucket with --divergence; uld = sorted-probability L1 on the same groups")
+    student_responses: float = option(0.0, low=0.0, high=1.0,
+                                      help="on-policy share (GKD's lambda): before each step, each example is drawn "
+                                           "with this probability (seeded; a resumed run draws alike) and its "
+                                           "reference response replaced by one the current student generates "
+                                           "(docs/distill.md, Which responses); 0 = the reference responses only, "
+                                           "1 = fully on-policy")
+    student_prompt: str = option("source", choices=("source", "own"),
+                                 help="what the student answers for a drawn counterfactual record: source = the "
+                                      "original instruction of its source sample (the teacher then scores, on the "
+                                      "pruned instruction, what the distracted student writes), own = the pruned "
+                                      "instruction itself")
+    student_max_new_tokens: int = option(512, low=1, help="longest response the student generates for "
+                                         "--student-responses (tokens)")
+    student_temperature: float = option(1.0, low=0.0, help="sampling temperature of the student's responses "
+                                        "(0 = greedy)")
     kl_chunk_size: int = option(1024, help="loss tokens per chunk of fp32 log-probs (0 = all at once)")
     include_eos: bool = option(True, help="also train on the end-of-turn token after the response (teaches stopping)")
     max_length: int = option(4096, help="truncate rendered examples to this many tokens")
@@ -137,6 +152,9 @@ class DistillConfig:
         if self.cross_tokenizer in ("gold", "uld") and self.teacher_cache is not None:
             raise ConfigError(f"--cross-tokenizer {self.cross_tokenizer} with --teacher-cache: the top-k cache holds "
                               "ids of the student's vocabulary only; give a live --teacher")
+        if self.student_responses > 0 and self.teacher_cache is not None:
+            raise ConfigError("--student-responses with --teacher-cache: the cache scores the reference responses "
+                              "only; the teacher must score the student's own, so give a live --teacher")
         if self.eval_data is not None and self.teacher_cache is not None:
             raise ConfigError("--eval-data with --teacher-cache: the cache holds no targets for those samples; "
                               "use --eval-split (held out from the cached data) or a live --teacher")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,10 @@ class Example:
     teacher_labels: list[int] | None = None
     groups: list[int] | None = None
     teacher_groups: list[int] | None = None
+    #: on-policy runs (``--student-responses``): the example's own instruction, and the instruction the student
+    #: answers when its response is replaced by the student's (None: it always keeps its reference response)
+    instruction: str | None = None
+    prompt: str | None = None
 
     @property
     def group(self) -> str:
@@ -198,8 +202,14 @@ def load_examples(
     max_length: int | None = 4096,
     special_tokens: str = "warn",
     teacher_tokenizer: Any = None,
+    student_prompt: str | None = None,
 ) -> list[Example]:
     """Examples of the original samples (``data``) followed by the counterfactual records.
+
+    ``student_prompt`` (on-policy runs): also keep each example's instruction and the one the student answers
+    in its place (:mod:`leaf.distill.onpolicy`): ``source`` = a counterfactual's original instruction (its
+    ``source_id`` among the originals; else its own), ``own`` = its own. Records whose loss covers part of the
+    response (``loss_start``, response-level pruning) keep their reference response (no prompt).
 
     ``teacher_tokenizer``: a teacher with another tokenizer (:func:`build_pair_example`); None: one tokenizer.
     ``special_tokens``: what to do with control-token strings inside a sample's text
@@ -213,10 +223,15 @@ def load_examples(
     dropped = 0
     source_ids: set[str] = set()
     parts: list[tuple[list[Sample], list[int | None], bool, list[str]]] = []
+    prompts: list[list[str | None]] = []
+    source_text: dict[str, str] = {}
     if data is not None:
         originals = load_samples(data)
         source_ids = {id_key(s.id) for s in originals}
-        parts.append((originals, _check_loss_start(originals, data), False, [id_key(s.id) for s in originals]))
+        source_text = {id_key(s.id): s.instruction for s in originals}
+        starts = _check_loss_start(originals, data)
+        parts.append((originals, starts, False, [id_key(s.id) for s in originals]))
+        prompts.append([s.instruction if start is None else None for s, start in zip(originals, starts)])
     if counterfactuals is not None:
         records = read_counterfactuals(counterfactuals)
         orphans = [r.id for r in records if r.source_id is not None and id_key(r.source_id) not in source_ids]
@@ -225,6 +240,11 @@ def load_examples(
                         len(orphans))
         sources = [id_key(r.source_id) if r.source_id is not None else f"cf:{id_key(r.id)}" for r in records]
         parts.append(([r.as_sample() for r in records], [r.loss_start for r in records], True, sources))
+        prompts.append([None if r.loss_start is not None or r.level == "response"
+                        or any(x.field != "instruction" for x in r.removed) else
+                        source_text.get(id_key(r.source_id), r.instruction)
+                        if student_prompt == "source" and r.source_id is not None else r.instruction
+                        for r in records])
     from leaf.data.records import record_locations
     from leaf.data.special import apply_policy, scan
 
@@ -233,8 +253,8 @@ def load_examples(
             for h in scan(samples, {"student": tokenizer}, lambda path=path: record_locations(path))]
     apply_policy(special_tokens, hits)
     escape = special_tokens == "escape" and bool(hits)
-    for samples, starts, is_cf, srcs in parts:
-        for s, start, src in zip(samples, starts, srcs):
+    for (samples, starts, is_cf, srcs), part_prompts in zip(parts, prompts):
+        for s, start, src, prompt in zip(samples, starts, srcs, part_prompts):
             kw = dict(counterfactual=is_cf, loss_start=start, include_eos=include_eos, max_length=max_length,
                       source=src, escape_special=escape)
             ex = (build_example(tokenizer, s, **kw) if teacher_tokenizer is None
@@ -242,6 +262,8 @@ def load_examples(
             if ex is None:
                 dropped += 1
             else:
+                if student_prompt is not None:
+                    ex = replace(ex, instruction=s.instruction, prompt=prompt)
                 examples.append(ex)
     if dropped:
         log.warning("dropped %d example(s) with no loss token left after truncation to %s tokens", dropped, max_length)

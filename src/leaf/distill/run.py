@@ -39,12 +39,17 @@ class DistillSummary(Summary):
     eval_loss: float | None = None  #: the final evaluation's loss (None without an evaluation set)
     hub_repo: str | None = None  #: the repository pushed to (--push-to-hub)
     aligned_1to1: float | None = None  #: cross-tokenizer runs: share of student loss tokens in 1:1 groups
+    student_responses: int | None = None  #: on-policy runs: responses the student generated (this process)
+    generation_share: float | None = None  #: on-policy runs: share of the training time spent generating
 
     def line(self) -> str:
         resumed = " (resumed)" if self.resumed else ""
         evaluated = f"; eval loss {self.eval_loss:.4f}" if self.eval_loss is not None else ""
         aligned = (f"; cross-tokenizer: {100 * self.aligned_1to1:.1f} % of loss tokens aligned 1:1, "
                    f"{100 * (1 - self.aligned_1to1):.1f} % in merged groups") if self.aligned_1to1 is not None else ""
+        if self.student_responses is not None:
+            aligned += (f"; {self.student_responses} student responses, generation "
+                        f"{100 * (self.generation_share or 0):.0f} % of the training time")
         pushed = f"; pushed to https://huggingface.co/{self.hub_repo}" if self.hub_repo else ""
         return (f"trained {self.steps} steps{resumed} on {self.examples} examples "
                 f"({self.counterfactual_examples} counterfactual, lambda {self.lambda_used}){evaluated}{aligned}; "
@@ -60,7 +65,7 @@ def distill(config: DistillConfig | None = None, **kwargs: Any) -> DistillSummar
     out = Path(config.out)
     resume = resume_point(config)
     trainer = build_trainer(config)
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
     final_eval = None
     if trainer.eval_dataset is not None:
         final_eval = last_evaluation(trainer.state.log_history, trainer.state.global_step)
@@ -81,7 +86,15 @@ def distill(config: DistillConfig | None = None, **kwargs: Any) -> DistillSummar
     return DistillSummary(out, int(trainer.state.global_step), run.get("examples", 0),
                           run.get("counterfactual_examples", 0), run.get("lambda_used", config.lam), resume,
                           None if final_eval is None else float(final_eval["eval_loss"]), repo,
-                          (run.get("cross_tokenizer") or {}).get("aligned_1to1"))
+                          (run.get("cross_tokenizer") or {}).get("aligned_1to1"),
+                          *_generation(trainer.on_policy, result.metrics.get("train_runtime")))
+
+
+def _generation(on_policy: Any, runtime: float | None) -> tuple[int | None, float | None]:
+    """(responses generated, share of the training time) of an on-policy run; (None, None) otherwise."""
+    if on_policy is None:
+        return None, None
+    return on_policy.total_generated, on_policy.total_seconds / max(runtime or 0.0, 1e-9)
 
 
 def last_evaluation(log_history: list[dict[str, Any]], step: int) -> dict[str, Any] | None:
@@ -105,7 +118,8 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
     teacher_tokenizer, aligned = cross_tokenizer_plan(config, tokenizer)
     all_examples = load_examples(tokenizer, config.data, config.counterfactuals, include_eos=config.include_eos,
                                  max_length=config.max_length, special_tokens=config.special_tokens_in_text,
-                                 teacher_tokenizer=teacher_tokenizer)
+                                 teacher_tokenizer=teacher_tokenizer,
+                                 student_prompt=config.student_prompt if config.student_responses > 0 else None)
     examples, eval_examples, eval_ids, heldout = eval_split(config, tokenizer, all_examples, teacher_tokenizer)
     held = set(eval_ids)
     dataset = ExampleDataset(examples, [i for i in range(len(all_examples)) if i not in held])
@@ -179,6 +193,8 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
         divergence=config.divergence_spec(),
         aligned=aligned,
     )
+    if config.student_responses > 0:
+        trainer.on_policy = on_policy(config, all_examples, tokenizer, teacher_tokenizer, padder)
     trainer.model_names = {"student": config.student,  # named by the one-line stop on non-finite numbers
                            "teacher": str(config.teacher_cache or config.teacher)}
     if os.environ.get("LEAF_VERBOSE", "1") == "0":  # `leaf distill` without -v: the bar, not raw loss dicts
@@ -220,6 +236,23 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
                 "sources": sorted({e.group for e in heldout}), "examples": [e.key for e in heldout],
             }, indent=2) + "\n")
     return trainer
+
+
+def on_policy(config: DistillConfig, examples: list[Any], tokenizer: Any, teacher_tokenizer: Any,
+              collate: Any) -> Any:
+    """The :class:`~leaf.distill.onpolicy.OnPolicy` rewriter of ``--student-responses``."""
+    from leaf.distill.onpolicy import OnPolicy, example_builder
+
+    escape = config.special_tokens_in_text == "escape"
+    build = example_builder(tokenizer, teacher_tokenizer, include_eos=config.include_eos,
+                            max_length=config.max_length, escape_special=escape)
+    kept = sum(e.prompt is None for e in examples)
+    if kept:
+        log.info("--student-responses: %d example(s) keep their reference response (their loss covers part of it)",
+                 kept)
+    return OnPolicy(config.student_responses, config.seed, examples, build, collate, tokenizer,
+                    max_new_tokens=config.student_max_new_tokens, temperature=config.student_temperature,
+                    escape_special=escape)
 
 
 def cross_tokenizer_plan(config: DistillConfig, tokenizer: Any) -> tuple[Any, Any]:

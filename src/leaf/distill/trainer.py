@@ -28,7 +28,7 @@ import time
 from typing import Any
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from leaf.batching import loss_positions, model_inputs, per_item_counts
 from leaf.distill.losses import DenseTeacher, TopKTeacher, distill_loss, hybrid_token_weights, loss_rows
@@ -80,6 +80,8 @@ class DistillTrainer(Trainer):
         self._sums = torch.zeros(4, dtype=torch.float64)  # kd, cd, ce (step-normalised), tokens
         self._eval_rows: dict[int, tuple[float, int, bool, float]] | None = None  # during evaluation_loop
         self._last_log = (0, time.perf_counter())
+        self.on_policy: Any = None  #: --student-responses: a leaf.distill.onpolicy.OnPolicy (set by the run)
+        self.add_callback(_LogClock(self))
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         from leaf.distill.data import InterleavedSampler
@@ -92,6 +94,16 @@ class DistillTrainer(Trainer):
                                       lengths=[len(e.input_ids) for e in dataset.examples] if grouped else None,
                                       window=window if grouped else None)
         return super()._get_train_sampler(train_dataset)
+
+    # -- on-policy responses: the step's batches rewritten before their tokens are counted ---------
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> Any:
+        batches, counts = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.on_policy is None or not batches or not self.model.training:
+            return batches, counts
+        synced = self.is_fsdp_enabled or self.is_deepspeed_enabled
+        student = self.accelerator.unwrap_model(self.model)
+        batches = self.on_policy.rewrite(student, batches, self.state.global_step, self.args.process_index, synced)
+        return batches, self._get_num_items_in_batch(batches, device)
 
     # -- token counts over the whole optimiser step ---------------------------------
     def _get_num_items_in_batch(self, batch_samples: list, device: Any) -> Any:
@@ -410,6 +422,15 @@ class DistillTrainer(Trainer):
                 logs["aligned_1to1"] = float(counts[0]) / total
                 logs["aligned_merged"] = float(counts[1]) / total
                 self._aligned_counts.zero_()
+            if self.on_policy is not None:
+                seconds, responses, tokens = self.on_policy.take_counts()
+                gen = torch.tensor([seconds, responses, tokens], dtype=torch.float64, device=self.args.device)
+                if self.args.world_size > 1:
+                    gen = self.accelerator.gather(gen.view(1, -1).float()).view(-1, 3)
+                    gen = torch.stack([gen[:, 0].max(), gen[:, 1].sum(), gen[:, 2].sum()])
+                logs["student_responses"] = float(gen[1]) / steps  # per optimiser step, all processes
+                logs["student_response_tokens"] = float(gen[2]) / max(float(gen[1]), 1.0)  # mean length
+                logs["generation_share"] = float(gen[0]) / max(now - self._last_log[1], 1e-9)  # of the wall time
             self._last_log = (self.state.global_step, now)
         super().log(logs, start_time)
 
@@ -420,3 +441,14 @@ def _token_counts(labels: Any, is_cf_row: Any, segment: Any = None) -> Any:
     cf = is_cf_row.bool().cpu()
     per_item = torch.tensor(per_item_counts(labels, segment, len(cf)), dtype=torch.long)
     return torch.stack([per_item[~cf].sum(), per_item[cf].sum()])
+
+
+class _LogClock(TrainerCallback):
+    """Starts the per-interval means of :meth:`DistillTrainer.log` at the step training starts from (a resumed
+    run's first logged ``kd_loss`` is a mean over the steps since the checkpoint, not since step 0)."""
+
+    def __init__(self, trainer: DistillTrainer) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.trainer._last_log = (state.global_step, time.perf_counter())
