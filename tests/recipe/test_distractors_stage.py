@@ -148,7 +148,7 @@ def test_the_real_recipes_arms_learn_from_the_fine_tuned_teacher(tmp_path):
     arms = {s.name: p.configs[s.name] for s in p.steps if s.kind.name == "distill"}
     assert set(arms) == {"teacher_ft", "distill", "distill_kd", "distill_reweight", "distill_resample",
                          "distill_kd_s43", "distill_s43", "distill_kd_s44", "distill_s44", "distill_token",
-                         "distill_sw", "gemma_ft", "distill_xtok"}
+                         "distill_sw", "gemma_ft", "distill_xtok", "distill_xtok_leaf"}
     for name, cfg in arms.items():
         if name in ("teacher_ft", "gemma_ft"):
             assert cfg.teacher == cfg.student and cfg.alpha == 1.0 and cfg.counterfactuals is None
@@ -156,11 +156,14 @@ def test_the_real_recipes_arms_learn_from_the_fine_tuned_teacher(tmp_path):
             assert cfg.teacher == str(tmp_path / "run" / "gemma_ft") and cfg.alpha == 0.0 and cfg.lam == 1.0
             assert cfg.cross_tokenizer == "auto" and cfg.counterfactuals is None
             assert cfg.student == arms["distill"].student != arms["gemma_ft"].student
+        elif name == "distill_xtok_leaf":  # LeaF from it: the same pruned problems as LeaF from the SmolLM2 teacher
+            assert cfg.teacher == str(tmp_path / "run" / "gemma_ft") and cfg.alpha == 0.0 and cfg.lam == 0.5
+            assert cfg.cross_tokenizer == "auto" and cfg.counterfactuals == arms["distill"].counterfactuals
         else:
             assert cfg.teacher == str(tmp_path / "run" / "teacher_ft") and cfg.alpha == 0.0
     assert "prune_sw" in str(arms["distill_sw"].counterfactuals)  # the paper's selection: its own detections
     assert {n: (c.lam, c.counterfactuals is not None, c.seed, c.cd_weighting) for n, c in arms.items()
-            if n not in ("teacher_ft", "gemma_ft", "distill_xtok")} == {
+            if n not in ("teacher_ft", "gemma_ft", "distill_xtok", "distill_xtok_leaf")} == {
         "distill": (0.5, True, 42, "term-mean"), "distill_kd": (1.0, False, 42, "term-mean"),
         "distill_s43": (0.5, True, 43, "term-mean"), "distill_kd_s43": (1.0, False, 43, "term-mean"),
         "distill_s44": (0.5, True, 44, "term-mean"), "distill_kd_s44": (1.0, False, 44, "term-mean"),
