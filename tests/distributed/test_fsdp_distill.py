@@ -53,7 +53,7 @@ def setup(tmp_path_factory):
     return root
 
 
-def _fsdp(setup: Path, out: Path) -> subprocess.CompletedProcess:
+def _fsdp(setup: Path, out: Path, **more: object) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     cmd = [
@@ -62,7 +62,7 @@ def _fsdp(setup: Path, out: Path) -> subprocess.CompletedProcess:
         "distill", "--student", str(setup / "student"), "--teacher", str(setup / "teacher"),
         "--data", str(setup / "d.jsonl"), "--counterfactuals", str(setup / "cf.jsonl"),
         "--per-device-batch-size", "2", "--output-dir", str(out),
-        *[x for k, v in STEPS.items() for x in (f"--{k.replace('_', '-')}", str(v))],
+        *[x for k, v in {**STEPS, **more}.items() for x in (f"--{k.replace('_', '-')}", str(v))],
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -127,3 +127,21 @@ def test_fsdp_checkpoint_resumes_to_the_same_result(runs, setup):
     a, b = load_file(str(sharded / "model.safetensors")), load_file(str(part / "model.safetensors"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_fsdp_on_policy_generates_in_lockstep_and_equals_one_process(setup, tmp_path):
+    """--student-responses under FSDP: every process takes part in every generation (a process with nothing
+    drawn generates a row it discards), and greedy answers make the run equal to one process's."""
+    on_policy = dict(student_responses=0.5, student_temperature=0.0, student_max_new_tokens=8)
+    sharded = tmp_path / "fsdp"
+    _fsdp(setup, sharded, **on_policy)
+    one = distill(student=str(setup / "student"), teacher=str(setup / "teacher"), data=setup / "d.jsonl",
+                  counterfactuals=setup / "cf.jsonl", out=tmp_path / "one", per_device_batch_size=4, **STEPS,
+                  **on_policy).out
+    a, b = _metrics(sharded), _metrics(one)
+    assert [r["step"] for r in a] == [1, 2, 3, 4]
+    assert sum(r["student_responses"] for r in b) >= 4  # the draw did replace responses
+    for ra, rb in zip(a, b):
+        assert ra["student_responses"] == rb["student_responses"]
+        for key in ("loss", "kd_loss", "cd_loss"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-4), (ra["step"], key)

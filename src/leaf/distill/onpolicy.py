@@ -88,9 +88,12 @@ class OnPolicy:
             prompts = [self.examples[index[k]].prompt for k in chosen]
             texts = self._generate(model, prompts or [self.examples[index[0]].instruction or ""],
                                    generation_seed(self.seed, step, micro, rank), synced)
-            if not chosen:
+            if not chosen:  # the lockstep row of a sharded model: its time counts, its response does not
                 out.append(batch)
                 continue
+            self.generated += len(texts)
+            self.total_generated += len(texts)
+            self.tokens += sum(len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
             rebuilt = dict(zip(chosen, texts))
             items = []
             for k, i in enumerate(index):
@@ -120,10 +123,7 @@ class OnPolicy:
         finally:
             model.train(was_training)
         self.seconds += time.perf_counter() - start
-        self.generated += len(prompts)
         self.total_seconds += time.perf_counter() - start
-        self.total_generated += len(prompts)
-        self.tokens += sum(len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
         return texts
 
     def take_counts(self) -> tuple[float, int, int]:
