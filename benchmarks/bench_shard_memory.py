@@ -10,9 +10,10 @@ module (forward, and backward) record the weights gathered at that moment
 the whole model's weight bytes, this process's shards, the most gathered at
 once, and shards + that peak.
 
-Resident memory is not reported: on CPU each process first loads the whole
-model (as on GPUs, where only the shards are moved to the device), so RSS
-shows the load, not the saving.
+The model is saved once and loaded the way ``leaf detect --shard-models fsdp`` loads it
+(:func:`leaf.sharding.load_sharded`: process 0 reads the weights, the others build the model empty and
+receive their shares), and each process also reports how much its resident memory's high-water mark
+(``VmHWM``) grew during the load: host memory a load costs on that process.
 
     CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 benchmarks/bench_shard_memory.py
 """
@@ -24,6 +25,9 @@ import argparse
 MIB = 2**20
 
 
+from pathlib import Path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--hidden", type=int, default=1024)
@@ -33,17 +37,28 @@ def main() -> None:
     import torch
     import torch.distributed as dist
 
+    import tempfile
+    from pathlib import Path
+
     from leaf.detect.saliency import embedding_saliency
-    from leaf.sharding import parameter_bytes, shard_model
+    from leaf.sharding import load_sharded, parameter_bytes
     from leaf.tiny import build_model, build_tokenizer
 
     dist.init_process_group("gloo")
     tok = build_tokenizer(style="llama3")
-    model = build_model(tok, hidden_size=args.hidden, num_layers=args.layers, num_heads=8, seed=0)
-    model.eval().requires_grad_(False)  # as load_model leaves it
-    full = parameter_bytes(model)
-    model = shard_model(model, "cpu")
+    folder = Path(tempfile.gettempdir()) / f"bench-shard-memory-{args.hidden}x{args.layers}"
+    if dist.get_rank() == 0 and not (folder / "model.safetensors").exists():
+        model = build_model(tok, hidden_size=args.hidden, num_layers=args.layers, num_heads=8, seed=0)
+        model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+        del model
+    dist.barrier()
+    before = _high_water()
+    model = load_sharded(str(folder), dtype="float32", device="cpu", what="teacher")
+    grown = _high_water() - before
     shards = parameter_bytes(model)
+    full = sum(p.numel() * 4 for p in build_model(tok, hidden_size=args.hidden, num_layers=args.layers,
+                                                   num_heads=8, seed=0).parameters())
     peak = [0]
 
     def record(*_: object) -> None:
@@ -62,9 +77,18 @@ def main() -> None:
     embedding_saliency(model, ids, torch.ones_like(ids), target, chunk_size=16)
     print(f"rank {dist.get_rank()} of {dist.get_world_size()}: whole model {full / MIB:.1f} MiB, shards "
           f"{shards / MIB:.1f} MiB, most gathered at once {peak[0] / MIB:.1f} MiB, peak held "
-          f"{(shards + peak[0]) / MIB:.1f} MiB", flush=True)
+          f"{(shards + peak[0]) / MIB:.1f} MiB; resident high-water mark grew {grown / MIB:.1f} MiB while "
+          "loading", flush=True)
     dist.barrier()
     dist.destroy_process_group()
+
+
+def _high_water() -> int:
+    """This process's peak resident memory so far (``VmHWM`` of /proc/self/status), in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 if __name__ == "__main__":

@@ -114,17 +114,89 @@ def shard_model(model: Any, device: str = "auto") -> Any:
 
 def load_sharded(name_or_path: str, *, dtype: str = "auto", device: str = "auto", what: str = "model",
                  tokenizer: Any = None, attn_implementation: str | None = None) -> Any:
-    """:func:`leaf.models.load_model` on this process's CPU (checked as usual), then :func:`shard_model`.
+    """The model sharded over every process of the run, read from disk by process 0 only.
+
+    Process 0 loads it whole on its CPU (:func:`leaf.models.load_model`, checked as usual); the others build
+    it on the meta device (no memory) from its config. All shard it (:func:`shard_model`), then process 0
+    broadcasts every weight and buffer and each process keeps its ``1/N`` (torch's
+    ``set_model_state_dict(..., broadcast_from_rank0=True)``): host memory holds one whole copy, on process
+    0, instead of one per process. A load that fails on process 0 stops every process with its one line.
 
     ``dtype="auto"`` resolves for the device the shards run on (bfloat16 on a GPU), not for the host.
     """
-    from leaf.models import load_model, resolve_dtype
+    import torch
+    import torch.distributed as dist
 
-    model = load_model(name_or_path, dtype=resolve_dtype(dtype, shard_device(device)), device="cpu", what=what,
-                       tokenizer=tokenizer, attn_implementation=attn_implementation)
+    from leaf.models import load_model, resolve_dtype, torch_dtype
+
+    where = shard_device(device)
+    if where.startswith("cuda"):
+        torch.cuda.set_device(where)  # the collectives below run on this process's GPU
+    dtype = resolve_dtype(dtype, where)
+    rank = dist.get_rank()
+    model, full, failure, error = None, {}, [None], None
+    if rank == 0:
+        try:
+            model = load_model(name_or_path, dtype=dtype, device="cpu", what=what, tokenizer=tokenizer,
+                               attn_implementation=attn_implementation)
+            full = model.state_dict()
+        except Exception as exc:  # every process must learn of it, or the others wait for weights forever
+            failure, error = [(type(exc), str(exc))], exc
+    dist.broadcast_object_list(failure, src=0)
+    if failure[0] is not None:
+        if error is not None:
+            raise error
+        kind, message = failure[0]
+        raise _rebuilt(kind, f"{message} (process 0 could not load the {what})")
+    if rank != 0:
+        model = _empty_model(name_or_path, torch_dtype(dtype, "cpu"), attn_implementation)
     model = shard_model(model, device)
+    _fill_from_rank0(model, full, where)
+    del full
     log.info("%s sharded (FSDP2): %.1f MiB of its weights on this process", what, parameter_bytes(model) / 2**20)
     return model
+
+
+def _rebuilt(kind: type, message: str) -> Exception:
+    """Process 0's load error as this process raises it: a user error (a one-line ``ConfigError``) when it was one
+    there, else a ``RuntimeError``."""
+    from leaf.config import ConfigError
+
+    return ConfigError(message) if issubclass(kind, (ConfigError, OSError)) else RuntimeError(message)
+
+
+def _empty_model(name_or_path: str, dtype: Any, attn_implementation: str | None) -> Any:
+    """The model of ``name_or_path``'s config on the meta device (no weights, no memory), frozen, in eval mode."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from leaf.gguf import resolve
+
+    config = AutoConfig.from_pretrained(resolve(name_or_path))  # process 0 has converted a .gguf source
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, **kwargs)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def _fill_from_rank0(model: Any, full: dict[str, Any], where: str) -> None:
+    """Process 0's weights (``full``; ``{}`` elsewhere) into every process's shards, and its buffers alike."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if dist.get_rank() != 0:
+        model.to_empty(device=where)  # the shards' memory (1/N of each weight); filled below
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for buffer in model.buffers():  # not all are in the state dict (rotary frequencies are not persistent)
+        local = buffer.to_local() if hasattr(buffer, "to_local") else buffer
+        dist.broadcast(local, src=0)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
 
 
 def is_sharded(model: Any) -> bool:

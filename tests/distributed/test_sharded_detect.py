@@ -108,3 +108,21 @@ def test_sharded_detect_resumes_a_part_and_refuses_another_world(setup, one, tmp
 def test_sharding_refuses_its_own_placement_flags(setup, tmp_path, bad, flag):
     with pytest.raises(ValueError, match=flag):
         detect(out=tmp_path / "x.jsonl", shard_models="fsdp", **{**_kwargs(setup), **bad})
+
+
+def test_a_teacher_that_does_not_load_stops_every_process_with_one_line(setup, tmp_path):
+    """Process 0 alone reads the weights (the others build the model empty and receive their shares): when its
+    load fails, every process stops with the same line instead of waiting for weights that never come."""
+    bad = tmp_path / "teacher"
+    shutil.copytree(setup / "teacher", bad)
+    weights = bad / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated
+    args = _args(setup, tmp_path / "det.jsonl")
+    args[args.index("--teacher") + 1] = str(bad)
+    proc = launch(args, timeout=120)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if "leaf detect: error:" in line]
+    assert len(errors) == 2, proc.stderr[-3000:]  # each process: one line, no traceback of its own
+    assert all(str(bad) in line and "cannot load the model" in line for line in errors)
+    assert sum("process 0 could not load the teacher" in line for line in errors) == 1
+    assert "[rank0]: Traceback" not in proc.stderr and "[rank1]: Traceback" not in proc.stderr
