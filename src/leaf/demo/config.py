@@ -59,7 +59,8 @@ class Arm:
     gradient set has records, the compute-matched control). ``lam``: this arm's lambda (default: the
     demo's ``--lam``). ``cd_weighting``: how the two loss terms are weighted (``leaf distill --cd-weighting``).
     ``options``: other ``leaf distill`` options of this arm (``(name, value)`` pairs: the divergence, on-policy
-    responses).
+    responses). ``other_tokenizer``: distil from the teacher with another tokenizer, trained as the teacher was
+    (:func:`leaf.demo.models.other_tokenizer_teacher`), across tokenizers (``--cross-tokenizer auto``).
     """
 
     sets: tuple[str, ...] | str | None
@@ -67,6 +68,7 @@ class Arm:
     help: str = ""
     cd_weighting: str = "term-mean"
     options: tuple[tuple[str, Any], ...] = ()
+    other_tokenizer: bool = False
 
 
 _V1_ARMS: dict[str, Arm] = {
@@ -121,6 +123,10 @@ _V2_LOSSES: dict[str, Arm] = {
                         options=(("student_responses", 0.5),)),
     "leaf_resample_all_on_policy": Arm(("all_resample",), help="leaf_resample_all, half the responses the "
                                        "student's own", options=(("student_responses", 0.5),)),
+    "kd_other_tokenizer": Arm((), help="KD from a teacher with another tokenizer (trained as the teacher was)",
+                              other_tokenizer=True),
+    "leaf_resample_all_other_tokenizer": Arm(("all_resample",), help="leaf_resample_all from the teacher with "
+                                             "another tokenizer", other_tokenizer=True),
 }
 
 #: The lambda sweep of ``--full``: these arms again at each of ``--sweep-lams``.

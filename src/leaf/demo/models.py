@@ -325,6 +325,39 @@ def build(
     return DemoModels(root, cfg, timings=timings)
 
 
+#: The folder (under a build's root) of the teacher with another tokenizer (:func:`other_tokenizer_teacher`).
+OTHER_TEACHER = "teacher_other_tokenizer"
+
+
+def other_tokenizer_teacher(models: DemoModels, *, log: Any = print) -> Path:
+    """A teacher with its own tokenizer, trained exactly as the build's teacher (same data, size, steps, seed):
+    a ChatML template and a byte-level BPE trained on the same corpus with a smaller vocabulary (3/4 of the
+    student's), so the two tokenizations of one response differ. Trained once, cached in the build's folder."""
+    import torch
+
+    from leaf.tiny import build_tokenizer
+
+    cfg = models.config
+    folder = models.root / OTHER_TEACHER
+    if (folder / "config.json").exists():
+        return folder
+    tokenizer = build_tokenizer(tokenizer_corpus(cfg), style="chatml", vocab_size=cfg.vocab_size * 3 // 4,
+                                model_max_length=512)
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.teacher.seed)
+    model = build_model_for(tokenizer, cfg.teacher)
+    log(f"[demo] training the teacher with another tokenizer ({cfg.teacher.steps} steps; once, then cached in "
+        f"{folder})")
+    losses = train(model, tokenizer, teacher_data(cfg), cfg.teacher, desc="train teacher (other tokenizer)")
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "losses.json").write_text(json.dumps({"teacher": losses, "seconds": time.perf_counter() - t0}))
+    tmp.rename(folder)  # complete or absent
+    return folder
+
+
 def _built_teacher(cache: Path, key: str, *, exclude: Path) -> Path | None:
     """A finished build under ``cache`` whose tokenizer and teacher have ``key`` (None if there is none)."""
     for done in sorted(cache.glob("*/settings.json")):

@@ -33,9 +33,13 @@ from leaf.data.jsonl import dumps, read_jsonl, write_atomic
 from leaf.data.spans import overlaps
 from leaf.demo.config import ATTENTION_ARMS, CF_SETS, REFERENCES, SPLITS, DemoConfig
 from leaf.demo.metrics import detection_quality, mean_std
+from leaf.demo.models import OTHER_TEACHER
 from leaf.stats import paired
 
 log = logging.getLogger(__name__)
+
+#: Rows of the results that are teachers, not arms (no paired tests, no goals).
+TEACHERS = ("teacher", OTHER_TEACHER)
 
 
 
@@ -209,6 +213,15 @@ def run_seed(seed: int, cfg: DemoConfig, models: Any, out: Path, timer: Timer) -
     with timer("evaluate"):
         accuracy["teacher"], verdicts["teacher"] = _cached_eval(out / "eval" / "teacher.json", "teacher", teacher,
                                                                 tests)
+    other_teacher = None
+    if any(spec.other_tokenizer for spec in specs.values()):
+        from leaf.demo.models import other_tokenizer_teacher
+
+        with timer("models"):
+            other_teacher = other_tokenizer_teacher(models, log=log.info)
+        with timer("evaluate"):  # measured stronger than the student before it teaches
+            accuracy[OTHER_TEACHER], verdicts[OTHER_TEACHER] = _cached_eval(
+                out / "eval" / f"{OTHER_TEACHER}.json", OTHER_TEACHER, other_teacher, tests)
     n_extra = cf_counts.get("gradient", 0)
     trained: dict[str, dict[str, Any]] = {}
     for i, (arm, spec) in enumerate(specs.items()):
@@ -227,14 +240,17 @@ def run_seed(seed: int, cfg: DemoConfig, models: Any, out: Path, timer: Timer) -
                 write_counterfactuals(cfs, combine_sets({name: read_counterfactuals(out / f"cf_{name}.jsonl")
                                                          for name in spec.sets}))
             lam = (cfg.lam if spec.lam is None else spec.lam) if cfs else 1.0
+            arm_teacher, more = teacher, dict(spec.options)
+            if spec.other_tokenizer:
+                arm_teacher, more["cross_tokenizer"] = str(other_teacher), "auto"
             with timer("distill"):
                 summary = distill(DistillConfig(
-                    student=student, teacher=teacher, data=data, counterfactuals=cfs, lam=lam,
+                    student=student, teacher=arm_teacher, data=data, counterfactuals=cfs, lam=lam,
                     cd_weighting=spec.cd_weighting,
                     out=train_dir, max_steps=cfg.steps, epochs=1000, batch_size=cfg.batch_size,
                     grad_accum=1, learning_rate=cfg.learning_rate, warmup_steps=5, precision="fp32",
                     dtype="float32", save_steps=10**9, logging_steps=5, seed=seed, max_length=512,
-                    student_max_new_tokens=64, **dict(spec.options)))
+                    student_max_new_tokens=64, **more))
             write_atomic(train_dir / "demo_budget.json", json.dumps(
                 _budget(summary, data, cfs, cfg, tokenizer=student), indent=2) + "\n")
         if spec.sets is not None:
@@ -310,7 +326,8 @@ def _budget(summary: Any, data: Path, cfs: Path | None, cfg: DemoConfig, *, toke
             "training_set": summary.examples, "counterfactual_records": summary.counterfactual_examples,
             "tokens_seen": round(examples * sum(lengths) / len(lengths)),
             "student_responses": summary.student_responses or 0,
-            "generation_share": round(summary.generation_share or 0.0, 4)}
+            "generation_share": round(summary.generation_share or 0.0, 4),
+            "aligned_1to1": 1.0 if summary.aligned_1to1 is None else round(summary.aligned_1to1, 4)}
 
 
 def _cached_eval(path: Path, name: str, model: Path | str,
@@ -369,7 +386,7 @@ def _v2_summary(per_seed: list[dict[str, Any]], accuracy: dict[str, Any]) -> dic
         if ref not in arms:
             continue
         for arm in arms:
-            if arm in (ref, "teacher"):
+            if arm in (ref, *TEACHERS):
                 continue
             cell: dict[str, Any] = {}
             for split in SPLITS:
@@ -380,9 +397,11 @@ def _v2_summary(per_seed: list[dict[str, Any]], accuracy: dict[str, Any]) -> dic
                     cell[f"{split}/{f}"] = paired([{k: v for k, v in x.items() if _family_of(k) == f} for x in a],
                                                   [{k: v for k, v in x.items() if _family_of(k) == f} for x in b])
             tests.setdefault(arm, {})[ref] = cell
-    budget = {arm: {k: mean_std([s["training"][arm].get(k, 0) for s in per_seed if s["training"].get(arm)])
+    unset = {"aligned_1to1": 1.0}  # a budget written before a field existed: its value for every arm then
+    budget = {arm: {k: mean_std([s["training"][arm].get(k, unset.get(k, 0)) for s in per_seed
+                                 if s["training"].get(arm)])
                     for k in ("steps", "examples_seen", "tokens_seen", "counterfactual_records", "student_responses",
-                              "generation_share")}
+                              "generation_share", "aligned_1to1")}
               for arm in per_seed[0]["training"]}
     summary = {"families": families, "by_family": by_family, "paired": tests, "budget": budget}
     summary["goals"] = goals({"accuracy": accuracy, **summary})
@@ -402,7 +421,7 @@ def goals(summary: dict[str, Any]) -> list[dict[str, Any]]:
     if "kd" in acc:
         kd_clean = 100 * acc["kd"]["clean"]["mean"]
         losses = {arm: kd_clean - 100 * v["clean"]["mean"] for arm, v in acc.items()
-                  if arm not in ("teacher", "pre_kd", "kd")}
+                  if arm not in (*TEACHERS, "pre_kd", "kd")}
         worst = max(losses, key=lambda k: losses[k]) if losses else None
         out.append({"goal": "no distilled arm loses more than 1 point of clean accuracy against KD",
                     "measured": f"largest loss {losses[worst]:.1f} ({worst})" if worst else "no arm",
@@ -505,12 +524,13 @@ def v2_tables(summary: dict[str, Any]) -> str:
     budget = summary.get("budget") or {}
     if budget:
         text += ("\n### Training budget per arm (mean over seeds)\n\n| Arm | steps | examples seen | tokens seen "
-                 "(reference responses) | counterfactual records | student responses | generation share |\n"
-                 "|---|---:|---:|---:|---:|---:|---:|\n")
+                 "(reference responses) | counterfactual records | student responses | generation share | loss tokens "
+                 "aligned 1:1 |\n|---|---:|---:|---:|---:|---:|---:|---:|\n")
         for arm, b in budget.items():
             text += f"| {arm} | " + " | ".join(f"{b[k]['mean']:.0f}" for k in (
                 "steps", "examples_seen", "tokens_seen", "counterfactual_records", "student_responses"))
-            text += f" | {100 * b.get('generation_share', {}).get('mean', 0.0):.0f} % |\n"
+            text += (f" | {100 * b.get('generation_share', {}).get('mean', 0.0):.0f} % | "
+                     f"{100 * b.get('aligned_1to1', {}).get('mean', 1.0):.1f} % |\n")
     text += "\n### Goals of the v2 benchmark\n\n| goal | measured | met |\n|---|---|---|\n"
     text += "".join(f"| {g['goal']} | {g['measured']} | {'yes' if g['met'] else '**no**'} |\n" for g in summary["goals"])
     return text
