@@ -187,3 +187,17 @@ def test_a_stage_distilling_the_student_from_itself_is_refused(tmp_path):
     path.write_text(json.dumps(recipe))
     with pytest.raises(ConfigError, match="is the student itself and --alpha is 0"):
         resolve_plan(build(RecipeConfig, {"recipe": path}))
+
+
+def test_an_analyze_stage_reads_the_generations_of_named_evaluate_stages(tmp_path):
+    """`responses: [EVAL ...]` in an analyze stage: each evaluate stage's generations on the analysed split
+    (its own answers as the queries), and the analysis waits for those stages."""
+    p = resolve_plan(build(RecipeConfig, {"recipe": REAL, "overrides": [f"run={tmp_path / 'run'}"]}))
+    cfg = p.configs["analyze_own"]
+    run = tmp_path / "run"
+    assert cfg.data == run / "test_data" / "distracted.jsonl"
+    assert cfg.responses == [run / e / "results.generations" / "distracted.jsonl"
+                             for e in ("eval_student", "eval_kd", "eval_leaf")]
+    assert cfg.model[1:] == [str(run / "distill_kd"), str(run / "distill")]
+    (step,) = [s for s in p.steps if s.name == "analyze_own"]
+    assert {"eval_student", "eval_kd", "eval_leaf"} <= set(step.sources)

@@ -431,6 +431,14 @@ def _wire(step: Step, chosen_raw: Any, earlier: list[Step], shared: Mapping[str,
         v["model"] = [m for m, _ in models]
         v.setdefault("label", refs)
         step.sources += [src for _, src in models if src and src not in step.sources]
+        if v.get("responses") is not None:  # an earlier evaluate stage: its generations on the analysed split
+            from leaf.evaluate.run import generations_path
+
+            evals = {s.name: s for s in earlier if s.kind.name == "evaluate"}
+            split = Path(str(v["data"])).stem
+            named = [str(r) for r in _as_list(v["responses"])]
+            v["responses"] = [str(generations_path(evals[r].output, split)) if r in evals else r for r in named]
+            step.sources += [r for r in named if r in evals and r not in step.sources]
     elif k == "report":
         v["run"] = str(step.folder)
         v["out"] = str(step.output)
