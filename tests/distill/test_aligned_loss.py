@@ -27,17 +27,33 @@ def _case(seed=0):
 
 
 def _reference(zs, zt, s_group, t_group, ys, yt, w, shared_s, shared_t, method, T):
-    """Group by group in float64, plain autograd."""
+    """Group by group in float64, plain autograd. gold: each side's outcomes are "the first token is y" for
+    every shared y other than the actual first token a, "a then not the group's other tokens", "the group's
+    text", and everything else."""
     total = 0.0
     for k in range(len(w)):
-        vecs = []
+        vecs, parts = [], []
         for z, grp, y, ids in ((zs, s_group, ys, shared_s), (zt, t_group, yt, shared_t)):
             rows = (grp == k).nonzero().squeeze(1).tolist()
             p = torch.softmax(z.double() / T, -1)
             v = p[rows[0]].clone()
+            cont = torch.ones((), dtype=torch.float64)
             for r in rows[1:]:
                 v = v * p[r, y[r]]
+                cont = cont * p[r, y[r]]
             vecs.append((v, ids))
+            a = int(y[rows[0]])
+            first = p[rows[0]]
+            slots = torch.stack([first[j] * (1 - cont) if int(j) == a else first[j] for j in ids])
+            text = first[a] * cont
+            parts.append([slots, text, 1 - slots.sum() - text, len(rows), a, ids])
+        # a side writing the group in one shared token: that shared slot is the text on both sides
+        join = {[int(j) for j in ids].index(a) for *_, n_rows, a, ids in parts if n_rows == 1 and a in ids.tolist()}
+        for part in parts:
+            for i in join:
+                part[1] = part[1] + part[0][i]
+                part[0] = torch.cat([part[0][:i], part[0].new_zeros(1), part[0][i + 1:]])
+        parts = [torch.cat([sl, t.view(1), r.view(1)]).clamp(min=1e-38) for sl, t, r, *_ in parts]
         (q, si), (p, ti) = vecs
         if method == "uld":
             a, b = q.sort(descending=True).values, p.sort(descending=True).values
@@ -46,9 +62,8 @@ def _reference(zs, zt, s_group, t_group, ys, yt, w, shared_s, shared_t, method, 
             b = torch.cat([b, b.new_zeros(n - len(b))])
             d = (a - b).abs().sum()
         else:
-            qb = torch.cat([q[si], (1 - q[si].sum()).view(1)])
-            pb = torch.cat([p[ti], (1 - p[ti].sum()).view(1)])
-            d = (pb * (pb.log() - qb.log())).sum()
+            qb, pb = parts
+            d = (pb * (pb.clamp(min=1e-38).log() - qb.clamp(min=1e-38).log())).sum()
         total = total + w[k].double() * T**2 * d
     return total
 

@@ -14,12 +14,12 @@ the first position's distribution times the probability of the rest of the
 group's actual tokens (as TRL's GOLD merges a split token; a single-token side
 is just its distribution). Its total mass ``prod_j p(x_j)`` is at most 1.
 
-``gold``: both vectors are read at the shared ids (:class:`leaf.distill.align.VocabMap`)
-and the rest of each side's mass (``1 - sum`` over its shared ids) becomes one
-tail bucket: two distributions over ``S + 1`` outcomes, compared with the
-training divergence (``--divergence``, forward KL by default), ``T^2``-scaled.
-With one tokenizer on both sides every group is 1:1, the map is the identity
-and the tail is empty: the loss is the same-tokenizer divergence.
+``gold``: each side's first-row distribution over a partition of its outcomes (:func:`_bucket`): the shared
+ids (:class:`leaf.distill.align.VocabMap`), the group's whole text (the actual first token followed by the
+group's other actual tokens, ``p(x_1) prod p(x_j)``), and a tail bucket for the rest; two distributions over
+``S + 2`` outcomes, compared with the training divergence (``--divergence``, forward KL by default),
+``T^2``-scaled. With one tokenizer on both sides every group is 1:1, the map is the identity and the tail
+is empty: the loss is the same-tokenizer divergence.
 
 ``uld`` (Boizard et al.'s Universal Logit Distillation): each side's merged
 vector, sorted in decreasing order and padded with zeros to the larger
@@ -77,19 +77,38 @@ def merged_log_vectors(lp: Tensor, group: Tensor, targets: Tensor, n_groups: int
     return lp[first], rest
 
 
-def _bucket(first: Tensor, rest: Tensor, ids: Tensor) -> Tensor:
-    """``(G, S + 1)`` log-probs: the merged vector at the shared ids, then the tail bucket.
+def _first_tokens(group: Tensor, targets: Tensor) -> Tensor:
+    """``(G,)`` the actual token of each group's first row."""
+    first = torch.ones_like(group, dtype=torch.bool)
+    first[1:] = group[1:] != group[:-1]
+    return targets[first].long()
 
-    The tail is ``c * (mass of the first row outside the shared ids) + (1 - c)``, ``c = exp(rest)`` (the merged
-    vector's missing mass), summed directly rather than as ``1 - sum``: exactly 0 (floored at :data:`TAIL_FLOOR`)
-    when every id is shared and the group is one token, so one tokenizer gives today's loss to float rounding.
+
+def _bucket(first: Tensor, rest: Tensor, ids: Tensor, actual: Tensor) -> Tensor:
+    """``(G, S + 2)`` log-probs of one side over a partition of its outcomes: the shared ids, the group's text,
+    the tail.
+
+    With ``a`` the group's actual first token and ``c = exp(rest)`` the probability of the rest of its tokens:
+    the *text* outcome is ``p(a) c`` (this side writes the group's text); a shared id ``y != a`` is "the first
+    token is ``y``", ``p(y)``; the shared slot of ``a`` keeps ``p(a) (1 - c)`` (``a``, then something else);
+    the tail holds the first row's mass outside the shared ids (``a``'s share ``p(a) (1 - c)`` there when
+    ``a`` is not shared). Both sides' vectors sum to 1 over the same outcomes, so the group's text is compared
+    with the group's text whichever side splits it into more tokens. A one-token side (``c = 1``) has an empty
+    slot at ``a`` (floored at :data:`TAIL_FLOOR`); with one tokenizer every group is 1:1 and the loss is the
+    same-tokenizer divergence (the text slot holds ``p(a)``).
     """
+    la = first.gather(-1, actual.unsqueeze(-1)).squeeze(-1)
+    text = la + rest
+    kept = torch.log((la.exp() * -torch.expm1(rest)).clamp(min=TAIL_FLOOR))  # log p(a) (1 - c)
+    lshared = first.index_select(-1, ids)
+    at_a = ids.unsqueeze(0) == actual.unsqueeze(-1)  # (G, S): the shared slot of a
+    lshared = torch.where(at_a, kept.unsqueeze(-1), lshared)
     outside = torch.ones(first.shape[-1], dtype=torch.bool, device=first.device)
     outside[ids] = False
-    out_mass = (first.exp() * outside).sum(-1)
-    tail = rest.exp() * out_mass - torch.expm1(rest)
-    return torch.cat([first.index_select(-1, ids) + rest.unsqueeze(-1),
-                      torch.log(tail.clamp(min=TAIL_FLOOR)).unsqueeze(-1)], dim=-1)
+    out_mass = first.exp() * outside
+    out_mass.scatter_(-1, actual.unsqueeze(-1), 0.0)  # a's mass is in the text and its own slot
+    tail = out_mass.sum(-1) + outside[actual] * kept.exp()
+    return torch.cat([lshared, text.unsqueeze(-1), torch.log(tail.clamp(min=TAIL_FLOOR)).unsqueeze(-1)], dim=-1)
 
 
 def _uld(lv_s: Tensor, lv_t: Tensor) -> Tensor:
@@ -108,8 +127,28 @@ def _chunk(z_s, z_t, g_s, g_t, y_s, y_t, n, ids_s, ids_t, method, temperature, d
     first_s, rest_s = merged_log_vectors(lq, g_s, y_s, n)
     if method == "uld":
         return _uld(first_s + rest_s.unsqueeze(-1), first_t + rest_t.unsqueeze(-1)) * temperature**2
-    lp_b = _bucket(first_t, rest_t, ids_t)
-    return _BucketDivergence.apply(_bucket(first_s, rest_s, ids_s), lp_b, divergence) * temperature**2
+    a_t, a_s = _first_tokens(g_t, y_t), _first_tokens(g_s, y_s)
+    lp_b = _bucket(first_t, rest_t, ids_t, a_t)
+    lq_b = _bucket(first_s, rest_s, ids_s, a_s)
+    # A side that writes the group in one shared token a: the other side's "first token is a" writes the same
+    # text in one token too, so that slot joins the text outcome on both sides.
+    for group, actual, ids in ((g_s, a_s, ids_s), (g_t, a_t, ids_t)):
+        single = torch.bincount(group, minlength=n) == 1
+        hit = (ids.unsqueeze(0) == actual.unsqueeze(-1)) & single.unsqueeze(-1)  # (G, S)
+        if bool(hit.any()):
+            lp_b, lq_b = _join_text(lp_b, hit), _join_text(lq_b, hit)
+    return _BucketDivergence.apply(lq_b, lp_b, divergence) * temperature**2
+
+
+def _join_text(lb: Tensor, hit: Tensor) -> Tensor:
+    """``lb`` ``(G, S + 2)`` with the shared slots ``hit`` ``(G, S)`` moved into the text outcome (column S)."""
+    import math
+
+    S = hit.shape[-1]
+    moved = torch.where(hit, lb[:, :S], torch.full_like(lb[:, :S], -math.inf)).logsumexp(-1)
+    text = torch.logaddexp(lb[:, S], moved)
+    shared = torch.where(hit, torch.full_like(lb[:, :S], math.log(TAIL_FLOOR)), lb[:, :S])
+    return torch.cat([shared, text.unsqueeze(-1), lb[:, S + 1:]], dim=-1)
 
 
 @dataclass
