@@ -185,7 +185,6 @@ def _empty_model(name_or_path: str, dtype: Any, attn_implementation: str | None)
 
 def _fill_from_rank0(model: Any, full: dict[str, Any], where: str) -> None:
     """Process 0's weights (``full``; ``{}`` elsewhere) into every process's shards, and its buffers alike."""
-    import torch
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 

@@ -33,7 +33,7 @@ from leaf.data.jsonl import dumps, read_jsonl, write_atomic
 from leaf.data.spans import overlaps
 from leaf.demo.config import ATTENTION_ARMS, CF_SETS, REFERENCES, SPLITS, DemoConfig
 from leaf.demo.metrics import detection_quality, mean_std
-from leaf.demo.models import OTHER_TEACHER
+from leaf.demo.models import OTHER_TEACHER, other_tokenizer_teacher
 from leaf.stats import paired
 
 log = logging.getLogger(__name__)
@@ -215,8 +215,6 @@ def run_seed(seed: int, cfg: DemoConfig, models: Any, out: Path, timer: Timer) -
                                                                 tests)
     other_teacher = None
     if any(spec.other_tokenizer for spec in specs.values()):
-        from leaf.demo.models import other_tokenizer_teacher
-
         with timer("models"):
             other_teacher = other_tokenizer_teacher(models, log=log.info)
         with timer("evaluate"):  # measured stronger than the student before it teaches

@@ -64,8 +64,9 @@ class _BucketDivergence(torch.autograd.Function):
         return grad * g.unsqueeze(-1), None, None
 
 
-def merged_log_vectors(lp: Tensor, group: Tensor, targets: Tensor, n_groups: int) -> tuple[Tensor, Tensor]:
-    """``((G, V) first rows' log-probs, (G,) log-prob of the later actual tokens)`` of one side.
+def merged_log_vectors(lp: Tensor, group: Tensor, targets: Tensor, n_groups: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``((G, V) first rows' log-probs, (G,) log-prob of the later actual tokens, (G,) the actual first
+    tokens)`` of one side.
 
     The merged log vector of a group is their sum. ``lp``: ``(R, V)`` log-probs of the rows; ``group``: ``(R,)``
     group index (0-based, consecutive, sorted); ``targets``: ``(R,)`` the actual token of each row.
@@ -74,14 +75,7 @@ def merged_log_vectors(lp: Tensor, group: Tensor, targets: Tensor, n_groups: int
     first[1:] = group[1:] != group[:-1]
     actual = lp.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1).masked_fill(first, 0.0)
     rest = torch.zeros(n_groups, dtype=lp.dtype, device=lp.device).index_add(0, group, actual)
-    return lp[first], rest
-
-
-def _first_tokens(group: Tensor, targets: Tensor) -> Tensor:
-    """``(G,)`` the actual token of each group's first row."""
-    first = torch.ones_like(group, dtype=torch.bool)
-    first[1:] = group[1:] != group[:-1]
-    return targets[first].long()
+    return lp[first], rest, targets[first].long()
 
 
 def _bucket(first: Tensor, rest: Tensor, ids: Tensor, actual: Tensor) -> Tensor:
@@ -123,11 +117,10 @@ def _chunk(z_s, z_t, g_s, g_t, y_s, y_t, n, ids_s, ids_t, method, temperature, d
     lq = torch.log_softmax(z_s.float() / temperature, dim=-1)
     with torch.no_grad():
         lp = torch.log_softmax(z_t.float() / temperature, dim=-1)
-        first_t, rest_t = merged_log_vectors(lp, g_t, y_t, n)
-    first_s, rest_s = merged_log_vectors(lq, g_s, y_s, n)
+        first_t, rest_t, a_t = merged_log_vectors(lp, g_t, y_t, n)
+    first_s, rest_s, a_s = merged_log_vectors(lq, g_s, y_s, n)
     if method == "uld":
         return _uld(first_s + rest_s.unsqueeze(-1), first_t + rest_t.unsqueeze(-1)) * temperature**2
-    a_t, a_s = _first_tokens(g_t, y_t), _first_tokens(g_s, y_s)
     lp_b = _bucket(first_t, rest_t, ids_t, a_t)
     lq_b = _bucket(first_s, rest_s, ids_s, a_s)
     # A side that writes the group in one shared token a: the other side's "first token is a" writes the same

@@ -15,6 +15,7 @@ from typing import Any
 
 from leaf.config import ConfigError, MissingExtra, option, to_dict
 from leaf.distill.divergences import DIVERGENCES, Divergence
+from leaf.distill.onpolicy import PROMPTS
 from leaf.models import ATTENTION_HELP, PACKING_CHOICES, check_device, check_max_memory, packing_help
 from leaf.sharding import SHARD_MODES, check_sharding, shard_help
 from leaf.data.special import SPECIAL_TOKEN_POLICIES, SPECIAL_TOKENS_HELP
@@ -61,7 +62,7 @@ class DistillConfig:
                                            "reference response replaced by one the current student generates "
                                            "(docs/distill.md, Which responses); 0 = the reference responses only, "
                                            "1 = fully on-policy")
-    student_prompt: str = option("source", choices=("source", "own"),
+    student_prompt: str = option("source", choices=PROMPTS,
                                  help="what the student answers for a drawn counterfactual record: source = the "
                                       "original instruction of its source sample (the teacher then scores, on the "
                                       "pruned instruction, what the distracted student writes), own = the pruned "

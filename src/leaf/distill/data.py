@@ -193,6 +193,17 @@ def _check_loss_start(samples: Sequence[Sample], path: str | Path) -> list[int |
     return starts
 
 
+def _student_prompt(record: Any, mode: str | None, source_text: dict[str, str]) -> str | None:
+    """What the student answers for a drawn counterfactual record (``--student-prompt``); None when the record
+    keeps its reference response (its loss or its pruning is in the response)."""
+    if record.loss_start is not None or record.level == "response" or any(
+            r.field != "instruction" for r in record.removed):
+        return None
+    if mode == "source" and record.source_id is not None:
+        return source_text.get(id_key(record.source_id), record.instruction)
+    return record.instruction
+
+
 def load_examples(
     tokenizer: Any,
     data: str | Path | None,
@@ -240,11 +251,7 @@ def load_examples(
                         len(orphans))
         sources = [id_key(r.source_id) if r.source_id is not None else f"cf:{id_key(r.id)}" for r in records]
         parts.append(([r.as_sample() for r in records], [r.loss_start for r in records], True, sources))
-        prompts.append([None if r.loss_start is not None or r.level == "response"
-                        or any(x.field != "instruction" for x in r.removed) else
-                        source_text.get(id_key(r.source_id), r.instruction)
-                        if student_prompt == "source" and r.source_id is not None else r.instruction
-                        for r in records])
+        prompts.append([_student_prompt(r, student_prompt, source_text) for r in records])
     from leaf.data.records import record_locations
     from leaf.data.special import apply_policy, scan
 

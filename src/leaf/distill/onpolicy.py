@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+#: Values of ``--student-prompt``: what a drawn counterfactual record's student answers.
 PROMPTS = ("source", "own")
 
 
@@ -102,8 +103,7 @@ class OnPolicy:
                     new = self.build(ex, rebuilt[k])
                     ex = ex if new is None else new
                 items.append(_item(ex, i))
-            new_batch = self.collate(items)
-            out.append(new_batch)
+            out.append(self.collate(items))
         return out
 
     def _generate(self, model: Any, prompts: list[str], seed: int, synced: bool) -> list[str]:
@@ -122,8 +122,9 @@ class OnPolicy:
                                  synced_gpus=synced)
         finally:
             model.train(was_training)
-        self.seconds += time.perf_counter() - start
-        self.total_seconds += time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        self.seconds += elapsed
+        self.total_seconds += elapsed
         return texts
 
     def take_counts(self) -> tuple[float, int, int]:

@@ -47,12 +47,13 @@ class DistillSummary(Summary):
         evaluated = f"; eval loss {self.eval_loss:.4f}" if self.eval_loss is not None else ""
         aligned = (f"; cross-tokenizer: {100 * self.aligned_1to1:.1f} % of loss tokens aligned 1:1, "
                    f"{100 * (1 - self.aligned_1to1):.1f} % in merged groups") if self.aligned_1to1 is not None else ""
-        if self.student_responses is not None:
-            aligned += (f"; {self.student_responses} student responses, generation "
-                        f"{100 * (self.generation_share or 0):.0f} % of the training time")
+        generated = (f"; {self.student_responses} student responses, generation "
+                     f"{100 * (self.generation_share or 0):.0f} % of the training time"
+                     ) if self.student_responses is not None else ""
         pushed = f"; pushed to https://huggingface.co/{self.hub_repo}" if self.hub_repo else ""
         return (f"trained {self.steps} steps{resumed} on {self.examples} examples "
-                f"({self.counterfactual_examples} counterfactual, lambda {self.lambda_used}){evaluated}{aligned}; "
+                f"({self.counterfactual_examples} counterfactual, lambda {self.lambda_used}){evaluated}{aligned}"
+                f"{generated}; "
                 f"wrote {self.out}{pushed}")
 
 
