@@ -78,7 +78,7 @@ def merged_log_vectors(lp: Tensor, group: Tensor, targets: Tensor, n_groups: int
     return lp[first], rest, targets[first].long()
 
 
-def _bucket(first: Tensor, rest: Tensor, ids: Tensor, actual: Tensor) -> Tensor:
+def _bucket(first: Tensor, rest: Tensor, ids: Tensor, actual: Tensor, slot: Tensor) -> Tensor:
     """``(G, S + 2)`` log-probs of one side over a partition of its outcomes: the shared ids, the group's text,
     the tail.
 
@@ -89,14 +89,15 @@ def _bucket(first: Tensor, rest: Tensor, ids: Tensor, actual: Tensor) -> Tensor:
     ``a`` is not shared). Both sides' vectors sum to 1 over the same outcomes, so the group's text is compared
     with the group's text whichever side splits it into more tokens. A one-token side (``c = 1``) has an empty
     slot at ``a`` (floored at :data:`TAIL_FLOOR`); with one tokenizer every group is 1:1 and the loss is the
-    same-tokenizer divergence (the text slot holds ``p(a)``).
+    same-tokenizer divergence (the text slot holds ``p(a)``). ``slot``: ``(G,)`` the shared slot of ``a``
+    (-1: ``a`` is not shared).
     """
     la = first.gather(-1, actual.unsqueeze(-1)).squeeze(-1)
     text = la + rest
     kept = torch.log((la.exp() * -torch.expm1(rest)).clamp(min=TAIL_FLOOR))  # log p(a) (1 - c)
     lshared = first.index_select(-1, ids)
-    at_a = ids.unsqueeze(0) == actual.unsqueeze(-1)  # (G, S): the shared slot of a
-    lshared = torch.where(at_a, kept.unsqueeze(-1), lshared)
+    rows = (slot >= 0).nonzero().squeeze(-1)
+    lshared = lshared.index_put((rows, slot[rows]), kept[rows])
     outside = torch.ones(first.shape[-1], dtype=torch.bool, device=first.device)
     outside[ids] = False
     out_mass = first.exp() * outside
@@ -121,27 +122,34 @@ def _chunk(z_s, z_t, g_s, g_t, y_s, y_t, n, ids_s, ids_t, method, temperature, d
     first_s, rest_s, a_s = merged_log_vectors(lq, g_s, y_s, n)
     if method == "uld":
         return _uld(first_s + rest_s.unsqueeze(-1), first_t + rest_t.unsqueeze(-1)) * temperature**2
-    lp_b = _bucket(first_t, rest_t, ids_t, a_t)
-    lq_b = _bucket(first_s, rest_s, ids_s, a_s)
+    slot_t, slot_s = _slots(ids_t, z_t.shape[-1])[a_t], _slots(ids_s, z_s.shape[-1])[a_s]
+    lp_b = _bucket(first_t, rest_t, ids_t, a_t, slot_t)
+    lq_b = _bucket(first_s, rest_s, ids_s, a_s, slot_s)
     # A side that writes the group in one shared token a: the other side's "first token is a" writes the same
     # text in one token too, so that slot joins the text outcome on both sides.
-    for group, actual, ids in ((g_s, a_s, ids_s), (g_t, a_t, ids_t)):
-        single = torch.bincount(group, minlength=n) == 1
-        hit = (ids.unsqueeze(0) == actual.unsqueeze(-1)) & single.unsqueeze(-1)  # (G, S)
-        if bool(hit.any()):
-            lp_b, lq_b = _join_text(lp_b, hit), _join_text(lq_b, hit)
+    for group, slot in ((g_s, slot_s), (g_t, slot_t)):
+        rows = ((slot >= 0) & (torch.bincount(group, minlength=n) == 1)).nonzero().squeeze(-1)
+        if rows.numel():
+            lp_b, lq_b = _join_text(lp_b, rows, slot[rows]), _join_text(lq_b, rows, slot[rows])
     return _BucketDivergence.apply(lq_b, lp_b, divergence) * temperature**2
 
 
-def _join_text(lb: Tensor, hit: Tensor) -> Tensor:
-    """``lb`` ``(G, S + 2)`` with the shared slots ``hit`` ``(G, S)`` moved into the text outcome (column S)."""
+def _slots(ids: Tensor, vocab: int) -> Tensor:
+    """``(vocab,)`` the shared slot of each id of one side (its position in ``ids``), -1 for ids not shared."""
+    slots = torch.full((vocab,), -1, dtype=torch.long, device=ids.device)
+    slots[ids] = torch.arange(ids.numel(), device=ids.device)
+    return slots
+
+
+def _join_text(lb: Tensor, rows: Tensor, slots: Tensor) -> Tensor:
+    """``lb`` ``(G, S + 2)`` with the shared slot ``slots[i]`` of each row ``rows[i]`` moved into the text
+    outcome (column S)."""
     import math
 
-    S = hit.shape[-1]
-    moved = torch.where(hit, lb[:, :S], torch.full_like(lb[:, :S], -math.inf)).logsumexp(-1)
-    text = torch.logaddexp(lb[:, S], moved)
-    shared = torch.where(hit, torch.full_like(lb[:, :S], math.log(TAIL_FLOOR)), lb[:, :S])
-    return torch.cat([shared, text.unsqueeze(-1), lb[:, S + 1:]], dim=-1)
+    text_col = lb.shape[-1] - 2
+    text = torch.logaddexp(lb[rows, text_col], lb[rows, slots])
+    lb = lb.index_put((rows, torch.full_like(rows, text_col)), text)
+    return lb.index_put((rows, slots), torch.full_like(text, math.log(TAIL_FLOOR)))
 
 
 @dataclass
