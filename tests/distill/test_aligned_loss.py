@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from leaf.distill.aligned import aligned_loss
+from leaf.distill.aligned import TopKRows, aligned_loss
 from leaf.distill.divergences import Divergence
 from leaf.distill.losses import forward_kl
 
@@ -26,14 +26,21 @@ def _case(seed=0):
     return zs, zt, s_group, t_group, ys, yt, w, shared_s, shared_t
 
 
-def _reference(zs, zt, s_group, t_group, ys, yt, w, shared_s, shared_t, method, T):
+def _reference(zs, zt, s_group, t_group, ys, yt, w, shared_s, shared_t, method, T, top_k=None):
     """Group by group in float64, plain autograd. gold: each side's outcomes are "the first token is y" for
     every shared y other than the actual first token a, "a then not the group's other tokens", "the group's
-    text", and everything else."""
+    text", and everything else. ``top_k``: a cached teacher, whose shared ids are only those among its top k
+    at the group's first row and its actual first token (the rest is everything else)."""
     total = 0.0
     for k in range(len(w)):
         vecs, parts = [], []
-        for z, grp, y, ids in ((zs, s_group, ys, shared_s), (zt, t_group, yt, shared_t)):
+        pairs_s, pairs_t = shared_s, shared_t
+        if top_k is not None:
+            r0 = int((t_group == k).nonzero()[0])
+            listed = set(zt[r0].topk(top_k).indices.tolist()) | {int(yt[r0])}
+            keep = torch.tensor([int(j) in listed for j in shared_t])
+            pairs_s, pairs_t = shared_s[keep], shared_t[keep]
+        for z, grp, y, ids in ((zs, s_group, ys, pairs_s), (zt, t_group, yt, pairs_t)):
             rows = (grp == k).nonzero().squeeze(1).tolist()
             p = torch.softmax(z.double() / T, -1)
             v = p[rows[0]].clone()
@@ -110,3 +117,51 @@ def test_one_tokenizer_equals_the_same_tokenizer_loss(divergence):
     ref.backward()
     assert float(parts.loss.detach()) == pytest.approx(float(ref.detach()), rel=1e-5)
     torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
+
+
+def _cached(zt, yt, T, k):
+    lp = torch.log_softmax(zt.double() / T, -1)
+    top = lp.topk(k, dim=-1)
+    return TopKRows(top.values.float(), top.indices, lp.gather(-1, yt.unsqueeze(-1)).squeeze(-1).float())
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+@pytest.mark.parametrize("T", [1.0, 2.0])
+@pytest.mark.parametrize("chunk", [None, 2])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_topk_cache_equals_the_reference_over_its_listed_ids(k, T, chunk, seed):
+    zs, zt, s_group, t_group, ys, yt, w, shared_s, shared_t = _case(seed)
+    yt[0] = zt[0].argmin()  # an actual first token outside the top k
+    a = zs.clone().requires_grad_(True)
+    parts = aligned_loss(a, _cached(zt, yt, T, k), s_group, t_group, ys, yt, w, shared_s, shared_t,
+                         temperature=T, chunk_rows=chunk)
+    parts.loss.backward()
+    b = zs.double().clone().requires_grad_(True)
+    ref = _reference(b, zt, s_group, t_group, ys, yt, w, shared_s, shared_t, "gold", T, top_k=k)
+    ref.backward()
+    assert float(parts.loss.detach()) == pytest.approx(float(ref.detach()), rel=1e-5)
+    torch.testing.assert_close(a.grad.double(), b.grad, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("divergence", ["forward-kl", "reverse-kl", "jsd", "tvd"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_cache_of_the_whole_vocabulary_equals_the_live_teacher(divergence, seed):
+    zs, zt, s_group, t_group, ys, yt, w, shared_s, shared_t = _case(seed)
+    spec = Divergence(divergence, beta=0.3)
+    grads = []
+    for teacher in (zt, _cached(zt, yt, 1.5, zt.shape[-1])):
+        a = zs.clone().requires_grad_(True)
+        parts = aligned_loss(a, teacher, s_group, t_group, ys, yt, w, shared_s, shared_t, temperature=1.5,
+                             divergence=spec, chunk_rows=3)
+        parts.loss.backward()
+        grads.append((parts.loss.detach(), parts.per_group, a.grad))
+    (l0, g0, d0), (l1, g1, d1) = grads
+    assert float(l1) == pytest.approx(float(l0), rel=1e-5)
+    torch.testing.assert_close(g1, g0, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(d1, d0, rtol=1e-4, atol=1e-7)
+
+
+def test_uld_refuses_a_cached_teacher():
+    zs, zt, s_group, t_group, ys, yt, w, shared_s, shared_t = _case()
+    with pytest.raises(ValueError, match="gold alignment only"):
+        aligned_loss(zs, _cached(zt, yt, 1.0, 3), s_group, t_group, ys, yt, w, shared_s, shared_t, method="uld")

@@ -32,7 +32,7 @@ def test_pair_example_aligns_every_response_character(distill_setup, other_teach
 
 
 def _run(setup, teacher, out, **kw):
-    base = dict(student=str(setup / "student"), teacher=str(teacher), data=setup / "d.jsonl",
+    base = dict(student=str(setup / "student"), teacher=None if teacher is None else str(teacher), data=setup / "d.jsonl",
                 counterfactuals=setup / "cf.jsonl", out=out, save_steps=1000, cross_tokenizer="auto")
     base.update(kw)
     return distill(**base)
@@ -78,16 +78,78 @@ def test_gold_with_one_tokenizer_equals_the_same_tokenizer_run(distill_setup, tm
     assert gold[0]["aligned_1to1"] == 1.0
 
 
-def test_the_topk_cache_refuses_another_tokenizer_in_one_line(distill_setup, other_teacher, tmp_path, capsys):
+def _cache(setup, teacher, out, **kw):
+    from leaf.distill.cache import build_cache
+
+    return build_cache(teacher=str(teacher), tokenizer=str(setup / "student"), data=setup / "d.jsonl",
+                       counterfactuals=setup / "cf.jsonl", out=out, **kw)
+
+
+def test_a_cache_of_the_teachers_whole_vocabulary_equals_the_live_teacher(distill_setup, other_teacher, tmp_path):
+    from leaf.models import load_tokenizer
+
+    vocab = len(load_tokenizer(str(other_teacher)))
+    summary = _cache(distill_setup, other_teacher, tmp_path / "c", cross_tokenizer="auto", top_k=vocab, temperature=2.0)
+    manifest = json.loads((summary.out / "manifest.json").read_text())
+    assert manifest["cross_tokenizer"] == "gold" and manifest["teacher_tokenizer_hash"]
+    assert (summary.out / "teacher_tokenizer" / "tokenizer.json").exists()
+    kw = dict(max_steps=1, batch_size=12, grad_accum=1, lam=0.3, temperature=2.0)
+    live = _metrics(_run(distill_setup, other_teacher, tmp_path / "live", **kw).out)[0]
+    cached = _metrics(_run(distill_setup, None, tmp_path / "cached", teacher_cache=summary.out, **kw).out)[0]
+    for key in ("loss", "kd_loss", "cd_loss", "aligned_1to1"):
+        assert cached[key] == pytest.approx(live[key], rel=1e-5)
+
+
+def test_a_topk_cache_holds_the_teachers_own_rows(distill_setup, other_teacher, tmp_path):
+    """Ids, log-probs and the actual token's log-prob equal the teacher run here on its own rendering."""
+    from leaf.distill.cache import TeacherCache
+    from leaf.models import load_model, load_tokenizer
+
+    summary = _cache(distill_setup, other_teacher, tmp_path / "c", cross_tokenizer="auto", top_k=8)
+    cache = TeacherCache.open(summary.out)
+    s_tok, t_tok = load_tokenizer(str(distill_setup / "student")), load_tokenizer(str(other_teacher))
+    examples = load_examples(s_tok, distill_setup / "d.jsonl", distill_setup / "cf.jsonl", teacher_tokenizer=t_tok)
+    teacher = load_model(str(other_teacher))
+    for ex in examples[::3]:
+        ids, labels = torch.tensor([ex.teacher_input_ids]), torch.tensor(ex.teacher_labels)
+        with torch.no_grad():
+            lp = torch.log_softmax(teacher(input_ids=ids).logits[0, :-1].float(), -1)
+        rows = (labels[1:] != -100).nonzero().squeeze(-1)
+        top = lp[rows].topk(8, -1)
+        got_lp, got_ids = cache.get(ex.key)
+        torch.testing.assert_close(got_lp, top.values, rtol=1e-5, atol=1e-5)
+        assert got_ids.long().tolist() == top.indices.tolist()
+        torch.testing.assert_close(cache.actual(ex.key), lp[rows, labels[1:][rows]], rtol=1e-5, atol=1e-5)
+    summary_line = summary.line()
+    assert "bytes per token" in summary_line
+    # trains from it; the loss of the whole set falls
+    common = dict(max_steps=4, batch_size=12, grad_accum=1, learning_rate=3e-2, warmup_steps=0, lr_scheduler="constant")
+    rows = _metrics(_run(distill_setup, None, tmp_path / "d", teacher_cache=summary.out, **common).out)
+    assert rows[-1]["loss"] < rows[0]["loss"] and all(r["cd_loss"] > 0 for r in rows)
+
+
+def test_caches_across_tokenizers_are_refused_in_one_line_where_they_do_not_fit(distill_setup, other_teacher, tmp_path,
+                                                                                capsys):
     from leaf.cli import main
 
     rc = main(["cache-teacher", "--teacher", str(other_teacher), "--tokenizer", str(distill_setup / "student"),
                "--data", str(distill_setup / "d.jsonl"), "--out", str(tmp_path / "cache")])
     err = capsys.readouterr().err
     assert rc == 2 and "top-k cache stores ids of one vocabulary" in err and "--cross-tokenizer auto" in err
-    with pytest.raises(Exception, match="--teacher-cache"):
-        distill(student=str(distill_setup / "student"), teacher_cache=tmp_path / "cache", data=distill_setup / "d.jsonl",
-                out=tmp_path / "x", cross_tokenizer="gold")
+    assert err.count("\n") == 1
+    cache = _cache(distill_setup, other_teacher, tmp_path / "x", cross_tokenizer="auto", top_k=4).out
+    capsys.readouterr()
+    base = ["distill", "--student", str(distill_setup / "student"), "--teacher-cache", str(cache), "--data",
+            str(distill_setup / "d.jsonl"), "--counterfactuals", str(distill_setup / "cf.jsonl"), "--max-steps", "1"]
+    for extra, expected in (([], "train from it with --cross-tokenizer auto"),
+                            (["--cross-tokenizer", "uld"], "uld compares the whole sorted vocabularies")):
+        rc = main(base + ["--out", str(tmp_path / "run"), *extra])
+        err = capsys.readouterr().err
+        assert rc == 2 and expected in err and err.count("\n") == 1, err
+    same = _cache(distill_setup, distill_setup / "teacher", tmp_path / "same", top_k=4).out
+    with pytest.raises(Exception, match="cross-tokenizer gold"):
+        distill(student=str(distill_setup / "student"), teacher_cache=same, data=distill_setup / "d.jsonl",
+                out=tmp_path / "y", cross_tokenizer="gold")
 
 
 def test_held_out_evaluation_with_another_tokenizer(distill_setup, other_teacher, tmp_path):

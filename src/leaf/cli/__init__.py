@@ -170,15 +170,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         # outputs are written whole batches at a time, so what was written stays and a rerun skips it
         _end_progress_bars()
-        print(f"leaf {name}: interrupted; rerun the same command to resume", file=sys.stderr)
+        _say_error(f"leaf {name}: interrupted; rerun the same command to resume")
         return 130
     except USER_ERRORS as exc:
         if args.debug:
             raise
         message = os_message(exc, vars(args)) if isinstance(exc, OSError) else str(exc)
         _end_progress_bars()
-        print(f"leaf {name}: error: {message}", file=sys.stderr)
+        _say_error(f"leaf {name}: error: {message}")
         return 2
+
+
+def _say_error(line: str) -> None:
+    """One line on stderr in one write: under a launcher (unbuffered output) ``print`` writes the text and its
+    newline separately, and the lines of several processes stopping at once then run into each other."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _end_progress_bars() -> None:

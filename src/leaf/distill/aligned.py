@@ -21,6 +21,14 @@ group's other actual tokens, ``p(x_1) prod p(x_j)``), and a tail bucket for the 
 ``T^2``-scaled. With one tokenizer on both sides every group is 1:1, the map is the identity and the tail
 is empty: the loss is the same-tokenizer divergence.
 
+From a top-k cache (:class:`TopKRows`: the teacher's ``k`` most likely ids and their log-probs at each of its
+rows, plus the log-prob of its actual token), ``gold`` lists per group the shared ids among the teacher's top
+``k`` at the group's first row (and the teacher's actual first token, whose probability is stored), and both
+sides' distributions are taken over those, the text and the tail (everything else). The teacher's tail is what
+its listed outcomes and text leave; the student's is its own mass outside them. With ``k`` = the teacher's
+vocabulary this is the live loss; with fewer, a shared id outside the top k moves from its own outcome to the
+tail on both sides (the same tail bucket as the one-tokenizer cache, :class:`leaf.distill.losses.TopKTeacher`).
+
 ``uld`` (Boizard et al.'s Universal Logit Distillation): each side's merged
 vector, sorted in decreasing order and padded with zeros to the larger
 vocabulary; the loss is their L1 distance, ``T^2``-scaled.
@@ -32,6 +40,7 @@ the logits of the loss rows themselves are the caller's.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -134,6 +143,66 @@ def _chunk(z_s, z_t, g_s, g_t, y_s, y_t, n, ids_s, ids_t, method, temperature, d
     return _BucketDivergence.apply(lq_b, lp_b, divergence) * temperature**2
 
 
+@dataclass
+class TopKRows:
+    """The teacher's rows as a top-k cache holds them (log-probs at the training temperature)."""
+
+    logprobs: Tensor  #: (N_t, k) sorted descending
+    ids: Tensor  #: (N_t, k) teacher token ids
+    actual: Tensor  #: (N_t,) log-prob of the row's actual teacher token
+
+    def __getitem__(self, rows: slice) -> TopKRows:
+        return TopKRows(self.logprobs[rows], self.ids[rows], self.actual[rows])
+
+    def to(self, device: torch.device) -> TopKRows:
+        return TopKRows(self.logprobs.to(device), self.ids.long().to(device), self.actual.to(device))
+
+
+def _topk_chunk(z_s, t, g_s, g_t, y_s, y_t, n, ids_s, ids_t, temperature, divergence):  # type: ignore[no-untyped-def]
+    """``gold`` against cached teacher rows ``t`` (:class:`TopKRows`): the outcomes of each group are the shared
+    ids among the teacher's top k at its first row (and its actual first token), the text and the tail."""
+    lq = torch.log_softmax(z_s.float() / temperature, dim=-1)
+    first_s, rest_s, a_s = merged_log_vectors(lq, g_s, y_s, n)
+    floor = math.log(TAIL_FLOOR)
+    vocab_t = int(max(ids_t.max(), t.ids.max(), y_t.max())) + 1
+    slots_t = _slots(ids_t, vocab_t)
+    with torch.no_grad():
+        first = torch.ones_like(g_t, dtype=torch.bool)
+        first[1:] = g_t[1:] != g_t[:-1]
+        rest_t = torch.zeros(n, dtype=torch.float64, device=g_t.device).index_add(
+            0, g_t, t.actual.double().masked_fill(first, 0.0))
+        la_t, kid, a_t = t.actual[first].double(), t.ids[first], y_t[first].long()
+        in_top = kid == a_t.unsqueeze(-1)
+        extra = torch.where(in_top.any(-1), -1, slots_t[a_t])  # a_t shared but not among the top k
+        cols = torch.cat([slots_t[kid], extra.unsqueeze(-1)], dim=-1)  # (G, k + 1) shared slot per outcome
+        valid = cols >= 0
+        kept_t = torch.log((la_t.exp() * -torch.expm1(rest_t)).clamp(min=TAIL_FLOOR))
+        lt = torch.cat([t.logprobs[first].double(), la_t.unsqueeze(-1)], dim=-1)
+        lt = torch.where(torch.cat([in_top, (extra >= 0).unsqueeze(-1)], dim=-1), kept_t.unsqueeze(-1), lt)
+        lt = lt.masked_fill(~valid, floor)
+        text_t = la_t + rest_t
+        tail_t = 1 - (lt.exp() * valid).sum(-1) - text_t.exp()
+        lp_b = torch.cat([lt, text_t.unsqueeze(-1), torch.log(tail_t.clamp(min=TAIL_FLOOR)).unsqueeze(-1)], -1).float()
+    sid = ids_s[cols.clamp(min=0)]  # the student's id of each outcome
+    is_a = (sid == a_s.unsqueeze(-1)) & valid
+    la_s = first_s.gather(-1, a_s.unsqueeze(-1)).squeeze(-1)
+    kept_s = torch.log((la_s.exp() * -torch.expm1(rest_s)).clamp(min=TAIL_FLOOR))
+    ls = torch.where(is_a, kept_s.unsqueeze(-1), first_s.gather(-1, sid)).masked_fill(~valid, floor)
+    listed = torch.zeros_like(first_s, dtype=torch.bool).scatter_(-1, torch.where(valid, sid, a_s.unsqueeze(-1)), True)
+    out_mass = first_s.exp().masked_fill(listed, 0.0).scatter(-1, a_s.unsqueeze(-1), 0.0)
+    tail_s = out_mass.sum(-1) + (~is_a.any(-1)) * kept_s.exp()  # a's mass is in the text and its own outcome
+    lq_b = torch.cat([ls, (la_s + rest_s).unsqueeze(-1), torch.log(tail_s.clamp(min=TAIL_FLOOR)).unsqueeze(-1)], -1)
+    # a side writing the group in one shared token: that token's outcome joins the text on both sides
+    slots_s = _slots(ids_s, z_s.shape[-1])
+    for group, slot in ((g_s, slots_s[a_s]), (g_t, slots_t[a_t])):
+        hit = (cols == slot.unsqueeze(-1)) & valid & (slot >= 0).unsqueeze(-1)
+        rows = (hit.any(-1) & (torch.bincount(group, minlength=n) == 1)).nonzero().squeeze(-1)
+        if rows.numel():
+            col = hit[rows].float().argmax(-1)
+            lp_b, lq_b = _join_text(lp_b, rows, col), _join_text(lq_b, rows, col)
+    return _BucketDivergence.apply(lq_b, lp_b, divergence) * temperature**2
+
+
 def _slots(ids: Tensor, vocab: int) -> Tensor:
     """``(vocab,)`` the shared slot of each id of one side (its position in ``ids``), -1 for ids not shared."""
     slots = torch.full((vocab,), -1, dtype=torch.long, device=ids.device)
@@ -144,8 +213,6 @@ def _slots(ids: Tensor, vocab: int) -> Tensor:
 def _join_text(lb: Tensor, rows: Tensor, slots: Tensor) -> Tensor:
     """``lb`` ``(G, S + 2)`` with the shared slot ``slots[i]`` of each row ``rows[i]`` moved into the text
     outcome (column S)."""
-    import math
-
     text_col = lb.shape[-1] - 2
     text = torch.logaddexp(lb[rows, text_col], lb[rows, slots])
     lb = lb.index_put((rows, torch.full_like(rows, text_col)), text)
@@ -158,7 +225,7 @@ class AlignedParts:
     per_group: Tensor  #: (G,) detached ``D_g``
 
 
-def aligned_loss(student_logits: Tensor, teacher_logits: Tensor, student_group: Tensor, teacher_group: Tensor,
+def aligned_loss(student_logits: Tensor, teacher_logits: Tensor | TopKRows, student_group: Tensor, teacher_group: Tensor,
                  student_targets: Tensor, teacher_targets: Tensor, weights: Tensor, shared_student: Tensor,
                  shared_teacher: Tensor, *, method: str = "gold", temperature: float = 1.0,
                  divergence: Divergence | None = None, chunk_rows: int | None = 1024) -> AlignedParts:
@@ -166,7 +233,8 @@ def aligned_loss(student_logits: Tensor, teacher_logits: Tensor, student_group: 
 
     Args:
         student_logits: ``(N_s, V_s)`` logits of the student's loss rows (gradients flow to them).
-        teacher_logits: ``(N_t, V_t)`` the teacher's (no gradient).
+        teacher_logits: ``(N_t, V_t)`` the teacher's (no gradient), or its cached rows (:class:`TopKRows`,
+            ``gold`` only).
         student_group, teacher_group: ``(N_s,)`` / ``(N_t,)`` group index of each row (sorted, 0 .. G-1, each
             group present on both sides).
         student_targets, teacher_targets: the actual token of each row (used to merge multi-token sides).
@@ -176,6 +244,9 @@ def aligned_loss(student_logits: Tensor, teacher_logits: Tensor, student_group: 
     """
     if method not in ALIGNED_METHODS:
         raise ValueError(f"method must be one of {', '.join(ALIGNED_METHODS)}, got {method!r}")
+    cached = isinstance(teacher_logits, TopKRows)
+    if cached and method != "gold":
+        raise ValueError("a top-k teacher cache supports the gold alignment only (uld compares whole vocabularies)")
     divergence = divergence or FORWARD_KL
     n = int(weights.shape[0])
     dev = student_logits.device
@@ -194,12 +265,13 @@ def aligned_loss(student_logits: Tensor, teacher_logits: Tensor, student_group: 
         ss, ts = slice(s_start[g0], s_start[g1]), slice(t_start[g0], t_start[g1])
         t_logits = teacher_logits[ts].to(dev)
         args = (student_logits[ss], t_logits, student_group[ss] - g0, teacher_group[ts].to(dev) - g0,
-                student_targets[ss], teacher_targets[ts].to(dev), g1 - g0, shared_student, shared_teacher, method,
-                float(temperature), divergence)
+                student_targets[ss], teacher_targets[ts].to(dev), g1 - g0, shared_student, shared_teacher,
+                *(() if cached else (method,)), float(temperature), divergence)
+        fn = _topk_chunk if cached else _chunk
         if torch.is_grad_enabled() and student_logits.requires_grad:
-            d = checkpoint(_chunk, *args, use_reentrant=False)
+            d = checkpoint(fn, *args, use_reentrant=False)
         else:
-            d = _chunk(*args)
+            d = fn(*args)
         total = total + (weights[g0:g1].float() * d).sum()
         values.append(d.detach())
         g0 = g1

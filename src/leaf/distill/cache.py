@@ -12,6 +12,13 @@ Layout of a cache folder ``DIR``:
   safetensors metadata ``keys`` is the JSON list of example keys
   (``"orig:<id>"`` / ``"cf:<id>"``). One row per loss token, in sequence order.
 
+A teacher with another tokenizer (``--cross-tokenizer auto|gold``): every example is also rendered and
+tokenized by the teacher (as live cross-tokenizer distillation does); the rows are the teacher's own loss
+tokens, each shard also holds ``actual`` ``(n_tokens,)`` (the log-prob of the teacher's actual token at each
+row, which merges a group of several teacher tokens), the manifest names ``cross_tokenizer`` and
+``teacher_tokenizer_hash``, and ``DIR/teacher_tokenizer/`` holds the teacher's tokenizer, so that training
+aligns the two tokenizations without the teacher (:class:`leaf.distill.aligned.TopKRows`).
+
 Writing is resumable: each shard is written to a temporary name and renamed
 when complete; a rerun skips the examples of existing shards. A rerun with
 other settings (teacher, k, T, data, tokenizer) is refused unless
@@ -46,8 +53,10 @@ TAIL_MASS_WARNING = 0.1
 MANIFEST_FIELDS = (
     "format", "teacher", "tokenizer_hash", "data_hash", "examples_hash", "k", "temperature",
     "vocab_size", "include_eos", "max_length", "store_dtype", "examples", "tokens", "mean_tail_mass",
-    "bytes_per_token",
+    "bytes_per_token", "cross_tokenizer", "teacher_tokenizer_hash",
 )
+#: Where a cross-tokenizer cache keeps the teacher's tokenizer.
+TEACHER_TOKENIZER = "teacher_tokenizer"
 
 
 def files_hash(paths: Sequence[Path | None]) -> str:
@@ -59,11 +68,22 @@ def files_hash(paths: Sequence[Path | None]) -> str:
 
 
 def examples_hash(examples: Sequence[Any]) -> str:
-    """sha256 of keys, input ids and labels: equal iff training sees the same token positions."""
+    """sha256 of keys, input ids and labels (and, across tokenizers, the teacher's and the alignment): equal iff
+    training sees the same token positions."""
     h = hashlib.sha256()
     for ex in examples:
-        h.update(json.dumps([ex.key, ex.input_ids, ex.labels]).encode())
+        fields = [ex.key, ex.input_ids, ex.labels]
+        if ex.teacher_input_ids is not None:
+            fields += [ex.teacher_input_ids, ex.teacher_labels, ex.groups, ex.teacher_groups]
+        h.update(json.dumps(fields).encode())
     return h.hexdigest()
+
+
+def teacher_rows(example: Any) -> int:
+    """Rows a cache holds for an example: its loss tokens, the teacher's own ones across tokenizers."""
+    if example.teacher_labels is None:
+        return int(example.n_loss_tokens)
+    return sum(1 for y in example.teacher_labels[1:] if y != -100)
 
 
 def ids_dtype(vocab: int) -> Any:
@@ -118,18 +138,26 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
     config = make(CacheConfig, config, kwargs, "leaf.distill.build_cache()")
     out = Path(config.out)
     tokenizer = load_tokenizer(config.tokenizer or config.teacher)
-    if config.tokenizer and config.tokenizer != config.teacher:
+    teacher_tokenizer = None  # another tokenizer: the teacher renders each sample itself
+    if config.tokenizer and config.tokenizer != config.teacher and config.cross_tokenizer != "gold":
         # the cached ids are the teacher's: the student's tokenizer must name the same tokens (as live distill checks)
         try:
             check_tokenizers(tokenizer, load_tokenizer(config.teacher))
         except TokenizerMismatch:
-            raise TokenizerMismatch("the teacher's tokenizer differs from --tokenizer: the top-k cache stores ids of "
-                                    "one vocabulary; distil from a teacher with another tokenizer live "
-                                    "(leaf distill --teacher ... --cross-tokenizer auto)") from None
-    if config.top_k > len(tokenizer):
-        raise ConfigError(f"--top-k {config.top_k} is more than the {len(tokenizer)} tokens of the vocabulary")
+            if config.cross_tokenizer == "off":
+                raise TokenizerMismatch(
+                    "the teacher's tokenizer differs from --tokenizer: the top-k cache stores ids of one vocabulary "
+                    "unless --cross-tokenizer auto caches the teacher on its own tokens (then `leaf distill "
+                    "--cross-tokenizer auto` trains from it)") from None
+            teacher_tokenizer = load_tokenizer(config.teacher)
+    elif config.cross_tokenizer == "gold":
+        teacher_tokenizer = load_tokenizer(config.teacher)
+    own = teacher_tokenizer or tokenizer  # the tokenizer of the cached ids
+    if config.top_k > len(own):
+        raise ConfigError(f"--top-k {config.top_k} is more than the {len(own)} tokens of the vocabulary")
     examples = load_examples(tokenizer, config.data, config.counterfactuals, include_eos=config.include_eos, max_length=config.max_length,
-                             special_tokens=config.special_tokens_in_text)
+                             special_tokens=config.special_tokens_in_text, teacher_tokenizer=teacher_tokenizer)
+    cross = teacher_tokenizer is not None
     settings = {
         "format": FORMAT,
         "teacher": config.teacher,
@@ -141,6 +169,8 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
         "include_eos": config.include_eos,
         "max_length": config.max_length,
         "store_dtype": config.store_dtype,
+        "cross_tokenizer": "gold" if cross else None,
+        "teacher_tokenizer_hash": tokenizer_fingerprint(teacher_tokenizer) if cross else None,
     }
     from leaf.distributed import barrier, gather, rank_and_world, shard as shard_of
 
@@ -169,24 +199,27 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
         from leaf.sharding import load_sharded
 
         teacher = load_sharded(config.teacher, dtype=config.dtype, device=config.device, what="teacher",
-                               tokenizer=tokenizer, attn_implementation=config.attention)
+                               tokenizer=own, attn_implementation=config.attention)
     else:
         teacher = load_model(config.teacher, dtype=config.dtype, device=config.device, device_map=config.device_map,
                              max_memory=config.max_memory, what="teacher",
-                             hint="use --device-map auto (with --max-memory) or a smaller --dtype", tokenizer=tokenizer,
+                             hint="use --device-map auto (with --max-memory) or a smaller --dtype", tokenizer=own,
                              attn_implementation=config.attention)
     vocab = model_vocab_size(teacher)
-    manifest = {**settings, "vocab_size": vocab, "examples": len(examples), "tokens": sum(e.n_loss_tokens for e in examples), "complete": False, "config": to_dict(config)}
+    manifest = {**settings, "vocab_size": vocab, "examples": len(examples), "tokens": sum(teacher_rows(e) for e in examples), "complete": False, "config": to_dict(config)}
     if rank == 0:
+        if cross:
+            teacher_tokenizer.save_pretrained(out / TEACHER_TOKENIZER)
         write_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
 
     store, id_store = getattr(torch, config.store_dtype), ids_dtype(vocab)
     head = _output_head(teacher)
     skipped: list[str] = []
 
-    def topk_of(items: list[Any]) -> list[tuple[Any, Any]]:
+    def topk_of(items: list[Any]) -> list[tuple[Any, ...]]:
         """Teacher top-k log-probs of each item's loss tokens; logits exist for one chunk of positions at a time."""
-        batch = collate([{"input_ids": e.input_ids, "labels": e.labels, "counterfactual": e.counterfactual,
+        batch = collate([{"input_ids": e.teacher_input_ids if cross else e.input_ids,
+                          "labels": e.teacher_labels if cross else e.labels, "counterfactual": e.counterfactual,
                           "index": 0} for e in items])
         dev = input_device(teacher)
         labels = batch["labels"]
@@ -202,7 +235,8 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
                 rows, _ = loss_rows(labels)
                 n_rows, logits_of = rows.numel(), lambda sl: flat[rows[sl].to(flat.device)]
             step = chunk_rows(vocab)
-            lps, ids = [], []
+            lps, ids, actual = [], [], []
+            targets = loss_rows(labels)[1]
             for c0 in range(0, n_rows, step):  # one chunk of fp32 log-probs at a time
                 z = logits_of(slice(c0, c0 + step)).float()
                 if bool(torch.isnan(z).any() or torch.isposinf(z).any()):
@@ -212,13 +246,18 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
                         f"{config.teacher}: the teacher's logits are not finite in a batch of "
                         f"{', '.join(e.key for e in items[:3])}{' ...' if len(items) > 3 else ''}; its forward pass "
                         "overflowed (check --dtype); the shards written so far are kept and a rerun resumes after them")
-                lp, ix = torch.log_softmax(z / config.temperature, dim=-1).topk(config.top_k, dim=-1)
+                full = torch.log_softmax(z / config.temperature, dim=-1)
+                lp, ix = full.topk(config.top_k, dim=-1)
                 lps.append(lp.to(store).cpu())
                 ids.append(ix.to(id_store).cpu())
+                if cross:  # the actual token's log-prob, kept in float32 (it multiplies along a merged group)
+                    actual.append(full.gather(-1, targets[c0 : c0 + step].to(full.device).unsqueeze(-1)).squeeze(-1).cpu())
         lp_all, ids_all = torch.cat(lps), torch.cat(ids)
+        act_all = torch.cat(actual) if cross else None
         out, start = [], 0
         for n in per_item_counts(labels, batch.get("segment")):
-            out.append((lp_all[start : start + n], ids_all[start : start + n]))
+            got = (lp_all[start : start + n], ids_all[start : start + n])
+            out.append(got + (act_all[start : start + n],) if act_all is not None else got)
             start += n
         return out
 
@@ -226,7 +265,7 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
         log.warning("example %s not cached: %s", example.key, reason)
         skipped.append(example.key)
 
-    collate = DistillCollator(tokenizer.pad_token_id, packed=use_packing(config.packing, teacher))
+    collate = DistillCollator(own.pad_token_id, packed=use_packing(config.packing, teacher))
     # Several processes: shard-file k of what is left goes to process k % world, written as shard-rR-NNNNN
     # (its own names, so processes never collide); one process keeps shard-NNNNN.
     prefix = "shard-" if world == 1 else f"shard-r{rank}-"
@@ -241,7 +280,7 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
                                           config.max_tokens_per_batch)) for c in chunks)
         padding = lockstep_steps(forwards) - forwards
     for shard in chunks:
-        per_key: dict[str, tuple[Any, Any]] = {}
+        per_key: dict[str, tuple[Any, ...]] = {}
         for group in length_batches([len(e.input_ids) for e in shard], config.batch_size, config.max_tokens_per_batch):
             items = [shard[i] for i in group]
             for e, got in zip(items, topk_of(items) if sharded else halving(items, topk_of, skip)):
@@ -259,6 +298,8 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
             "ids": torch.cat([per_key[k][1] for k in keys]).contiguous(),
             "offsets": offsets.to(torch.int64),
         }
+        if cross:
+            tensors["actual"] = torch.cat([per_key[k][2] for k in keys]).float().contiguous()
         final = out / f"{prefix}{next_shard:05d}.safetensors"
         tmp = final.with_suffix(".tmp")
         tail = float((1 - tensors["logprobs"].float().exp().sum(-1)).clamp(min=0).sum())
@@ -379,6 +420,23 @@ class TeacherCache:
             fh = self._open[shard] = safe_open(str(shard), framework="pt")
         return fh.get_slice("logprobs")[a:b], fh.get_slice("ids")[a:b]
 
+    @property
+    def cross_tokenizer(self) -> str | None:
+        """The alignment a cache of a teacher with another tokenizer was made for (``gold``); None: one tokenizer."""
+        return self.manifest.get("cross_tokenizer")
+
+    def teacher_tokenizer(self) -> Any:
+        """The teacher's tokenizer a cross-tokenizer cache keeps beside its shards."""
+        from leaf.models import load_tokenizer
+
+        return load_tokenizer(str(self.root / TEACHER_TOKENIZER))
+
+    def actual(self, key: str) -> Any:
+        """``(n,)`` log-prob of the teacher's actual token at each row (cross-tokenizer caches)."""
+        shard, a, b = self.index[key]
+        self.get(key)  # opens the shard
+        return self._open[shard].get_slice("actual")[a:b]
+
     def __getstate__(self) -> dict[str, Any]:  # picklable for data-loader workers
         return {"root": self.root, "manifest": self.manifest, "index": self.index}
 
@@ -388,7 +446,8 @@ class TeacherCache:
 
 @dataclass
 class CachedCollator:
-    """Wraps :class:`~leaf.distill.data.DistillCollator`; adds ``topk_logprobs`` / ``topk_ids`` ``(N, k)``."""
+    """Wraps :class:`~leaf.distill.data.DistillCollator`; adds ``topk_logprobs`` / ``topk_ids`` ``(N, k)`` (and
+    ``topk_actual`` ``(N,)`` across tokenizers, ``N`` then counting the teacher's loss tokens)."""
 
     base: Any
     cache: TeacherCache
@@ -398,14 +457,20 @@ class CachedCollator:
         import torch
 
         batch = self.base(items)
-        lps, ids = [], []
+        cross = self.cache.cross_tokenizer is not None
+        lps, ids, actual = [], [], []
         for it in items:
             ex = self.dataset.examples[int(it["index"])]
             lp, ix = self.cache.get(ex.key)
-            if lp.shape[0] != ex.n_loss_tokens:
-                raise ConfigError(f"teacher cache: {ex.key} has {lp.shape[0]} rows, the example {ex.n_loss_tokens} loss tokens")
+            if lp.shape[0] != teacher_rows(ex):
+                raise ConfigError(f"teacher cache: {ex.key} has {lp.shape[0]} rows, the example {teacher_rows(ex)} "
+                                  f"{'teacher ' if cross else ''}loss tokens")
             lps.append(lp)
             ids.append(ix)
+            if cross:
+                actual.append(self.cache.actual(ex.key))
         batch["topk_logprobs"] = torch.cat(lps)
         batch["topk_ids"] = torch.cat(ids).long()
+        if cross:
+            batch["topk_actual"] = torch.cat(actual)
         return batch

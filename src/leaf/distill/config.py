@@ -150,9 +150,10 @@ class DistillConfig:
             raise ConfigError(f"--teacher {self.teacher} is the student itself and --alpha is 0: every distillation "
                               "term is zero, nothing would train; give another teacher, or --alpha > 0 to "
                               "fine-tune on the reference responses with a KL anchor to the model itself")
-        if self.cross_tokenizer in ("gold", "uld") and self.teacher_cache is not None:
-            raise ConfigError(f"--cross-tokenizer {self.cross_tokenizer} with --teacher-cache: the top-k cache holds "
-                              "ids of the student's vocabulary only; give a live --teacher")
+        if self.cross_tokenizer == "uld" and self.teacher_cache is not None:
+            raise ConfigError("--cross-tokenizer uld with --teacher-cache: uld compares the whole sorted vocabularies "
+                              "and a top-k cache holds k of them; use gold (the cache's own alignment) or a live "
+                              "--teacher")
         if self.student_responses > 0 and self.teacher_cache is not None:
             raise ConfigError("--student-responses with --teacher-cache: the cache scores the reference responses "
                               "only; the teacher must score the student's own, so give a live --teacher")
@@ -194,6 +195,12 @@ class CacheConfig:
     data: Path | None = option(None, role="input", help="original samples: JSONL or a dataset reference hf:NAME[:CONFIG][@SPLIT][#TARGET=COLUMN,...] (docs/data-format.md)")
     counterfactuals: Path | None = option(None, role="input", help="counterfactual records (JSONL)")
     tokenizer: str | None = option(None, help="tokenizer (and chat template) to render with: give the STUDENT's; default the teacher's")
+    cross_tokenizer: str = option("off", choices=("off", "auto", "gold"),
+                                  help="a teacher whose tokenizer differs from --tokenizer: off = refuse it; auto = "
+                                       "one tokenizer as today, another one with gold; gold = the teacher runs on its "
+                                       "own rendering of each sample and the cache stores its top k at its own tokens "
+                                       "(with their ids, the log-prob of each actual token and the teacher's "
+                                       "tokenizer), for `leaf distill --cross-tokenizer auto`")
     top_k: int = option(64, low=1, help="teacher log-probs kept per token")
     temperature: float = option(1.0, low=1e-6, help="temperature T of the cached log-probs (training must use the same)")
     include_eos: bool = option(True, help="also cache the end-of-turn token after the response")

@@ -109,14 +109,20 @@ def last_evaluation(log_history: list[dict[str, Any]], step: int) -> dict[str, A
 def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> Any:
     """Load data, models (or the cache) and return a ready :class:`DistillTrainer`; writes leaf_config.json."""
 
-    from leaf.distill.data import DistillCollator, ExampleDataset, check_tokenizers, load_examples, shared_vocab_size
+    from leaf.distill.data import (DistillCollator, ExampleDataset, check_tokenizers, load_examples, model_vocab_size,
+                                   shared_vocab_size)
     from leaf.models import load_model, load_tokenizer, use_packing
 
     config.check_trackers()
     out = Path(config.out)
     args = training_arguments(config)
     tokenizer = load_tokenizer(config.student)
-    teacher_tokenizer, aligned = cross_tokenizer_plan(config, tokenizer)
+    cache = None
+    if config.teacher_cache is not None:
+        from leaf.distill.cache import TeacherCache
+
+        cache = TeacherCache.open(config.teacher_cache)
+    teacher_tokenizer, aligned = cross_tokenizer_plan(config, tokenizer, cache)
     all_examples = load_examples(tokenizer, config.data, config.counterfactuals, include_eos=config.include_eos,
                                  max_length=config.max_length, special_tokens=config.special_tokens_in_text,
                                  teacher_tokenizer=teacher_tokenizer,
@@ -131,10 +137,9 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
 
     teacher = None
     teacher_vocab = None
-    if config.teacher_cache is not None:
-        from leaf.distill.cache import CachedCollator, TeacherCache
+    if cache is not None:
+        from leaf.distill.cache import CachedCollator
 
-        cache = TeacherCache.open(config.teacher_cache)
         cache.check(tokenizer, all_examples, config.temperature, config.data, config.counterfactuals)
         collator = CachedCollator(collator, cache, ExampleDataset(all_examples))  # items' index: into all_examples
         teacher_vocab = cache.manifest["vocab_size"]
@@ -163,7 +168,8 @@ def build_trainer(config: DistillConfig, callbacks: list[Any] | None = None) -> 
     vocab = (shared_vocab_size(student, teacher, tokenizer, teacher_vocab) if teacher_tokenizer is None
              else shared_vocab_size(student, None, tokenizer))
     if teacher_tokenizer is not None:
-        aligned = _shared_ids(aligned, tokenizer, teacher_tokenizer, vocab, teacher)
+        aligned = _shared_ids(aligned, tokenizer, teacher_tokenizer, vocab,
+                              model_vocab_size(teacher) if teacher is not None else int(teacher_vocab))
     if config.lora_r > 0:
         from peft import LoraConfig, get_peft_model
 
@@ -256,15 +262,28 @@ def on_policy(config: DistillConfig, examples: list[Any], tokenizer: Any, teache
                     escape_special=escape)
 
 
-def cross_tokenizer_plan(config: DistillConfig, tokenizer: Any) -> tuple[Any, Any]:
+def cross_tokenizer_plan(config: DistillConfig, tokenizer: Any, cache: Any = None) -> tuple[Any, Any]:
     """``(teacher tokenizer, method)`` for an aligned run, ``(None, None)`` for one shared tokenizer.
 
-    ``off`` keeps the refusal of another tokenizer; ``auto`` aligns only when the tokenizers differ.
+    ``off`` keeps the refusal of another tokenizer; ``auto`` aligns only when the tokenizers differ. A teacher
+    cache (:class:`leaf.distill.cache.TeacherCache`) decides: one made across tokenizers brings the teacher's
+    tokenizer and the ``gold`` alignment.
     """
+    from leaf.config import ConfigError
     from leaf.distill.data import TokenizerMismatch, check_tokenizers
     from leaf.models import load_tokenizer
 
     mode = config.cross_tokenizer
+    if cache is not None:
+        if cache.cross_tokenizer is None:
+            if mode == "gold":
+                raise ConfigError(f"{cache.root}: --cross-tokenizer gold with a cache of the student's own "
+                                  "vocabulary; build the cache with `leaf cache-teacher --cross-tokenizer gold`")
+            return None, None
+        if mode == "off":
+            raise ConfigError(f"{cache.root}: the cache holds a teacher with another tokenizer (its top k at its own "
+                              "tokens); train from it with --cross-tokenizer auto")
+        return cache.teacher_tokenizer(), cache.cross_tokenizer
     if mode == "off" or config.teacher is None:
         return None, None
     teacher_tokenizer = load_tokenizer(config.teacher)
@@ -278,11 +297,10 @@ def cross_tokenizer_plan(config: DistillConfig, tokenizer: Any) -> tuple[Any, An
     return teacher_tokenizer, mode
 
 
-def _shared_ids(method: str, tokenizer: Any, teacher_tokenizer: Any, vocab: int, teacher: Any) -> tuple[str, Any, Any]:
+def _shared_ids(method: str, tokenizer: Any, teacher_tokenizer: Any, vocab: int, teacher_vocab: int) -> tuple[str, Any, Any]:
     """``(method, student ids, teacher ids)`` of the shared vocabulary; the end-of-turn tokens are paired."""
     from leaf.data.render import render, encode
     from leaf.distill.align import shared_vocab
-    from leaf.distill.data import model_vocab_size
 
     def end_of_turn(tok: Any) -> int | None:
         r = render(tok, "hi", "ok")
@@ -292,7 +310,7 @@ def _shared_ids(method: str, tokenizer: Any, teacher_tokenizer: Any, vocab: int,
 
     s_end, t_end = end_of_turn(tokenizer), end_of_turn(teacher_tokenizer)
     pairs = [(s_end, t_end)] if s_end is not None and t_end is not None else []
-    m = shared_vocab(tokenizer, teacher_tokenizer, pairs, vocab, model_vocab_size(teacher))
+    m = shared_vocab(tokenizer, teacher_tokenizer, pairs, vocab, teacher_vocab)
     return method, torch.tensor(m.student, dtype=torch.long), torch.tensor(m.teacher, dtype=torch.long)
 
 

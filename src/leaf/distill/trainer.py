@@ -31,6 +31,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from leaf.batching import loss_positions, model_inputs, per_item_counts
+from leaf.distill.aligned import TopKRows
 from leaf.distill.losses import DenseTeacher, TopKTeacher, distill_loss, hybrid_token_weights, loss_rows
 from leaf.distill.metrics import eval_metrics
 from leaf.distill.teacher import place_teacher
@@ -123,6 +124,7 @@ class DistillTrainer(Trainer):
         segment = inputs.pop("segment", None)  # packed rows (--packing): the item of each token
         topk_lp = inputs.pop("topk_logprobs", None)
         topk_ids = inputs.pop("topk_ids", None)
+        topk_actual = inputs.pop("topk_actual", None)  # a cached teacher with another tokenizer
         cross = {k: inputs.pop(k) for k in ("teacher_input_ids", "teacher_attention_mask", "teacher_labels", "groups",
                                             "teacher_groups", "teacher_position_ids", "teacher_segment") if k in inputs}
         scale = 1.0
@@ -153,7 +155,8 @@ class DistillTrainer(Trainer):
 
         head = self._student_head(model) if self._chunk_heads(rows.numel()) and not cross else None
         if cross:
-            out, parts = self._aligned_parts(model, inputs, keep, rows, targets, cross, w_kl * scale, loss_kw)
+            cached = None if topk_lp is None else TopKRows(topk_lp, topk_ids, topk_actual)
+            out, parts = self._aligned_parts(model, inputs, keep, rows, targets, cross, w_kl * scale, loss_kw, cached)
         elif head is not None:
             # Chunked output heads: the student gives its final hidden states at the loss positions (N, H), the
             # teacher a function of a chunk of them; no (N, V) logits of either model exist (see chunked_head_kl).
@@ -191,9 +194,11 @@ class DistillTrainer(Trainer):
         return (loss, out) if return_outputs else loss
 
     def _aligned_parts(self, model: Any, inputs: dict[str, Any], keep: Any, rows: Any, targets: Any,
-                       cross: dict[str, Any], w_kl: Any, loss_kw: dict[str, Any]) -> tuple[Any, Any]:
-        """The cross-tokenizer loss (:func:`leaf.distill.aligned.aligned_loss`): the teacher runs on its own ids; each
-        student loss token carries the divergence of its group (a group weighs the sum of its tokens' weights)."""
+                       cross: dict[str, Any], w_kl: Any, loss_kw: dict[str, Any],
+                       cached: TopKRows | None = None) -> tuple[Any, Any]:
+        """The cross-tokenizer loss (:func:`leaf.distill.aligned.aligned_loss`): the teacher runs on its own ids (or
+        its rows come from a cache, ``cached``); each student loss token carries the divergence of its group (a group
+        weighs the sum of its tokens' weights)."""
         from leaf.distill.aligned import aligned_loss
         from leaf.distill.losses import LossParts
         from leaf.models import input_device
@@ -204,13 +209,15 @@ class DistillTrainer(Trainer):
         t_rows, t_targets = loss_rows(t_labels)
         t_keep = torch.zeros_like(t_labels, dtype=torch.bool)
         t_keep[:, :-1] = loss_positions(t_labels)
-        dev = input_device(self.teacher)
-        kwargs = {**model_inputs(cross, dev, prefix="teacher_"), "use_cache": False}
-        with torch.no_grad():
-            t_out = self.teacher(**kwargs, logits_to_keep=t_keep.to(dev)).logits if self._keep_ok else None
-            if t_out is None or t_out.dim() != 2:
-                t_out = self.teacher(**kwargs).logits
-                t_out = t_out.reshape(-1, t_out.shape[-1])[t_rows.to(dev)]
+        t_out: Any = cached
+        if cached is None:
+            dev = input_device(self.teacher)
+            kwargs = {**model_inputs(cross, dev, prefix="teacher_"), "use_cache": False}
+            with torch.no_grad():
+                t_out = self.teacher(**kwargs, logits_to_keep=t_keep.to(dev)).logits if self._keep_ok else None
+                if t_out is None or t_out.dim() != 2:
+                    t_out = self.teacher(**kwargs).logits
+                    t_out = t_out.reshape(-1, t_out.shape[-1])[t_rows.to(dev)]
         method, shared_s, shared_t = self.aligned
         groups, t_groups = cross["groups"].to(logits.device), cross["teacher_groups"].to(logits.device)
         n = int(groups.max()) + 1 if groups.numel() else 0
