@@ -25,6 +25,8 @@ def _same_cache(a, b):
         (lp1, ids1), (lp2, ids2) = one.get(key), two.get(key)
         torch.testing.assert_close(lp2, lp1, rtol=1e-5, atol=1e-6)
         assert torch.equal(ids1, ids2)
+        if one.cross_tokenizer:
+            torch.testing.assert_close(two.actual(key), one.actual(key), rtol=1e-5, atol=1e-6)
     m1, m2 = (json.loads((d / "manifest.json").read_text()) for d in (a, b))
     for m in (m1, m2):
         m.pop("config")
@@ -47,16 +49,21 @@ def test_two_process_cache_equals_one_process(distill_setup, tmp_path):
     _same_cache(tmp_path / "one", tmp_path / "two")
 
 
-def test_sharded_teacher_cache_equals_one_process(distill_setup, tmp_path):
+@pytest.mark.parametrize("tokenizer", ["same", "other"])
+def test_sharded_teacher_cache_equals_one_process(distill_setup, other_teacher, tmp_path, tokenizer):
     """--shard-models fsdp: the teacher sharded over 2 processes (FSDP2) caches what 1 process caches; shard files
-    of 5, 5 and 2 examples give rank 0 four forwards and rank 1 three, plus one padding forward."""
-    args = dict(teacher=str(distill_setup / "teacher"), tokenizer=str(distill_setup / "student"),
+    of 5, 5 and 2 examples give rank 0 four forwards and rank 1 three, plus one padding forward. ``other``: a
+    teacher with another tokenizer, cached on its own tokens."""
+    teacher = other_teacher if tokenizer == "other" else distill_setup / "teacher"
+    cross = dict(cross_tokenizer="auto") if tokenizer == "other" else {}
+    args = dict(teacher=str(teacher), tokenizer=str(distill_setup / "student"),
                 data=distill_setup / "d.jsonl", counterfactuals=distill_setup / "cf.jsonl", top_k=8, shard_size=5,
                 batch_size=2)
-    build_cache(CacheConfig(out=tmp_path / "one", **args))
+    build_cache(CacheConfig(out=tmp_path / "one", **args, **cross))
     proc = launch(["-v", "cache-teacher", "--teacher", args["teacher"], "--tokenizer", args["tokenizer"],
                    "--data", str(args["data"]), "--counterfactuals", str(args["counterfactuals"]), "--top-k", "8",
-                   "--shard-size", "5", "--batch-size", "2", "--shard-models", "fsdp", "--out", str(tmp_path / "two")])
+                   "--shard-size", "5", "--batch-size", "2", "--shard-models", "fsdp", "--out", str(tmp_path / "two"),
+                   *(["--cross-tokenizer", "auto"] if cross else [])])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("teacher sharded (FSDP2)") == 2, proc.stderr[-3000:]
     _same_cache(tmp_path / "one", tmp_path / "two")
