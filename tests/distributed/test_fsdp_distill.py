@@ -53,13 +53,13 @@ def setup(tmp_path_factory):
     return root
 
 
-def _fsdp(setup: Path, out: Path, **more: object) -> subprocess.CompletedProcess:
+def _fsdp(setup: Path, out: Path, teacher: list[str] | None = None, **more: object) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(setup / "fsdp_cpu.yaml"),
         "--main_process_port", str(free_port()), str(Path(__file__).with_name("fsdp_cpu.py")),
-        "distill", "--student", str(setup / "student"), "--teacher", str(setup / "teacher"),
+        "distill", "--student", str(setup / "student"), *(teacher or ["--teacher", str(setup / "teacher")]),
         "--data", str(setup / "d.jsonl"), "--counterfactuals", str(setup / "cf.jsonl"),
         "--per-device-batch-size", "2", "--output-dir", str(out),
         *[x for k, v in {**STEPS, **more}.items() for x in (f"--{k.replace('_', '-')}", str(v))],
@@ -145,3 +145,36 @@ def test_fsdp_on_policy_generates_in_lockstep_and_equals_one_process(setup, tmp_
         assert ra["student_responses"] == rb["student_responses"]
         for key in ("loss", "kd_loss", "cd_loss"):
             assert ra[key] == pytest.approx(rb[key], rel=1e-4), (ra["step"], key)
+
+
+@pytest.mark.parametrize("source", ["live", "cache"])
+def test_fsdp_with_a_teacher_of_another_tokenizer_equals_one_process(setup, tmp_path, source):
+    """A ChatML teacher with another vocabulary, live (sharded like the student) or from its cross-tokenizer
+    top-k cache: the aligned losses and the weights equal one process's."""
+    from leaf.distill.cache import build_cache
+
+    tok = build_tokenizer([c[::-1] for c in DEFAULT_CORPUS] + DEFAULT_CORPUS, style="chatml", vocab_size=400)
+    other = tmp_path / "other"
+    build_model(tok, hidden_size=32, num_layers=2, seed=3).save_pretrained(other)
+    tok.save_pretrained(other)
+    if source == "cache":
+        cache = build_cache(teacher=str(other), tokenizer=str(setup / "student"), data=setup / "d.jsonl",
+                            counterfactuals=setup / "cf.jsonl", out=tmp_path / "cache", cross_tokenizer="auto",
+                            top_k=16).out
+        teacher: dict = dict(teacher_cache=cache)
+        flags = ["--teacher-cache", str(cache)]
+    else:
+        teacher, flags = dict(teacher=str(other)), ["--teacher", str(other)]
+    sharded = tmp_path / "fsdp"
+    _fsdp(setup, sharded, teacher=flags, cross_tokenizer="auto")
+    one = distill(student=str(setup / "student"), data=setup / "d.jsonl", counterfactuals=setup / "cf.jsonl",
+                  out=tmp_path / "one", per_device_batch_size=4, cross_tokenizer="auto", **teacher, **STEPS).out
+    a, b = _metrics(sharded), _metrics(one)
+    assert [r["step"] for r in a] == [1, 2, 3, 4]
+    assert json.loads((sharded / "leaf_config.json").read_text())["_run"]["cross_tokenizer"]["method"] == "gold"
+    for ra, rb in zip(a, b):
+        for key in ("loss", "kd_loss", "cd_loss", "grad_norm", "aligned_1to1"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-4), (ra["step"], key)
+    wa, wb = load_file(str(sharded / "model.safetensors")), load_file(str(one / "model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)
