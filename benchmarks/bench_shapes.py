@@ -57,6 +57,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from memory import EXACT_RSS_ENV, PeakMemory, exact_rss_active  # noqa: E402
 
+from leaf.batching import pack  # noqa: E402
 from leaf.detect.saliency import embedding_saliency  # noqa: E402
 from leaf.heads import final_hidden_states, output_head  # noqa: E402
 from leaf.distill.losses import DenseTeacher, chunked_head_kl, distill_loss  # noqa: E402
@@ -200,6 +201,11 @@ VOCAB = dict(model="gemma-3-1b", vocabs=[262144, 32000], length=128 + 2048, resp
 DISTILL = dict(model="llama-3.2-1b", lengths=[1025, 1025], response=1024)
 
 
+def after_only(name: str) -> tuple[str, ...]:
+    """The implementations a scenario runs: the library only where no "before" exists or fits."""
+    return ("after",) if name.startswith(("a_qwen", "a_packed")) else ("before", "after")
+
+
 #: Scenarios to run (``--only``): letters a, b, c.
 ONLY = "abc"
 
@@ -224,6 +230,13 @@ def _mixed_inputs(out: list) -> None:
     long_alone = batch(MIXED["lengths"][1:], MIXED["responses"][1:], vocab)
     out.append(("a_mixed_batch", lambda impl, d=mixed, ms=models: detect(impl, ms, d)))
     out.append(("a_longest_alone", lambda impl, d=long_alone, ms=models: detect(impl, ms, d)))
+    # the same two samples packed into one row (--packing on): no padding, attention confined to each sample
+    rows = [mixed[0][b, :n].tolist() for b, n in enumerate(MIXED["lengths"])]
+    packed = pack(rows)
+    target = torch.cat([mixed[2][b, :n] for b, n in enumerate(MIXED["lengths"])]).unsqueeze(0)
+    ones = torch.ones_like(packed["input_ids"])
+    out.append(("a_packed_batch", lambda impl, p=packed, t=target, o=ones, ms=models: [
+        embedding_saliency(m, p["input_ids"], o, t, packed=p) for m in ms]))
     q = "qwen2.5-1.5b"  # the same mixed batch at Qwen2.5's vocabulary, "after" only (the "before" would need ~6 GiB more)
     qm = (build(q, 0), build(q, 1))
     qv = PUBLISHED[q]["vocab_size"]
@@ -289,7 +302,7 @@ def memory_child() -> dict:
     warm_up()
     got = {}
     for name, run in scenario_inputs():
-        for impl in ("after",) if name.startswith("a_qwen") else ("before", "after"):
+        for impl in after_only(name):
             with PeakMemory() as mem:
                 run(impl)
             got[f"{name}/{impl}"] = round(mem.peak_mib, 1)
@@ -305,8 +318,17 @@ def agreement() -> dict:
     s0, l0 = old_embedding_saliency(model, *d)
     s1, l1 = embedding_saliency(model, *d)
     nz = s0 > 0
+    # the packed row against the padded batch: the same saliency per token and loss per sample
+    rows = [d[0][b, :n].tolist() for b, n in enumerate(MIXED["lengths"])]
+    p = pack(rows)
+    t = torch.cat([d[2][b, :n] for b, n in enumerate(MIXED["lengths"])]).unsqueeze(0)
+    s2, l2 = embedding_saliency(model, p["input_ids"], torch.ones_like(p["input_ids"]), t, packed=p)
+    s1_flat = torch.cat([s1[b, :n] for b, n in enumerate(MIXED["lengths"])])
+    nz1 = s1_flat > 0
     return {"saliency_max_rel": float(((s1[nz] - s0[nz]).abs() / s0[nz]).max()),
-            "loss_max_rel": float(((l1 - l0).abs() / l0).max())}
+            "loss_max_rel": float(((l1 - l0).abs() / l0).max()),
+            "packed_saliency_max_rel": float(((s2[0][nz1] - s1_flat[nz1]).abs() / s1_flat[nz1]).max()),
+            "packed_loss_max_rel": float(((l2 - l1).abs() / l1).max())}
 
 
 def main() -> None:
@@ -346,7 +368,7 @@ def main() -> None:
     if CUDA:
         warm_up()
         mem = {f"{name}/{impl}": cuda_peak_mib(run, impl) for name, run in scenario_inputs()
-               for impl in (("after",) if name.startswith("a_qwen") else ("before", "after"))}
+               for impl in after_only(name)}
     else:
         proc = subprocess.run([sys.executable, __file__, "--memory-child", "--only", ONLY], env={**os.environ, **EXACT_RSS_ENV},
                               check=True, stdout=subprocess.PIPE, text=True)
@@ -357,7 +379,7 @@ def main() -> None:
     if not args.skip_timing:
         warm_up()
         for name, run in scenario_inputs():
-            for impl in ("after",) if name.startswith("a_qwen") else ("before", "after"):
+            for impl in after_only(name):
                 best = float("inf")
                 for _ in range(args.repeats):
                     sync()
@@ -391,6 +413,9 @@ def main() -> None:
             r["c_distill_tokens_per_s"] = 2 * DISTILL["response"] / times[f"c_distill_step/{impl}"]
     if "a" in ONLY:
         ratios["after"]["a_qwen_mixed_vs_longest_alone"] = mem["a_qwen_mixed_batch/after"] / mem["a_qwen_longest_alone/after"]
+        ratios["after"]["a_packed_vs_longest_alone"] = mem["a_packed_batch/after"] / mem["a_longest_alone/after"]
+        if times:
+            ratios["after"]["a_packed_batch_samples_per_s"] = 2 * 2 / times["a_packed_batch/after"]
     results["ratios"] = {k: {m: round(v, 3) for m, v in d.items()} for k, d in ratios.items()}
     results["goals"] = {"a_mixed_vs_longest_alone": 1.3, "b_vocab262k_vs_32k": 1.5, "c_distill_vs_full_fp32_logits": 0.3}
     results["full_fp32_logits_mib_c"] = round(full_logits_mib, 1)

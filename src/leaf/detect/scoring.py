@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,11 +131,16 @@ class DetectionScorer:
         return cls(models["teacher"], models["student"], pads, cfg.rule, cfg.projection, cfg.method, cfg.seed,
                    cfg.gradient_checkpointing, {"teacher": cfg.teacher, "student": cfg.student}, cfg.packing)
 
-    def score_batch(self, batch: list[Prepared]) -> list[Detection]:
+    @functools.cached_property
+    def packs(self) -> dict[str, bool]:
+        """Whether each model's batches are packed (``--packing``), decided once for the run."""
         from leaf.models import use_packing
 
+        return {role: use_packing(self.packing, getattr(self, role)) for role in ("teacher", "student")}
+
+    def score_batch(self, batch: list[Prepared]) -> list[Detection]:
         ckpt = self.gradient_checkpointing
-        packs = {role: use_packing(self.packing, getattr(self, role)) for role in ("teacher", "student")}
+        packs = self.packs
         g_t, loss_t = model_saliency(self.teacher, [p.views["teacher"] for p in batch], self.pad_ids["teacher"], ckpt,
                                      packs["teacher"])
         g_s, loss_s = model_saliency(self.student, [p.views["student"] for p in batch], self.pad_ids["student"], ckpt,
