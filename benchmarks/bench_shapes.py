@@ -231,18 +231,26 @@ def _mixed_inputs(out: list) -> None:
     out.append(("a_mixed_batch", lambda impl, d=mixed, ms=models: detect(impl, ms, d)))
     out.append(("a_longest_alone", lambda impl, d=long_alone, ms=models: detect(impl, ms, d)))
     # the same two samples packed into one row (--packing on): no padding, attention confined to each sample
-    rows = [mixed[0][b, :n].tolist() for b, n in enumerate(MIXED["lengths"])]
-    packed = pack(rows)
-    target = torch.cat([mixed[2][b, :n] for b, n in enumerate(MIXED["lengths"])]).unsqueeze(0)
-    ones = torch.ones_like(packed["input_ids"])
-    out.append(("a_packed_batch", lambda impl, p=packed, t=target, o=ones, ms=models: [
-        embedding_saliency(m, p["input_ids"], o, t, packed=p) for m in ms]))
+    packed = packed_mixed(mixed)
+    out.append(("a_packed_batch", lambda impl, p=packed, ms=models: [packed_saliency(m, p) for m in ms]))
     q = "qwen2.5-1.5b"  # the same mixed batch at Qwen2.5's vocabulary, "after" only (the "before" would need ~6 GiB more)
     qm = (build(q, 0), build(q, 1))
     qv = PUBLISHED[q]["vocab_size"]
     for tag, d in (("mixed_batch", batch(MIXED["lengths"], MIXED["responses"], qv)),
                    ("longest_alone", batch(MIXED["lengths"][1:], MIXED["responses"][1:], qv))):
         out.append((f"a_qwen_{tag}", lambda impl, d=d, ms=qm: detect(impl, ms, d)))
+
+
+def packed_mixed(mixed: tuple) -> tuple[dict, torch.Tensor]:
+    """The mixed batch's samples end to end in one row (:func:`leaf.batching.pack`) and their target mask."""
+    ids, _att, tgt = mixed
+    packed = pack([ids[b, :n].tolist() for b, n in enumerate(MIXED["lengths"])])
+    return packed, torch.cat([tgt[b, :n] for b, n in enumerate(MIXED["lengths"])]).unsqueeze(0)
+
+
+def packed_saliency(model, packed: tuple[dict, torch.Tensor]):  # type: ignore[no-untyped-def]
+    rows, target = packed
+    return embedding_saliency(model, rows["input_ids"], torch.ones_like(rows["input_ids"]), target, packed=rows)
 
 
 def _vocab_inputs(out: list) -> None:
@@ -319,10 +327,7 @@ def agreement() -> dict:
     s1, l1 = embedding_saliency(model, *d)
     nz = s0 > 0
     # the packed row against the padded batch: the same saliency per token and loss per sample
-    rows = [d[0][b, :n].tolist() for b, n in enumerate(MIXED["lengths"])]
-    p = pack(rows)
-    t = torch.cat([d[2][b, :n] for b, n in enumerate(MIXED["lengths"])]).unsqueeze(0)
-    s2, l2 = embedding_saliency(model, p["input_ids"], torch.ones_like(p["input_ids"]), t, packed=p)
+    s2, l2 = packed_saliency(model, packed_mixed(d))
     s1_flat = torch.cat([s1[b, :n] for b, n in enumerate(MIXED["lengths"])])
     nz1 = s1_flat > 0
     return {"saliency_max_rel": float(((s1[nz] - s0[nz]).abs() / s0[nz]).max()),

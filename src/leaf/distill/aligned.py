@@ -80,11 +80,23 @@ def merged_log_vectors(lp: Tensor, group: Tensor, targets: Tensor, n_groups: int
     The merged log vector of a group is their sum. ``lp``: ``(R, V)`` log-probs of the rows; ``group``: ``(R,)``
     group index (0-based, consecutive, sorted); ``targets``: ``(R,)`` the actual token of each row.
     """
+    first, rest = _first_and_rest(lp.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1), group, n_groups)
+    return lp[first], rest, targets[first].long()
+
+
+def _first_and_rest(actual: Tensor, group: Tensor, n_groups: int) -> tuple[Tensor, Tensor]:
+    """``((R,) whether each row is its group's first, (G,) sum of the later rows' ``actual`` log-probs)``."""
     first = torch.ones_like(group, dtype=torch.bool)
     first[1:] = group[1:] != group[:-1]
-    actual = lp.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1).masked_fill(first, 0.0)
-    rest = torch.zeros(n_groups, dtype=lp.dtype, device=lp.device).index_add(0, group, actual)
-    return lp[first], rest, targets[first].long()
+    rest = torch.zeros(n_groups, dtype=actual.dtype, device=actual.device).index_add(
+        0, group, actual.masked_fill(first, 0.0))
+    return first, rest
+
+
+def _kept(la: Tensor, rest: Tensor) -> Tensor:
+    """``log p(a) (1 - c)``: the first token ``a`` (log-prob ``la``), then not the rest of the group (``log c =
+    rest``), floored at :data:`TAIL_FLOOR`."""
+    return torch.log((la.exp() * -torch.expm1(rest)).clamp(min=TAIL_FLOOR))
 
 
 def _bucket(first: Tensor, rest: Tensor, ids: Tensor, actual: Tensor, slot: Tensor) -> Tensor:
@@ -103,7 +115,7 @@ def _bucket(first: Tensor, rest: Tensor, ids: Tensor, actual: Tensor, slot: Tens
     """
     la = first.gather(-1, actual.unsqueeze(-1)).squeeze(-1)
     text = la + rest
-    kept = torch.log((la.exp() * -torch.expm1(rest)).clamp(min=TAIL_FLOOR))  # log p(a) (1 - c)
+    kept = _kept(la, rest)
     lshared = first.index_select(-1, ids)
     rows = (slot >= 0).nonzero().squeeze(-1)
     lshared = lshared.index_put((rows, slot[rows]), kept[rows])
@@ -167,16 +179,13 @@ def _topk_chunk(z_s, t, g_s, g_t, y_s, y_t, n, ids_s, ids_t, temperature, diverg
     vocab_t = int(max(ids_t.max(), t.ids.max(), y_t.max())) + 1
     slots_t = _slots(ids_t, vocab_t)
     with torch.no_grad():
-        first = torch.ones_like(g_t, dtype=torch.bool)
-        first[1:] = g_t[1:] != g_t[:-1]
-        rest_t = torch.zeros(n, dtype=torch.float64, device=g_t.device).index_add(
-            0, g_t, t.actual.double().masked_fill(first, 0.0))
+        first, rest_t = _first_and_rest(t.actual.double(), g_t, n)
         la_t, kid, a_t = t.actual[first].double(), t.ids[first], y_t[first].long()
         in_top = kid == a_t.unsqueeze(-1)
         extra = torch.where(in_top.any(-1), -1, slots_t[a_t])  # a_t shared but not among the top k
         cols = torch.cat([slots_t[kid], extra.unsqueeze(-1)], dim=-1)  # (G, k + 1) shared slot per outcome
         valid = cols >= 0
-        kept_t = torch.log((la_t.exp() * -torch.expm1(rest_t)).clamp(min=TAIL_FLOOR))
+        kept_t = _kept(la_t, rest_t)
         lt = torch.cat([t.logprobs[first].double(), la_t.unsqueeze(-1)], dim=-1)
         lt = torch.where(torch.cat([in_top, (extra >= 0).unsqueeze(-1)], dim=-1), kept_t.unsqueeze(-1), lt)
         lt = lt.masked_fill(~valid, floor)
@@ -186,7 +195,7 @@ def _topk_chunk(z_s, t, g_s, g_t, y_s, y_t, n, ids_s, ids_t, temperature, diverg
     sid = ids_s[cols.clamp(min=0)]  # the student's id of each outcome
     is_a = (sid == a_s.unsqueeze(-1)) & valid
     la_s = first_s.gather(-1, a_s.unsqueeze(-1)).squeeze(-1)
-    kept_s = torch.log((la_s.exp() * -torch.expm1(rest_s)).clamp(min=TAIL_FLOOR))
+    kept_s = _kept(la_s, rest_s)
     ls = torch.where(is_a, kept_s.unsqueeze(-1), first_s.gather(-1, sid)).masked_fill(~valid, floor)
     listed = torch.zeros_like(first_s, dtype=torch.bool).scatter_(-1, torch.where(valid, sid, a_s.unsqueeze(-1)), True)
     out_mass = first_s.exp().masked_fill(listed, 0.0).scatter(-1, a_s.unsqueeze(-1), 0.0)

@@ -81,9 +81,11 @@ def examples_hash(examples: Sequence[Any]) -> str:
 
 def teacher_rows(example: Any) -> int:
     """Rows a cache holds for an example: its loss tokens, the teacher's own ones across tokenizers."""
+    from leaf.batching import IGNORE_INDEX
+
     if example.teacher_labels is None:
         return int(example.n_loss_tokens)
-    return sum(1 for y in example.teacher_labels[1:] if y != -100)
+    return sum(1 for y in example.teacher_labels[1:] if y != IGNORE_INDEX)
 
 
 def ids_dtype(vocab: int) -> Any:
@@ -216,13 +218,17 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
     head = _output_head(teacher)
     skipped: list[str] = []
 
+    def teacher_ids(e: Any) -> list[int]:
+        """The ids the teacher reads: its own rendering across tokenizers."""
+        return e.teacher_input_ids if cross else e.input_ids
+
     def topk_of(items: list[Any]) -> list[tuple[Any, ...]]:
         """Teacher top-k log-probs of each item's loss tokens; logits exist for one chunk of positions at a time."""
-        batch = collate([{"input_ids": e.teacher_input_ids if cross else e.input_ids,
-                          "labels": e.teacher_labels if cross else e.labels, "counterfactual": e.counterfactual,
-                          "index": 0} for e in items])
+        batch = collate([{"input_ids": teacher_ids(e), "labels": e.teacher_labels if cross else e.labels,
+                          "counterfactual": e.counterfactual, "index": 0} for e in items])
         dev = input_device(teacher)
         labels = batch["labels"]
+        rows, targets = loss_rows(labels)
         inputs = model_inputs(batch, dev)
         with torch.no_grad():
             if head is not None:  # final hidden states of the loss positions only, the head a chunk at a time
@@ -232,11 +238,9 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
                 n_rows, logits_of = hidden.shape[0], lambda sl: head(hidden[sl])
             else:  # an unknown final logit transform: the model's own logits
                 flat = teacher(**inputs, use_cache=False).logits.flatten(0, 1)
-                rows, _ = loss_rows(labels)
                 n_rows, logits_of = rows.numel(), lambda sl: flat[rows[sl].to(flat.device)]
             step = chunk_rows(vocab)
             lps, ids, actual = [], [], []
-            targets = loss_rows(labels)[1]
             for c0 in range(0, n_rows, step):  # one chunk of fp32 log-probs at a time
                 z = logits_of(slice(c0, c0 + step)).float()
                 if bool(torch.isnan(z).any() or torch.isposinf(z).any()):
@@ -276,12 +280,12 @@ def build_cache(config: CacheConfig | None = None, **kwargs: Any) -> CacheSummar
     if sharded:  # every process runs as many forwards as the busiest one, counted before any runs
         from leaf.sharding import lockstep_steps
 
-        forwards = sum(len(length_batches([len(e.input_ids) for e in c], config.batch_size,
+        forwards = sum(len(length_batches([len(teacher_ids(e)) for e in c], config.batch_size,
                                           config.max_tokens_per_batch)) for c in chunks)
         padding = lockstep_steps(forwards) - forwards
     for shard in chunks:
         per_key: dict[str, tuple[Any, ...]] = {}
-        for group in length_batches([len(e.input_ids) for e in shard], config.batch_size, config.max_tokens_per_batch):
+        for group in length_batches([len(teacher_ids(e)) for e in shard], config.batch_size, config.max_tokens_per_batch):
             items = [shard[i] for i in group]
             for e, got in zip(items, topk_of(items) if sharded else halving(items, topk_of, skip)):
                 if got is not None:
@@ -412,13 +416,18 @@ class TeacherCache:
             raise ConfigError(f"{self.root}: cannot train from this teacher cache: " + "; ".join(problems))
 
     def get(self, key: str) -> tuple[Any, Any]:
+        fh, a, b = self._rows(key)
+        return fh.get_slice("logprobs")[a:b], fh.get_slice("ids")[a:b]
+
+    def _rows(self, key: str) -> tuple[Any, int, int]:
+        """The open shard holding ``key`` (opened once) and the example's row range in it."""
         from safetensors import safe_open
 
         shard, a, b = self.index[key]
         fh = self._open.get(shard)
         if fh is None:
             fh = self._open[shard] = safe_open(str(shard), framework="pt")
-        return fh.get_slice("logprobs")[a:b], fh.get_slice("ids")[a:b]
+        return fh, a, b
 
     @property
     def cross_tokenizer(self) -> str | None:
@@ -433,9 +442,8 @@ class TeacherCache:
 
     def actual(self, key: str) -> Any:
         """``(n,)`` log-prob of the teacher's actual token at each row (cross-tokenizer caches)."""
-        shard, a, b = self.index[key]
-        self.get(key)  # opens the shard
-        return self._open[shard].get_slice("actual")[a:b]
+        fh, a, b = self._rows(key)
+        return fh.get_slice("actual")[a:b]
 
     def __getstate__(self) -> dict[str, Any]:  # picklable for data-loader workers
         return {"root": self.root, "manifest": self.manifest, "index": self.index}
