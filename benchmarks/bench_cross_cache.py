@@ -1,4 +1,4 @@
-"""How large a top k a teacher with another tokenizer needs: the cached gold loss against the live teacher's.
+"""How large a top k a teacher with another tokenizer needs: the cached aligned loss against the live teacher's.
 
 A cross-tokenizer teacher cache (``leaf cache-teacher --cross-tokenizer auto``)
 keeps the teacher's top k at each of its own tokens; training compares each
@@ -7,7 +7,9 @@ aligned group over the shared ids among those k, the group's text and a tail
 once over N examples (originals and counterfactuals, each example on its own:
 no padding), then computes the gold loss and its gradient with respect to the
 student's logits from the live teacher logits and from their top k, for
-several k, and reports per k:
+several k (``--method uld``: the sorted-probability distance instead, whose
+cached form lumps the teacher's sorted entries after the k-th), and reports
+per k:
 
 * ``loss``: the cached loss relative to the live one (the tail hides the
   divergence at the shared ids outside the top k, so it is lower);
@@ -38,13 +40,13 @@ import torch
 MODELS = Path(os.path.expanduser("~/.cache/leaf/models"))
 
 
-def loss_and_grad(z_s: torch.Tensor, teacher, batch: dict) -> tuple[float, torch.Tensor]:
+def loss_and_grad(z_s: torch.Tensor, teacher, batch: dict, method: str) -> tuple[float, torch.Tensor]:
     from leaf.distill.aligned import aligned_loss
 
     z = z_s.clone().requires_grad_(True)
     parts = aligned_loss(z, teacher, batch["groups"], batch["teacher_groups"], batch["targets"],
                          batch["teacher_targets"], batch["weights"], batch["shared_s"], batch["shared_t"],
-                         chunk_rows=256)
+                         method=method, chunk_rows=256)
     parts.loss.backward()
     return float(parts.loss.detach()), z.grad.flatten()
 
@@ -67,6 +69,7 @@ def main() -> None:
     ap.add_argument("--counterfactuals", type=Path)
     ap.add_argument("--n", type=int, default=40, help="examples (originals first, then counterfactuals)")
     ap.add_argument("--ks", type=int, nargs="+", default=[8, 16, 64, 256, 1024, 4096])
+    ap.add_argument("--method", choices=("gold", "uld"), default="gold")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -97,14 +100,14 @@ def main() -> None:
     batch = dict(groups=torch.cat(gs), teacher_groups=torch.cat(gt), targets=torch.cat(ys),
                  teacher_targets=torch.cat(yt), weights=torch.full((offset,), 1.0 / len(torch.cat(ys))),
                  shared_s=shared_s, shared_t=shared_t)
-    live_loss, live_grad = loss_and_grad(z_s, z_t, batch)
+    live_loss, live_grad = loss_and_grad(z_s, z_t, batch, args.method)
     lp = torch.log_softmax(z_t, -1)
     actual = lp.gather(-1, batch["teacher_targets"].unsqueeze(-1)).squeeze(-1)
     id_bytes = 2 if lp.shape[-1] <= 1 << 16 else 4
     rows = []
     for k in args.ks:
         top = lp.topk(min(k, lp.shape[-1]), dim=-1)
-        loss, grad = loss_and_grad(z_s, TopKRows(top.values, top.indices, actual), batch)
+        loss, grad = loss_and_grad(z_s, TopKRows(top.values, top.indices, actual), batch, args.method)
         rows.append({
             "k": k, "loss_ratio": loss / live_loss,
             "grad_cos": float(torch.nn.functional.cosine_similarity(grad, live_grad, dim=0)),
@@ -112,7 +115,7 @@ def main() -> None:
             "tail_mass": float((1 - top.values.exp().sum(-1)).clamp(min=0).mean()),
             "bytes_per_token": k * (4 + id_bytes) + 4,
         })
-    print(f"{len(picked)} examples, {len(z_s)} student / {len(z_t)} teacher loss tokens, {offset} groups; "
+    print(f"{args.method}: {len(picked)} examples, {len(z_s)} student / {len(z_t)} teacher loss tokens, {offset} groups; "
           f"shared vocabulary {len(shared_s)}; live loss {live_loss:.4f} (forwards {forward_s:.0f} s)")
     print("| k | loss (cached / live) | grad cos | grad norm (cached / live) | teacher mass outside the top k | bytes/token |")
     print("|---:|---:|---:|---:|---:|---:|")
@@ -122,7 +125,7 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
-            "student": args.student, "teacher": args.teacher, "examples": len(picked), "live_loss": live_loss,
+            "method": args.method, "student": args.student, "teacher": args.teacher, "examples": len(picked), "live_loss": live_loss,
             "student_tokens": len(z_s), "teacher_tokens": len(z_t), "groups": offset,
             "shared_vocab": len(shared_s), "rows": rows, "machine": platform.processor() or platform.machine(),
             "torch": torch.__version__,

@@ -161,7 +161,42 @@ def test_a_cache_of_the_whole_vocabulary_equals_the_live_teacher(divergence, see
     torch.testing.assert_close(d1, d0, rtol=1e-4, atol=1e-7)
 
 
-def test_uld_refuses_a_cached_teacher():
-    zs, zt, s_group, t_group, ys, yt, w, shared_s, shared_t = _case()
-    with pytest.raises(ValueError, match="gold alignment only"):
-        aligned_loss(zs, _cached(zt, yt, 1.0, 3), s_group, t_group, ys, yt, w, shared_s, shared_t, method="uld")
+def _uld_topk_reference(zs, zt, s_group, t_group, ys, yt, w, T, k):
+    """uld against a teacher known to its k largest merged probabilities per group, the rest one bucket; float64."""
+    total = 0.0
+    for g in range(len(w)):
+        vecs = []
+        for z, grp, y in ((zs, s_group, ys), (zt, t_group, yt)):
+            rows = (grp == g).nonzero().squeeze(1).tolist()
+            p = torch.softmax(z.double() / T, -1)
+            v = p[rows[0]].clone()
+            for r in rows[1:]:
+                v = v * p[r, y[r]]
+            vecs.append(v.sort(descending=True).values)
+        a, b = vecs
+        a = torch.cat([a, a.new_zeros(max(0, k - len(a)))])
+        total = total + w[g].double() * T**2 * ((a[:k] - b[:k]).abs().sum() + (a[k:].sum() - b[k:].sum()).abs())
+    return total
+
+
+@pytest.mark.parametrize("k", [1, 4, 9, 12])
+@pytest.mark.parametrize("T", [1.0, 2.0])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_uld_from_a_topk_cache_equals_its_reference_and_bounds_the_live_distance(k, T, seed):
+    zs, zt, s_group, t_group, ys, yt, w, shared_s, shared_t = _case(seed)
+    k = min(k, zt.shape[-1])  # 9 = the teacher's whole vocabulary (the student's is 11)
+    a = zs.clone().requires_grad_(True)
+    parts = aligned_loss(a, _cached(zt, yt, T, k), s_group, t_group, ys, yt, w, shared_s, shared_t, method="uld",
+                         temperature=T, chunk_rows=2)
+    parts.loss.backward()
+    b = zs.double().clone().requires_grad_(True)
+    ref = _uld_topk_reference(b, zt, s_group, t_group, ys, yt, w, T, k)
+    ref.backward()
+    assert float(parts.loss.detach()) == pytest.approx(float(ref.detach()), rel=1e-5)
+    torch.testing.assert_close(a.grad.double(), b.grad, rtol=1e-4, atol=1e-7)
+    live = aligned_loss(zs, zt, s_group, t_group, ys, yt, w, shared_s, shared_t, method="uld", temperature=T)
+    if k == zt.shape[-1]:  # the whole vocabulary: the live distance, group by group
+        torch.testing.assert_close(parts.per_group, live.per_group, rtol=1e-5, atol=1e-7)
+    else:  # a lumped tail never adds distance (triangle inequality), and here it removes some
+        assert (parts.per_group <= live.per_group + 1e-6).all()
+        assert float(parts.loss.detach()) < float(live.loss)

@@ -85,7 +85,9 @@ def _cache(setup, teacher, out, **kw):
                        counterfactuals=setup / "cf.jsonl", out=out, **kw)
 
 
-def test_a_cache_of_the_teachers_whole_vocabulary_equals_the_live_teacher(distill_setup, other_teacher, tmp_path):
+@pytest.mark.parametrize("method", ["auto", "uld"])
+def test_a_cache_of_the_teachers_whole_vocabulary_equals_the_live_teacher(distill_setup, other_teacher, tmp_path,
+                                                                          method):
     from leaf.models import load_tokenizer
 
     vocab = len(load_tokenizer(str(other_teacher)))
@@ -93,7 +95,7 @@ def test_a_cache_of_the_teachers_whole_vocabulary_equals_the_live_teacher(distil
     manifest = json.loads((summary.out / "manifest.json").read_text())
     assert manifest["cross_tokenizer"] == "gold" and manifest["teacher_tokenizer_hash"]
     assert (summary.out / "teacher_tokenizer" / "tokenizer.json").exists()
-    kw = dict(max_steps=1, batch_size=12, grad_accum=1, lam=0.3, temperature=2.0)
+    kw = dict(max_steps=1, batch_size=12, grad_accum=1, lam=0.3, temperature=2.0, cross_tokenizer=method)
     live = _metrics(_run(distill_setup, other_teacher, tmp_path / "live", **kw).out)[0]
     cached = _metrics(_run(distill_setup, None, tmp_path / "cached", teacher_cache=summary.out, **kw).out)[0]
     for key in ("loss", "kd_loss", "cd_loss", "aligned_1to1"):
@@ -141,15 +143,14 @@ def test_caches_across_tokenizers_are_refused_in_one_line_where_they_do_not_fit(
     capsys.readouterr()
     base = ["distill", "--student", str(distill_setup / "student"), "--teacher-cache", str(cache), "--data",
             str(distill_setup / "d.jsonl"), "--counterfactuals", str(distill_setup / "cf.jsonl"), "--max-steps", "1"]
-    for extra, expected in (([], "train from it with --cross-tokenizer auto"),
-                            (["--cross-tokenizer", "uld"], "uld compares the whole sorted vocabularies")):
-        rc = main(base + ["--out", str(tmp_path / "run"), *extra])
-        err = capsys.readouterr().err
-        assert rc == 2 and expected in err and err.count("\n") == 1, err
+    rc = main(base + ["--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "train from it with --cross-tokenizer auto" in err and err.count("\n") == 1, err
     same = _cache(distill_setup, distill_setup / "teacher", tmp_path / "same", top_k=4).out
-    with pytest.raises(Exception, match="cross-tokenizer gold"):
-        distill(student=str(distill_setup / "student"), teacher_cache=same, data=distill_setup / "d.jsonl",
-                out=tmp_path / "y", cross_tokenizer="gold")
+    for method in ("gold", "uld"):
+        with pytest.raises(Exception, match=f"cross-tokenizer {method} with a cache of the student's own"):
+            distill(student=str(distill_setup / "student"), teacher_cache=same, data=distill_setup / "d.jsonl",
+                    out=tmp_path / "y", cross_tokenizer=method)
 
 
 def test_held_out_evaluation_with_another_tokenizer(distill_setup, other_teacher, tmp_path):

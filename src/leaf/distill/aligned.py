@@ -31,7 +31,11 @@ tail on both sides (the same tail bucket as the one-tokenizer cache, :class:`lea
 
 ``uld`` (Boizard et al.'s Universal Logit Distillation): each side's merged
 vector, sorted in decreasing order and padded with zeros to the larger
-vocabulary; the loss is their L1 distance, ``T^2``-scaled.
+vocabulary; the loss is their L1 distance, ``T^2``-scaled. From a top-k cache the teacher's sorted vector is
+known to its ``k`` largest entries (its first row's top ``k`` times the probability of the group's later
+tokens); the rest of its mass is one bucket, compared with the student's sorted entries after the ``k``-th:
+``sum_{i<k} |q_(i) - p_(i)| + |sum_{i>=k} q_(i) - p_tail|``, never above the whole-vocabulary distance and
+equal to it when ``k`` is the teacher's vocabulary.
 
 Memory: groups are processed a chunk at a time under ``torch.utils.checkpoint``
 (fp32 log-probs of one chunk of rows exist at once, recomputed in backward);
@@ -42,6 +46,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -133,6 +138,24 @@ def _uld(lv_s: Tensor, lv_t: Tensor) -> Tensor:
     b = lv_t.exp().sort(dim=-1, descending=True).values
     k = min(a.shape[-1], b.shape[-1])
     return (a[:, :k] - b[:, :k]).abs().sum(-1) + a[:, k:].sum(-1) + b[:, k:].sum(-1)
+
+
+def _topk_uld_chunk(z_s, t, g_s, g_t, y_s, y_t, n, temperature):  # type: ignore[no-untyped-def]
+    """``uld`` against cached teacher rows ``t`` (:class:`TopKRows`): the teacher's ``k`` largest merged
+    probabilities and one bucket for the rest of its mass."""
+    lq = torch.log_softmax(z_s.float() / temperature, dim=-1)
+    first_s, rest_s, _ = merged_log_vectors(lq, g_s, y_s, n)
+    with torch.no_grad():
+        first, rest_t = _first_and_rest(t.actual.double(), g_t, n)
+        top = t.logprobs[first].double()  # sorted descending: the merged vector's order too
+        b = (top + rest_t.unsqueeze(-1)).exp()
+        tail_b = (-torch.expm1(torch.logsumexp(top, -1))).clamp(min=0) * rest_t.exp()
+    a = (first_s + rest_s.unsqueeze(-1)).exp().sort(dim=-1, descending=True).values
+    k = b.shape[-1]
+    if a.shape[-1] < k:  # the student's vocabulary is the smaller: its sorted vector padded with zeros
+        a = torch.cat([a, a.new_zeros(a.shape[0], k - a.shape[-1])], dim=-1)
+    d = (a[:, :k] - b.float()).abs().sum(-1) + (a[:, k:].sum(-1) - tail_b.float()).abs()
+    return d * temperature**2
 
 
 def _chunk(z_s, z_t, g_s, g_t, y_s, y_t, n, ids_s, ids_t, method, temperature, divergence):  # type: ignore[no-untyped-def]
@@ -242,8 +265,7 @@ def aligned_loss(student_logits: Tensor, teacher_logits: Tensor | TopKRows, stud
 
     Args:
         student_logits: ``(N_s, V_s)`` logits of the student's loss rows (gradients flow to them).
-        teacher_logits: ``(N_t, V_t)`` the teacher's (no gradient), or its cached rows (:class:`TopKRows`,
-            ``gold`` only).
+        teacher_logits: ``(N_t, V_t)`` the teacher's (no gradient), or its cached rows (:class:`TopKRows`).
         student_group, teacher_group: ``(N_s,)`` / ``(N_t,)`` group index of each row (sorted, 0 .. G-1, each
             group present on both sides).
         student_targets, teacher_targets: the actual token of each row (used to merge multi-token sides).
@@ -254,8 +276,6 @@ def aligned_loss(student_logits: Tensor, teacher_logits: Tensor | TopKRows, stud
     if method not in ALIGNED_METHODS:
         raise ValueError(f"method must be one of {', '.join(ALIGNED_METHODS)}, got {method!r}")
     cached = isinstance(teacher_logits, TopKRows)
-    if cached and method != "gold":
-        raise ValueError("a top-k teacher cache supports the gold alignment only (uld compares whole vocabularies)")
     divergence = divergence or FORWARD_KL
     n = int(weights.shape[0])
     dev = student_logits.device
@@ -273,10 +293,15 @@ def aligned_loss(student_logits: Tensor, teacher_logits: Tensor | TopKRows, stud
             g1 += 1
         ss, ts = slice(s_start[g0], s_start[g1]), slice(t_start[g0], t_start[g1])
         t_logits = teacher_logits[ts].to(dev)
-        args = (student_logits[ss], t_logits, student_group[ss] - g0, teacher_group[ts].to(dev) - g0,
-                student_targets[ss], teacher_targets[ts].to(dev), g1 - g0, shared_student, shared_teacher,
-                *(() if cached else (method,)), float(temperature), divergence)
-        fn = _topk_chunk if cached else _chunk
+        base = (student_logits[ss], t_logits, student_group[ss] - g0, teacher_group[ts].to(dev) - g0,
+                student_targets[ss], teacher_targets[ts].to(dev), g1 - g0)
+        fn: Any
+        if cached and method == "uld":
+            fn, args = _topk_uld_chunk, (*base, float(temperature))
+        elif cached:
+            fn, args = _topk_chunk, (*base, shared_student, shared_teacher, float(temperature), divergence)
+        else:
+            fn, args = _chunk, (*base, shared_student, shared_teacher, method, float(temperature), divergence)
         if torch.is_grad_enabled() and student_logits.requires_grad:
             d = checkpoint(fn, *args, use_reentrant=False)
         else:

@@ -17,7 +17,8 @@ tokenized by the teacher (as live cross-tokenizer distillation does); the rows a
 tokens, each shard also holds ``actual`` ``(n_tokens,)`` (the log-prob of the teacher's actual token at each
 row, which merges a group of several teacher tokens), the manifest names ``cross_tokenizer`` and
 ``teacher_tokenizer_hash``, and ``DIR/teacher_tokenizer/`` holds the teacher's tokenizer, so that training
-aligns the two tokenizations without the teacher (:class:`leaf.distill.aligned.TopKRows`).
+aligns the two tokenizations without the teacher (:class:`leaf.distill.aligned.TopKRows`, for ``gold`` and
+``uld`` alike).
 
 Writing is resumable: each shard is written to a temporary name and renamed
 when complete; a rerun skips the examples of existing shards. A rerun with

@@ -150,10 +150,6 @@ class DistillConfig:
             raise ConfigError(f"--teacher {self.teacher} is the student itself and --alpha is 0: every distillation "
                               "term is zero, nothing would train; give another teacher, or --alpha > 0 to "
                               "fine-tune on the reference responses with a KL anchor to the model itself")
-        if self.cross_tokenizer == "uld" and self.teacher_cache is not None:
-            raise ConfigError("--cross-tokenizer uld with --teacher-cache: uld compares the whole sorted vocabularies "
-                              "and a top-k cache holds k of them; use gold (the cache's own alignment) or a live "
-                              "--teacher")
         if self.student_responses > 0 and self.teacher_cache is not None:
             raise ConfigError("--student-responses with --teacher-cache: the cache scores the reference responses "
                               "only; the teacher must score the student's own, so give a live --teacher")

@@ -267,7 +267,7 @@ def cross_tokenizer_plan(config: DistillConfig, tokenizer: Any, cache: Any = Non
 
     ``off`` keeps the refusal of another tokenizer; ``auto`` aligns only when the tokenizers differ. A teacher
     cache (:class:`leaf.distill.cache.TeacherCache`) decides: one made across tokenizers brings the teacher's
-    tokenizer and the ``gold`` alignment.
+    tokenizer and the ``gold`` alignment (``uld`` when asked for).
     """
     from leaf.config import ConfigError
     from leaf.distill.data import TokenizerMismatch, check_tokenizers
@@ -276,14 +276,14 @@ def cross_tokenizer_plan(config: DistillConfig, tokenizer: Any, cache: Any = Non
     mode = config.cross_tokenizer
     if cache is not None:
         if cache.cross_tokenizer is None:
-            if mode == "gold":
-                raise ConfigError(f"{cache.root}: --cross-tokenizer gold with a cache of the student's own "
+            if mode in ("gold", "uld"):
+                raise ConfigError(f"{cache.root}: --cross-tokenizer {mode} with a cache of the student's own "
                                   "vocabulary; build the cache with `leaf cache-teacher --cross-tokenizer gold`")
             return None, None
         if mode == "off":
             raise ConfigError(f"{cache.root}: the cache holds a teacher with another tokenizer (its top k at its own "
                               "tokens); train from it with --cross-tokenizer auto")
-        return cache.teacher_tokenizer(), cache.cross_tokenizer
+        return cache.teacher_tokenizer(), "uld" if mode == "uld" else cache.cross_tokenizer
     if mode == "off" or config.teacher is None:
         return None, None
     teacher_tokenizer = load_tokenizer(config.teacher)
