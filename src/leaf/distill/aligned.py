@@ -132,12 +132,15 @@ def _bucket(first: Tensor, rest: Tensor, ids: Tensor, actual: Tensor, slot: Tens
     return torch.cat([lshared, text.unsqueeze(-1), torch.log(tail.clamp(min=TAIL_FLOOR)).unsqueeze(-1)], dim=-1)
 
 
-def _uld(lv_s: Tensor, lv_t: Tensor) -> Tensor:
-    """L1 distance of the decreasingly sorted probability vectors, the shorter padded with zeros."""
-    a = lv_s.exp().sort(dim=-1, descending=True).values
-    b = lv_t.exp().sort(dim=-1, descending=True).values
-    k = min(a.shape[-1], b.shape[-1])
-    return (a[:, :k] - b[:, :k]).abs().sum(-1) + a[:, k:].sum(-1) + b[:, k:].sum(-1)
+def _uld(p_s: Tensor, top_t: Tensor, tail_t: Tensor | float = 0.0) -> Tensor:
+    """L1 distance of the decreasingly sorted probability vectors, per row: the student's ``p_s`` (any order)
+    against the teacher's ``k`` largest ``top_t`` (decreasing) and ``tail_t``, the mass of its entries after
+    them, as one bucket (0 when ``top_t`` is its whole vector); the student's padded with zeros to ``k``."""
+    a = p_s.sort(dim=-1, descending=True).values
+    k = top_t.shape[-1]
+    if a.shape[-1] < k:
+        a = torch.cat([a, a.new_zeros(a.shape[0], k - a.shape[-1])], dim=-1)
+    return (a[:, :k] - top_t).abs().sum(-1) + (a[:, k:].sum(-1) - tail_t).abs()
 
 
 def _topk_uld_chunk(z_s, t, g_s, g_t, y_s, y_t, n, temperature):  # type: ignore[no-untyped-def]
@@ -148,14 +151,9 @@ def _topk_uld_chunk(z_s, t, g_s, g_t, y_s, y_t, n, temperature):  # type: ignore
     with torch.no_grad():
         first, rest_t = _first_and_rest(t.actual.double(), g_t, n)
         top = t.logprobs[first].double()  # sorted descending: the merged vector's order too
-        b = (top + rest_t.unsqueeze(-1)).exp()
-        tail_b = (-torch.expm1(torch.logsumexp(top, -1))).clamp(min=0) * rest_t.exp()
-    a = (first_s + rest_s.unsqueeze(-1)).exp().sort(dim=-1, descending=True).values
-    k = b.shape[-1]
-    if a.shape[-1] < k:  # the student's vocabulary is the smaller: its sorted vector padded with zeros
-        a = torch.cat([a, a.new_zeros(a.shape[0], k - a.shape[-1])], dim=-1)
-    d = (a[:, :k] - b.float()).abs().sum(-1) + (a[:, k:].sum(-1) - tail_b.float()).abs()
-    return d * temperature**2
+        tail = (-torch.expm1(torch.logsumexp(top, -1))).clamp(min=0) * rest_t.exp()
+        top = (top + rest_t.unsqueeze(-1)).exp()
+    return _uld((first_s + rest_s.unsqueeze(-1)).exp(), top.float(), tail.float()) * temperature**2
 
 
 def _chunk(z_s, z_t, g_s, g_t, y_s, y_t, n, ids_s, ids_t, method, temperature, divergence):  # type: ignore[no-untyped-def]
@@ -165,7 +163,8 @@ def _chunk(z_s, z_t, g_s, g_t, y_s, y_t, n, ids_s, ids_t, method, temperature, d
         first_t, rest_t, a_t = merged_log_vectors(lp, g_t, y_t, n)
     first_s, rest_s, a_s = merged_log_vectors(lq, g_s, y_s, n)
     if method == "uld":
-        return _uld(first_s + rest_s.unsqueeze(-1), first_t + rest_t.unsqueeze(-1)) * temperature**2
+        top_t = (first_t + rest_t.unsqueeze(-1)).exp().sort(dim=-1, descending=True).values
+        return _uld((first_s + rest_s.unsqueeze(-1)).exp(), top_t) * temperature**2
     slot_t, slot_s = _slots(ids_t, z_t.shape[-1])[a_t], _slots(ids_s, z_s.shape[-1])[a_s]
     lp_b = _bucket(first_t, rest_t, ids_t, a_t, slot_t)
     lq_b = _bucket(first_s, rest_s, ids_s, a_s, slot_s)
